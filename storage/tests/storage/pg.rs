@@ -145,8 +145,12 @@ impl PgCluster {
     /// Stops the server at once (as a crash would) without removing its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SIGQUIT: immediate shutdown.
-            let _ = Command::new("kill").args(["-QUIT", &child.id().to_string()]).status();
+            // SIGQUIT to the postmaster (not to runuser, which does not pass it on):
+            // immediate shutdown, as in a crash.
+            let pid_file = self.dir.path().join("data/postmaster.pid");
+            let pid = std::fs::read_to_string(pid_file).ok().and_then(|s| s.lines().next().map(str::to_string));
+            let pid = pid.unwrap_or_else(|| child.id().to_string());
+            let _ = Command::new("kill").args(["-QUIT", &pid]).status();
             let _ = child.wait();
         }
     }
