@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use kelp_storage::{Backend, Endpoint, Options};
 
 #[derive(Parser)]
-#[command(name = "kelp", version, about = "A Kubernetes control plane whose cluster state lives in SQL")]
+#[command(
+    name = "kelp",
+    version,
+    about = "A Kubernetes control plane whose cluster state lives in SQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", args.data_dir.display()))?;
     let backend = Backend::open(&endpoint, Options::default()).await?;
     let (head, compact) = backend.revisions().await?;
-    println!("kelp: datastore {} ready (revision {head}, compacted to {compact})", backend.endpoint());
+    println!(
+        "kelp: datastore {} ready (revision {head}, compacted to {compact})",
+        backend.endpoint()
+    );
     println!("kelp: the API server is not built yet; press Ctrl-C to stop");
     shutdown_signal().await;
     backend.close().await;

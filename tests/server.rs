@@ -22,12 +22,22 @@ fn server_opens_the_default_sqlite_datastore_and_stops_on_sigterm() {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = lines.next().unwrap().unwrap();
-        assert!(ready.contains("state.db ready (revision 0"), "start {start}: {ready}");
+        assert!(
+            ready.contains("state.db ready (revision 0"),
+            "start {start}: {ready}"
+        );
         assert!(data.join("state.db").exists());
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        assert_eq!(rest.last().map(String::as_str), Some("kelp: stopped"), "{rest:?}");
+        assert_eq!(
+            rest.last().map(String::as_str),
+            Some("kelp: stopped"),
+            "{rest:?}"
+        );
         assert!(child.wait().unwrap().success());
     }
 }
@@ -43,6 +53,9 @@ fn server_refuses_an_unknown_datastore_url() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid datastore endpoint") && err.contains("root:***@db"), "{err}");
+    assert!(
+        err.contains("invalid datastore endpoint") && err.contains("root:***@db"),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"));
 }

@@ -18,12 +18,20 @@ use crate::types::Revision;
 use crate::{Inner, Shared};
 
 pub(crate) async fn compact(shared: &Shared, target: Revision) -> Result<()> {
-    let (head, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&shared.read).await?;
+    let (head, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+        .fetch_one(&shared.read)
+        .await?;
     if target > head {
-        return Err(StorageError::FutureRevision { requested: target, current: head });
+        return Err(StorageError::FutureRevision {
+            requested: target,
+            current: head,
+        });
     }
     if target <= compact {
-        return Err(StorageError::Compacted { requested: target, compact_revision: compact });
+        return Err(StorageError::Compacted {
+            requested: target,
+            compact_revision: compact,
+        });
     }
     let mut from = compact;
     while from < target {
@@ -46,7 +54,9 @@ async fn compact_step(shared: &Shared, from: Revision, to: Revision) -> Result<R
         .rows_affected();
     if moved == 0 {
         tx.rollback().await?;
-        let (_, now): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&shared.read).await?;
+        let (_, now): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+            .fetch_one(&shared.read)
+            .await?;
         return Ok(now);
     }
     // Replaced rows first: the second statement removes tombstones the first one reads.
@@ -69,18 +79,25 @@ async fn compact_step(shared: &Shared, from: Revision, to: Revision) -> Result<R
 
 /// Every interval, compacts to the head seen one interval earlier (as kube-apiserver does
 /// with `--etcd-compaction-interval`), keeping at least `compact_min_retain` revisions.
-pub(crate) async fn run_periodic(backend: Weak<Inner>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run_periodic(
+    backend: Weak<Inner>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut previous_head: Option<Revision> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let Some(inner) = backend.upgrade() else { return };
+        let Some(inner) = backend.upgrade() else {
+            return;
+        };
         let shared = &inner.shared;
         let result: Result<()> = async {
-            let (head, current): (Revision, Revision) =
-                sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&shared.read).await?;
+            let (head, current): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+                .fetch_one(&shared.read)
+                .await?;
             if let Some(prev) = previous_head {
                 let target = prev.min(head - shared.options.compact_min_retain);
                 if target > current {

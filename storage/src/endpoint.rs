@@ -16,7 +16,10 @@ pub enum Synchronous {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// `sqlite://PATH[?synchronous=FULL|NORMAL]` (also `sqlite:PATH`).
-    Sqlite { path: PathBuf, synchronous: Synchronous },
+    Sqlite {
+        path: PathBuf,
+        synchronous: Synchronous,
+    },
     /// `postgres://` or `postgresql://`, passed to the driver as given.
     Postgres { url: String },
 }
@@ -24,15 +27,23 @@ pub enum Endpoint {
 impl Endpoint {
     /// The default datastore: `<data-dir>/state.db`.
     pub fn default_for(data_dir: &Path) -> Self {
-        Endpoint::Sqlite { path: data_dir.join("state.db"), synchronous: Synchronous::Full }
+        Endpoint::Sqlite {
+            path: data_dir.join("state.db"),
+            synchronous: Synchronous::Full,
+        }
     }
 
     pub fn parse(url: &str) -> Result<Self> {
         let bad = |why: &str| StorageError::InvalidEndpoint(format!("{}: {why}", redact(url)));
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Endpoint::Postgres { url: url.to_string() });
+            return Ok(Endpoint::Postgres {
+                url: url.to_string(),
+            });
         }
-        let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+        let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
             return Err(bad("expected sqlite://PATH or postgres://..."));
         };
         let (path, params) = match rest.split_once('?') {
@@ -43,16 +54,29 @@ impl Endpoint {
             return Err(bad("missing the database file path"));
         }
         let mut synchronous = Synchronous::Full;
-        for param in params.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+        for param in params
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
             match param.split_once('=') {
-                Some(("synchronous", v)) if v.eq_ignore_ascii_case("full") => synchronous = Synchronous::Full,
+                Some(("synchronous", v)) if v.eq_ignore_ascii_case("full") => {
+                    synchronous = Synchronous::Full
+                }
                 Some(("synchronous", v)) if v.eq_ignore_ascii_case("normal") => {
                     synchronous = Synchronous::Normal
                 }
-                _ => return Err(bad(&format!("unsupported parameter {param:?} (known: synchronous=FULL|NORMAL)"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "unsupported parameter {param:?} (known: synchronous=FULL|NORMAL)"
+                    )));
+                }
             }
         }
-        Ok(Endpoint::Sqlite { path: PathBuf::from(path), synchronous })
+        Ok(Endpoint::Sqlite {
+            path: PathBuf::from(path),
+            synchronous,
+        })
     }
 
     /// The URL with any password hidden, for logs and errors.
@@ -66,12 +90,11 @@ impl Endpoint {
 
 fn redact(url: &str) -> String {
     // scheme://user:password@host -> scheme://user:***@host
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
     }
     url.to_string()
 }
@@ -84,19 +107,33 @@ mod tests {
     fn parses_the_k3s_forms() {
         assert_eq!(
             Endpoint::parse("sqlite:///var/lib/kelp/state.db").unwrap(),
-            Endpoint::Sqlite { path: "/var/lib/kelp/state.db".into(), synchronous: Synchronous::Full }
+            Endpoint::Sqlite {
+                path: "/var/lib/kelp/state.db".into(),
+                synchronous: Synchronous::Full
+            }
         );
         assert_eq!(
             Endpoint::parse("sqlite:data/state.db?synchronous=NORMAL").unwrap(),
-            Endpoint::Sqlite { path: "data/state.db".into(), synchronous: Synchronous::Normal }
+            Endpoint::Sqlite {
+                path: "data/state.db".into(),
+                synchronous: Synchronous::Normal
+            }
         );
-        assert!(matches!(Endpoint::parse("postgres://u:p@h:5432/db").unwrap(), Endpoint::Postgres { .. }));
-        assert!(matches!(Endpoint::parse("postgresql://h/db").unwrap(), Endpoint::Postgres { .. }));
+        assert!(matches!(
+            Endpoint::parse("postgres://u:p@h:5432/db").unwrap(),
+            Endpoint::Postgres { .. }
+        ));
+        assert!(matches!(
+            Endpoint::parse("postgresql://h/db").unwrap(),
+            Endpoint::Postgres { .. }
+        ));
     }
 
     #[test]
     fn refuses_unknown_schemes_and_parameters_without_leaking_passwords() {
-        let e = Endpoint::parse("mysql://root:secret@h/db").unwrap_err().to_string();
+        let e = Endpoint::parse("mysql://root:secret@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("root:***@h"), "{e}");
         assert!(!e.contains("secret"));
         assert!(Endpoint::parse("sqlite://").is_err());

@@ -8,12 +8,20 @@ use crate::Revision;
 pub enum StorageError {
     /// The requested revision was removed by compaction (etcd: "mvcc: required revision has
     /// been compacted").
-    #[error("required revision {requested} has been compacted (compact revision {compact_revision})")]
-    Compacted { requested: Revision, compact_revision: Revision },
+    #[error(
+        "required revision {requested} has been compacted (compact revision {compact_revision})"
+    )]
+    Compacted {
+        requested: Revision,
+        compact_revision: Revision,
+    },
     /// The requested revision is newer than the head (etcd: "mvcc: required revision is a
     /// future revision").
     #[error("required revision {requested} is a future revision (current revision {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// Revisions are positive; zero means "head" where it is allowed.
     #[error("invalid revision {0}")]
     InvalidRevision(Revision),

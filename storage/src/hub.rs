@@ -44,7 +44,9 @@ struct HubState {
 impl Hub {
     pub(crate) fn new(last: Revision) -> Self {
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
-        Hub { state: Mutex::new(HubState { last, tx }) }
+        Hub {
+            state: Mutex::new(HubState { last, tx }),
+        }
     }
 
     /// A receiver of everything published after the returned revision.
@@ -96,7 +98,13 @@ async fn take_local(shared: &Shared, hub: &Hub, batch: CommittedBatch) -> Result
     let last = hub.last();
     if batch.first == last + 1 {
         let end = batch.events.last().map_or(last, Event::revision);
-        hub.publish(end, HubMessage::Events { last: end, events: batch.events });
+        hub.publish(
+            end,
+            HubMessage::Events {
+                last: end,
+                events: batch.events,
+            },
+        );
         Ok(())
     } else if batch.first > last + 1 {
         // Another process committed in between: the log has both, in order.
@@ -120,20 +128,29 @@ async fn catch_up(shared: &Shared, hub: &Hub) -> Result<()> {
         for row in &rows {
             events.push(sql::decode_event(row)?);
         }
-        let Some(first) = events.first().map(Event::revision) else { return Ok(()) };
+        let Some(first) = events.first().map(Event::revision) else {
+            return Ok(());
+        };
         if first != last + 1 {
-            let (_, compact): (Revision, Revision) =
-                sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&shared.read).await?;
+            let (_, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+                .fetch_one(&shared.read)
+                .await?;
             if first <= compact {
                 tracing::warn!(last, compact, "watch follower fell behind compaction");
                 hub.publish(first - 1, HubMessage::Compacted { to: first - 1 });
             } else {
-                return Err(corrupt(format!("revision {} missing from the log (next is {first})", last + 1)));
+                return Err(corrupt(format!(
+                    "revision {} missing from the log (next is {first})",
+                    last + 1
+                )));
             }
         }
         for (i, e) in events.iter().enumerate().skip(1) {
             if e.revision() != first + i as i64 {
-                return Err(corrupt(format!("revision {} missing from the log", first + i as i64)));
+                return Err(corrupt(format!(
+                    "revision {} missing from the log",
+                    first + i as i64
+                )));
             }
         }
         let end = first + events.len() as i64 - 1;
@@ -146,7 +163,11 @@ async fn catch_up(shared: &Shared, hub: &Hub) -> Result<()> {
 
 /// Wakes the follower on every NOTIFY from a PostgreSQL writer (any process), and after
 /// every reconnect, since notifications sent while disconnected are lost.
-pub(crate) async fn run_pg_listener(url: String, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run_pg_listener(
+    url: String,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     use sqlx::postgres::PgListener;
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -13,7 +13,9 @@ use crate::types::{Compare, Op, Txn};
 use crate::{Backend, Inner, Shared};
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) async fn grant(shared: &Shared, ttl: i64) -> Result<i64> {
@@ -39,11 +41,13 @@ pub(crate) async fn grant(shared: &Shared, ttl: i64) -> Result<i64> {
 }
 
 pub(crate) async fn keep_alive(shared: &Shared, id: i64) -> Result<i64> {
-    let row = sqlx::query("UPDATE kv_lease SET expires_at_ms = $1 + ttl * 1000 WHERE id = $2 RETURNING ttl")
-        .bind(now_ms())
-        .bind(id)
-        .fetch_optional(&shared.read)
-        .await?;
+    let row = sqlx::query(
+        "UPDATE kv_lease SET expires_at_ms = $1 + ttl * 1000 WHERE id = $2 RETURNING ttl",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .fetch_optional(&shared.read)
+    .await?;
     match row {
         Some(row) => Ok(row.try_get(0)?),
         None => Err(StorageError::LeaseNotFound(id)),
@@ -51,10 +55,11 @@ pub(crate) async fn keep_alive(shared: &Shared, id: i64) -> Result<i64> {
 }
 
 pub(crate) async fn time_to_live(shared: &Shared, id: i64) -> Result<i64> {
-    let expires: Option<i64> = sqlx::query_scalar("SELECT expires_at_ms FROM kv_lease WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&shared.read)
-        .await?;
+    let expires: Option<i64> =
+        sqlx::query_scalar("SELECT expires_at_ms FROM kv_lease WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&shared.read)
+            .await?;
     match expires {
         Some(at) => Ok(((at - now_ms()).max(0) + 999) / 1000),
         None => Err(StorageError::LeaseNotFound(id)),
@@ -65,8 +70,17 @@ pub(crate) async fn time_to_live(shared: &Shared, id: i64) -> Result<i64> {
 /// the vanished lease; the reaper's orphan sweep deletes such keys.
 pub(crate) async fn revoke(backend: &Backend, id: i64) -> Result<()> {
     let shared = backend.shared();
-    let removed = sqlx::query("DELETE FROM kv_lease WHERE id = $1").bind(id).execute(&shared.read).await?.rows_affected();
-    delete_keys(backend, "SELECT key, mod_rev FROM kv_current WHERE lease = $1", Some(id)).await?;
+    let removed = sqlx::query("DELETE FROM kv_lease WHERE id = $1")
+        .bind(id)
+        .execute(&shared.read)
+        .await?
+        .rows_affected();
+    delete_keys(
+        backend,
+        "SELECT key, mod_rev FROM kv_current WHERE lease = $1",
+        Some(id),
+    )
+    .await?;
     if removed == 0 {
         return Err(StorageError::LeaseNotFound(id));
     }
@@ -84,18 +98,30 @@ async fn delete_keys(backend: &Backend, query: &'static str, lease: Option<i64>)
     for row in rows {
         let key: Vec<u8> = row.try_get(0)?;
         let rev: i64 = row.try_get(1)?;
-        backend.txn(Txn { key, compare: Compare::ModRevision(rev), op: Op::Delete }).await?;
+        backend
+            .txn(Txn {
+                key,
+                compare: Compare::ModRevision(rev),
+                op: Op::Delete,
+            })
+            .await?;
     }
     Ok(())
 }
 
-pub(crate) async fn run_reaper(backend: Weak<Inner>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run_reaper(
+    backend: Weak<Inner>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-        let Some(inner) = backend.upgrade() else { return };
+        let Some(inner) = backend.upgrade() else {
+            return;
+        };
         let backend = Backend { inner };
         let result: Result<()> = async {
             let expired: Vec<i64> = sqlx::query_scalar("SELECT id FROM kv_lease WHERE expires_at_ms <= $1")

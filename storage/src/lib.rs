@@ -29,8 +29,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch as tokio_watch};
 pub use endpoint::{Endpoint, Synchronous};
 pub use error::{Result, StorageError};
 pub use types::{
-    Compare, Event, EventKind, KeyRange, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES, Op, RangeRequest,
-    RangeResponse, Revision, Txn, TxnOutcome, prefix_end,
+    Compare, Event, EventKind, KeyRange, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES, Op,
+    RangeRequest, RangeResponse, Revision, Txn, TxnOutcome, prefix_end,
 };
 pub use watch::WatchStream;
 
@@ -125,7 +125,11 @@ impl Backend {
                         c => c.to_string(),
                     })
                     .collect();
-                (Dialect::Sqlite, format!("sqlite://{encoded}?mode=rwc"), Some(*synchronous))
+                (
+                    Dialect::Sqlite,
+                    format!("sqlite://{encoded}?mode=rwc"),
+                    Some(*synchronous),
+                )
             }
             Endpoint::Postgres { url } => (Dialect::Postgres, url.clone(), None),
         };
@@ -158,7 +162,9 @@ impl Backend {
         let write = pool(1);
         let read = pool(options.read_connections.max(1));
 
-        let deadline = options.connect_timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = options
+            .connect_timeout
+            .map(|t| tokio::time::Instant::now() + t);
         let mut backoff = Duration::from_millis(100);
         loop {
             match prepare(dialect, &write).await {
@@ -180,7 +186,12 @@ impl Backend {
         }
         let head: Revision = sqlx::query_scalar(sql::HEAD).fetch_one(&read).await?;
 
-        let shared = Arc::new(Shared { dialect, read, write, options: options.clone() });
+        let shared = Arc::new(Shared {
+            dialect,
+            read,
+            write,
+            options: options.clone(),
+        });
         let hub = Arc::new(Hub::new(head));
         let (shutdown, shutdown_rx) = tokio_watch::channel(false);
         let (queue, queue_rx) = mpsc::channel(writer::MAX_BATCH * 4);
@@ -200,12 +211,26 @@ impl Backend {
             tokio::spawn(hub::run_pg_listener(url, wake, shutdown_rx.clone()));
         }
         let backend = Backend {
-            inner: Arc::new(Inner { shared, hub, queue, shutdown, endpoint: endpoint.clone() }),
+            inner: Arc::new(Inner {
+                shared,
+                hub,
+                queue,
+                shutdown,
+                endpoint: endpoint.clone(),
+            }),
         };
         if let Some(interval) = options.compact_interval {
-            tokio::spawn(compact::run_periodic(backend.downgrade(), interval, shutdown_rx.clone()));
+            tokio::spawn(compact::run_periodic(
+                backend.downgrade(),
+                interval,
+                shutdown_rx.clone(),
+            ));
         }
-        tokio::spawn(lease::run_reaper(backend.downgrade(), options.lease_check_interval, shutdown_rx));
+        tokio::spawn(lease::run_reaper(
+            backend.downgrade(),
+            options.lease_check_interval,
+            shutdown_rx,
+        ));
         tracing::info!(datastore = %endpoint.redacted(), revision = head, "datastore open");
         Ok(backend)
     }
@@ -232,14 +257,20 @@ impl Backend {
 
     /// The head revision and the compact revision, read from the database.
     pub async fn revisions(&self) -> Result<(Revision, Revision)> {
-        Ok(sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&self.shared().read).await?)
+        Ok(sqlx::query_as(sql::HEAD_AND_COMPACT)
+            .fetch_one(&self.shared().read)
+            .await?)
     }
 
     /// Runs a single-key transaction. Concurrent calls are committed together.
     pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
         txn.validate()?;
         let (reply, rx) = oneshot::channel();
-        self.inner.queue.send(writer::PendingWrite { txn, reply }).await.map_err(|_| StorageError::Closed)?;
+        self.inner
+            .queue
+            .send(writer::PendingWrite { txn, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -247,7 +278,10 @@ impl Backend {
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<(Option<KeyValue>, Revision)> {
         let key = key.into();
         types::validate_key(&key)?;
-        let row = sqlx::query(sql::GET_AT_HEAD).bind(key).fetch_one(&self.shared().read).await?;
+        let row = sqlx::query(sql::GET_AT_HEAD)
+            .bind(key)
+            .fetch_one(&self.shared().read)
+            .await?;
         use sqlx::Row;
         let head: Revision = row.try_get(0)?;
         let found: Option<Vec<u8>> = row.try_get(2)?;
@@ -267,25 +301,57 @@ impl Backend {
         let shared = self.shared();
         let mut conn = shared.read.acquire().await?;
         let mut tx = conn.begin_with(shared.dialect.begin_read()).await?;
-        let (head, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&mut *tx).await?;
-        let at = if req.revision == 0 { head } else { req.revision };
+        let (head, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+            .fetch_one(&mut *tx)
+            .await?;
+        let at = if req.revision == 0 {
+            head
+        } else {
+            req.revision
+        };
         if at > head {
-            return Err(StorageError::FutureRevision { requested: at, current: head });
+            return Err(StorageError::FutureRevision {
+                requested: at,
+                current: head,
+            });
         }
         if at < compact {
-            return Err(StorageError::Compacted { requested: at, compact_revision: compact });
+            return Err(StorageError::Compacted {
+                requested: at,
+                compact_revision: compact,
+            });
         }
         let (start, end) = (req.range.start.clone(), req.range.sql_end());
         let at_head = at == head;
-        let count = CountQuery { start: &start, end: &end, at, at_head };
+        let count = CountQuery {
+            start: &start,
+            end: &end,
+            at,
+            at_head,
+        };
         if req.count_only {
             let n = count.run(&mut tx).await?;
             tx.commit().await?;
-            return Ok(RangeResponse { header_revision: head, read_revision: at, kvs: vec![], more: false, count: n });
+            return Ok(RangeResponse {
+                header_revision: head,
+                read_revision: at,
+                kvs: vec![],
+                more: false,
+                count: n,
+            });
         }
-        let fetch = if req.limit > 0 { req.limit + 1 } else { i64::MAX };
+        let fetch = if req.limit > 0 {
+            req.limit + 1
+        } else {
+            i64::MAX
+        };
         let rows = if at_head {
-            sqlx::query(sql::RANGE_AT_HEAD).bind(start.clone()).bind(end.clone()).bind(fetch).fetch_all(&mut *tx).await?
+            sqlx::query(sql::RANGE_AT_HEAD)
+                .bind(start.clone())
+                .bind(end.clone())
+                .bind(fetch)
+                .fetch_all(&mut *tx)
+                .await?
         } else {
             sqlx::query(sql::RANGE_AT_REV)
                 .bind(start.clone())
@@ -295,7 +361,10 @@ impl Backend {
                 .fetch_all(&mut *tx)
                 .await?
         };
-        let mut kvs = rows.iter().map(|r| sql::decode_kv(r, 0)).collect::<Result<Vec<_>>>()?;
+        let mut kvs = rows
+            .iter()
+            .map(|r| sql::decode_kv(r, 0))
+            .collect::<Result<Vec<_>>>()?;
         let more = req.limit > 0 && kvs.len() as i64 > req.limit;
         let n = if more {
             kvs.truncate(req.limit as usize);
@@ -304,7 +373,13 @@ impl Backend {
             kvs.len() as i64
         };
         tx.commit().await?;
-        Ok(RangeResponse { header_revision: head, read_revision: at, kvs, more, count: n })
+        Ok(RangeResponse {
+            header_revision: head,
+            read_revision: at,
+            kvs,
+            more,
+            count: n,
+        })
     }
 
     /// Watches a key range from `start` (0: from the next write). Fails at once with
@@ -318,12 +393,23 @@ impl Backend {
         let (head, compact) = self.revisions().await?;
         let start = if start == 0 { head + 1 } else { start };
         if start < compact {
-            return Err(StorageError::Compacted { requested: start, compact_revision: compact });
+            return Err(StorageError::Compacted {
+                requested: start,
+                compact_revision: compact,
+            });
         }
         if start > head + 1 {
-            return Err(StorageError::FutureRevision { requested: start, current: head });
+            return Err(StorageError::FutureRevision {
+                requested: start,
+                current: head,
+            });
         }
-        Ok(watch::spawn(self.inner.shared.clone(), self.inner.hub.clone(), range, start))
+        Ok(watch::spawn(
+            self.inner.shared.clone(),
+            self.inner.hub.clone(),
+            range,
+            start,
+        ))
     }
 
     /// Removes the history below `revision`: reads below it and watches starting below it
@@ -365,9 +451,14 @@ struct CountQuery<'a> {
 impl CountQuery<'_> {
     async fn run(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64> {
         let q = if self.at_head {
-            sqlx::query_scalar(sql::COUNT_AT_HEAD).bind(self.start.to_vec()).bind(self.end.to_vec())
+            sqlx::query_scalar(sql::COUNT_AT_HEAD)
+                .bind(self.start.to_vec())
+                .bind(self.end.to_vec())
         } else {
-            sqlx::query_scalar(sql::COUNT_AT_REV).bind(self.start.to_vec()).bind(self.end.to_vec()).bind(self.at)
+            sqlx::query_scalar(sql::COUNT_AT_REV)
+                .bind(self.start.to_vec())
+                .bind(self.end.to_vec())
+                .bind(self.at)
         };
         Ok(q.fetch_one(&mut **tx).await?)
     }
@@ -377,12 +468,9 @@ impl CountQuery<'_> {
 async fn prepare(dialect: Dialect, pool: &AnyPool) -> Result<()> {
     pool.acquire().await?.ping().await?;
     let migrator = dialect.migrator();
-    migrator
-        .run(pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => StorageError::from(e),
-            other => StorageError::Corrupt(format!("schema migration: {other}")),
-        })?;
+    migrator.run(pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::Execute(e) => StorageError::from(e),
+        other => StorageError::Corrupt(format!("schema migration: {other}")),
+    })?;
     Ok(())
 }

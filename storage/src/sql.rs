@@ -66,7 +66,8 @@ pub(crate) const GET_AT_HEAD: &str = "SELECT m.rev, k.rev, c.key, c.create_rev, 
 
 pub(crate) const RANGE_AT_HEAD: &str = "SELECT key, create_rev, mod_rev, version, lease, value FROM kv_current \
      WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3";
-pub(crate) const COUNT_AT_HEAD: &str = "SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2";
+pub(crate) const COUNT_AT_HEAD: &str =
+    "SELECT COUNT(*) FROM kv_current WHERE key >= $1 AND key < $2";
 
 /// The latest row of each key in the range at or below a revision, tombstones excluded.
 pub(crate) const RANGE_AT_REV: &str = "SELECT l.key, l.create_rev, l.rev, l.version, l.lease, l.value FROM kv_log l \
@@ -127,7 +128,11 @@ pub(crate) fn decode_event(row: &AnyRow) -> Result<Event> {
         lease: row.try_get(4)?,
         value: row.try_get(6)?,
     };
-    let kind = if deleted != 0 { EventKind::Delete } else { EventKind::Put };
+    let kind = if deleted != 0 {
+        EventKind::Delete
+    } else {
+        EventKind::Put
+    };
     Ok(Event { kind, kv, prev_kv })
 }
 
@@ -163,7 +168,10 @@ pub(crate) fn values_list(rows: usize, cols: usize) -> String {
 
 /// `$1, $2, ...` for an `IN` list.
 pub(crate) fn in_list(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn corrupt(what: impl Into<String>) -> StorageError {

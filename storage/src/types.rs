@@ -56,20 +56,41 @@ pub struct Txn {
 
 impl Txn {
     pub fn create(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Txn { key: key.into(), compare: Compare::Absent, op: Op::Put { value: value.into(), lease: 0 } }
+        Txn {
+            key: key.into(),
+            compare: Compare::Absent,
+            op: Op::Put {
+                value: value.into(),
+                lease: 0,
+            },
+        }
     }
     pub fn update(key: impl Into<Vec<u8>>, expected: Revision, value: impl Into<Vec<u8>>) -> Self {
         Txn {
             key: key.into(),
             compare: Compare::ModRevision(expected),
-            op: Op::Put { value: value.into(), lease: 0 },
+            op: Op::Put {
+                value: value.into(),
+                lease: 0,
+            },
         }
     }
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Txn { key: key.into(), compare: Compare::Any, op: Op::Put { value: value.into(), lease: 0 } }
+        Txn {
+            key: key.into(),
+            compare: Compare::Any,
+            op: Op::Put {
+                value: value.into(),
+                lease: 0,
+            },
+        }
     }
     pub fn delete(key: impl Into<Vec<u8>>, expected: Revision) -> Self {
-        Txn { key: key.into(), compare: Compare::ModRevision(expected), op: Op::Delete }
+        Txn {
+            key: key.into(),
+            compare: Compare::ModRevision(expected),
+            op: Op::Delete,
+        }
     }
     /// Attaches the put to a lease (see [`crate::Backend::lease_grant`]).
     pub fn with_lease(mut self, id: i64) -> Self {
@@ -81,15 +102,18 @@ impl Txn {
 
     pub(crate) fn validate(&self) -> Result<()> {
         validate_key(&self.key)?;
-        if let Op::Put { value, .. } = &self.op {
-            if value.len() > MAX_VALUE_BYTES {
-                return Err(StorageError::ValueTooLarge { size: value.len(), limit: MAX_VALUE_BYTES });
-            }
+        if let Op::Put { value, .. } = &self.op
+            && value.len() > MAX_VALUE_BYTES
+        {
+            return Err(StorageError::ValueTooLarge {
+                size: value.len(),
+                limit: MAX_VALUE_BYTES,
+            });
         }
-        if let Compare::ModRevision(r) = self.compare {
-            if r <= 0 {
-                return Err(StorageError::InvalidRevision(r));
-            }
+        if let Compare::ModRevision(r) = self.compare
+            && r <= 0
+        {
+            return Err(StorageError::InvalidRevision(r));
         }
         Ok(())
     }
@@ -136,16 +160,25 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn key(key: impl Into<Vec<u8>>) -> Self {
-        KeyRange { start: key.into(), end: None }
+        KeyRange {
+            start: key.into(),
+            end: None,
+        }
     }
     /// Every key that starts with `prefix`.
     pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
         let start = prefix.into();
         let end = prefix_end(&start);
-        KeyRange { start, end: Some(end) }
+        KeyRange {
+            start,
+            end: Some(end),
+        }
     }
     pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
-        KeyRange { start: start.into(), end: Some(end.into()) }
+        KeyRange {
+            start: start.into(),
+            end: Some(end.into()),
+        }
     }
     pub fn contains(&self, key: &[u8]) -> bool {
         match &self.end {
@@ -168,13 +201,13 @@ impl KeyRange {
         // A range may start just after a key (`key\0`): kube-apiserver continues lists so.
         let start = self.start.strip_suffix(&[0u8][..]).unwrap_or(&self.start);
         validate_key(start)?;
-        if let Some(end) = &self.end {
-            if end.as_slice() <= self.start.as_slice() {
-                return Err(StorageError::InvalidRange {
-                    start: String::from_utf8_lossy(&self.start).into_owned(),
-                    end: String::from_utf8_lossy(end).into_owned(),
-                });
-            }
+        if let Some(end) = &self.end
+            && end.as_slice() <= self.start.as_slice()
+        {
+            return Err(StorageError::InvalidRange {
+                start: String::from_utf8_lossy(&self.start).into_owned(),
+                end: String::from_utf8_lossy(end).into_owned(),
+            });
         }
         Ok(())
     }
@@ -207,7 +240,12 @@ pub struct RangeRequest {
 
 impl RangeRequest {
     pub fn new(range: KeyRange) -> Self {
-        RangeRequest { range, revision: 0, limit: 0, count_only: false }
+        RangeRequest {
+            range,
+            revision: 0,
+            limit: 0,
+            count_only: false,
+        }
     }
     pub fn at(mut self, revision: Revision) -> Self {
         self.revision = revision;
@@ -286,7 +324,10 @@ mod tests {
     #[test]
     fn malformed_keys_are_refused() {
         for key in [&b""[..], b"registry/x", b"/a\0b"] {
-            assert!(matches!(validate_key(key), Err(StorageError::InvalidKey { .. })), "{key:?}");
+            assert!(
+                matches!(validate_key(key), Err(StorageError::InvalidKey { .. })),
+                "{key:?}"
+            );
         }
         assert!(validate_key(&vec![b'/'; MAX_KEY_BYTES + 1]).is_err());
         assert!(validate_key(b"/registry/pods/default/web-0").is_ok());

@@ -38,7 +38,12 @@ impl Drop for WatchStream {
     }
 }
 
-pub(crate) fn spawn(shared: Arc<Shared>, hub: Arc<Hub>, range: KeyRange, start: Revision) -> WatchStream {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    hub: Arc<Hub>,
+    range: KeyRange,
+    start: Revision,
+) -> WatchStream {
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
         if let Err(e) = follow(&shared, &hub, &range, start, &tx).await {
@@ -88,7 +93,10 @@ async fn follow(
                     }
                     HubMessage::Compacted { to } => {
                         if next <= *to {
-                            return Err(StorageError::Compacted { requested: next, compact_revision: to + 1 });
+                            return Err(StorageError::Compacted {
+                                requested: next,
+                                compact_revision: to + 1,
+                            });
                         }
                     }
                 },
@@ -108,12 +116,22 @@ struct ReplayPage {
 
 /// Events of the range in `[from, to]`, at most one page, read in one snapshot together with
 /// the compact revision so that a concurrent compaction cannot hide rows silently.
-async fn replay_page(shared: &Shared, range: &KeyRange, from: Revision, to: Revision) -> Result<ReplayPage> {
+async fn replay_page(
+    shared: &Shared,
+    range: &KeyRange,
+    from: Revision,
+    to: Revision,
+) -> Result<ReplayPage> {
     let mut conn = shared.read.acquire().await?;
     let mut tx = conn.begin_with(shared.dialect.begin_read()).await?;
-    let (_, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT).fetch_one(&mut *tx).await?;
+    let (_, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+        .fetch_one(&mut *tx)
+        .await?;
     if from < compact {
-        return Err(StorageError::Compacted { requested: from, compact_revision: compact });
+        return Err(StorageError::Compacted {
+            requested: from,
+            compact_revision: compact,
+        });
     }
     let stmt = sql::events_in_range();
     let rows = sqlx::query(AssertSqlSafe(stmt))
@@ -129,6 +147,13 @@ async fn replay_page(shared: &Shared, range: &KeyRange, from: Revision, to: Revi
     for row in &rows {
         events.push(sql::decode_event(row)?);
     }
-    let last_scanned = if (rows.len() as i64) < LOG_PAGE { None } else { events.last().map(Event::revision) };
-    Ok(ReplayPage { events, last_scanned })
+    let last_scanned = if (rows.len() as i64) < LOG_PAGE {
+        None
+    } else {
+        events.last().map(Event::revision)
+    };
+    Ok(ReplayPage {
+        events,
+        last_scanned,
+    })
 }

@@ -41,7 +41,10 @@ pub(crate) async fn run(
             Ok(batch) => {
                 if let Some(first) = batch.events.first().map(Event::revision) {
                     // The follower publishes it to watchers; a closed follower means shutdown.
-                    let _ = committed.send(CommittedBatch { first, events: batch.events });
+                    let _ = committed.send(CommittedBatch {
+                        first,
+                        events: batch.events,
+                    });
                 }
                 for (p, outcome) in pending.drain(..).zip(batch.outcomes) {
                     let _ = p.reply.send(outcome);
@@ -72,13 +75,22 @@ async fn commit_batch(shared: &Shared, txns: &[&Txn]) -> Result<BatchResult> {
     result
 }
 
-async fn commit_batch_on(dialect: Dialect, conn: &mut AnyConnection, txns: &[&Txn]) -> Result<BatchResult> {
+async fn commit_batch_on(
+    dialect: Dialect,
+    conn: &mut AnyConnection,
+    txns: &[&Txn],
+) -> Result<BatchResult> {
     let mut tx = conn.begin_with(dialect.begin_write()).await?;
-    let head: Revision = sqlx::query_scalar(sql::LOCK_HEAD).fetch_one(&mut *tx).await?;
+    let head: Revision = sqlx::query_scalar(sql::LOCK_HEAD)
+        .fetch_one(&mut *tx)
+        .await?;
 
     let keys: Vec<&[u8]> = {
         let mut seen = HashSet::new();
-        txns.iter().map(|t| t.key.as_slice()).filter(|k| seen.insert(*k)).collect()
+        txns.iter()
+            .map(|t| t.key.as_slice())
+            .filter(|k| seen.insert(*k))
+            .collect()
     };
     let mut state: HashMap<Vec<u8>, KeyValue> = fetch_current(&mut tx, &keys).await?;
     let leases: Vec<i64> = {
@@ -110,11 +122,12 @@ async fn commit_batch_on(dialect: Dialect, conn: &mut AnyConnection, txns: &[&Tx
             outcomes.push(None);
             continue;
         }
-        if let Op::Put { lease, .. } = txn.op {
-            if lease != 0 && !live_leases.contains(&lease) {
-                outcomes.push(Some(Err(StorageError::LeaseNotFound(lease))));
-                continue;
-            }
+        if let Op::Put { lease, .. } = txn.op
+            && lease != 0
+            && !live_leases.contains(&lease)
+        {
+            outcomes.push(Some(Err(StorageError::LeaseNotFound(lease))));
+            continue;
         }
         rev += 1;
         let prev = current.cloned();
@@ -130,7 +143,14 @@ async fn commit_batch_on(dialect: Dialect, conn: &mut AnyConnection, txns: &[&Tx
                 };
                 state.insert(txn.key.clone(), kv.clone());
                 let row = LogRow::from_kv(&kv, prev.as_ref(), false);
-                (Event { kind: EventKind::Put, kv, prev_kv: prev.clone() }, row)
+                (
+                    Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev_kv: prev.clone(),
+                    },
+                    row,
+                )
             }
             Op::Delete => {
                 let Some(p) = prev.as_ref() else {
@@ -146,19 +166,35 @@ async fn commit_batch_on(dialect: Dialect, conn: &mut AnyConnection, txns: &[&Tx
                 };
                 state.remove(&txn.key);
                 let row = LogRow::from_kv(&kv, Some(p), true);
-                (Event { kind: EventKind::Delete, kv, prev_kv: prev.clone() }, row)
+                (
+                    Event {
+                        kind: EventKind::Delete,
+                        kv,
+                        prev_kv: prev.clone(),
+                    },
+                    row,
+                )
             }
         };
         rows.push(row);
         events.push(event);
-        outcomes.push(Some(Ok(TxnOutcome::Succeeded { revision: rev, prev_kv: prev })));
+        outcomes.push(Some(Ok(TxnOutcome::Succeeded {
+            revision: rev,
+            prev_kv: prev,
+        })));
     }
     // A failed compare reports the head as of the whole batch, so that the current value it
     // returns is never newer than the revision it comes with.
     for (i, current) in failed_current {
-        outcomes[i] = Some(Ok(TxnOutcome::Failed { current, revision: rev }));
+        outcomes[i] = Some(Ok(TxnOutcome::Failed {
+            current,
+            revision: rev,
+        }));
     }
-    let outcomes = outcomes.into_iter().map(|o| o.expect("every outcome set")).collect();
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every outcome set"))
+        .collect();
 
     if rows.is_empty() {
         tx.rollback().await?;
@@ -167,13 +203,22 @@ async fn commit_batch_on(dialect: Dialect, conn: &mut AnyConnection, txns: &[&Tx
     insert_log(&mut tx, &rows).await?;
     let touched: Vec<&[u8]> = {
         let mut seen = HashSet::new();
-        rows.iter().map(|r| r.key.as_slice()).filter(|k| seen.insert(*k)).collect()
+        rows.iter()
+            .map(|r| r.key.as_slice())
+            .filter(|k| seen.insert(*k))
+            .collect()
     };
     write_current(&mut tx, &touched, &state).await?;
-    sqlx::query(sql::SET_HEAD).bind(rev).execute(&mut *tx).await?;
+    sqlx::query(sql::SET_HEAD)
+        .bind(rev)
+        .execute(&mut *tx)
+        .await?;
     if dialect == Dialect::Postgres {
         // Delivered at commit, in commit order, to every process's LISTEN connection.
-        sqlx::query("SELECT pg_notify('kelp_kv', $1)").bind(rev.to_string()).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify('kelp_kv', $1)")
+            .bind(rev.to_string())
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(BatchResult { outcomes, events })
@@ -205,13 +250,20 @@ impl LogRow {
     }
 }
 
-async fn fetch_current(conn: &mut AnyConnection, keys: &[&[u8]]) -> Result<HashMap<Vec<u8>, KeyValue>> {
+async fn fetch_current(
+    conn: &mut AnyConnection,
+    keys: &[&[u8]],
+) -> Result<HashMap<Vec<u8>, KeyValue>> {
     let mut out = HashMap::with_capacity(keys.len());
     let mut rest = keys;
     for size in chunk_sizes(keys.len()) {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        let stmt = format!("SELECT {} FROM kv_current WHERE key IN ({})", sql::KV_COLUMNS, in_list(size));
+        let stmt = format!(
+            "SELECT {} FROM kv_current WHERE key IN ({})",
+            sql::KV_COLUMNS,
+            in_list(size)
+        );
         let mut q = sqlx::query(AssertSqlSafe(stmt));
         for k in chunk {
             q = q.bind(k.to_vec());
@@ -269,7 +321,11 @@ async fn insert_log(conn: &mut AnyConnection, rows: &[LogRow]) -> Result<()> {
 }
 
 /// Brings `kv_current` to the batch's final state of every key it touched.
-async fn write_current(conn: &mut AnyConnection, keys: &[&[u8]], state: &HashMap<Vec<u8>, KeyValue>) -> Result<()> {
+async fn write_current(
+    conn: &mut AnyConnection,
+    keys: &[&[u8]],
+    state: &HashMap<Vec<u8>, KeyValue>,
+) -> Result<()> {
     let (live, gone): (Vec<&[u8]>, Vec<&[u8]>) = keys.iter().partition(|k| state.contains_key(**k));
     let mut rest = live.as_slice();
     for size in chunk_sizes(live.len()) {

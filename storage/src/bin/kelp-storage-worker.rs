@@ -31,7 +31,10 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    let options = Options { compact_interval: None, ..Options::default() };
+    let options = Options {
+        compact_interval: None,
+        ..Options::default()
+    };
     let backend = Backend::open(&endpoint, options).await.unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
@@ -40,7 +43,12 @@ async fn main() {
     let counter = Arc::new(AtomicUsize::new(0));
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let tasks = (0..concurrency).map(|t| {
-        let (backend, prefix, counter, out) = (backend.clone(), prefix.clone(), counter.clone(), out.clone());
+        let (backend, prefix, counter, out) = (
+            backend.clone(),
+            prefix.clone(),
+            counter.clone(),
+            out.clone(),
+        );
         tokio::spawn(async move {
             let pad = "x".repeat(value_bytes);
             loop {

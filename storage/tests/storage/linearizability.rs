@@ -46,8 +46,10 @@ impl KvModel {
         self.rev += 1;
         match value {
             Some(v) => {
-                let (create, version) = self.keys.get(key).map_or((self.rev, 1), |c| (c.2, c.3 + 1));
-                self.keys.insert(key.to_string(), (v.to_string(), self.rev, create, version));
+                let (create, version) =
+                    self.keys.get(key).map_or((self.rev, 1), |c| (c.2, c.3 + 1));
+                self.keys
+                    .insert(key.to_string(), (v.to_string(), self.rev, create, version));
             }
             None => {
                 self.keys.remove(key);
@@ -66,10 +68,20 @@ impl SequentialSpec for KvModel {
     fn invoke(&mut self, op: &KvOp) -> KvRet {
         match op {
             KvOp::Get(k) => KvRet::Get(self.keys.get(k).cloned(), self.rev),
-            KvOp::List(_) => KvRet::List(self.keys.iter().map(|(k, c)| (k.clone(), c.0.clone(), c.1)).collect(), self.rev),
+            KvOp::List(_) => KvRet::List(
+                self.keys
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.0.clone(), c.1))
+                    .collect(),
+                self.rev,
+            ),
             KvOp::Create(k, v) if !self.keys.contains_key(k) => self.write(k, Some(v)),
-            KvOp::Update(k, r, v) if self.keys.get(k).is_some_and(|c| c.1 == *r) => self.write(k, Some(v)),
-            KvOp::Delete(k, r) if self.keys.get(k).is_some_and(|c| c.1 == *r) => self.write(k, None),
+            KvOp::Update(k, r, v) if self.keys.get(k).is_some_and(|c| c.1 == *r) => {
+                self.write(k, Some(v))
+            }
+            KvOp::Delete(k, r) if self.keys.get(k).is_some_and(|c| c.1 == *r) => {
+                self.write(k, None)
+            }
             KvOp::Put(k, v) => self.write(k, Some(v)),
             KvOp::Create(k, _) | KvOp::Update(k, _, _) | KvOp::Delete(k, _) => self.failed(k),
         }
@@ -81,22 +93,43 @@ async fn run(s: &Backend, op: &KvOp) -> KvRet {
         KvOp::Get(k) => {
             let (kv, head) = s.get(k.clone()).await.unwrap();
             let kv = kv.map(|kv| {
-                (String::from_utf8(kv.value).unwrap(), kv.mod_revision, kv.create_revision, kv.version)
+                (
+                    String::from_utf8(kv.value).unwrap(),
+                    kv.mod_revision,
+                    kv.create_revision,
+                    kv.version,
+                )
             });
             return KvRet::Get(kv, head);
         }
         KvOp::List(prefix) => {
-            let r = s.range(RangeRequest::new(KeyRange::prefix(prefix.clone()))).await.unwrap();
+            let r = s
+                .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+                .await
+                .unwrap();
             let kvs = r
                 .kvs
                 .into_iter()
-                .map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap(), kv.mod_revision))
+                .map(|kv| {
+                    (
+                        String::from_utf8(kv.key).unwrap(),
+                        String::from_utf8(kv.value).unwrap(),
+                        kv.mod_revision,
+                    )
+                })
                 .collect();
             return KvRet::List(kvs, r.header_revision);
         }
         KvOp::Create(k, v) => Txn::create(k.clone(), v.clone()),
         KvOp::Update(k, r, v) => Txn::update(k.clone(), *r, v.clone()),
-        KvOp::Put(k, v) => Txn { key: k.clone().into(), compare: Compare::Any, op: Op::Put { value: v.clone().into(), lease: 0 } },
+        KvOp::Put(k, v) => Txn {
+            key: k.clone().into(),
+            compare: Compare::Any,
+            op: Op::Put {
+                value: v.clone().into(),
+                lease: 0,
+            },
+        },
         KvOp::Delete(k, r) => Txn::delete(k.clone(), *r),
     };
     match s.txn(txn).await.unwrap() {
@@ -113,8 +146,13 @@ async fn random_concurrent_histories_are_linearizable(db: &mut TestDb) {
         let (start, _) = s.revisions().await.unwrap();
         let mut watch = s.watch(KeyRange::prefix("/lin/"), start + 1).await.unwrap();
         // Every history starts from an empty key space.
-        let base = KvModel { rev: start, keys: BTreeMap::new() };
-        let tester = Arc::new(Mutex::new(LinearizabilityTester::<usize, KvModel>::new(base)));
+        let base = KvModel {
+            rev: start,
+            keys: BTreeMap::new(),
+        };
+        let tester = Arc::new(Mutex::new(LinearizabilityTester::<usize, KvModel>::new(
+            base,
+        )));
         let writes = Arc::new(Mutex::new(Vec::new()));
         let clients = (0..4).map(|client| {
             let (s, tester, writes) = (s.clone(), tester.clone(), writes.clone());
@@ -125,7 +163,8 @@ async fn random_concurrent_histories_are_linearizable(db: &mut TestDb) {
                     let key = format!("/lin/{seed}/{}", rng.random_range(0..3));
                     let value = format!("c{client}-{i}");
                     // Compare against the revision this client last saw, sometimes stale.
-                    let expected = seen.get(&key).copied().unwrap_or(1) - i64::from(rng.random_range(0..5) == 0);
+                    let expected = seen.get(&key).copied().unwrap_or(1)
+                        - i64::from(rng.random_range(0..5) == 0);
                     let op = match rng.random_range(0..12) {
                         0..=2 => KvOp::Get(key.clone()),
                         3 => KvOp::List(format!("/lin/{seed}/")),
@@ -134,21 +173,37 @@ async fn random_concurrent_histories_are_linearizable(db: &mut TestDb) {
                         9 => KvOp::Put(key.clone(), value.clone()),
                         _ => KvOp::Delete(key.clone(), expected.max(1)),
                     };
-                    tester.lock().unwrap().on_invoke(client, op.clone()).unwrap();
+                    tester
+                        .lock()
+                        .unwrap()
+                        .on_invoke(client, op.clone())
+                        .unwrap();
                     let ret = run(&s, &op).await;
-                    tester.lock().unwrap().on_return(client, ret.clone()).unwrap();
+                    tester
+                        .lock()
+                        .unwrap()
+                        .on_return(client, ret.clone())
+                        .unwrap();
                     match (&op, &ret) {
                         (KvOp::Get(k), KvRet::Get(Some(c), _)) => {
                             seen.insert(k.clone(), c.1);
                         }
                         (_, KvRet::Failed(Some((_, r)))) => {
-                            if let KvOp::Create(k, _) | KvOp::Update(k, _, _) | KvOp::Delete(k, _) = &op {
+                            if let KvOp::Create(k, _) | KvOp::Update(k, _, _) | KvOp::Delete(k, _) =
+                                &op
+                            {
                                 seen.insert(k.clone(), *r);
                             }
                         }
-                        (KvOp::Create(k, v) | KvOp::Update(k, _, v) | KvOp::Put(k, v), KvRet::Written(r)) => {
+                        (
+                            KvOp::Create(k, v) | KvOp::Update(k, _, v) | KvOp::Put(k, v),
+                            KvRet::Written(r),
+                        ) => {
                             seen.insert(k.clone(), *r);
-                            writes.lock().unwrap().push((*r, k.clone(), Some(v.clone())));
+                            writes
+                                .lock()
+                                .unwrap()
+                                .push((*r, k.clone(), Some(v.clone())));
                         }
                         (KvOp::Delete(k, _), KvRet::Written(r)) => {
                             writes.lock().unwrap().push((*r, k.clone(), None));
@@ -161,23 +216,37 @@ async fn random_concurrent_histories_are_linearizable(db: &mut TestDb) {
         for c in futures::future::join_all(clients).await {
             c.unwrap();
         }
-        let tester = tester.lock().unwrap();
-        assert!(
-            tester.serialized_history().is_some(),
-            "history {seed} is not linearizable: {tester:#?}"
-        );
+        {
+            let tester = tester.lock().unwrap();
+            assert!(
+                tester.serialized_history().is_some(),
+                "history {seed} is not linearizable: {tester:#?}"
+            );
+        }
 
         let mut writes = writes.lock().unwrap().clone();
         writes.sort();
         let (head, _) = s.revisions().await.unwrap();
-        let events = if head > start { collect_until(&mut watch, head).await } else { vec![] };
+        let events = if head > start {
+            collect_until(&mut watch, head).await
+        } else {
+            vec![]
+        };
         let observed: Vec<_> = events
             .iter()
             .map(|e| {
-                let value = (e.kind == EventKind::Put).then(|| String::from_utf8(e.kv.value.clone()).unwrap());
-                (e.revision(), String::from_utf8(e.kv.key.clone()).unwrap(), value)
+                let value = (e.kind == EventKind::Put)
+                    .then(|| String::from_utf8(e.kv.value.clone()).unwrap());
+                (
+                    e.revision(),
+                    String::from_utf8(e.kv.key.clone()).unwrap(),
+                    value,
+                )
             })
             .collect();
-        assert_eq!(observed, writes, "the watch of history {seed} differs from its successful writes");
+        assert_eq!(
+            observed, writes,
+            "the watch of history {seed} differs from its successful writes"
+        );
     }
 }

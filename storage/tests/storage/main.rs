@@ -21,7 +21,12 @@ pub enum TestDb {
 
 impl TestDb {
     pub fn sqlite() -> TestDb {
-        TestDb::Sqlite(tempfile::Builder::new().prefix("kelp-sqlite-").tempdir().expect("tempdir"))
+        TestDb::Sqlite(
+            tempfile::Builder::new()
+                .prefix("kelp-sqlite-")
+                .tempdir()
+                .expect("tempdir"),
+        )
     }
     pub fn postgres() -> TestDb {
         TestDb::Postgres(pg::PgCluster::start())
@@ -63,7 +68,9 @@ pub fn test_options() -> Options {
 }
 
 pub async fn open_with(db: &TestDb, options: Options) -> Backend {
-    Backend::open(&db.endpoint(), options).await.expect("open backend")
+    Backend::open(&db.endpoint(), options)
+        .await
+        .expect("open backend")
 }
 
 /// Generates `sqlite` and `postgres` tests running `async fn name(db: &mut TestDb)`.
@@ -88,7 +95,7 @@ macro_rules! both_backends {
 /// Reads events from a watch until one at or beyond `until` arrived.
 pub async fn collect_until(w: &mut WatchStream, until: Revision) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
-    while out.last().map_or(true, |e| e.revision() < until) {
+    while out.last().is_none_or(|e| e.revision() < until) {
         match tokio::time::timeout(Duration::from_secs(20), w.next()).await {
             Ok(Some(Ok(batch))) => out.extend(batch),
             Ok(Some(Err(e))) => panic!("watch failed after {} events: {e}", out.len()),
@@ -124,7 +131,11 @@ pub fn assert_contiguous(events: &[Event], from: Revision, to: Revision) {
     let revs: Vec<Revision> = events.iter().map(Event::revision).collect();
     let expected: Vec<Revision> = (from..=to).collect();
     if revs != expected {
-        let first_bad = revs.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(revs.len().min(expected.len()));
+        let first_bad = revs
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(revs.len().min(expected.len()));
         panic!(
             "events are not exactly {from}..={to} once each: {} events, first difference at index {first_bad}: got {:?}",
             revs.len(),

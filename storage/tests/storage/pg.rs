@@ -53,28 +53,54 @@ fn pg_command(bin: &Path) -> Command {
 
 fn chown_to_postgres(path: &Path) {
     if is_root() {
-        let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "chown {} to postgres failed", path.display());
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .map(|s| s.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "chown {} to postgres failed",
+            path.display()
+        );
     }
 }
 
 fn template() -> PathBuf {
     let bin = bin_dir();
-    let version = bin.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let version = bin
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let template = std::env::temp_dir().join(format!("kelp-pg-template-{version}"));
     if template.join("PG_VERSION").exists() {
         return template;
     }
-    let staging = std::env::temp_dir().join(format!("kelp-pg-template-{version}.{}", std::process::id()));
+    let staging =
+        std::env::temp_dir().join(format!("kelp-pg-template-{version}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).expect("create initdb dir");
     chown_to_postgres(&staging);
     let out = pg_command(&bin.join("initdb"))
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-instructions", "-D"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+            "-D",
+        ])
         .arg(&staging)
         .output()
         .expect("run initdb");
-    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Another test process may have won the race; either template is fine.
     if std::fs::rename(&staging, &template).is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -83,18 +109,33 @@ fn template() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl PgCluster {
     pub fn start() -> PgCluster {
         let template = template();
-        let dir = tempfile::Builder::new().prefix("kelp-pg-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kelp-pg-")
+            .tempdir()
+            .expect("tempdir");
         let data = dir.path().join("data");
-        let ok = Command::new("cp").arg("-a").arg(&template).arg(&data).status().map(|s| s.success());
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()
+            .map(|s| s.success());
         assert!(matches!(ok, Ok(true)), "copy PostgreSQL template");
         chown_to_postgres(dir.path());
-        let mut cluster = PgCluster { dir, port: 0, child: None };
+        let mut cluster = PgCluster {
+            dir,
+            port: 0,
+            child: None,
+        };
         cluster.run_server(free_port());
         cluster
     }
@@ -105,10 +146,20 @@ impl PgCluster {
         let child = pg_command(&bin_dir().join("postgres"))
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
+            ])
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -118,7 +169,15 @@ impl PgCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new(bin_dir().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -126,10 +185,14 @@ impl PgCluster {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.path().join("postgres.log"))
+                    .unwrap_or_default();
                 panic!("postgres exited with {status}: {log}");
             }
-            assert!(Instant::now() < deadline, "postgres did not become ready on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not become ready on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -148,7 +211,9 @@ impl PgCluster {
             // SIGQUIT to the postmaster (not to runuser, which does not pass it on):
             // immediate shutdown, as in a crash.
             let pid_file = self.dir.path().join("data/postmaster.pid");
-            let pid = std::fs::read_to_string(pid_file).ok().and_then(|s| s.lines().next().map(str::to_string));
+            let pid = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|s| s.lines().next().map(str::to_string));
             let pid = pid.unwrap_or_else(|| child.id().to_string());
             let _ = Command::new("kill").args(["-QUIT", &pid]).status();
             let _ = child.wait();
@@ -169,7 +234,11 @@ impl PgCluster {
             .arg("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
             .output()
             .expect("psql");
-        assert!(out.status.success(), "terminate: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "terminate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -29,9 +29,21 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(url: &str, prefix: &str, writes: usize, concurrency: usize, value_bytes: usize) -> Worker {
+    fn spawn(
+        url: &str,
+        prefix: &str,
+        writes: usize,
+        concurrency: usize,
+        value_bytes: usize,
+    ) -> Worker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kelp-storage-worker"))
-            .args([url, prefix, &writes.to_string(), &concurrency.to_string(), &value_bytes.to_string()])
+            .args([
+                url,
+                prefix,
+                &writes.to_string(),
+                &concurrency.to_string(),
+                &value_bytes.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -56,7 +68,12 @@ impl Worker {
                 }
             })
         };
-        Worker { child, acks, done, reader: Some(reader) }
+        Worker {
+            child,
+            acks,
+            done,
+            reader: Some(reader),
+        }
     }
 
     fn acked(&self) -> usize {
@@ -86,19 +103,37 @@ impl Worker {
 async fn assert_consistent(s: &Backend) -> Vec<kelp_storage::Event> {
     let (head, _) = s.revisions().await.unwrap();
     let mut w = s.watch(KeyRange::prefix("/"), 1).await.unwrap();
-    let log = if head > 0 { collect_until(&mut w, head).await } else { vec![] };
+    let log = if head > 0 {
+        collect_until(&mut w, head).await
+    } else {
+        vec![]
+    };
     assert_contiguous(&log, 1, head);
-    let listed = s.range(RangeRequest::new(KeyRange::prefix("/"))).await.unwrap();
+    let listed = s
+        .range(RangeRequest::new(KeyRange::prefix("/")))
+        .await
+        .unwrap();
     assert_eq!(listed.header_revision, head);
-    let listed: BTreeMap<_, _> = listed.kvs.into_iter().map(|kv| (kv.key, (kv.value, kv.mod_revision))).collect();
-    assert_eq!(listed, fold(&log, head), "the head state is not the fold of the log");
+    let listed: BTreeMap<_, _> = listed
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+        .collect();
+    assert_eq!(
+        listed,
+        fold(&log, head),
+        "the head state is not the fold of the log"
+    );
     log
 }
 
 fn assert_acks_durable(log: &[kelp_storage::Event], acks: &[Ack]) {
-    let by_rev: BTreeMap<Revision, &kelp_storage::Event> = log.iter().map(|e| (e.revision(), e)).collect();
+    let by_rev: BTreeMap<Revision, &kelp_storage::Event> =
+        log.iter().map(|e| (e.revision(), e)).collect();
     for ack in acks {
-        let e = by_rev.get(&ack.revision).unwrap_or_else(|| panic!("acknowledged write {ack:?} is lost"));
+        let e = by_rev
+            .get(&ack.revision)
+            .unwrap_or_else(|| panic!("acknowledged write {ack:?} is lost"));
         assert_eq!(String::from_utf8_lossy(&e.kv.key), ack.key, "{ack:?}");
         let value = String::from_utf8_lossy(&e.kv.value);
         assert_eq!(value.split(':').next().unwrap(), ack.value, "{ack:?}");
@@ -124,7 +159,13 @@ async fn kill_9_in_the_middle_of_a_batch_is_all_or_nothing(db: &mut TestDb) {
         assert_acks_durable(&log, &acks);
         // The store goes on from the recovered head.
         let head = s.revisions().await.unwrap().0;
-        assert_eq!(s.txn(Txn::create(format!("/after/{round}"), "v")).await.unwrap().revision(), Some(head + 1));
+        assert_eq!(
+            s.txn(Txn::create(format!("/after/{round}"), "v"))
+                .await
+                .unwrap()
+                .revision(),
+            Some(head + 1)
+        );
         s.close().await;
     }
     assert!(total_acked >= 900);
@@ -137,10 +178,18 @@ async fn postgres_processes_share_one_gapless_revision_order() {
     let db = TestDb::postgres();
     let s = db.open().await;
     let mut watch = s.watch(KeyRange::prefix("/"), 1).await.unwrap();
-    let workers: Vec<Worker> = (0..2).map(|i| Worker::spawn(&db.url(), &format!("/proc/{i}"), 400, 8, 64)).collect();
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::spawn(&db.url(), &format!("/proc/{i}"), 400, 8, 64))
+        .collect();
     let mut mine = Vec::new();
     for i in 0..200 {
-        mine.push(s.txn(Txn::create(format!("/proc/test/{i}"), "v")).await.unwrap().revision().unwrap());
+        mine.push(
+            s.txn(Txn::create(format!("/proc/test/{i}"), "v"))
+                .await
+                .unwrap()
+                .revision()
+                .unwrap(),
+        );
     }
     let acks: Vec<Ack> = workers.into_iter().flat_map(Worker::wait).collect();
     let (head, _) = s.revisions().await.unwrap();
@@ -148,7 +197,11 @@ async fn postgres_processes_share_one_gapless_revision_order() {
 
     let mut revs: BTreeSet<Revision> = mine.iter().copied().collect();
     for a in &acks {
-        assert!(revs.insert(a.revision), "revision {} given twice", a.revision);
+        assert!(
+            revs.insert(a.revision),
+            "revision {} given twice",
+            a.revision
+        );
     }
     assert_eq!(revs, (1..=head).collect(), "revisions are not 1..=head");
 
@@ -159,8 +212,15 @@ async fn postgres_processes_share_one_gapless_revision_order() {
 
     // Each successful increment was applied exactly once across processes.
     let increments = acks.iter().filter(|a| a.key.starts_with("/hot/")).count() as u64;
-    let counters = s.range(RangeRequest::new(KeyRange::prefix("/hot/"))).await.unwrap();
-    let sum: u64 = counters.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.value).parse::<u64>().unwrap()).sum();
+    let counters = s
+        .range(RangeRequest::new(KeyRange::prefix("/hot/")))
+        .await
+        .unwrap();
+    let sum: u64 = counters
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).parse::<u64>().unwrap())
+        .sum();
     assert_eq!(sum, increments);
     assert_eq!(increments, 200);
     assert_consistent(&s).await;
@@ -180,7 +240,10 @@ async fn postgres_watches_resume_across_connection_loss_and_restart() {
             let (mut ok, mut failed) = (0, 0);
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match s.txn(Txn::put(format!("/cut/{}", i % 20), format!("{i}"))).await {
+                match s
+                    .txn(Txn::put(format!("/cut/{}", i % 20), format!("{i}")))
+                    .await
+                {
                     Ok(_) => ok += 1,
                     Err(StorageError::Unavailable(_)) => {
                         failed += 1;
@@ -216,7 +279,9 @@ async fn postgres_watches_resume_across_connection_loss_and_restart() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, _failed) = writer.await.unwrap();
     // The worker process lost its connections too; it reports failures and goes on.
-    let other = tokio::task::spawn_blocking(move || other.wait()).await.unwrap();
+    let other = tokio::task::spawn_blocking(move || other.wait())
+        .await
+        .unwrap();
     assert!(ok > 100, "only {ok} writes succeeded ({after_outage})");
 
     let (head, _) = s.revisions().await.unwrap();
@@ -233,11 +298,21 @@ async fn postgres_down_at_start_up_is_retried_until_it_is_up() {
     let endpoint = db.endpoint();
     let opening = tokio::spawn(async move {
         let started = Instant::now();
-        let b = Backend::open(&endpoint, Options { connect_timeout: Some(Duration::from_secs(60)), ..test_options() }).await;
+        let b = Backend::open(
+            &endpoint,
+            Options {
+                connect_timeout: Some(Duration::from_secs(60)),
+                ..test_options()
+            },
+        )
+        .await;
         (b, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!opening.is_finished(), "open returned while the database was down");
+    assert!(
+        !opening.is_finished(),
+        "open returned while the database was down"
+    );
     let db = tokio::task::spawn_blocking(move || {
         db.pg().unwrap().restart();
         db
@@ -247,20 +322,36 @@ async fn postgres_down_at_start_up_is_retried_until_it_is_up() {
     let (backend, waited) = opening.await.unwrap();
     let backend = backend.expect("open after the database came up");
     assert!(waited >= Duration::from_millis(1500));
-    assert_eq!(backend.txn(Txn::create("/up", "v")).await.unwrap().revision(), Some(1));
+    assert_eq!(
+        backend
+            .txn(Txn::create("/up", "v"))
+            .await
+            .unwrap()
+            .revision(),
+        Some(1)
+    );
 
     // With a deadline, an unreachable database is a clear error naming it.
     let port = db.pg_port();
     drop(db);
     let e = Backend::open(
-        &kelp_storage::Endpoint::parse(&format!("postgres://postgres:secret@127.0.0.1:{port}/postgres")).unwrap(),
-        Options { connect_timeout: Some(Duration::from_millis(500)), ..test_options() },
+        &kelp_storage::Endpoint::parse(&format!(
+            "postgres://postgres:secret@127.0.0.1:{port}/postgres"
+        ))
+        .unwrap(),
+        Options {
+            connect_timeout: Some(Duration::from_millis(500)),
+            ..test_options()
+        },
     )
     .await
     .err()
     .expect("open must fail");
     let msg = e.to_string();
     assert!(matches!(e, StorageError::Unavailable(_)), "{msg}");
-    assert!(msg.contains("unreachable") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(
+        msg.contains("unreachable") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
     assert!(!msg.contains("secret"), "the password leaked: {msg}");
 }

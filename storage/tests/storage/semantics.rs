@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kelp_storage::{
-    Compare, EventKind, KeyRange, MAX_VALUE_BYTES, Op, RangeRequest, Revision, StorageError, Txn, TxnOutcome,
+    Compare, EventKind, KeyRange, MAX_VALUE_BYTES, Op, RangeRequest, Revision, StorageError, Txn,
+    TxnOutcome,
 };
 use rand::{Rng, SeedableRng};
 
@@ -25,41 +26,88 @@ both_backends!(
 async fn create_update_delete_follow_etcd(db: &mut TestDb) {
     let s = db.open().await;
     let created = s.txn(Txn::create("/r/a", "1")).await.unwrap();
-    assert_eq!(created, TxnOutcome::Succeeded { revision: 1, prev_kv: None });
+    assert_eq!(
+        created,
+        TxnOutcome::Succeeded {
+            revision: 1,
+            prev_kv: None
+        }
+    );
 
     // A second create fails and returns the current value, like etcd's Else(Get).
     match s.txn(Txn::create("/r/a", "other")).await.unwrap() {
-        TxnOutcome::Failed { current: Some(kv), revision } => {
-            assert_eq!((kv.value.as_slice(), kv.mod_revision, revision), (&b"1"[..], 1, 1));
+        TxnOutcome::Failed {
+            current: Some(kv),
+            revision,
+        } => {
+            assert_eq!(
+                (kv.value.as_slice(), kv.mod_revision, revision),
+                (&b"1"[..], 1, 1)
+            );
         }
         other => panic!("duplicate create: {other:?}"),
     }
     // A stale compare fails the same way.
-    assert!(!s.txn(Txn::update("/r/a", 7, "x")).await.unwrap().succeeded());
+    assert!(
+        !s.txn(Txn::update("/r/a", 7, "x"))
+            .await
+            .unwrap()
+            .succeeded()
+    );
 
     let updated = s.txn(Txn::update("/r/a", 1, "2")).await.unwrap();
-    let TxnOutcome::Succeeded { revision: 2, prev_kv: Some(prev) } = updated else { panic!("{updated:?}") };
+    let TxnOutcome::Succeeded {
+        revision: 2,
+        prev_kv: Some(prev),
+    } = updated
+    else {
+        panic!("{updated:?}")
+    };
     assert_eq!(prev.value, b"1");
 
     let (kv, head) = s.get("/r/a").await.unwrap();
     let kv = kv.unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version, head), (1, 2, 2, 2));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version, head),
+        (1, 2, 2, 2)
+    );
 
-    assert_eq!(s.txn(Txn::put("/r/b", "b")).await.unwrap().revision(), Some(3));
-    assert_eq!(s.txn(Txn::delete("/r/a", 2)).await.unwrap().revision(), Some(4));
+    assert_eq!(
+        s.txn(Txn::put("/r/b", "b")).await.unwrap().revision(),
+        Some(3)
+    );
+    assert_eq!(
+        s.txn(Txn::delete("/r/a", 2)).await.unwrap().revision(),
+        Some(4)
+    );
     assert_eq!(s.get("/r/a").await.unwrap(), (None, 4));
     // Deleting what is gone fails with no current value and takes no revision.
     assert_eq!(
-        s.txn(Txn { key: b"/r/a".to_vec(), compare: Compare::Any, op: Op::Delete }).await.unwrap(),
-        TxnOutcome::Failed { current: None, revision: 4 }
+        s.txn(Txn {
+            key: b"/r/a".to_vec(),
+            compare: Compare::Any,
+            op: Op::Delete
+        })
+        .await
+        .unwrap(),
+        TxnOutcome::Failed {
+            current: None,
+            revision: 4
+        }
     );
 
     // A new incarnation starts over: its own create revision, version 1.
-    assert_eq!(s.txn(Txn::create("/r/a", "3")).await.unwrap().revision(), Some(5));
+    assert_eq!(
+        s.txn(Txn::create("/r/a", "3")).await.unwrap().revision(),
+        Some(5)
+    );
     let kv = s.get("/r/a").await.unwrap().0.unwrap();
     assert_eq!((kv.create_revision, kv.version), (5, 1));
 
-    let all = s.range(RangeRequest::new(KeyRange::prefix("/r/"))).await.unwrap();
+    let all = s
+        .range(RangeRequest::new(KeyRange::prefix("/r/")))
+        .await
+        .unwrap();
     let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b"/r/a".to_vec(), b"/r/b".to_vec()]);
     assert_eq!((all.header_revision, all.count, all.more), (5, 2, false));
@@ -69,11 +117,19 @@ async fn create_update_delete_follow_etcd(db: &mut TestDb) {
 async fn ranges_page_and_count_at_a_pinned_revision(db: &mut TestDb) {
     let s = db.open().await;
     for i in 0..25 {
-        s.txn(Txn::create(format!("/p/{i:02}"), format!("v{i}"))).await.unwrap();
+        s.txn(Txn::create(format!("/p/{i:02}"), format!("v{i}")))
+            .await
+            .unwrap();
     }
     s.txn(Txn::create("/q/outside", "x")).await.unwrap();
-    let page = s.range(RangeRequest::new(KeyRange::prefix("/p/")).limit(10)).await.unwrap();
-    assert_eq!((page.kvs.len(), page.more, page.count, page.header_revision), (10, true, 25, 26));
+    let page = s
+        .range(RangeRequest::new(KeyRange::prefix("/p/")).limit(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.kvs.len(), page.more, page.count, page.header_revision),
+        (10, true, 25, 26)
+    );
     let pinned = page.header_revision;
 
     // Writes after the first page do not show in pages read at its revision.
@@ -85,7 +141,10 @@ async fn ranges_page_and_count_at_a_pinned_revision(db: &mut TestDb) {
     loop {
         next.push(0);
         let r = KeyRange::between(next.clone(), kelp_storage::prefix_end(b"/p/"));
-        let page = s.range(RangeRequest::new(r).at(pinned).limit(10)).await.unwrap();
+        let page = s
+            .range(RangeRequest::new(r).at(pinned).limit(10))
+            .await
+            .unwrap();
         assert_eq!(page.header_revision, 28, "the header is the head");
         assert_eq!(page.read_revision, pinned);
         seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
@@ -100,10 +159,17 @@ async fn ranges_page_and_count_at_a_pinned_revision(db: &mut TestDb) {
     let mut count = RangeRequest::new(KeyRange::prefix("/p/"));
     count.count_only = true;
     let now = s.range(count.clone()).await.unwrap();
-    assert_eq!((now.count, now.kvs.len()), (25, 0), "one added, one deleted");
+    assert_eq!(
+        (now.count, now.kvs.len()),
+        (25, 0),
+        "one added, one deleted"
+    );
     let then = s.range(count.at(pinned)).await.unwrap();
     assert_eq!(then.count, 25);
-    let at_head = s.range(RangeRequest::new(KeyRange::prefix("/p/"))).await.unwrap();
+    let at_head = s
+        .range(RangeRequest::new(KeyRange::prefix("/p/")))
+        .await
+        .unwrap();
     assert!(at_head.kvs.iter().any(|kv| kv.key == b"/p/00a"));
     assert!(!at_head.kvs.iter().any(|kv| kv.key == b"/p/15"));
 }
@@ -111,7 +177,10 @@ async fn ranges_page_and_count_at_a_pinned_revision(db: &mut TestDb) {
 async fn bad_input_is_refused_and_changes_nothing(db: &mut TestDb) {
     let s = db.open().await;
     s.txn(Txn::create("/k", "v")).await.unwrap();
-    let before = s.range(RangeRequest::new(KeyRange::prefix("/"))).await.unwrap();
+    let before = s
+        .range(RangeRequest::new(KeyRange::prefix("/")))
+        .await
+        .unwrap();
 
     let too_big = vec![b'x'; MAX_VALUE_BYTES + 1];
     assert!(matches!(
@@ -119,36 +188,75 @@ async fn bad_input_is_refused_and_changes_nothing(db: &mut TestDb) {
         Err(StorageError::ValueTooLarge { size, limit }) if size == MAX_VALUE_BYTES + 1 && limit == MAX_VALUE_BYTES
     ));
     for key in [&b""[..], b"no-slash", b"/nul\0byte"] {
-        assert!(matches!(s.txn(Txn::put(key, "v")).await, Err(StorageError::InvalidKey { .. })), "{key:?}");
-        assert!(matches!(s.get(key).await, Err(StorageError::InvalidKey { .. })), "{key:?}");
+        assert!(
+            matches!(
+                s.txn(Txn::put(key, "v")).await,
+                Err(StorageError::InvalidKey { .. })
+            ),
+            "{key:?}"
+        );
+        assert!(
+            matches!(s.get(key).await, Err(StorageError::InvalidKey { .. })),
+            "{key:?}"
+        );
     }
-    assert!(matches!(s.txn(Txn::update("/k", 0, "v")).await, Err(StorageError::InvalidRevision(0))));
-    assert!(matches!(s.txn(Txn::update("/k", -3, "v")).await, Err(StorageError::InvalidRevision(-3))));
     assert!(matches!(
-        s.range(RangeRequest::new(KeyRange::prefix("/")).at(99)).await,
-        Err(StorageError::FutureRevision { requested: 99, current: 1 })
+        s.txn(Txn::update("/k", 0, "v")).await,
+        Err(StorageError::InvalidRevision(0))
     ));
     assert!(matches!(
-        s.range(RangeRequest::new(KeyRange::prefix("/")).at(-1)).await,
+        s.txn(Txn::update("/k", -3, "v")).await,
+        Err(StorageError::InvalidRevision(-3))
+    ));
+    assert!(matches!(
+        s.range(RangeRequest::new(KeyRange::prefix("/")).at(99))
+            .await,
+        Err(StorageError::FutureRevision {
+            requested: 99,
+            current: 1
+        })
+    ));
+    assert!(matches!(
+        s.range(RangeRequest::new(KeyRange::prefix("/")).at(-1))
+            .await,
         Err(StorageError::InvalidRevision(-1))
     ));
     assert!(matches!(
-        s.range(RangeRequest::new(KeyRange::between("/b", "/a"))).await,
+        s.range(RangeRequest::new(KeyRange::between("/b", "/a")))
+            .await,
         Err(StorageError::InvalidRange { .. })
     ));
-    assert!(matches!(s.watch(KeyRange::prefix("/"), 50).await, Err(StorageError::FutureRevision { .. })));
+    assert!(matches!(
+        s.watch(KeyRange::prefix("/"), 50).await,
+        Err(StorageError::FutureRevision { .. })
+    ));
     assert!(matches!(
         s.txn(Txn::put("/leased", "v").with_lease(12345)).await,
         Err(StorageError::LeaseNotFound(12345))
     ));
-    assert!(matches!(s.lease_grant(0).await, Err(StorageError::InvalidTtl(0))));
-    assert!(matches!(s.compact(5).await, Err(StorageError::FutureRevision { .. })));
+    assert!(matches!(
+        s.lease_grant(0).await,
+        Err(StorageError::InvalidTtl(0))
+    ));
+    assert!(matches!(
+        s.compact(5).await,
+        Err(StorageError::FutureRevision { .. })
+    ));
 
     // The largest value accepted is exactly the limit.
-    let after = s.range(RangeRequest::new(KeyRange::prefix("/"))).await.unwrap();
+    let after = s
+        .range(RangeRequest::new(KeyRange::prefix("/")))
+        .await
+        .unwrap();
     assert_eq!(before, after, "refused input changed the store");
     let max = vec![b'y'; MAX_VALUE_BYTES];
-    assert_eq!(s.txn(Txn::create("/max", max.clone())).await.unwrap().revision(), Some(2));
+    assert_eq!(
+        s.txn(Txn::create("/max", max.clone()))
+            .await
+            .unwrap()
+            .revision(),
+        Some(2)
+    );
     assert_eq!(s.get("/max").await.unwrap().0.unwrap().value, max);
 }
 
@@ -163,7 +271,10 @@ async fn concurrent_compare_and_swaps_have_one_winner(db: &mut TestDb) {
             tokio::spawn(async move { s.txn(Txn::create(key, format!("c{i}"))).await.unwrap() })
         });
         let outcomes = futures::future::join_all(creates).await;
-        let winners: Vec<_> = outcomes.iter().filter(|o| o.as_ref().unwrap().succeeded()).collect();
+        let winners: Vec<_> = outcomes
+            .iter()
+            .filter(|o| o.as_ref().unwrap().succeeded())
+            .collect();
         assert_eq!(winners.len(), 1, "creates of {key}");
         let rev = winners[0].as_ref().unwrap().revision().unwrap();
         let value = s.get(key.clone()).await.unwrap().0.unwrap().value;
@@ -172,9 +283,18 @@ async fn concurrent_compare_and_swaps_have_one_winner(db: &mut TestDb) {
         let updates = (0..32).map(|i| {
             let s = s.clone();
             let key = key.clone();
-            tokio::spawn(async move { (i, s.txn(Txn::update(key, rev, format!("u{i}"))).await.unwrap()) })
+            tokio::spawn(async move {
+                (
+                    i,
+                    s.txn(Txn::update(key, rev, format!("u{i}"))).await.unwrap(),
+                )
+            })
         });
-        let outcomes: Vec<_> = futures::future::join_all(updates).await.into_iter().map(Result::unwrap).collect();
+        let outcomes: Vec<_> = futures::future::join_all(updates)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         let won: Vec<_> = outcomes.iter().filter(|(_, o)| o.succeeded()).collect();
         assert_eq!(won.len(), 1, "updates of {key}");
         let winner_value = format!("u{}", won[0].0).into_bytes();
@@ -195,7 +315,10 @@ async fn revisions_are_contiguous_under_concurrent_writers(db: &mut TestDb) {
         tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..40 {
-                let out = s.txn(Txn::put(format!("/c/{w}/{}", i % 7), format!("{i}"))).await.unwrap();
+                let out = s
+                    .txn(Txn::put(format!("/c/{w}/{}", i % 7), format!("{i}")))
+                    .await
+                    .unwrap();
                 revs.push(out.revision().unwrap());
             }
             revs
@@ -204,7 +327,10 @@ async fn revisions_are_contiguous_under_concurrent_writers(db: &mut TestDb) {
     let mut all: Vec<Revision> = Vec::new();
     for revs in futures::future::join_all(writers).await {
         let revs = revs.unwrap();
-        assert!(revs.windows(2).all(|w| w[0] < w[1]), "one writer's revisions increase");
+        assert!(
+            revs.windows(2).all(|w| w[0] < w[1]),
+            "one writer's revisions increase"
+        );
         all.extend(revs);
     }
     let set: BTreeSet<Revision> = all.iter().copied().collect();
@@ -236,12 +362,21 @@ async fn reads_at_a_revision_equal_the_log_folded_up_to_it(db: &mut TestDb) {
         let s = s.clone();
         let expected = fold(&events, at);
         async move {
-            let got = s.range(RangeRequest::new(KeyRange::prefix("/f/")).at(at)).await.unwrap();
-            let got: std::collections::BTreeMap<_, _> =
-                got.kvs.into_iter().map(|kv| (kv.key, (kv.value, kv.mod_revision))).collect();
+            let got = s
+                .range(RangeRequest::new(KeyRange::prefix("/f/")).at(at))
+                .await
+                .unwrap();
+            let got: std::collections::BTreeMap<_, _> = got
+                .kvs
+                .into_iter()
+                .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+                .collect();
             assert_eq!(got, expected, "state at revision {at}");
             for (key, (value, rev)) in &expected {
-                let r = s.range(RangeRequest::new(KeyRange::key(key.clone())).at(at)).await.unwrap();
+                let r = s
+                    .range(RangeRequest::new(KeyRange::key(key.clone())).at(at))
+                    .await
+                    .unwrap();
                 assert_eq!((&r.kvs[0].value, r.kvs[0].mod_revision), (value, *rev));
             }
         }
@@ -258,20 +393,34 @@ async fn reads_at_a_revision_equal_the_log_folded_up_to_it(db: &mut TestDb) {
     for at in [1, 150, 199] {
         assert!(
             matches!(
-                s.range(RangeRequest::new(KeyRange::prefix("/f/")).at(at)).await,
-                Err(StorageError::Compacted { compact_revision: 200, .. })
+                s.range(RangeRequest::new(KeyRange::prefix("/f/")).at(at))
+                    .await,
+                Err(StorageError::Compacted {
+                    compact_revision: 200,
+                    ..
+                })
             ),
             "read at {at} after compacting at 200"
         );
     }
-    assert!(matches!(s.watch(KeyRange::prefix("/"), 199).await, Err(StorageError::Compacted { .. })));
-    assert!(matches!(s.compact(150).await, Err(StorageError::Compacted { .. })));
+    assert!(matches!(
+        s.watch(KeyRange::prefix("/"), 199).await,
+        Err(StorageError::Compacted { .. })
+    ));
+    assert!(matches!(
+        s.compact(150).await,
+        Err(StorageError::Compacted { .. })
+    ));
 
     // A watch from the compact revision still replays everything from there, previous values
     // included, exactly as before compaction.
     let mut w = s.watch(KeyRange::prefix("/f/"), 200).await.unwrap();
     let replayed = collect_until(&mut w, head).await;
-    let original: Vec<_> = events.iter().filter(|e| e.revision() >= 200).cloned().collect();
+    let original: Vec<_> = events
+        .iter()
+        .filter(|e| e.revision() >= 200)
+        .cloned()
+        .collect();
     assert_eq!(replayed, original);
 
     // Compacting everything still keeps the head readable.
@@ -285,24 +434,43 @@ async fn leases_expire_and_delete_their_keys(db: &mut TestDb) {
     let long = s.lease_grant(3600).await.unwrap();
     assert_eq!(s.lease_keep_alive(long).await.unwrap(), 3600);
     assert!(s.lease_time_to_live(long).await.unwrap() > 3590);
-    assert!(matches!(s.lease_keep_alive(42).await, Err(StorageError::LeaseNotFound(42))));
+    assert!(matches!(
+        s.lease_keep_alive(42).await,
+        Err(StorageError::LeaseNotFound(42))
+    ));
 
     let mut w = s.watch(KeyRange::prefix("/events/"), 0).await.unwrap();
-    s.txn(Txn::create("/events/a", "a").with_lease(short)).await.unwrap();
-    s.txn(Txn::create("/events/b", "b").with_lease(long)).await.unwrap();
+    s.txn(Txn::create("/events/a", "a").with_lease(short))
+        .await
+        .unwrap();
+    s.txn(Txn::create("/events/b", "b").with_lease(long))
+        .await
+        .unwrap();
     s.txn(Txn::create("/events/c", "c")).await.unwrap();
     assert_eq!(s.get("/events/a").await.unwrap().0.unwrap().lease, short);
 
     // The short lease expires within about a second: its key is deleted, visibly to watchers.
     let events = collect_until(&mut w, 4).await;
     assert_eq!(events.len(), 4);
-    assert_eq!((events[3].kind, events[3].kv.key.as_slice()), (EventKind::Delete, &b"/events/a"[..]));
-    assert!(matches!(s.lease_time_to_live(short).await, Err(StorageError::LeaseNotFound(_))));
+    assert_eq!(
+        (events[3].kind, events[3].kv.key.as_slice()),
+        (EventKind::Delete, &b"/events/a"[..])
+    );
+    assert!(matches!(
+        s.lease_time_to_live(short).await,
+        Err(StorageError::LeaseNotFound(_))
+    ));
 
     s.lease_revoke(long).await.unwrap();
     assert_eq!(s.get("/events/b").await.unwrap().0, None);
-    assert!(s.get("/events/c").await.unwrap().0.is_some(), "a key without lease stays");
-    assert!(matches!(s.lease_revoke(long).await, Err(StorageError::LeaseNotFound(_))));
+    assert!(
+        s.get("/events/c").await.unwrap().0.is_some(),
+        "a key without lease stays"
+    );
+    assert!(matches!(
+        s.lease_revoke(long).await,
+        Err(StorageError::LeaseNotFound(_))
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.revisions().await.unwrap().0, 5);
 }
@@ -316,6 +484,18 @@ async fn state_survives_reopening(db: &mut TestDb) {
     drop(s);
     let s = Arc::new(db.open().await);
     assert_eq!(s.revisions().await.unwrap().0, 10);
-    assert_eq!(s.range(RangeRequest::new(KeyRange::prefix("/keep/"))).await.unwrap().count, 10);
-    assert_eq!(s.txn(Txn::create("/keep/next", "v")).await.unwrap().revision(), Some(11));
+    assert_eq!(
+        s.range(RangeRequest::new(KeyRange::prefix("/keep/")))
+            .await
+            .unwrap()
+            .count,
+        10
+    );
+    assert_eq!(
+        s.txn(Txn::create("/keep/next", "v"))
+            .await
+            .unwrap()
+            .revision(),
+        Some(11)
+    );
 }

@@ -16,7 +16,12 @@ both_backends!(
     a_watcher_whose_position_is_compacted_gets_an_error,
 );
 
-async fn write_concurrently(s: &kelp_storage::Backend, writers: usize, each: usize, prefixes: &[&str]) {
+async fn write_concurrently(
+    s: &kelp_storage::Backend,
+    writers: usize,
+    each: usize,
+    prefixes: &[&str],
+) {
     let tasks = (0..writers).map(|w| {
         let s = s.clone();
         let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
@@ -51,21 +56,43 @@ async fn every_watch_delivers_each_matching_write_once_in_order(db: &mut TestDb)
     let log = collect_until(&mut everything, head).await;
     assert_contiguous(&log, 1, head);
 
-    let last_matching = |prefix: &[u8]| log.iter().rev().find(|e| e.kv.key.starts_with(prefix)).unwrap().revision();
+    let last_matching = |prefix: &[u8]| {
+        log.iter()
+            .rev()
+            .find(|e| e.kv.key.starts_with(prefix))
+            .unwrap()
+            .revision()
+    };
     let got = collect_until(&mut all, last_matching(b"/w/")).await;
-    let want: Vec<_> = log.iter().filter(|e| e.kv.key.starts_with(b"/w/")).cloned().collect();
+    let want: Vec<_> = log
+        .iter()
+        .filter(|e| e.kv.key.starts_with(b"/w/"))
+        .cloned()
+        .collect();
     assert_eq!(got, want);
     let got = collect_until(&mut only_a, last_matching(b"/w/a/")).await;
-    let want: Vec<_> = log.iter().filter(|e| e.kv.key.starts_with(b"/w/a/")).cloned().collect();
+    let want: Vec<_> = log
+        .iter()
+        .filter(|e| e.kv.key.starts_with(b"/w/a/"))
+        .cloned()
+        .collect();
     assert_eq!(got, want);
     let got = collect_until(&mut one_key, last_matching(b"/w/b/3-1")).await;
-    let want: Vec<_> = log.iter().filter(|e| e.kv.key == b"/w/b/3-1").cloned().collect();
+    let want: Vec<_> = log
+        .iter()
+        .filter(|e| e.kv.key == b"/w/b/3-1")
+        .cloned()
+        .collect();
     assert!(!want.is_empty());
     assert_eq!(got, want);
 
     // Nothing more arrives.
     s.txn(Txn::put("/zz", "end")).await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(300), all.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), all.next())
+            .await
+            .is_err()
+    );
 }
 
 async fn a_watch_from_a_lists_revision_plus_one_misses_nothing(db: &mut TestDb) {
@@ -77,8 +104,14 @@ async fn a_watch_from_a_lists_revision_plus_one_misses_nothing(db: &mut TestDb) 
     let mut checks = Vec::new();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let list = s.range(RangeRequest::new(KeyRange::prefix("/l/"))).await.unwrap();
-        let w = s.watch(KeyRange::prefix("/l/"), list.header_revision + 1).await.unwrap();
+        let list = s
+            .range(RangeRequest::new(KeyRange::prefix("/l/")))
+            .await
+            .unwrap();
+        let w = s
+            .watch(KeyRange::prefix("/l/"), list.header_revision + 1)
+            .await
+            .unwrap();
         checks.push((list, w));
     }
     writer.await.unwrap();
@@ -87,15 +120,28 @@ async fn a_watch_from_a_lists_revision_plus_one_misses_nothing(db: &mut TestDb) 
     let log = collect_until(&mut reference, head).await;
     let expected_final = fold(&log, head);
     for (list, mut w) in checks {
-        let events = if list.header_revision < head { collect_until(&mut w, head).await } else { vec![] };
-        let want: Vec<_> = log.iter().filter(|e| e.revision() > list.header_revision).cloned().collect();
+        let events = if list.header_revision < head {
+            collect_until(&mut w, head).await
+        } else {
+            vec![]
+        };
+        let want: Vec<_> = log
+            .iter()
+            .filter(|e| e.revision() > list.header_revision)
+            .cloned()
+            .collect();
         assert_eq!(events, want, "watch from {} + 1", list.header_revision);
         // The list plus the watch give the final state.
-        let mut state: std::collections::BTreeMap<_, _> =
-            list.kvs.into_iter().map(|kv| (kv.key, (kv.value, kv.mod_revision))).collect();
+        let mut state: std::collections::BTreeMap<_, _> = list
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+            .collect();
         for e in events {
             match e.kind {
-                EventKind::Put => state.insert(e.kv.key.clone(), (e.kv.value.clone(), e.revision())),
+                EventKind::Put => {
+                    state.insert(e.kv.key.clone(), (e.kv.value.clone(), e.revision()))
+                }
                 EventKind::Delete => state.remove(&e.kv.key),
             };
         }
@@ -108,7 +154,9 @@ async fn a_slow_watcher_catches_up_from_the_log(db: &mut TestDb) {
     let mut slow = s.watch(KeyRange::prefix("/s/"), 0).await.unwrap();
     // One write at a time, each its own batch: far more batches than the hub buffers.
     for i in 0..3000 {
-        s.txn(Txn::put(format!("/s/{}", i % 50), format!("{i}"))).await.unwrap();
+        s.txn(Txn::put(format!("/s/{}", i % 50), format!("{i}")))
+            .await
+            .unwrap();
     }
     let events = collect_until(&mut slow, 3000).await;
     assert_contiguous(&events, 1, 3000);
@@ -118,15 +166,22 @@ async fn a_resumed_watch_continues_without_loss_or_repeat(db: &mut TestDb) {
     let s = db.open().await;
     let mut w = s.watch(KeyRange::prefix("/r/"), 0).await.unwrap();
     for i in 0..100 {
-        s.txn(Txn::put(format!("/r/{}", i % 10), format!("{i}"))).await.unwrap();
+        s.txn(Txn::put(format!("/r/{}", i % 10), format!("{i}")))
+            .await
+            .unwrap();
     }
     let first = collect_until(&mut w, 40).await;
     let last_seen = first.last().unwrap().revision();
     drop(w);
     for i in 100..150 {
-        s.txn(Txn::put(format!("/r/{}", i % 10), format!("{i}"))).await.unwrap();
+        s.txn(Txn::put(format!("/r/{}", i % 10), format!("{i}")))
+            .await
+            .unwrap();
     }
-    let mut resumed = s.watch(KeyRange::prefix("/r/"), last_seen + 1).await.unwrap();
+    let mut resumed = s
+        .watch(KeyRange::prefix("/r/"), last_seen + 1)
+        .await
+        .unwrap();
     let rest = collect_until(&mut resumed, 150).await;
     let mut all = first;
     all.extend(rest);
@@ -145,9 +200,32 @@ async fn events_carry_previous_values(db: &mut TestDb) {
     let replayed = collect_until(&mut s.watch(KeyRange::prefix("/e/"), 1).await.unwrap(), 4).await;
     assert_eq!(live, replayed);
     let kinds: Vec<_> = live.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EventKind::Put, EventKind::Put, EventKind::Delete, EventKind::Put]);
-    let prev: Vec<_> = live.iter().map(|e| e.prev_kv.as_ref().map(|p| (p.value.clone(), p.mod_revision))).collect();
-    assert_eq!(prev, [None, Some((b"one".to_vec(), 1)), Some((b"two".to_vec(), 2)), None]);
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Put,
+            EventKind::Put,
+            EventKind::Delete,
+            EventKind::Put
+        ]
+    );
+    let prev: Vec<_> = live
+        .iter()
+        .map(|e| {
+            e.prev_kv
+                .as_ref()
+                .map(|p| (p.value.clone(), p.mod_revision))
+        })
+        .collect();
+    assert_eq!(
+        prev,
+        [
+            None,
+            Some((b"one".to_vec(), 1)),
+            Some((b"two".to_vec(), 2)),
+            None
+        ]
+    );
     assert_eq!((live[2].kv.mod_revision, live[2].kv.value.len()), (3, 0));
     assert_eq!((live[3].kv.create_revision, live[3].kv.version), (4, 1));
 }
@@ -156,18 +234,26 @@ async fn a_watcher_whose_position_is_compacted_gets_an_error(db: &mut TestDb) {
     let s = db.open().await;
     let mut stuck = s.watch(KeyRange::prefix("/c/"), 0).await.unwrap();
     for i in 0..3000 {
-        s.txn(Txn::put(format!("/c/{}", i % 10), format!("{i}"))).await.unwrap();
+        s.txn(Txn::put(format!("/c/{}", i % 10), format!("{i}")))
+            .await
+            .unwrap();
     }
     s.compact(3000).await.unwrap();
     let mut delivered = Vec::new();
     let err = loop {
-        match tokio::time::timeout(Duration::from_secs(20), stuck.next()).await.expect("watch stalled") {
+        match tokio::time::timeout(Duration::from_secs(20), stuck.next())
+            .await
+            .expect("watch stalled")
+        {
             Some(Ok(batch)) => delivered.extend(batch),
             Some(Err(e)) => break e,
             None => panic!("watch ended without an error"),
         }
     };
     assert!(matches!(err, StorageError::Compacted { .. }), "{err}");
-    assert!(delivered.len() < 3000, "it could not have delivered everything");
+    assert!(
+        delivered.len() < 3000,
+        "it could not have delivered everything"
+    );
     assert_contiguous(&delivered, 1, delivered.len() as i64);
 }
