@@ -1,8 +1,6 @@
 //! Storage behaviour, proven on both backends: SQLite in a temp dir and a throwaway
 //! PostgreSQL cluster per test.
 
-mod pg;
-
 mod linearizability;
 mod processes;
 mod semantics;
@@ -13,10 +11,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kelp_storage::{Backend, Endpoint, Event, EventKind, Options, Revision, WatchStream};
+use kelp_testkit::PgCluster;
 
 pub enum TestDb {
     Sqlite(tempfile::TempDir),
-    Postgres(pg::PgCluster),
+    Postgres(PgCluster),
 }
 
 impl TestDb {
@@ -29,7 +28,7 @@ impl TestDb {
         )
     }
     pub fn postgres() -> TestDb {
-        TestDb::Postgres(pg::PgCluster::start())
+        TestDb::Postgres(PgCluster::start())
     }
     pub fn url(&self) -> String {
         match self {
@@ -40,7 +39,7 @@ impl TestDb {
     pub fn endpoint(&self) -> Endpoint {
         Endpoint::parse(&self.url()).expect("endpoint")
     }
-    pub fn pg(&mut self) -> Option<&mut pg::PgCluster> {
+    pub fn pg(&mut self) -> Option<&mut PgCluster> {
         match self {
             TestDb::Postgres(pg) => Some(pg),
             TestDb::Sqlite(_) => None,
