@@ -1,1 +1,31 @@
-fn main() {}
+//! Kelp's benchmarks. Each suite runs Kelp and a real peer in the same invocation on the same
+//! machine, and reports ratios, since absolute numbers on shared machines are noisy.
+//! Results are recorded in BENCHMARKS.md with the command, machine shape and date.
+
+mod etcd;
+mod stats;
+mod storage;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kelp-bench")]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// kelp-storage on SQLite and PostgreSQL against a single-member etcd: creates, CAS
+    /// updates, gets, lists of 500 of 10k keys, and watch delivery to 100 watchers, at 1, 16
+    /// and 64 concurrent clients.
+    Storage(storage::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().suite {
+        Suite::Storage(args) => storage::run(args).await,
+    }
+}
