@@ -47,16 +47,31 @@ const LIST_LIMIT: i64 = 500;
 /// What every backend offers the workloads.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Creates a key that must not exist; returns its revision.
-    fn create(&self, key: String, value: Vec<u8>) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    fn create(
+        &self,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl Future<Output = anyhow::Result<i64>> + Send;
     /// Compare-and-swap on the mod revision; returns the new revision.
-    fn update(&self, key: String, expected: i64, value: Vec<u8>) -> impl Future<Output = anyhow::Result<i64>> + Send;
+    fn update(
+        &self,
+        key: String,
+        expected: i64,
+        value: Vec<u8>,
+    ) -> impl Future<Output = anyhow::Result<i64>> + Send;
     /// Linearizable read of one key; returns whether it exists.
     fn get(&self, key: String) -> impl Future<Output = anyhow::Result<bool>> + Send;
     /// The first `limit` keys under a prefix; returns how many came back.
-    fn list(&self, prefix: String, limit: i64) -> impl Future<Output = anyhow::Result<usize>> + Send;
+    fn list(
+        &self,
+        prefix: String,
+        limit: i64,
+    ) -> impl Future<Output = anyhow::Result<usize>> + Send;
     /// Values of the puts under a prefix from now on; the watch is established on return.
-    fn watch(&self, prefix: String)
-    -> impl Future<Output = anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>>> + Send;
+    fn watch(
+        &self,
+        prefix: String,
+    ) -> impl Future<Output = anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>>> + Send;
 }
 
 #[derive(Clone)]
@@ -70,7 +85,11 @@ impl Store for KelpStore {
         }
     }
     async fn update(&self, key: String, expected: i64, value: Vec<u8>) -> anyhow::Result<i64> {
-        match self.0.txn(Txn::update(key.clone(), expected, value)).await? {
+        match self
+            .0
+            .txn(Txn::update(key.clone(), expected, value))
+            .await?
+        {
             TxnOutcome::Succeeded { revision, .. } => Ok(revision),
             TxnOutcome::Failed { .. } => bail!("{key} changed"),
         }
@@ -79,61 +98,89 @@ impl Store for KelpStore {
         Ok(self.0.get(key).await?.0.is_some())
     }
     async fn list(&self, prefix: String, limit: i64) -> anyhow::Result<usize> {
-        Ok(self.0.range(RangeRequest::new(KeyRange::prefix(prefix)).limit(limit)).await?.kvs.len())
+        Ok(self
+            .0
+            .range(RangeRequest::new(KeyRange::prefix(prefix)).limit(limit))
+            .await?
+            .kvs
+            .len())
     }
-    async fn watch(&self, prefix: String) -> anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>> {
+    async fn watch(
+        &self,
+        prefix: String,
+    ) -> anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>> {
         let w = self.0.watch(KeyRange::prefix(prefix), 0).await?;
-        Ok(w.map(|batch| Ok(batch?.into_iter().map(|e| e.kv.value).collect())).boxed())
+        Ok(
+            w.map(|batch| Ok(batch?.into_iter().map(|e| e.kv.value).collect()))
+                .boxed(),
+        )
     }
 }
 
 #[derive(Clone)]
 struct EtcdStore(etcd_client::Client);
 
-impl Store for EtcdStore {
-    async fn create(&self, key: String, value: Vec<u8>) -> anyhow::Result<i64> {
+impl EtcdStore {
+    /// `If(ModRevision(key) = expected) Then(Put) Else(Get)`, kube-apiserver's write shape
+    /// (expected 0: the key must not exist).
+    async fn put_if(&self, key: String, expected: i64, value: Vec<u8>) -> anyhow::Result<i64> {
         use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                expected,
+            )])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         let resp = self.0.clone().txn(txn).await?;
         if !resp.succeeded() {
-            bail!("{key} exists");
+            bail!("{key} is not at revision {expected}");
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
+}
+
+impl Store for EtcdStore {
+    async fn create(&self, key: String, value: Vec<u8>) -> anyhow::Result<i64> {
+        self.put_if(key, 0, value).await
+    }
     async fn update(&self, key: String, expected: i64, value: Vec<u8>) -> anyhow::Result<i64> {
-        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = self.0.clone().txn(txn).await?;
-        if !resp.succeeded() {
-            bail!("{key} changed");
-        }
-        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+        self.put_if(key, expected, value).await
     }
     async fn get(&self, key: String) -> anyhow::Result<bool> {
         Ok(!self.0.clone().get(key, None).await?.kvs().is_empty())
     }
     async fn list(&self, prefix: String, limit: i64) -> anyhow::Result<usize> {
-        let opts = etcd_client::GetOptions::new().with_prefix().with_limit(limit);
+        let opts = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_limit(limit);
         Ok(self.0.clone().get(prefix, Some(opts)).await?.kvs().len())
     }
-    async fn watch(&self, prefix: String) -> anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>> {
-        let opts = etcd_client::WatchOptions::new().with_prefix().with_prev_key();
+    async fn watch(
+        &self,
+        prefix: String,
+    ) -> anyhow::Result<BoxStream<'static, anyhow::Result<Vec<Vec<u8>>>>> {
+        let opts = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_prev_key();
         let mut stream = self.0.clone().watch(prefix, Some(opts)).await?;
         // The first response confirms the watch exists.
-        let created = stream.message().await?.ok_or_else(|| anyhow!("watch closed"))?;
+        let created = stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow!("watch closed"))?;
         if !created.created() {
             bail!("watch not created");
         }
         Ok(futures::stream::unfold(stream, |mut s| async move {
             match s.message().await {
                 Ok(Some(resp)) => {
-                    let values = resp.events().iter().filter_map(|e| e.kv().map(|kv| kv.value().to_vec())).collect();
+                    let values = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv().map(|kv| kv.value().to_vec()))
+                        .collect();
                     Some((Ok(values), s))
                 }
                 Ok(None) => None,
@@ -161,11 +208,18 @@ fn value(n: u64) -> Vec<u8> {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Runs `op` in `clients` concurrent loops for `duration`; returns ops/s and latencies.
-async fn closed_loop<S, F, Fut>(store: &S, clients: usize, duration: Duration, op: F) -> anyhow::Result<(f64, Samples)>
+async fn closed_loop<S, F, Fut>(
+    store: &S,
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<(f64, Samples)>
 where
     S: Store,
     F: Fn(S, usize, u64) -> Fut + Clone + Send + Sync + 'static,
@@ -204,7 +258,9 @@ async fn prefill<S: Store>(store: &S, keys: usize) -> anyhow::Result<()> {
                 if n >= keys as u64 {
                     return anyhow::Ok(());
                 }
-                store.create(format!("/bench/list/{n:06}"), value(n)).await?;
+                store
+                    .create(format!("/bench/list/{n:06}"), value(n))
+                    .await?;
             }
         })
     });
@@ -239,7 +295,8 @@ async fn watch_delivery<S: Store>(
                 let mut samples = Samples::default();
                 let mut seen = 0u64;
                 loop {
-                    if writes_done.load(Ordering::SeqCst) && seen >= written.load(Ordering::SeqCst) {
+                    if writes_done.load(Ordering::SeqCst) && seen >= written.load(Ordering::SeqCst)
+                    {
                         return anyhow::Ok(samples);
                     }
                     let next = tokio::time::timeout(Duration::from_millis(200), s.next()).await;
@@ -247,7 +304,11 @@ async fn watch_delivery<S: Store>(
                     let values = item.ok_or_else(|| anyhow!("watch ended"))??;
                     let now = now_micros();
                     for v in values {
-                        let stamp: u64 = std::str::from_utf8(&v)?.split(':').next().unwrap_or("0").parse()?;
+                        let stamp: u64 = std::str::from_utf8(&v)?
+                            .split(':')
+                            .next()
+                            .unwrap_or("0")
+                            .parse()?;
                         samples.record(Duration::from_micros(now.saturating_sub(stamp)));
                         seen += 1;
                     }
@@ -265,7 +326,9 @@ async fn watch_delivery<S: Store>(
             let mut i = 0u64;
             while start.elapsed() < duration {
                 tick.tick().await;
-                store.create(format!("{prefix}{client}/{i}"), value(now_micros())).await?;
+                store
+                    .create(format!("{prefix}{client}/{i}"), value(now_micros()))
+                    .await?;
                 written.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
@@ -279,19 +342,31 @@ async fn watch_delivery<S: Store>(
     let write_rate = writes as f64 / start.elapsed().as_secs_f64();
     writes_done.store(true, Ordering::SeqCst);
     let mut all = Samples::default();
-    let collected = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(watcher_tasks))
-        .await
-        .context("watchers did not receive every write within 60 s")?;
+    let collected = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(watcher_tasks),
+    )
+    .await
+    .context("watchers did not receive every write within 60 s")?;
     for t in collected {
         all.extend(t??);
     }
     if all.len() as u64 != writes * watchers as u64 {
-        bail!("watchers received {} events, expected {}", all.len(), writes * watchers as u64);
+        bail!(
+            "watchers received {} events, expected {}",
+            all.len(),
+            writes * watchers as u64
+        );
     }
     Ok((write_rate, all))
 }
 
-async fn run_backend<S: Store>(name: &str, store: S, args: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn run_backend<S: Store>(
+    name: &str,
+    store: S,
+    args: &Args,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration);
     eprintln!("[{name}] prefilling {} keys", args.keys);
     prefill(&store, args.keys).await?;
@@ -312,7 +387,9 @@ async fn run_backend<S: Store>(name: &str, store: S, args: &Args, rows: &mut Vec
             rows.push(row);
         };
         let create = closed_loop(&store, clients, duration, move |s, client, i| async move {
-            s.create(format!("/bench/create/{clients}/{client}/{i}"), value(i)).await.map(drop)
+            s.create(format!("/bench/create/{clients}/{client}/{i}"), value(i))
+                .await
+                .map(drop)
         })
         .await?;
         push("create", create);
@@ -320,14 +397,22 @@ async fn run_backend<S: Store>(name: &str, store: S, args: &Args, rows: &mut Vec
         // Each client updates its own key, comparing against the revision it last wrote.
         let revs: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
         for (client, rev) in revs.iter().enumerate() {
-            let r = store.create(format!("/bench/update/{clients}/{client}"), value(0)).await?;
+            let r = store
+                .create(format!("/bench/update/{clients}/{client}"), value(0))
+                .await?;
             rev.store(r as u64, Ordering::SeqCst);
         }
         let update = closed_loop(&store, clients, duration, move |s, client, i| {
             let revs = revs.clone();
             async move {
                 let expected = revs[client].load(Ordering::SeqCst) as i64;
-                let r = s.update(format!("/bench/update/{clients}/{client}"), expected, value(i)).await?;
+                let r = s
+                    .update(
+                        format!("/bench/update/{clients}/{client}"),
+                        expected,
+                        value(i),
+                    )
+                    .await?;
                 revs[client].store(r as u64, Ordering::SeqCst);
                 Ok(())
             }
@@ -357,8 +442,15 @@ async fn run_backend<S: Store>(name: &str, store: S, args: &Args, rows: &mut Vec
         .await?;
         push("list", list);
 
-        let watch =
-            watch_delivery(&store, &clients.to_string(), clients, args.watchers, args.watch_rate, duration).await?;
+        let watch = watch_delivery(
+            &store,
+            &clients.to_string(),
+            clients,
+            args.watchers,
+            args.watch_rate,
+            duration,
+        )
+        .await?;
         push("watch", watch);
     }
     Ok(())
@@ -376,16 +468,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 run_backend("etcd", EtcdStore(client), &args, &mut rows).await?;
             }
             "sqlite" => {
-                let dir = tempfile::Builder::new().prefix("kelp-bench-sqlite-").tempdir()?;
+                let dir = tempfile::Builder::new()
+                    .prefix("kelp-bench-sqlite-")
+                    .tempdir()?;
                 let endpoint = Endpoint::default_for(dir.path());
-                let b = Backend::open(&endpoint, Options { compact_interval: None, ..Options::default() }).await?;
+                let b = Backend::open(
+                    &endpoint,
+                    Options {
+                        compact_interval: None,
+                        ..Options::default()
+                    },
+                )
+                .await?;
                 run_backend("sqlite", KelpStore(b.clone()), &args, &mut rows).await?;
                 b.close().await;
             }
             "postgres" => {
                 let pg = tokio::task::spawn_blocking(kelp_testkit::PgCluster::start).await?;
                 let endpoint = Endpoint::parse(&pg.url())?;
-                let b = Backend::open(&endpoint, Options { compact_interval: None, ..Options::default() }).await?;
+                let b = Backend::open(
+                    &endpoint,
+                    Options {
+                        compact_interval: None,
+                        ..Options::default()
+                    },
+                )
+                .await?;
                 run_backend("postgres", KelpStore(b.clone()), &args, &mut rows).await?;
                 b.close().await;
             }
@@ -395,7 +503,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     print_table(&rows);
     let pick = |workload: &str, clients: usize, f: fn(&Row) -> f64| {
         let mut m = serde_json::Map::new();
-        for r in rows.iter().filter(|r| r.workload == workload && r.clients == clients) {
+        for r in rows
+            .iter()
+            .filter(|r| r.workload == workload && r.clients == clients)
+        {
             m.insert(r.backend.clone(), json!((f(r) * 100.0).round() / 100.0));
         }
         serde_json::Value::Object(m)
@@ -422,7 +533,9 @@ fn print_table(rows: &[Row]) {
         "workload", "clients", "backend", "ops/s", "p50 ms", "p99 ms", "vs etcd"
     );
     for r in rows {
-        let etcd = rows.iter().find(|e| e.backend == "etcd" && e.workload == r.workload && e.clients == r.clients);
+        let etcd = rows
+            .iter()
+            .find(|e| e.backend == "etcd" && e.workload == r.workload && e.clients == r.clients);
         // Throughput ratios for the closed loops; latency ratios for watch delivery, whose
         // write rate is fixed.
         let ratio = match etcd {

@@ -6,16 +6,15 @@
 //! It advances in transactions of `compact_batch` revisions; each moves the compact revision
 //! with a compare, so several processes sharing a database may compact without harm.
 
-use std::sync::Weak;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use sqlx::Connection;
-use tokio::sync::watch;
 
 use crate::error::{Result, StorageError};
 use crate::sql;
 use crate::types::Revision;
-use crate::{Inner, Shared};
+use crate::{Backend, Shared};
 
 pub(crate) async fn compact(shared: &Shared, target: Revision) -> Result<()> {
     let (head, compact): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
@@ -77,41 +76,24 @@ async fn compact_step(shared: &Shared, from: Revision, to: Revision) -> Result<R
     Ok(to)
 }
 
-/// Every interval, compacts to the head seen one interval earlier (as kube-apiserver does
-/// with `--etcd-compaction-interval`), keeping at least `compact_min_retain` revisions.
-pub(crate) async fn run_periodic(
-    backend: Weak<Inner>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut previous_head: Option<Revision> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Some(inner) = backend.upgrade() else {
-            return;
-        };
-        let shared = &inner.shared;
-        let result: Result<()> = async {
-            let (head, current): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
-                .fetch_one(&shared.read)
-                .await?;
-            if let Some(prev) = previous_head {
-                let target = prev.min(head - shared.options.compact_min_retain);
-                if target > current {
-                    compact(shared, target).await?;
-                    tracing::info!(revision = target, "compacted");
-                }
+/// One tick of the periodic compactor: compacts to the head seen at the previous tick (as
+/// kube-apiserver does with `--etcd-compaction-interval`), keeping at least
+/// `compact_min_retain` revisions. `previous_head` carries the head between ticks (-1: none).
+pub(crate) async fn tick(backend: Backend, previous_head: Arc<AtomicI64>) -> Result<()> {
+    let shared = backend.shared();
+    let (head, current): (Revision, Revision) = sqlx::query_as(sql::HEAD_AND_COMPACT)
+        .fetch_one(&shared.read)
+        .await?;
+    let prev = previous_head.swap(head, Ordering::SeqCst);
+    let target = prev.min(head - shared.options.compact_min_retain);
+    if prev >= 0 && target > current {
+        match compact(shared, target).await {
+            // Another process compacted further meanwhile.
+            Ok(()) | Err(StorageError::Compacted { .. }) => {
+                tracing::info!(revision = target, "compacted")
             }
-            previous_head = Some(head);
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) | Err(StorageError::Compacted { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }

@@ -2,15 +2,13 @@
 //! expires or is revoked, its keys are deleted through the ordinary write path, so watchers
 //! see the deletes.
 
-use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::Row;
-use tokio::sync::watch;
 
 use crate::error::{Result, StorageError};
 use crate::types::{Compare, Op, Txn};
-use crate::{Backend, Inner, Shared};
+use crate::{Backend, Shared};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -109,42 +107,24 @@ async fn delete_keys(backend: &Backend, query: &'static str, lease: Option<i64>)
     Ok(())
 }
 
-pub(crate) async fn run_reaper(
-    backend: Weak<Inner>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Some(inner) = backend.upgrade() else {
-            return;
-        };
-        let backend = Backend { inner };
-        let result: Result<()> = async {
-            let expired: Vec<i64> = sqlx::query_scalar("SELECT id FROM kv_lease WHERE expires_at_ms <= $1")
-                .bind(now_ms())
-                .fetch_all(&backend.shared().read)
-                .await?;
-            for id in expired {
-                match revoke(&backend, id).await {
-                    // Another process revoked it first.
-                    Ok(()) | Err(StorageError::LeaseNotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            delete_keys(
-                &backend,
-                "SELECT key, mod_rev FROM kv_current WHERE lease <> 0 AND lease NOT IN (SELECT id FROM kv_lease)",
-                None,
-            )
-            .await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "lease expiry failed; will retry");
+/// One tick of the lease reaper: revokes expired leases, then deletes keys whose lease is
+/// gone (a put that raced with a revoke).
+pub(crate) async fn tick(backend: Backend) -> Result<()> {
+    let expired: Vec<i64> = sqlx::query_scalar("SELECT id FROM kv_lease WHERE expires_at_ms <= $1")
+        .bind(now_ms())
+        .fetch_all(&backend.shared().read)
+        .await?;
+    for id in expired {
+        match revoke(&backend, id).await {
+            // Another process revoked it first.
+            Ok(()) | Err(StorageError::LeaseNotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
+    delete_keys(
+        &backend,
+        "SELECT key, mod_rev FROM kv_current WHERE lease <> 0 AND lease NOT IN (SELECT id FROM kv_lease)",
+        None,
+    )
+    .await
 }

@@ -220,16 +220,21 @@ impl Backend {
             }),
         };
         if let Some(interval) = options.compact_interval {
-            tokio::spawn(compact::run_periodic(
+            let previous_head = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+            tokio::spawn(every(
                 backend.downgrade(),
                 interval,
                 shutdown_rx.clone(),
+                "compaction",
+                move |b| compact::tick(b, previous_head.clone()),
             ));
         }
-        tokio::spawn(lease::run_reaper(
+        tokio::spawn(every(
             backend.downgrade(),
             options.lease_check_interval,
             shutdown_rx,
+            "lease expiry",
+            lease::tick,
         ));
         tracing::info!(datastore = %endpoint.redacted(), revision = head, "datastore open");
         Ok(backend)
@@ -437,6 +442,32 @@ impl Backend {
     /// Seconds left before the lease expires.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<i64> {
         lease::time_to_live(self.shared(), id).await
+    }
+}
+
+/// Runs `tick` every `interval` until shutdown or until the last handle is dropped; a failed
+/// tick is logged and tried again at the next one.
+async fn every<F, Fut>(
+    backend: std::sync::Weak<Inner>,
+    interval: Duration,
+    mut shutdown: tokio_watch::Receiver<bool>,
+    what: &'static str,
+    mut tick: F,
+) where
+    F: FnMut(Backend) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(inner) = backend.upgrade() else {
+            return;
+        };
+        if let Err(e) = tick(Backend { inner }).await {
+            tracing::warn!(error = %e, "{what} failed; will retry");
+        }
     }
 }
 

@@ -136,14 +136,27 @@ pub(crate) fn decode_event(row: &AnyRow) -> Result<Event> {
     Ok(Event { kind, kv, prev_kv })
 }
 
-/// Splits `n` rows into statement sizes of 64, 16, 4 and 1, so that multi-row statements come
-/// in a handful of shapes the prepared-statement cache keeps.
-pub(crate) fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+/// Splits rows into statements of power-of-two sizes (a 63-row batch takes six statements),
+/// so that multi-row statements come in a handful of shapes the prepared-statement cache keeps.
+pub(crate) fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
-        let size = [64, 16, 4, 1].into_iter().find(|s| *s <= n)?;
-        n -= size;
-        Some(size)
+        if rows.is_empty() {
+            return None;
+        }
+        let size = 1usize << rows.len().ilog2().min(8);
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
     })
+}
+
+/// The items of an `IN` list padded to a power of two by repeating the last one, so that
+/// any number of keys takes one statement of one of a few shapes.
+pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let n = items.len().next_power_of_two();
+    items
+        .iter()
+        .chain(std::iter::repeat_n(items.last(), n - items.len()).flatten())
 }
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
@@ -184,11 +197,27 @@ mod tests {
 
     #[test]
     fn chunks_cover_every_row_in_few_shapes() {
-        for n in 0..300 {
-            let sizes: Vec<_> = chunk_sizes(n).collect();
-            assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes.iter().all(|s| [64, 16, 4, 1].contains(s)));
+        for n in 0..600 {
+            let rows: Vec<usize> = (0..n).collect();
+            let parts: Vec<&[usize]> = chunks(&rows).collect();
+            assert_eq!(parts.concat(), rows);
+            assert!(
+                parts
+                    .iter()
+                    .all(|p| p.len().is_power_of_two() && p.len() <= 256)
+            );
+            assert!(parts.len() <= 9 + n / 256);
         }
+    }
+
+    #[test]
+    fn in_lists_pad_to_a_power_of_two_with_the_last_item() {
+        assert_eq!(
+            padded(&[1, 2, 3]).copied().collect::<Vec<_>>(),
+            [1, 2, 3, 3]
+        );
+        assert_eq!(padded(&[7]).count(), 1);
+        assert_eq!(padded::<u8>(&[]).count(), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
 use crate::error::{Result, StorageError};
-use crate::sql::{self, Dialect, chunk_sizes, in_list, values_list};
+use crate::sql::{self, Dialect, chunks, in_list, padded, values_list};
 use crate::types::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 
 /// Most transactions committed in one database transaction.
@@ -255,53 +255,47 @@ async fn fetch_current(
     keys: &[&[u8]],
 ) -> Result<HashMap<Vec<u8>, KeyValue>> {
     let mut out = HashMap::with_capacity(keys.len());
-    let mut rest = keys;
-    for size in chunk_sizes(keys.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let stmt = format!(
-            "SELECT {} FROM kv_current WHERE key IN ({})",
-            sql::KV_COLUMNS,
-            in_list(size)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(stmt));
-        for k in chunk {
-            q = q.bind(k.to_vec());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let kv = sql::decode_kv(&row, 0)?;
-            out.insert(kv.key.clone(), kv);
-        }
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let stmt = format!(
+        "SELECT {} FROM kv_current WHERE key IN ({})",
+        sql::KV_COLUMNS,
+        in_list(keys.len().next_power_of_two())
+    );
+    let mut q = sqlx::query(AssertSqlSafe(stmt));
+    for k in padded(keys) {
+        q = q.bind(k.to_vec());
+    }
+    for row in q.fetch_all(&mut *conn).await? {
+        let kv = sql::decode_kv(&row, 0)?;
+        out.insert(kv.key.clone(), kv);
     }
     Ok(out)
 }
 
 async fn fetch_leases(conn: &mut AnyConnection, ids: &[i64]) -> Result<HashSet<i64>> {
     let mut out = HashSet::new();
-    let mut rest = ids;
-    for size in chunk_sizes(ids.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let stmt = format!("SELECT id FROM kv_lease WHERE id IN ({})", in_list(size));
-        let mut q = sqlx::query(AssertSqlSafe(stmt));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            out.insert(row.try_get::<i64, _>(0)?);
-        }
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let n = ids.len().next_power_of_two();
+    let stmt = format!("SELECT id FROM kv_lease WHERE id IN ({})", in_list(n));
+    let mut q = sqlx::query(AssertSqlSafe(stmt));
+    for id in padded(ids) {
+        q = q.bind(*id);
+    }
+    for row in q.fetch_all(&mut *conn).await? {
+        out.insert(row.try_get::<i64, _>(0)?);
     }
     Ok(out)
 }
 
 async fn insert_log(conn: &mut AnyConnection, rows: &[LogRow]) -> Result<()> {
-    let mut rest = rows;
-    for size in chunk_sizes(rows.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
+    for chunk in chunks(rows) {
         let stmt = format!(
             "INSERT INTO kv_log (rev, key, create_rev, prev_rev, version, lease, deleted, value) VALUES {}",
-            values_list(size, 8)
+            values_list(chunk.len(), 8)
         );
         let mut q = sqlx::query(AssertSqlSafe(stmt));
         for r in chunk {
@@ -327,15 +321,12 @@ async fn write_current(
     state: &HashMap<Vec<u8>, KeyValue>,
 ) -> Result<()> {
     let (live, gone): (Vec<&[u8]>, Vec<&[u8]>) = keys.iter().partition(|k| state.contains_key(**k));
-    let mut rest = live.as_slice();
-    for size in chunk_sizes(live.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
+    for chunk in chunks(&live) {
         let stmt = format!(
             "INSERT INTO kv_current ({}) VALUES {} ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, \
              mod_rev = excluded.mod_rev, version = excluded.version, lease = excluded.lease, value = excluded.value",
             sql::KV_COLUMNS,
-            values_list(size, 6)
+            values_list(chunk.len(), 6)
         );
         let mut q = sqlx::query(AssertSqlSafe(stmt));
         for k in chunk {
@@ -350,13 +341,13 @@ async fn write_current(
         }
         q.execute(&mut *conn).await?;
     }
-    let mut rest = gone.as_slice();
-    for size in chunk_sizes(gone.len()) {
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let stmt = format!("DELETE FROM kv_current WHERE key IN ({})", in_list(size));
+    if !gone.is_empty() {
+        let stmt = format!(
+            "DELETE FROM kv_current WHERE key IN ({})",
+            in_list(gone.len().next_power_of_two())
+        );
         let mut q = sqlx::query(AssertSqlSafe(stmt));
-        for k in chunk {
+        for k in padded(&gone) {
             q = q.bind(k.to_vec());
         }
         q.execute(&mut *conn).await?;
