@@ -34,6 +34,28 @@ impl Dialect {
         }
     }
 
+    /// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
+    pub(crate) fn values_list(self, rows: usize, cols: usize) -> String {
+        let row = |r: usize| format!("({})", self.params(r * cols + 1, cols));
+        (0..rows).map(row).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `$1, $2, ...` for an `IN` list.
+    pub(crate) fn in_list(self, n: usize) -> String {
+        self.params(1, n)
+    }
+
+    /// `n` parameters from `first` on, for statements whose parameters each appear once and
+    /// in order. SQLite gets anonymous `?`: sqlx looks numbered ones up by name, a linear
+    /// scan per parameter that makes a 2,000-parameter insert quadratic.
+    fn params(self, first: usize, n: usize) -> String {
+        let one = |i: usize| match self {
+            Dialect::Sqlite => "?".to_string(),
+            Dialect::Postgres => format!("${i}"),
+        };
+        (first..first + n).map(one).collect::<Vec<_>>().join(", ")
+    }
+
     pub(crate) fn migrator(self) -> Migrator {
         let (desc, sql) = match self {
             Dialect::Sqlite => ("kv", include_str!("../../sql/sqlite/0001_kv.sql")),
@@ -51,9 +73,6 @@ impl Dialect {
     }
 }
 
-/// Lock the writer row and read the head: the first statement of every write transaction.
-pub(crate) const LOCK_HEAD: &str = "UPDATE kv_meta SET rev = rev WHERE id = 1 RETURNING rev";
-pub(crate) const SET_HEAD: &str = "UPDATE kv_meta SET rev = $1 WHERE id = 1";
 pub(crate) const HEAD_AND_COMPACT: &str =
     "SELECT m.rev, k.rev FROM kv_meta m JOIN kv_compaction k ON k.id = 1 WHERE m.id = 1";
 pub(crate) const HEAD: &str = "SELECT rev FROM kv_meta WHERE id = 1";
@@ -159,34 +178,6 @@ pub(crate) fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
         .chain(std::iter::repeat_n(items.last(), n - items.len()).flatten())
 }
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
-pub(crate) fn values_list(rows: usize, cols: usize) -> String {
-    let mut s = String::new();
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                s.push_str(", ");
-            }
-            s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
-        }
-        s.push(')');
-    }
-    s
-}
-
-/// `$1, $2, ...` for an `IN` list.
-pub(crate) fn in_list(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 pub(crate) fn corrupt(what: impl Into<String>) -> StorageError {
     StorageError::Corrupt(what.into())
 }
@@ -222,7 +213,8 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_row_major() {
-        assert_eq!(values_list(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(in_list(3), "$1, $2, $3");
+        assert_eq!(Dialect::Postgres.values_list(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(Dialect::Postgres.in_list(3), "$1, $2, $3");
+        assert_eq!(Dialect::Sqlite.values_list(2, 2), "(?, ?), (?, ?)");
     }
 }

@@ -6,12 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Shared;
 use crate::error::{Result, StorageError};
-use crate::sql::{self, Dialect, chunks, in_list, padded, values_list};
+use crate::sql::{self, Dialect, chunks, padded};
 use crate::types::{Compare, Event, EventKind, KeyValue, Op, Revision, Txn, TxnOutcome};
 
 /// Most transactions committed in one database transaction.
@@ -69,22 +69,19 @@ async fn commit_batch(shared: &Shared, txns: &[&Txn]) -> Result<BatchResult> {
     let mut conn = shared.write.acquire().await?;
     let result = commit_batch_on(shared.dialect, &mut conn, txns).await;
     if result.is_err() {
-        // The connection may be broken or mid-transaction: do not return it to the pool.
+        // The connection may be broken or mid-transaction: closing it rolls back.
         conn.detach();
     }
     result
 }
 
+/// One write transaction in two steps: take the writer lock and read the batch's keys, then
+/// write and commit. Each step is one [`Script`], which SQLite runs in one round trip.
 async fn commit_batch_on(
     dialect: Dialect,
     conn: &mut AnyConnection,
     txns: &[&Txn],
 ) -> Result<BatchResult> {
-    let mut tx = conn.begin_with(dialect.begin_write()).await?;
-    let head: Revision = sqlx::query_scalar(sql::LOCK_HEAD)
-        .fetch_one(&mut *tx)
-        .await?;
-
     let keys: Vec<&[u8]> = {
         let mut seen = HashSet::new();
         txns.iter()
@@ -92,7 +89,33 @@ async fn commit_batch_on(
             .filter(|k| seen.insert(*k))
             .collect()
     };
-    let mut state: HashMap<Vec<u8>, KeyValue> = fetch_current(&mut tx, &keys).await?;
+    let mut read = Script::new(dialect);
+    read.push(dialect.begin_write(), vec![]);
+    if dialect == Dialect::Postgres {
+        // The kv_meta row lock serializes writers of every process; what follows reads the
+        // state committed before it was granted.
+        read.push("UPDATE kv_meta SET rev = rev WHERE id = 1", vec![]);
+    }
+    read.push(
+        format!(
+            "SELECT m.rev, c.key, c.create_rev, c.mod_rev, c.version, c.lease, c.value FROM kv_meta m \
+             LEFT JOIN kv_current c ON c.key IN ({}) WHERE m.id = 1",
+            dialect.in_list(keys.len().next_power_of_two())
+        ),
+        padded(&keys).map(|k| Arg::Bytes(k.to_vec())).collect(),
+    );
+    let rows = read.fetch_all(conn).await?;
+    let head: Revision = match rows.first() {
+        Some(row) => row.try_get(0)?,
+        None => return Err(sql::corrupt("kv_meta has no row")),
+    };
+    let mut state: HashMap<Vec<u8>, KeyValue> = HashMap::with_capacity(keys.len());
+    for row in &rows {
+        if row.try_get::<Option<Vec<u8>>, _>(1)?.is_some() {
+            let kv = sql::decode_kv(row, 1)?;
+            state.insert(kv.key.clone(), kv);
+        }
+    }
     let leases: Vec<i64> = {
         let mut seen = HashSet::new();
         txns.iter()
@@ -103,7 +126,7 @@ async fn commit_batch_on(
             .filter(|l| seen.insert(*l))
             .collect()
     };
-    let live_leases = fetch_leases(&mut tx, &leases).await?;
+    let live_leases = fetch_leases(dialect, conn, &leases).await?;
 
     let mut rev = head;
     let mut outcomes: Vec<Option<Result<TxnOutcome>>> = Vec::with_capacity(txns.len());
@@ -196,32 +219,111 @@ async fn commit_batch_on(
         .map(|o| o.expect("every outcome set"))
         .collect();
 
+    let mut write = Script::new(dialect);
     if rows.is_empty() {
-        tx.rollback().await?;
+        write.push("ROLLBACK", vec![]);
+        write.execute(conn).await?;
         return Ok(BatchResult { outcomes, events });
     }
-    insert_log(&mut tx, &rows).await?;
+    insert_log(&mut write, rows);
     let touched: Vec<&[u8]> = {
         let mut seen = HashSet::new();
-        rows.iter()
-            .map(|r| r.key.as_slice())
+        events
+            .iter()
+            .map(|e| e.kv.key.as_slice())
             .filter(|k| seen.insert(*k))
             .collect()
     };
-    write_current(&mut tx, &touched, &state).await?;
-    sqlx::query(sql::SET_HEAD)
-        .bind(rev)
-        .execute(&mut *tx)
-        .await?;
+    write_current(&mut write, &touched, &state);
+    write.push(
+        format!(
+            "UPDATE kv_meta SET rev = {} WHERE id = 1",
+            dialect.in_list(1)
+        ),
+        vec![Arg::Int(rev)],
+    );
     if dialect == Dialect::Postgres {
         // Delivered at commit, in commit order, to every process's LISTEN connection.
-        sqlx::query("SELECT pg_notify('kelp_kv', $1)")
-            .bind(rev.to_string())
-            .execute(&mut *tx)
-            .await?;
+        write.push(
+            "SELECT pg_notify('kelp_kv', $1)",
+            vec![Arg::Text(rev.to_string())],
+        );
     }
-    tx.commit().await?;
+    write.push("COMMIT", vec![]);
+    write.execute(conn).await?;
     Ok(BatchResult { outcomes, events })
+}
+
+/// A bound parameter of a [`Script`] statement.
+enum Arg {
+    Int(i64),
+    Bytes(Vec<u8>),
+    Text(String),
+}
+
+/// Statements run in order on one connection. SQLite gets them as one multi-statement query:
+/// sqlx runs SQLite on a worker thread, and each round trip to it costs two thread wake-ups,
+/// which dominated the commit time of a batch. PostgreSQL, whose extended protocol takes one
+/// statement per query, gets them one by one. Statements number their parameters from 1
+/// (`Dialect::in_list`), which SQLite sees as anonymous `?` bound in order.
+struct Script {
+    dialect: Dialect,
+    statements: Vec<(String, Vec<Arg>)>,
+}
+
+impl Script {
+    fn new(dialect: Dialect) -> Self {
+        Script {
+            dialect,
+            statements: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: impl Into<String>, args: Vec<Arg>) {
+        self.statements.push((sql.into(), args));
+    }
+
+    fn queries(self) -> Vec<sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>> {
+        let bind = |mut q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+                    args: Vec<Arg>| {
+            for a in args {
+                q = match a {
+                    Arg::Int(i) => q.bind(i),
+                    Arg::Bytes(b) => q.bind(b),
+                    Arg::Text(t) => q.bind(t),
+                };
+            }
+            q
+        };
+        match self.dialect {
+            Dialect::Sqlite => {
+                let (sql, args): (Vec<String>, Vec<Vec<Arg>>) = self.statements.into_iter().unzip();
+                let q = sqlx::query(AssertSqlSafe(sql.join(";\n")));
+                vec![bind(q, args.into_iter().flatten().collect())]
+            }
+            Dialect::Postgres => self
+                .statements
+                .into_iter()
+                .map(|(sql, args)| bind(sqlx::query(AssertSqlSafe(sql)), args))
+                .collect(),
+        }
+    }
+
+    async fn execute(self, conn: &mut AnyConnection) -> Result<()> {
+        for q in self.queries() {
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The rows of every statement, in order.
+    async fn fetch_all(self, conn: &mut AnyConnection) -> Result<Vec<sqlx::any::AnyRow>> {
+        let mut rows = Vec::new();
+        for q in self.queries() {
+            rows.extend(q.fetch_all(&mut *conn).await?);
+        }
+        Ok(rows)
+    }
 }
 
 struct LogRow {
@@ -250,107 +352,86 @@ impl LogRow {
     }
 }
 
-async fn fetch_current(
+async fn fetch_leases(
+    dialect: Dialect,
     conn: &mut AnyConnection,
-    keys: &[&[u8]],
-) -> Result<HashMap<Vec<u8>, KeyValue>> {
-    let mut out = HashMap::with_capacity(keys.len());
-    if keys.is_empty() {
-        return Ok(out);
-    }
-    let stmt = format!(
-        "SELECT {} FROM kv_current WHERE key IN ({})",
-        sql::KV_COLUMNS,
-        in_list(keys.len().next_power_of_two())
-    );
-    let mut q = sqlx::query(AssertSqlSafe(stmt));
-    for k in padded(keys) {
-        q = q.bind(k.to_vec());
-    }
-    for row in q.fetch_all(&mut *conn).await? {
-        let kv = sql::decode_kv(&row, 0)?;
-        out.insert(kv.key.clone(), kv);
-    }
-    Ok(out)
-}
-
-async fn fetch_leases(conn: &mut AnyConnection, ids: &[i64]) -> Result<HashSet<i64>> {
-    let mut out = HashSet::new();
+    ids: &[i64],
+) -> Result<HashSet<i64>> {
     if ids.is_empty() {
-        return Ok(out);
+        return Ok(HashSet::new());
     }
-    let n = ids.len().next_power_of_two();
-    let stmt = format!("SELECT id FROM kv_lease WHERE id IN ({})", in_list(n));
-    let mut q = sqlx::query(AssertSqlSafe(stmt));
-    for id in padded(ids) {
-        q = q.bind(*id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
-        out.insert(row.try_get::<i64, _>(0)?);
-    }
-    Ok(out)
+    let mut script = Script::new(dialect);
+    script.push(
+        format!(
+            "SELECT id FROM kv_lease WHERE id IN ({})",
+            dialect.in_list(ids.len().next_power_of_two())
+        ),
+        padded(ids).map(|id| Arg::Int(*id)).collect(),
+    );
+    script
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| Ok(row.try_get::<i64, _>(0)?))
+        .collect()
 }
 
-async fn insert_log(conn: &mut AnyConnection, rows: &[LogRow]) -> Result<()> {
-    for chunk in chunks(rows) {
-        let stmt = format!(
+fn insert_log(script: &mut Script, rows: Vec<LogRow>) {
+    let dialect = script.dialect;
+    for chunk in chunks(&rows) {
+        let sql = format!(
             "INSERT INTO kv_log (rev, key, create_rev, prev_rev, version, lease, deleted, value) VALUES {}",
-            values_list(chunk.len(), 8)
+            dialect.values_list(chunk.len(), 8)
         );
-        let mut q = sqlx::query(AssertSqlSafe(stmt));
+        let mut args = Vec::with_capacity(chunk.len() * 8);
         for r in chunk {
-            q = q
-                .bind(r.rev)
-                .bind(r.key.clone())
-                .bind(r.create_rev)
-                .bind(r.prev_rev)
-                .bind(r.version)
-                .bind(r.lease)
-                .bind(r.deleted)
-                .bind(r.value.clone());
+            args.extend([
+                Arg::Int(r.rev),
+                Arg::Bytes(r.key.clone()),
+                Arg::Int(r.create_rev),
+                Arg::Int(r.prev_rev),
+                Arg::Int(r.version),
+                Arg::Int(r.lease),
+                Arg::Int(r.deleted),
+                Arg::Bytes(r.value.clone()),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        script.push(sql, args);
     }
-    Ok(())
 }
 
 /// Brings `kv_current` to the batch's final state of every key it touched.
-async fn write_current(
-    conn: &mut AnyConnection,
-    keys: &[&[u8]],
-    state: &HashMap<Vec<u8>, KeyValue>,
-) -> Result<()> {
+fn write_current(script: &mut Script, keys: &[&[u8]], state: &HashMap<Vec<u8>, KeyValue>) {
+    let dialect = script.dialect;
     let (live, gone): (Vec<&[u8]>, Vec<&[u8]>) = keys.iter().partition(|k| state.contains_key(**k));
     for chunk in chunks(&live) {
-        let stmt = format!(
+        let sql = format!(
             "INSERT INTO kv_current ({}) VALUES {} ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev, \
              mod_rev = excluded.mod_rev, version = excluded.version, lease = excluded.lease, value = excluded.value",
             sql::KV_COLUMNS,
-            values_list(chunk.len(), 6)
+            dialect.values_list(chunk.len(), 6)
         );
-        let mut q = sqlx::query(AssertSqlSafe(stmt));
+        let mut args = Vec::with_capacity(chunk.len() * 6);
         for k in chunk {
             let kv = &state[*k];
-            q = q
-                .bind(kv.key.clone())
-                .bind(kv.create_revision)
-                .bind(kv.mod_revision)
-                .bind(kv.version)
-                .bind(kv.lease)
-                .bind(kv.value.clone());
+            args.extend([
+                Arg::Bytes(kv.key.clone()),
+                Arg::Int(kv.create_revision),
+                Arg::Int(kv.mod_revision),
+                Arg::Int(kv.version),
+                Arg::Int(kv.lease),
+                Arg::Bytes(kv.value.clone()),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        script.push(sql, args);
     }
     if !gone.is_empty() {
-        let stmt = format!(
-            "DELETE FROM kv_current WHERE key IN ({})",
-            in_list(gone.len().next_power_of_two())
+        script.push(
+            format!(
+                "DELETE FROM kv_current WHERE key IN ({})",
+                dialect.in_list(gone.len().next_power_of_two())
+            ),
+            padded(&gone).map(|k| Arg::Bytes(k.to_vec())).collect(),
         );
-        let mut q = sqlx::query(AssertSqlSafe(stmt));
-        for k in padded(&gone) {
-            q = q.bind(k.to_vec());
-        }
-        q.execute(&mut *conn).await?;
     }
-    Ok(())
 }

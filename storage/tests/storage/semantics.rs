@@ -511,7 +511,9 @@ async fn compaction_runs_on_a_timer_and_keeps_recent_revisions(db: &mut TestDb) 
     };
     let s = crate::open_with(db, options).await;
     for i in 0..300 {
-        s.txn(Txn::put(format!("/t/{}", i % 10), format!("{i}"))).await.unwrap();
+        s.txn(Txn::put(format!("/t/{}", i % 10), format!("{i}")))
+            .await
+            .unwrap();
     }
     // The first tick only records the head; a later one compacts to it, minus the retained
     // revisions.
@@ -519,16 +521,26 @@ async fn compaction_runs_on_a_timer_and_keeps_recent_revisions(db: &mut TestDb) 
     let compacted = loop {
         let (head, compact) = s.revisions().await.unwrap();
         if compact > 0 {
-            assert!(compact <= head - 50, "compacted to {compact} with head {head}");
+            assert!(
+                compact <= head - 50,
+                "compacted to {compact} with head {head}"
+            );
             break compact;
         }
-        assert!(std::time::Instant::now() < deadline, "no compaction happened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction happened"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(matches!(
-        s.range(RangeRequest::new(KeyRange::prefix("/t/")).at(compacted - 1)).await,
+        s.range(RangeRequest::new(KeyRange::prefix("/t/")).at(compacted - 1))
+            .await,
         Err(StorageError::Compacted { .. })
     ));
-    let at = s.range(RangeRequest::new(KeyRange::prefix("/t/")).at(compacted)).await.unwrap();
+    let at = s
+        .range(RangeRequest::new(KeyRange::prefix("/t/")).at(compacted))
+        .await
+        .unwrap();
     assert_eq!(at.kvs.len(), 10);
 }
