@@ -36,6 +36,13 @@ pub struct Args {
     /// Aggregate write rate of the watch workload (writes/s).
     #[arg(long, default_value_t = 500)]
     watch_rate: u64,
+    /// Workloads to run, comma-separated.
+    #[arg(
+        long,
+        default_value = "create,update,get,list,watch",
+        value_delimiter = ','
+    )]
+    workloads: Vec<String>,
     /// Backends to run, comma-separated (etcd is the reference for ratios).
     #[arg(long, default_value = "etcd,sqlite,postgres", value_delimiter = ',')]
     backends: Vec<String>,
@@ -370,6 +377,7 @@ async fn run_backend<S: Store>(
     let duration = Duration::from_secs_f64(args.duration);
     eprintln!("[{name}] prefilling {} keys", args.keys);
     prefill(&store, args.keys).await?;
+    let runs = |w: &str| args.workloads.iter().any(|x| x == w);
     for &clients in &args.clients {
         let mut push = |workload: &'static str, (ops, mut samples): (f64, Samples)| {
             let row = Row {
@@ -386,72 +394,83 @@ async fn run_backend<S: Store>(
             );
             rows.push(row);
         };
-        let create = closed_loop(&store, clients, duration, move |s, client, i| async move {
-            s.create(format!("/bench/create/{clients}/{client}/{i}"), value(i))
-                .await
-                .map(drop)
-        })
-        .await?;
-        push("create", create);
-
-        // Each client updates its own key, comparing against the revision it last wrote.
-        let revs: Arc<Vec<AtomicU64>> = Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
-        for (client, rev) in revs.iter().enumerate() {
-            let r = store
-                .create(format!("/bench/update/{clients}/{client}"), value(0))
-                .await?;
-            rev.store(r as u64, Ordering::SeqCst);
+        if runs("create") {
+            let create = closed_loop(&store, clients, duration, move |s, client, i| async move {
+                s.create(format!("/bench/create/{clients}/{client}/{i}"), value(i))
+                    .await
+                    .map(drop)
+            })
+            .await?;
+            push("create", create);
         }
-        let update = closed_loop(&store, clients, duration, move |s, client, i| {
-            let revs = revs.clone();
-            async move {
-                let expected = revs[client].load(Ordering::SeqCst) as i64;
-                let r = s
-                    .update(
-                        format!("/bench/update/{clients}/{client}"),
-                        expected,
-                        value(i),
-                    )
+
+        if runs("update") {
+            // Each client updates its own key, comparing against the revision it last wrote.
+            let revs: Arc<Vec<AtomicU64>> =
+                Arc::new((0..clients).map(|_| AtomicU64::new(0)).collect());
+            for (client, rev) in revs.iter().enumerate() {
+                let r = store
+                    .create(format!("/bench/update/{clients}/{client}"), value(0))
                     .await?;
-                revs[client].store(r as u64, Ordering::SeqCst);
+                rev.store(r as u64, Ordering::SeqCst);
+            }
+            let update = closed_loop(&store, clients, duration, move |s, client, i| {
+                let revs = revs.clone();
+                async move {
+                    let expected = revs[client].load(Ordering::SeqCst) as i64;
+                    let r = s
+                        .update(
+                            format!("/bench/update/{clients}/{client}"),
+                            expected,
+                            value(i),
+                        )
+                        .await?;
+                    revs[client].store(r as u64, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .await?;
+            push("update", update);
+        }
+
+        if runs("get") {
+            let keys = args.keys as u64;
+            let get = closed_loop(&store, clients, duration, move |s, _, _| async move {
+                let n = rand::rng().random_range(0..keys);
+                if !s.get(format!("/bench/list/{n:06}")).await? {
+                    bail!("prefilled key {n} missing");
+                }
                 Ok(())
-            }
-        })
-        .await?;
-        push("update", update);
+            })
+            .await?;
+            push("get", get);
+        }
 
-        let keys = args.keys as u64;
-        let get = closed_loop(&store, clients, duration, move |s, _, _| async move {
-            let n = rand::rng().random_range(0..keys);
-            if !s.get(format!("/bench/list/{n:06}")).await? {
-                bail!("prefilled key {n} missing");
-            }
-            Ok(())
-        })
-        .await?;
-        push("get", get);
+        if runs("list") {
+            let expect = (LIST_LIMIT as usize).min(args.keys);
+            let list = closed_loop(&store, clients, duration, move |s, _, _| async move {
+                let n = s.list("/bench/list/".to_string(), LIST_LIMIT).await?;
+                if n != expect {
+                    bail!("listed {n} keys, expected {expect}");
+                }
+                Ok(())
+            })
+            .await?;
+            push("list", list);
+        }
 
-        let expect = (LIST_LIMIT as usize).min(args.keys);
-        let list = closed_loop(&store, clients, duration, move |s, _, _| async move {
-            let n = s.list("/bench/list/".to_string(), LIST_LIMIT).await?;
-            if n != expect {
-                bail!("listed {n} keys, expected {expect}");
-            }
-            Ok(())
-        })
-        .await?;
-        push("list", list);
-
-        let watch = watch_delivery(
-            &store,
-            &clients.to_string(),
-            clients,
-            args.watchers,
-            args.watch_rate,
-            duration,
-        )
-        .await?;
-        push("watch", watch);
+        if runs("watch") {
+            let watch = watch_delivery(
+                &store,
+                &clients.to_string(),
+                clients,
+                args.watchers,
+                args.watch_rate,
+                duration,
+            )
+            .await?;
+            push("watch", watch);
+        }
     }
     Ok(())
 }
