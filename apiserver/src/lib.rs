@@ -1,0 +1,341 @@
+//! kelp-apiserver: the Kubernetes API over HTTPS, served from kelp-storage.
+//!
+//! Requests are routed by path to discovery or to the generic REST handlers, which serve every
+//! entry of the resource registry the same way (upstream's generic store). Objects travel as
+//! JSON values; their resourceVersion is the storage revision of their last write.
+
+mod discovery;
+mod error;
+mod handlers;
+mod object;
+mod registry;
+mod request;
+mod table;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kelp_storage::Backend;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+/// The Kubernetes version Kelp serves; kubectl's dispatcher picks its binary by the minor.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub serving_cert_pem: String,
+    pub serving_key_pem: String,
+    /// Client certificates signed by this CA are accepted (clients may also present none).
+    pub client_ca_pem: String,
+}
+
+/// A running API server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    backend: Backend,
+    advertise: String,
+}
+
+fn tls_config(config: &Config) -> Result<rustls::ServerConfig, ServeError> {
+    let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(config.client_ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
+    let certs = CertificateDer::pem_slice_iter(config.serving_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(config.serving_key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(server)
+}
+
+/// Creates what a fresh cluster has (the four system namespaces), then serves HTTPS.
+pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&config)?));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    bootstrap(&backend).await;
+    let app = router(AppState {
+        backend,
+        advertise: local_addr.to_string(),
+    });
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown_rx.changed() => return,
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok(Server {
+        local_addr,
+        shutdown,
+        task,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(ready))
+        .route(
+            "/api",
+            get(|State(s): State<AppState>| async move {
+                ok_json(&discovery::api_versions(&s.advertise))
+            }),
+        )
+        .route("/apis", get(|| async { ok_json(&discovery::api_groups()) }))
+        .route("/api/v1", get(|| async { resources_or_404("", "v1") }))
+        .route(
+            "/apis/{group}/{version}",
+            get(|Path((g, v)): Path<(String, String)>| async move { resources_or_404(&g, &v) }),
+        )
+        .route("/api/v1/{*rest}", any(core_resource))
+        .route("/apis/{group}/{version}/{*rest}", any(group_resource))
+        .fallback(|| async { ApiError::no_route().into_response() })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn ok_json(v: &serde_json::Value) -> Response {
+    handlers::json_response(StatusCode::OK, v)
+}
+
+fn resources_or_404(group: &str, version: &str) -> Response {
+    match discovery::api_resources(group, version) {
+        Some(list) => ok_json(&list),
+        None => ApiError::no_route().into_response(),
+    }
+}
+
+async fn version() -> Response {
+    let minor = KUBERNETES_VERSION.split('.').nth(1).unwrap_or("33");
+    ok_json(&json!({
+        "major": "1",
+        "minor": minor,
+        "gitVersion": format!("{KUBERNETES_VERSION}+kelp{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "n/a (Rust)",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+    }))
+}
+
+async fn health() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+}
+
+/// Ready when the datastore answers.
+async fn ready(State(s): State<AppState>) -> Response {
+    match s.backend.revisions().await {
+        Ok(_) => health().await,
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]etcd failed: {e}\nreadyz check failed"),
+        )
+            .into_response(),
+    }
+}
+
+struct ResourceRequest {
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+}
+
+async fn core_resource(
+    State(s): State<AppState>,
+    Path(rest): Path<String>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    resource(
+        s,
+        "",
+        "v1",
+        &rest,
+        ResourceRequest {
+            method,
+            query,
+            headers,
+            body,
+        },
+    )
+    .await
+}
+
+async fn group_resource(
+    State(s): State<AppState>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    resource(
+        s,
+        &group,
+        &version,
+        &rest,
+        ResourceRequest {
+            method,
+            query,
+            headers,
+            body,
+        },
+    )
+    .await
+}
+
+async fn resource(
+    s: AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    req: ResourceRequest,
+) -> Response {
+    let result = async {
+        let target = request::parse(group, version, rest)?;
+        let body = axum::body::to_bytes(req.body, handlers::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::too_large())?;
+        handlers::serve(
+            &s.backend,
+            &req.method,
+            target,
+            &req.query,
+            &req.headers,
+            body,
+        )
+        .await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The namespaces every cluster has.
+async fn bootstrap(backend: &Backend) {
+    let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
+        let target = request::Target {
+            resource: namespaces,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        match handlers::serve(
+            backend,
+            &Method::POST,
+            target,
+            &HashMap::new(),
+            &headers,
+            body.into(),
+        )
+        .await
+        {
+            Ok(_) => tracing::info!(namespace = ns, "created"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => tracing::warn!(namespace = ns, error = %e.message, "cannot create"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Helpers on objects as JSON values: metadata access, timestamps, ages.
+
+use serde_json::{Value, json};
+
+pub fn name(o: &Value) -> &str {
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn resource_version(o: &Value) -> Option<&str> {
+    o.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `metadata`, created if missing (a body without it is refused before this is used).
+pub fn metadata_mut(o: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !o.get("metadata").is_some_and(Value::is_object) {
+        o["metadata"] = json!({});
+    }
+    match o.get_mut("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => unreachable!("metadata was just made an object"),
+    }
+}
+
+/// Now, as Kubernetes writes timestamps (RFC 3339, seconds).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// The object's age as kubectl prints it (`5s`, `3m2s`, `4h`, `2d`), from creationTimestamp.
+pub fn age(o: &Value) -> String {
+    let created = o
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    match created {
+        Some(t) => human_duration(jiff::Timestamp::now().as_second() - t.as_second()),
+        None => "<unknown>".to_string(),
+    }
+}
+
+/// Upstream's `duration.HumanDuration` (k8s.io/apimachinery/pkg/util/duration).
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    if s < 60 * 2 {
+        return format!("{s}s");
+    }
+    let m = s / 60;
+    if m < 10 {
+        let rest = s % 60;
+        return if rest == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rest}s")
+        };
+    }
+    if m < 60 * 3 {
+        return format!("{m}m");
+    }
+    let h = m / 60;
+    if h < 8 {
+        let rest = m % 60;
+        return if rest == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rest}m")
+        };
+    }
+    if h < 48 {
+        return format!("{h}h");
+    }
+    if h < 24 * 8 {
+        let (d, rest) = (h / 24, h % 24);
+        return if rest == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rest}h")
+        };
+    }
+    if h < 24 * 365 * 2 {
+        return format!("{}d", h / 24);
+    }
+    if h < 24 * 365 * 8 {
+        let (y, d) = (h / 24 / 365, (h / 24) % 365);
+        return if d == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{d}d")
+        };
+    }
+    format!("{}y", h / 24 / 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_like_kubectl() {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (120, "2m"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (50 * 3600, "2d2h"),
+            (10 * 86400, "10d"),
+            (800 * 86400, "2y70d"),
+        ] {
+            assert_eq!(human_duration(s), want, "{s}s");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Table output (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`), what `kubectl get`
+//! prints: upstream's columns per kind, Name first.
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::object;
+use crate::registry::Resource;
+
+/// A Table of a list (its items) or of one object.
+pub fn build(r: &Resource, list_or_object: &Value) -> Value {
+    let (objects, metadata) = match list_or_object.get("items").and_then(Value::as_array) {
+        Some(items) => (
+            items.iter().collect::<Vec<_>>(),
+            list_or_object["metadata"].clone(),
+        ),
+        None => (
+            vec![list_or_object],
+            json!({"resourceVersion": list_or_object.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))}),
+        ),
+    };
+    let mut columns = vec![json!({
+        "name": "Name", "type": "string", "format": "name", "priority": 0,
+        "description": "Name must be unique within a namespace. https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
+    })];
+    columns.extend(r.columns.iter().map(|c| {
+        json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": 0})
+    }));
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut cells = vec![json!(object::name(o))];
+            cells.extend(r.columns.iter().map(|c| (c.cell)(o)));
+            json!({"cells": cells, "object": partial_metadata(o)})
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
+/// The row's object: `PartialObjectMetadata`, upstream's default `includeObject=Metadata`.
+fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"].clone()})
+}
+
+pub fn response(r: &Resource, list_or_object: &Value) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        .body(Body::from(
+            serde_json::to_vec(&build(r, list_or_object)).unwrap_or_default(),
+        ))
+        .unwrap_or_default()
+}
