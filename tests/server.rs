@@ -1,51 +1,57 @@
-//! `kelp server` as a newcomer runs it: it creates the data dir and the SQLite datastore,
-//! reports readiness, stops cleanly on SIGTERM, and refuses a bad datastore URL clearly.
+//! `kelp server` as a newcomer runs it: it creates the data dir, the SQLite datastore, the PKI
+//! and an admin kubeconfig, reports readiness, restarts on the same state, stops cleanly on
+//! SIGTERM, and refuses a bad datastore URL clearly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
 
-fn kelp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kelp"))
-}
+use std::process::Command;
+
+use support::KelpServer;
 
 #[test]
-fn server_opens_the_default_sqlite_datastore_and_stops_on_sigterm() {
+fn server_starts_on_a_fresh_data_dir_and_restarts_on_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    for start in 0..2 {
-        let mut child = kelp()
-            .args(["server", "--data-dir"])
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().unwrap().unwrap();
-        assert!(
-            ready.contains("state.db ready (revision 0"),
-            "start {start}: {ready}"
-        );
-        assert!(data.join("state.db").exists());
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        assert_eq!(
-            rest.last().map(String::as_str),
-            Some("kelp: stopped"),
-            "{rest:?}"
-        );
-        assert!(child.wait().unwrap().success());
+    let first = KelpServer::start(&data, &[]);
+    assert!(
+        first.ready_line.contains("datastore sqlite://"),
+        "{}",
+        first.ready_line
+    );
+    for file in [
+        "state.db",
+        "admin.kubeconfig",
+        "pki/ca.crt",
+        "pki/ca.key",
+        "pki/serving.crt",
+    ] {
+        assert!(data.join(file).exists(), "{file} missing");
     }
+    let ca = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();
+    let last = first.stop();
+    assert_eq!(
+        last.last().map(String::as_str),
+        Some("kelp: stopped"),
+        "{last:?}"
+    );
+
+    // A restart keeps the CA (so old kubeconfigs keep working) and the data.
+    let second = KelpServer::start(&data, &[]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("pki/ca.crt")).unwrap(),
+        ca
+    );
+    let out = second.kubectl("1.33", &["get", "namespaces", "-o", "name"]);
+    assert_eq!(
+        out.stdout,
+        "namespace/default\nnamespace/kube-node-lease\nnamespace/kube-public\nnamespace/kube-system\n"
+    );
 }
 
 #[test]
 fn server_refuses_an_unknown_datastore_url() {
     let dir = tempfile::tempdir().unwrap();
-    let out = kelp()
+    let out = Command::new(env!("CARGO_BIN_EXE_kelp"))
         .args(["server", "--data-dir"])
         .arg(dir.path())
         .args(["--datastore-endpoint", "mysql://root:hunter2@db/kelp"])

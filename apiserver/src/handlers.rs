@@ -336,15 +336,14 @@ fn prepare(r: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiErr
 }
 
 async fn require_namespace(backend: &Backend, ns: Option<&str>) -> Result<(), ApiError> {
-    if let Some(ns) = ns {
-        if backend
+    if let Some(ns) = ns
+        && backend
             .get(format!("/registry/namespaces/{ns}"))
             .await?
             .0
             .is_none()
-        {
-            return Err(ApiError::not_found("", "namespaces", ns));
-        }
+    {
+        return Err(ApiError::not_found("", "namespaces", ns));
     }
     Ok(())
 }
@@ -446,10 +445,10 @@ async fn update(
     // GuaranteedUpdate: retry on a concurrent write unless the client named the revision.
     loop {
         let (current, current_rev) = get(backend, r, ns, name).await?;
-        if let Some(rv) = &client_rv {
-            if *rv != current_rev.to_string() {
-                return Err(ApiError::conflict(r.group, r.plural, name));
-            }
+        if let Some(rv) = &client_rv
+            && *rv != current_rev.to_string()
+        {
+            return Err(ApiError::conflict(r.group, r.plural, name));
         }
         let meta = object::metadata_mut(&mut obj);
         for kept in ["uid", "creationTimestamp"] {

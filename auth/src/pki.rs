@@ -120,10 +120,9 @@ impl Pki {
         );
         if let (Some(cert_pem), Some(key_pem), Some(old)) =
             (read(&cert_path)?, read(&key_path)?, read(&sans_path)?)
+            && old == record
         {
-            if old == record {
-                return Ok(Credentials { cert_pem, key_pem });
-            }
+            return Ok(Credentials { cert_pem, key_pem });
         }
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = name("kube-apiserver", &[]);

@@ -68,10 +68,10 @@ impl Etcd {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return Ok(etcd);
-                }
+            if let Ok(mut c) = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await
+                && c.status().await.is_ok()
+            {
+                return Ok(etcd);
             }
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 bail!("etcd exited with {status}");

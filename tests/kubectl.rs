@@ -1,0 +1,211 @@
+//! The real kubectl 1.32 and 1.33 against `kelp server`, on SQLite and on PostgreSQL. Each step
+//! checks what kubectl prints.
+
+mod support;
+
+use kelp_testkit::PgCluster;
+use support::KelpServer;
+
+fn configmap(name: &str, color: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"app":"web"}}}},"data":{{"color":"{color}"}}}}"#
+    )
+}
+
+fn session(server: &KelpServer, v: &str) {
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {v} {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+    let with_stdin = |args: &[&str], input: &str| {
+        let out = server.kubectl_with_stdin(v, args, Some(input));
+        assert!(out.ok, "kubectl {v} {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+
+    let version = ok(&["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_str(&version).unwrap();
+    assert_eq!(version["serverVersion"]["minor"], "33");
+    assert!(
+        version["serverVersion"]["gitVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1.33.")
+    );
+    assert_eq!(ok(&["get", "--raw", "/readyz"]), "ok");
+
+    let namespaces = ok(&["get", "namespaces"]);
+    let lines: Vec<&str> = namespaces.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "STATUS", "AGE"]
+    );
+    for (line, ns) in
+        lines[1..]
+            .iter()
+            .zip(["default", "kube-node-lease", "kube-public", "kube-system"])
+    {
+        assert_eq!(
+            line.split_whitespace().take(2).collect::<Vec<_>>(),
+            [ns, "Active"]
+        );
+    }
+
+    let ns = format!("team-{}", v.replace('.', "-"));
+    assert_eq!(
+        with_stdin(
+            &["create", "-f", "-", "--validate=false"],
+            &format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#)
+        ),
+        format!("namespace/{ns} created\n")
+    );
+    assert_eq!(
+        with_stdin(
+            &["create", "-n", &ns, "-f", "-", "--validate=false"],
+            &configmap("app", "blue")
+        ),
+        "configmap/app created\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap",
+            "app",
+            "-o",
+            "jsonpath={.data.color}"
+        ]),
+        "blue"
+    );
+    let table = ok(&["get", "-n", &ns, "configmaps"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(&rows[1][..2], ["app", "1"]);
+
+    // A second create is refused as upstream refuses it.
+    let dup = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", &ns, "-f", "-", "--validate=false"],
+        Some(&configmap("app", "red")),
+    );
+    assert!(!dup.ok);
+    assert_eq!(
+        dup.stderr.trim(),
+        "Error from server (AlreadyExists): error when creating \"STDIN\": configmaps \"app\" already exists"
+    );
+
+    assert_eq!(
+        with_stdin(
+            &["replace", "-n", &ns, "-f", "-", "--validate=false"],
+            &configmap("app", "green")
+        ),
+        "configmap/app replaced\n"
+    );
+    let yaml = ok(&["get", "-n", &ns, "configmap", "app", "-o", "yaml"]);
+    assert!(
+        yaml.contains("color: green") && yaml.contains(&format!("namespace: {ns}")),
+        "{yaml}"
+    );
+
+    // Paging: kubectl follows continue tokens with --chunk-size.
+    for i in 0..5 {
+        with_stdin(
+            &["create", "-n", &ns, "-f", "-", "--validate=false"],
+            &configmap(&format!("page-{i}"), "x"),
+        );
+    }
+    let names = ok(&[
+        "get",
+        "-n",
+        &ns,
+        "configmaps",
+        "--chunk-size=2",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        names,
+        "configmap/app\nconfigmap/page-0\nconfigmap/page-1\nconfigmap/page-2\nconfigmap/page-3\nconfigmap/page-4\n"
+    );
+    let all = ok(&["get", "configmaps", "-A"]);
+    let rows: Vec<Vec<&str>> = all
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAMESPACE", "NAME", "DATA", "AGE"]);
+    assert_eq!(rows.iter().filter(|r| r[0] == ns).count(), 6, "{all}");
+
+    assert_eq!(
+        ok(&["delete", "-n", &ns, "configmap", "app"]),
+        "configmap \"app\" deleted\n"
+    );
+    let gone = server.kubectl(v, &["get", "-n", &ns, "configmap", "app"]);
+    assert!(!gone.ok);
+    assert_eq!(
+        gone.stderr.trim(),
+        "Error from server (NotFound): configmaps \"app\" not found"
+    );
+
+    let missing_ns = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", "nowhere", "-f", "-", "--validate=false"],
+        Some(&configmap("x", "y")),
+    );
+    assert!(!missing_ns.ok);
+    assert!(
+        missing_ns
+            .stderr
+            .contains("namespaces \"nowhere\" not found"),
+        "{}",
+        missing_ns.stderr
+    );
+
+    let bad = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", &ns, "-f", "-", "--validate=false"],
+        Some(&configmap("Bad_Name", "y")),
+    );
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr
+            .contains("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"),
+        "{}",
+        bad.stderr
+    );
+
+    let resources = ok(&["api-resources", "--no-headers"]);
+    assert!(
+        resources
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["configmaps", "cm", "v1", "true", "ConfigMap"]),
+        "{resources}"
+    );
+}
+
+#[test]
+fn kubectl_drives_kelp_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    session(&server, "1.32");
+    session(&server, "1.33");
+}
+
+#[test]
+fn kubectl_drives_kelp_on_postgres() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &["--datastore-endpoint", &pg.url()]);
+    assert!(
+        server.ready_line.contains("datastore postgres://"),
+        "{}",
+        server.ready_line
+    );
+    session(&server, "1.32");
+    session(&server, "1.33");
+}

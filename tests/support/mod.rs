@@ -1,0 +1,134 @@
+//! Runs `kelp server` as a process and the real kubectl binaries against it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// A `kelp server` on a free port.
+pub struct KelpServer {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub ready_line: String,
+    cache: tempfile::TempDir,
+}
+
+/// The directory of the versioned kubectl binaries (`kubectl.1.32`, `kubectl.1.33`): beside
+/// the `kubectl` on PATH (gcloud's dispatcher), or `$KELP_KUBECTL_DIR`.
+pub fn kubectl_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KELP_KUBECTL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("sh")
+        .args(["-c", "readlink -f \"$(command -v kubectl)\""])
+        .output();
+    let path = out
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let dir = Path::new(&path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    assert!(
+        dir.join("kubectl.1.33").exists() && dir.join("kubectl.1.32").exists(),
+        "kubectl.1.32 and kubectl.1.33 not found beside the kubectl on PATH ({path:?}); set KELP_KUBECTL_DIR"
+    );
+    dir
+}
+
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KelpServer {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> KelpServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kelp"))
+            .args(["server", "--https-listen-port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kelp server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready_line = lines.next().expect("kelp server printed nothing").unwrap();
+        let url = ready_line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("no URL in {ready_line:?}"))
+            .to_string();
+        let kubeconfig_line = lines.next().unwrap().unwrap();
+        let kubeconfig = PathBuf::from(kubeconfig_line.rsplit(' ').next().unwrap());
+        lines.next().unwrap().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        KelpServer {
+            child,
+            lines,
+            url,
+            kubeconfig,
+            ready_line,
+            cache,
+        }
+    }
+
+    /// Runs `kubectl.<version>` with the admin kubeconfig and a fresh discovery cache.
+    pub fn kubectl(&self, version: &str, args: &[&str]) -> Output {
+        self.kubectl_with_stdin(version, args, None)
+    }
+
+    pub fn kubectl_with_stdin(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(kubectl_dir().join(format!("kubectl.{version}")))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("KUBECACHEDIR", self.cache.path().join(version))
+            .env("HOME", self.cache.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// SIGTERM, then what the server printed until it exited.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let rest: Vec<String> = self.lines.by_ref().map_while(Result::ok).collect();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "kelp server failed: {rest:?}"
+        );
+        rest
+    }
+}
+
+impl Drop for KelpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
