@@ -112,6 +112,96 @@ fn session(server: &KelpServer, v: &str) {
         "{yaml}"
     );
 
+    // label and annotate send merge patches; patch sends strategic (default), merge and JSON
+    // patches.
+    assert_eq!(
+        ok(&["label", "-n", &ns, "configmap", "app", "tier=front"]),
+        "configmap/app labeled\n"
+    );
+    assert_eq!(
+        ok(&["annotate", "-n", &ns, "configmap", "app", "note=hi"]),
+        "configmap/app annotated\n"
+    );
+    let patch = |kind: &str, p: &str| {
+        ok(&[
+            "patch",
+            "-n",
+            &ns,
+            "configmap",
+            "app",
+            "--type",
+            kind,
+            "-p",
+            p,
+        ])
+    };
+    assert_eq!(
+        patch("merge", r#"{"data":{"size":"L"}}"#),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        patch("strategic", r#"{"data":{"shape":"round","color":null}}"#),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        patch(
+            "json",
+            r#"[{"op":"replace","path":"/data/size","value":"XL"}]"#
+        ),
+        "configmap/app patched\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap",
+            "app",
+            "-o",
+            "jsonpath={.metadata.labels.tier} {.metadata.annotations.note} {.data}"
+        ]),
+        r#"front hi {"shape":"round","size":"XL"}"#
+    );
+    let failed = server.kubectl(
+        v,
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "configmap",
+            "app",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/data/size","value":"S"}]"#,
+        ],
+    );
+    assert!(
+        !failed.ok && failed.stderr.contains("The request is invalid"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(
+        ok(&["label", "-n", &ns, "configmap", "app", "tier-"]),
+        "configmap/app unlabeled\n"
+    );
+
+    // A replace that names a stale resourceVersion is a conflict.
+    let stale = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"app","resourceVersion":"1"}},"data":{{}}}}"#
+    );
+    let conflict = server.kubectl_with_stdin(
+        v,
+        &["replace", "-n", &ns, "-f", "-", "--validate=false"],
+        Some(&stale),
+    );
+    assert!(!conflict.ok);
+    assert_eq!(
+        conflict.stderr.trim(),
+        "Error from server (Conflict): error when replacing \"STDIN\": Operation cannot be fulfilled on configmaps \"app\": \
+         the object has been modified; please apply your changes to the latest version and try again"
+    );
+
     // Paging: kubectl follows continue tokens with --chunk-size.
     for i in 0..5 {
         with_stdin(

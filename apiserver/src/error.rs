@@ -114,6 +114,10 @@ impl ApiError {
         }
         e
     }
+    /// A request that is well-formed but cannot be applied (a failed JSON patch test).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GONE, "Expired", message)
     }

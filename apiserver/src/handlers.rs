@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::object;
+use crate::patch::{self, PatchType};
 use crate::registry::Resource;
 use crate::request::Target;
 use crate::table;
@@ -74,6 +75,7 @@ pub async fn serve(
         }
         (&Method::POST, None) => create(backend, r, ns, query, headers, &body).await,
         (&Method::PUT, Some(name)) => update(backend, r, ns, name, query, headers, &body).await,
+        (&Method::PATCH, Some(name)) => patch(backend, r, ns, name, query, headers, &body).await,
         (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
@@ -423,6 +425,12 @@ async fn create(
     }
 }
 
+/// What an update makes of the current object: a replacement (PUT) or a patch of it.
+enum Change<'a> {
+    Replace(Value),
+    Patch(PatchType, &'a [u8]),
+}
+
 async fn update(
     backend: &Backend,
     r: &Resource,
@@ -432,21 +440,63 @@ async fn update(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let mut obj = read_body(r, headers, body)?;
-    let body_name = object::name(&obj).to_string();
-    if body_name != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
+    let obj = read_body(r, headers, body)?;
+    guaranteed_update(backend, r, ns, name, query, Change::Replace(obj)).await
+}
+
+async fn patch(
+    backend: &Backend,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::too_large());
     }
-    prepare(r, ns, &mut obj)?;
-    (r.defaults)(&mut obj);
-    let client_rv = object::resource_version(&obj).map(str::to_string);
-    // GuaranteedUpdate: retry on a concurrent write unless the client named the revision.
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = PatchType::from_content_type(content_type)?;
+    guaranteed_update(backend, r, ns, name, query, Change::Patch(kind, body)).await
+}
+
+/// Upstream's GuaranteedUpdate: read, change, compare-and-swap; on a concurrent write, read
+/// again and redo the change, unless the client named the resourceVersion it changed (then
+/// 409 Conflict).
+async fn guaranteed_update(
+    backend: &Backend,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    query: &HashMap<String, String>,
+    change: Change<'_>,
+) -> Result<Response, ApiError> {
     loop {
-        let (current, current_rev) = get(backend, r, ns, name).await?;
-        if let Some(rv) = &client_rv
-            && *rv != current_rev.to_string()
+        let (mut current, current_rev) = get(backend, r, ns, name).await?;
+        let mut obj = match &change {
+            Change::Replace(obj) => obj.clone(),
+            Change::Patch(kind, body) => {
+                // Without its resourceVersion, so that one in the result came from the patch.
+                object::metadata_mut(&mut current).remove("resourceVersion");
+                patch::apply(*kind, &current, body)?
+            }
+        };
+        let new_name = object::name(&obj).to_string();
+        if new_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({new_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        prepare(r, ns, &mut obj)?;
+        (r.defaults)(&mut obj);
+        let precondition = object::resource_version(&obj).map(str::to_string);
+        if precondition
+            .as_ref()
+            .is_some_and(|rv| *rv != current_rev.to_string())
         {
             return Err(ApiError::conflict(r.group, r.plural, name));
         }
@@ -469,7 +519,7 @@ async fn update(
                     .insert("resourceVersion".into(), json!(revision.to_string()));
                 return Ok(json_response(StatusCode::OK, &obj));
             }
-            TxnOutcome::Failed { .. } if client_rv.is_some() => {
+            TxnOutcome::Failed { .. } if precondition.is_some() => {
                 return Err(ApiError::conflict(r.group, r.plural, name));
             }
             TxnOutcome::Failed { .. } => continue,

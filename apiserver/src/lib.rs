@@ -8,6 +8,7 @@ mod discovery;
 mod error;
 mod handlers;
 mod object;
+mod patch;
 mod registry;
 mod request;
 mod table;

@@ -28,7 +28,9 @@ pub struct Column {
 }
 
 /// Verbs the generic handlers implement.
-pub const VERBS: &[&str] = &["create", "delete", "get", "list", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 impl Resource {
     pub fn api_version(&self) -> String {
