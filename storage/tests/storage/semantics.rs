@@ -516,23 +516,30 @@ async fn compaction_runs_on_a_timer_and_keeps_recent_revisions(db: &mut TestDb) 
             .unwrap();
     }
     // The first tick only records the head; a later one compacts to it, minus the retained
-    // revisions.
+    // revisions, in batches of 7: wait for the compact revision to reach 300 - 50 and stay
+    // there (the head no longer moves).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let compacted = loop {
         let (head, compact) = s.revisions().await.unwrap();
-        if compact > 0 {
-            assert!(
-                compact <= head - 50,
-                "compacted to {compact} with head {head}"
-            );
+        assert!(
+            compact <= head - 50,
+            "compacted to {compact} with head {head}"
+        );
+        if compact == 250 {
             break compact;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no compaction happened"
+            "compaction stopped at {compact}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        s.revisions().await.unwrap(),
+        (300, 250),
+        "compaction went past the retained revisions"
+    );
     assert!(matches!(
         s.range(RangeRequest::new(KeyRange::prefix("/t/")).at(compacted - 1))
             .await,
