@@ -20,6 +20,7 @@ use crate::object;
 use crate::patch::{self, PatchType};
 use crate::registry::Resource;
 use crate::request::Target;
+use crate::selector::{FieldSelector, LabelSelector};
 use crate::table;
 
 /// Largest request body accepted (upstream's `MaxRequestBodyBytes`).
@@ -171,7 +172,7 @@ async fn list(
         .map(String::as_str)
         .filter(|s| !s.is_empty());
     let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
-    let (start, at) = match query.get("continue").filter(|c| !c.is_empty()) {
+    let (start, mut at) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             if rv.is_some() {
                 return Err(ApiError::bad_request(
@@ -201,27 +202,61 @@ async fn list(
             (prefix.clone(), at)
         }
     };
-    let range = KeyRange::between(start, kelp_storage::prefix_end(prefix.as_bytes()));
-    let resp = backend.range(RangeRequest::new(range).at(at).limit(limit)).await.map_err(|e| match e {
-        kelp_storage::StorageError::Compacted { .. } if query.contains_key("continue") => ApiError::gone(
-            "The provided continue parameter is too old to display a consistent list result. \
+    let selectors = Selectors::from_query(r, query)?;
+    let end = kelp_storage::prefix_end(prefix.as_bytes());
+    let compacted_continue = |e: kelp_storage::StorageError| match e {
+        kelp_storage::StorageError::Compacted { .. } if query.contains_key("continue") => {
+            ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. \
              You can start a new list without the continue parameter.",
-        ),
+            )
+        }
         e => e.into(),
-    })?;
-    let items = resp.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-    let mut metadata = json!({"resourceVersion": resp.read_revision.to_string()});
-    if resp.more {
-        let last = resp
-            .kvs
-            .last()
-            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned());
-        let token = encode_continue(
-            resp.read_revision,
-            &format!("{}\u{0}", last.unwrap_or_default()),
-        );
+    };
+    // Pages are read at one revision. With selectors, a short page is topped up from the
+    // following keys, fetching twice as many each time (upstream's GetList), so that a page
+    // holds `limit` matches unless the range ends.
+    let mut items = Vec::new();
+    let mut start = start.into_bytes();
+    let mut fetch = limit;
+    let (read_revision, more, last_key, count) = loop {
+        let range = KeyRange::between(start.clone(), end.clone());
+        let resp = backend
+            .range(RangeRequest::new(range).at(at).limit(fetch))
+            .await
+            .map_err(compacted_continue)?;
+        at = resp.read_revision;
+        let mut filled_at = None;
+        for (i, kv) in resp.kvs.iter().enumerate() {
+            let obj = decode(kv)?;
+            if selectors.matches(&obj) {
+                items.push(obj);
+                if limit > 0 && items.len() as i64 == limit {
+                    filled_at = Some(i);
+                    break;
+                }
+            }
+        }
+        let last = |i: usize| resp.kvs.get(i).map(|kv| kv.key.clone());
+        match filled_at {
+            Some(i) => break (at, resp.more || i + 1 < resp.kvs.len(), last(i), resp.count),
+            None if resp.more => {
+                start = last(resp.kvs.len() - 1).unwrap_or_default();
+                start.push(0);
+                fetch = (fetch * 2).min(10_000);
+            }
+            None => break (at, false, None, resp.count),
+        }
+    };
+    let mut metadata = json!({"resourceVersion": read_revision.to_string()});
+    if more {
+        let last = last_key.map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        let token = encode_continue(read_revision, &format!("{}\u{0}", last.unwrap_or_default()));
         metadata["continue"] = json!(token);
-        metadata["remainingItemCount"] = json!(resp.count - items.len() as i64);
+        // Only known without selectors, as upstream.
+        if selectors.is_empty() {
+            metadata["remainingItemCount"] = json!(count - items.len() as i64);
+        }
     }
     Ok(json!({
         "kind": format!("{}List", r.kind),
@@ -229,6 +264,28 @@ async fn list(
         "metadata": metadata,
         "items": items,
     }))
+}
+
+/// The label and field selectors of a list or watch.
+struct Selectors {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Selectors {
+    fn from_query(r: &Resource, query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let get = |k: &str| query.get(k).map(String::as_str).unwrap_or("");
+        Ok(Selectors {
+            labels: LabelSelector::parse(get("labelSelector"))?,
+            fields: FieldSelector::parse(get("fieldSelector"), r.fields)?,
+        })
+    }
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
 }
 
 /// Reads and checks a request body: size, media type, JSON, and kind/apiVersion.
@@ -563,6 +620,7 @@ async fn watch(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let prefix = r.key_prefix(ns);
+    let selectors = std::sync::Arc::new(Selectors::from_query(r, query)?);
     let rv = query
         .get("resourceVersion")
         .map(String::as_str)
@@ -573,7 +631,8 @@ async fn watch(
             let resp = backend
                 .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
                 .await?;
-            let objs = resp.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            let mut objs = resp.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            objs.retain(|o| selectors.matches(o));
             (objs, resp.read_revision + 1)
         }
     };
@@ -584,9 +643,13 @@ async fn watch(
     let initial = futures::stream::iter(initial.into_iter().map(|o| Ok(event_line("ADDED", &o))));
     let events = match backend.watch(KeyRange::prefix(prefix), start).await {
         Ok(w) => w
-            .flat_map(|batch| {
+            .flat_map(move |batch| {
                 let lines: Vec<Result<Bytes, std::io::Error>> = match batch {
-                    Ok(events) => events.iter().filter_map(watch_event).map(Ok).collect(),
+                    Ok(events) => events
+                        .iter()
+                        .filter_map(|e| watch_event(e, &selectors))
+                        .map(Ok)
+                        .collect(),
                     Err(e) => vec![Ok(error_line(ApiError::from(e)))],
                 };
                 futures::stream::iter(lines)
@@ -617,25 +680,33 @@ fn error_line(e: ApiError) -> Bytes {
     event_line("ERROR", &e.status_json())
 }
 
-fn watch_event(e: &kelp_storage::Event) -> Option<Bytes> {
+/// The watch event a write is to a watcher with selectors: an object that starts matching is
+/// ADDED, one that stops matching is DELETED (as upstream's watch filtering does).
+fn watch_event(e: &kelp_storage::Event, selectors: &Selectors) -> Option<Bytes> {
+    let old = match &e.prev_kv {
+        Some(prev) => Some(decode(prev).ok()?),
+        None => None,
+    };
+    let was = old.as_ref().is_some_and(|o| selectors.matches(o));
     match e.kind {
         EventKind::Put => {
-            let kind = if e.prev_kv.is_some() {
-                "MODIFIED"
-            } else {
-                "ADDED"
-            };
-            decode(&e.kv).ok().map(|o| event_line(kind, &o))
+            let new = decode(&e.kv).ok()?;
+            match (was, selectors.matches(&new)) {
+                (true, true) => Some(event_line("MODIFIED", &new)),
+                (false, true) => Some(event_line("ADDED", &new)),
+                (true, false) => Some(event_line("DELETED", &new)),
+                (false, false) => None,
+            }
         }
-        EventKind::Delete => {
-            let prev = e.prev_kv.as_ref()?;
-            let mut obj = decode(prev).ok()?;
+        EventKind::Delete if was => {
+            let mut obj = old?;
             object::metadata_mut(&mut obj).insert(
                 "resourceVersion".into(),
                 json!(e.kv.mod_revision.to_string()),
             );
             Some(event_line("DELETED", &obj))
         }
+        EventKind::Delete => None,
     }
 }
 

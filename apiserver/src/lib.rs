@@ -11,6 +11,7 @@ mod object;
 mod patch;
 mod registry;
 mod request;
+mod selector;
 mod table;
 
 use std::collections::HashMap;

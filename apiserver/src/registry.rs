@@ -15,6 +15,8 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Table columns after Name (upstream's printers), Age last where upstream has it.
     pub columns: &'static [Column],
+    /// Fields `?fieldSelector=` may name besides metadata.name and metadata.namespace.
+    pub fields: &'static [&'static str],
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
 }
@@ -92,6 +94,7 @@ pub static RESOURCES: &[Resource] = &[
             },
             AGE,
         ],
+        fields: &["status.phase"],
         defaults: |o| {
             if o.pointer("/status/phase").is_none() {
                 o["status"] = json!({"phase": "Active"});
@@ -119,6 +122,7 @@ pub static RESOURCES: &[Resource] = &[
             },
             AGE,
         ],
+        fields: &[],
         defaults: no_defaults,
     },
     Resource {
@@ -145,6 +149,7 @@ pub static RESOURCES: &[Resource] = &[
             },
             AGE,
         ],
+        fields: &["type"],
         defaults: |o| {
             if o.get("type").is_none_or(Value::is_null) {
                 o["type"] = json!("Opaque");
@@ -175,6 +180,7 @@ pub static RESOURCES: &[Resource] = &[
             },
             AGE,
         ],
+        fields: &[],
         defaults: no_defaults,
     },
 ];

@@ -82,6 +82,20 @@ impl KelpServer {
         self.kubectl_with_stdin(version, args, None)
     }
 
+    /// Starts kubectl without waiting for it (for `get -w`).
+    pub fn kubectl_spawn(&self, version: &str, args: &[&str]) -> std::process::Child {
+        Command::new(kubectl_dir().join(format!("kubectl.{version}")))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("KUBECACHEDIR", self.cache.path().join(version))
+            .env("HOME", self.cache.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl")
+    }
+
     pub fn kubectl_with_stdin(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut child = Command::new(kubectl_dir().join(format!("kubectl.{version}")))
