@@ -298,14 +298,19 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    if media != "application/json" {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    let obj: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body of the request could not be decoded as JSON: {e}"
-        ))
-    })?;
+    let obj: Value = match media {
+        "application/json" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        })?,
+        "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as YAML: {e}"
+            ))
+        })?,
+        _ => return Err(ApiError::unsupported_media_type(content_type)),
+    };
     if !obj.is_object() {
         return Err(ApiError::bad_request(
             "the body of the request must be a JSON object",

@@ -119,10 +119,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         source,
     })?;
     bootstrap(&backend).await;
-    let app = router(AppState {
-        backend,
-        advertise: local_addr.to_string(),
-    });
+    let app = app(backend, local_addr.to_string());
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
@@ -162,7 +159,10 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
     })
 }
 
-fn router(state: AppState) -> Router {
+/// The API as a router, without TLS: what [`start`] serves (and what tests drive directly).
+/// `advertise` is the `host:port` legacy discovery reports.
+pub fn app(backend: Backend, advertise: String) -> Router {
+    let state = AppState { backend, advertise };
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
@@ -289,6 +289,19 @@ async fn resource(
     rest: &str,
     req: ResourceRequest,
 ) -> Response {
+    let wants_yaml = req
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.trim().starts_with("application/yaml"))
+        });
+    let watching = req
+        .query
+        .get("watch")
+        .is_some_and(|w| w == "true" || w == "1");
     let result = async {
         let target = request::parse(group, version, rest)?;
         let body = axum::body::to_bytes(req.body, handlers::MAX_BODY_BYTES)
@@ -305,11 +318,45 @@ async fn resource(
         .await
     }
     .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    if wants_yaml && !watching {
+        to_yaml(response).await
+    } else {
+        response
+    }
+}
+
+/// Re-encodes a JSON response as YAML (`Accept: application/yaml`).
+async fn to_yaml(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("cannot read the response").into_response();
+    };
+    let yaml = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_saphyr::to_string(&v).ok());
+    match yaml {
+        Some(y) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/yaml"),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(y))
+        }
+        None => ApiError::internal("cannot encode the response as YAML").into_response(),
+    }
 }
 
 /// The namespaces every cluster has.
-async fn bootstrap(backend: &Backend) {
+pub async fn bootstrap(backend: &Backend) {
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let mut headers = HeaderMap::new();
     headers.insert(

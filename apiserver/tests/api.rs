@@ -1,0 +1,269 @@
+//! The API's answers to well-formed and malformed requests, through the router (no TLS):
+//! media types, size limits, validation, and that refused input changes nothing.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use kelp_storage::{Backend, Endpoint, KeyRange, Options, RangeRequest};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    app: axum::Router,
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn new() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            compact_interval: None,
+            ..Options::default()
+        };
+        let backend = Backend::open(&Endpoint::default_for(dir.path()), options)
+            .await
+            .unwrap();
+        kelp_apiserver::bootstrap(&backend).await;
+        let app = kelp_apiserver::app(backend.clone(), "127.0.0.1:6443".into());
+        Api {
+            app,
+            backend,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        accept: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, String, Vec<u8>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, accept)
+            .body(body.into())
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        (status, ct, bytes)
+    }
+
+    async fn json(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let (status, _, bytes) = self
+            .call(
+                method,
+                uri,
+                "application/json",
+                "application/json",
+                body.to_string(),
+            )
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Every key in the store: what must not change when input is refused.
+    async fn stored(&self) -> Vec<(Vec<u8>, i64)> {
+        let all = self
+            .backend
+            .range(RangeRequest::new(KeyRange::prefix("/")))
+            .await
+            .unwrap();
+        all.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect()
+    }
+}
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+fn cm(name: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}).to_string()
+}
+
+#[tokio::test]
+async fn yaml_goes_in_and_comes_out() {
+    let api = Api::new().await;
+    let yaml =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  key: value\n";
+    let (status, _, _) = api
+        .call("POST", CM, "application/yaml", "application/json", yaml)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, ct, body) = api
+        .call(
+            "GET",
+            &format!("{CM}/from-yaml"),
+            "",
+            "application/yaml",
+            "",
+        )
+        .await;
+    assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/yaml"));
+    let back: Value = serde_saphyr::from_slice(&body).unwrap();
+    assert_eq!(back["data"]["key"], "value");
+    assert_eq!(back["metadata"]["namespace"], "default");
+}
+
+#[tokio::test]
+async fn bad_input_gets_upstreams_status_and_changes_nothing() {
+    let api = Api::new().await;
+    let before = api.stored().await;
+
+    let (status, body) = api.json("POST", CM, "{not json").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    assert_eq!(body["kind"], "Status");
+
+    let protobuf = "application/vnd.kubernetes.protobuf";
+    let (status, _, body) = api
+        .call("POST", CM, protobuf, "application/json", "k8s\0")
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["reason"],
+        "UnsupportedMediaType"
+    );
+
+    let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"},
+        "data": {"k": "x".repeat(3 * 1024 * 1024)}});
+    let (status, body) = api.json("POST", CM, &big.to_string()).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestEntityTooLarge"))
+    );
+
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}});
+    let (status, body) = api.json("POST", CM, &secret.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "the kind in the data (Secret) does not match the expected kind (ConfigMap)"
+    );
+
+    let elsewhere = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "other"}});
+    let (status, body) = api.json("POST", CM, &elsewhere.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "the namespace of the provided object does not match the namespace sent on the request"
+    );
+
+    let (status, body) = api.json("POST", CM, &cm("Not_Valid")).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid"))
+    );
+    assert_eq!(body["details"]["causes"][0]["field"], "metadata.name");
+    assert_eq!(body["details"]["kind"], "ConfigMap");
+
+    let dotted = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a.b"}});
+    let (status, body) = api
+        .json("POST", "/api/v1/namespaces", &dotted.to_string())
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "namespace names are labels: {body}"
+    );
+
+    let (status, body) = api
+        .json("POST", "/api/v1/namespaces/missing/configmaps", &cm("x"))
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            Some("namespaces \"missing\" not found")
+        )
+    );
+
+    let (status, _) = api.json("GET", "/api/v1/widgets", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api.json("GET", &format!("{CM}?continue=garbage"), "").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("continue key is not valid"))
+    );
+    let (status, body) = api
+        .json("GET", &format!("{CM}?labelSelector=a%20in%20b"), "")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // A PATCH must say which kind of patch it is.
+    let (status, body) = api.json("PATCH", &format!("{CM}/x"), "{}").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    let merge = "application/merge-patch+json";
+    let (status, _, _) = api
+        .call("PATCH", &format!("{CM}/x"), merge, "application/json", "{}")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    assert_eq!(
+        api.stored().await,
+        before,
+        "refused input changed the store"
+    );
+}
+
+#[tokio::test]
+async fn create_update_and_delete_follow_resource_versions() {
+    let api = Api::new().await;
+    let body = r#"{"metadata":{"generateName":"web-"},"data":{"a":"1"}}"#;
+    let (status, created) = api.json("POST", CM, body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let name = created["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut changed = created.clone();
+    changed["data"]["a"] = json!("2");
+    let (status, updated) = api
+        .json("PUT", &format!("{CM}/{name}"), &changed.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(updated["metadata"]["resourceVersion"], json!(rv));
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+
+    // The same body again names a stale resourceVersion.
+    let (status, body) = api
+        .json("PUT", &format!("{CM}/{name}"), &changed.to_string())
+        .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("Conflict"))
+    );
+
+    let (status, list) = api.json("GET", CM, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["kind"], "ConfigMapList");
+    assert_eq!(list["items"][0]["data"]["a"], "2");
+
+    let (status, body) = api.json("DELETE", &format!("{CM}/{name}"), "").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("Success"))
+    );
+    let (status, _) = api.json("GET", &format!("{CM}/{name}"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
