@@ -187,13 +187,11 @@ fn session(server: &KelpServer, v: &str) {
     );
 
     // A replace that names a stale resourceVersion is a conflict.
-    let stale = format!(
-        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"app","resourceVersion":"1"}},"data":{{}}}}"#
-    );
+    let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"app","resourceVersion":"1"},"data":{}}"#;
     let conflict = server.kubectl_with_stdin(
         v,
         &["replace", "-n", &ns, "-f", "-", "--validate=false"],
-        Some(&stale),
+        Some(stale),
     );
     assert!(!conflict.ok);
     assert_eq!(
