@@ -22,6 +22,7 @@ use crate::registry::Resource;
 use crate::request::Target;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::table;
+use crate::typed::FieldValidation;
 
 /// Largest request body accepted (upstream's `MaxRequestBodyBytes`).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -333,6 +334,24 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
     Ok(obj)
 }
 
+/// Field validation through the kind's type (`?fieldValidation=`): the object as the type
+/// reads it, and the warnings to send.
+fn check_fields(r: &Resource, obj: Value, query: &HashMap<String, String>) -> Result<(Value, Vec<String>), ApiError> {
+    let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
+    crate::typed::validate(&r.typed, r.kind, &r.api_version(), &obj, mode)
+}
+
+/// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
 /// DNS-1123 subdomain (most names) or label (namespaces), as upstream validates them.
 fn validate_name(r: &Resource, name: &str) -> Option<String> {
     let label = |s: &str| {
@@ -468,11 +487,12 @@ async fn create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(object::now()));
     prepare(r, ns, &mut obj)?;
+    let (mut obj, warnings) = check_fields(r, obj, query)?;
     (r.defaults)(&mut obj);
     require_namespace(backend, ns).await?;
     let name = object::name(&obj).to_string();
     if dry_run(query) {
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings));
     }
     match backend
         .txn(Txn::create(r.key(ns, &name), encode(&obj)))
@@ -481,7 +501,7 @@ async fn create(
         TxnOutcome::Succeeded { revision, .. } => {
             object::metadata_mut(&mut obj)
                 .insert("resourceVersion".into(), json!(revision.to_string()));
-            Ok(json_response(StatusCode::CREATED, &obj))
+            Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings))
         }
         TxnOutcome::Failed { .. } => Err(ApiError::already_exists(r.group, r.plural, &name)),
     }
@@ -554,6 +574,7 @@ async fn guaranteed_update(
             )));
         }
         prepare(r, ns, &mut obj)?;
+        let (mut obj, warnings) = check_fields(r, obj, query)?;
         (r.defaults)(&mut obj);
         let precondition = object::resource_version(&obj).map(str::to_string);
         if precondition
@@ -570,7 +591,7 @@ async fn guaranteed_update(
             };
         }
         if dry_run(query) {
-            return Ok(json_response(StatusCode::OK, &obj));
+            return Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings));
         }
         match backend
             .txn(Txn::update(r.key(ns, name), current_rev, encode(&obj)))
@@ -579,7 +600,7 @@ async fn guaranteed_update(
             TxnOutcome::Succeeded { revision, .. } => {
                 object::metadata_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(revision.to_string()));
-                return Ok(json_response(StatusCode::OK, &obj));
+                return Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings));
             }
             TxnOutcome::Failed { .. } if precondition.is_some() => {
                 return Err(ApiError::conflict(r.group, r.plural, name));

@@ -8,11 +8,13 @@ mod discovery;
 mod error;
 mod handlers;
 mod object;
+mod openapi;
 mod patch;
 mod registry;
 mod request;
 mod selector;
 mod table;
+mod typed;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,6 +76,7 @@ impl Server {
 struct AppState {
     backend: Backend,
     advertise: String,
+    openapi: Arc<openapi::OpenApi>,
 }
 
 fn tls_config(config: &Config) -> Result<rustls::ServerConfig, ServeError> {
@@ -162,7 +165,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
 /// The API as a router, without TLS: what [`start`] serves (and what tests drive directly).
 /// `advertise` is the `host:port` legacy discovery reports.
 pub fn app(backend: Backend, advertise: String) -> Router {
-    let state = AppState { backend, advertise };
+    let state = AppState { backend, advertise, openapi: Arc::new(openapi::OpenApi::build()) };
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
@@ -180,6 +183,8 @@ pub fn app(backend: Backend, advertise: String) -> Router {
             "/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { resources_or_404(&g, &v) }),
         )
+        .route("/openapi/v3", get(|State(s): State<AppState>| async move { ok_json(&s.openapi.index()) }))
+        .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api/v1/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(|| async { ApiError::no_route().into_response() })
@@ -194,6 +199,21 @@ fn ok_json(v: &serde_json::Value) -> Response {
 fn resources_or_404(group: &str, version: &str) -> Response {
     match discovery::api_resources(group, version) {
         Some(list) => ok_json(&list),
+        None => ApiError::no_route().into_response(),
+    }
+}
+
+/// A group/version's OpenAPI document; immutable for its hash, as upstream serves it.
+async fn openapi_document(State(s): State<AppState>, Path(path): Path<String>) -> Response {
+    match s.openapi.document(&path) {
+        Some((hash, doc)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ETAG, format!("\"{hash}\""))
+            .header(header::CACHE_CONTROL, "public, immutable")
+            .header(header::VARY, "Accept")
+            .body(Body::from(doc.to_vec()))
+            .unwrap_or_default(),
         None => ApiError::no_route().into_response(),
     }
 }

@@ -1,7 +1,10 @@
 //! The resource registry: one declarative entry per kind. Handlers are generic over entries;
 //! what differs between kinds (defaulting, table columns) is a few functions here.
 
+use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
+
+use crate::typed::{Typed, typed};
 
 /// A served resource.
 pub struct Resource {
@@ -17,6 +20,8 @@ pub struct Resource {
     pub columns: &'static [Column],
     /// Fields `?fieldSelector=` may name besides metadata.name and metadata.namespace.
     pub fields: &'static [&'static str],
+    /// The kind's Rust type: its schema and field validation.
+    pub typed: Typed,
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
 }
@@ -80,6 +85,7 @@ pub static RESOURCES: &[Resource] = &[
         group: "",
         version: "v1",
         kind: "Namespace",
+        typed: typed::<core::Namespace>(),
         plural: "namespaces",
         singular: "namespace",
         namespaced: false,
@@ -108,6 +114,7 @@ pub static RESOURCES: &[Resource] = &[
         group: "",
         version: "v1",
         kind: "ConfigMap",
+        typed: typed::<core::ConfigMap>(),
         plural: "configmaps",
         singular: "configmap",
         namespaced: true,
@@ -129,6 +136,7 @@ pub static RESOURCES: &[Resource] = &[
         group: "",
         version: "v1",
         kind: "Secret",
+        typed: typed::<core::Secret>(),
         plural: "secrets",
         singular: "secret",
         namespaced: true,
@@ -160,6 +168,7 @@ pub static RESOURCES: &[Resource] = &[
         group: "",
         version: "v1",
         kind: "ServiceAccount",
+        typed: typed::<core::ServiceAccount>(),
         plural: "serviceaccounts",
         singular: "serviceaccount",
         namespaced: true,

@@ -1,0 +1,153 @@
+//! OpenAPI v3: the index at `/openapi/v3` and one document per group/version, generated from
+//! the registry and the kinds' `k8s-openapi` schemas. kubectl reads them to learn that the
+//! server validates fields (`create -f`, `apply`, `replace`, `edit`) and for `explain`.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use crate::registry::{self, RESOURCES, Resource};
+
+/// The documents, built once at start-up.
+pub struct OpenApi {
+    /// "api/v1" or "apis/<group>/<version>" -> (hash, JSON document)
+    docs: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+}
+
+impl OpenApi {
+    pub fn build() -> OpenApi {
+        let mut docs = BTreeMap::new();
+        for (group, version) in registry::group_versions() {
+            let doc = serde_json::to_vec(&document(group, version)).unwrap_or_default();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            doc.hash(&mut h);
+            docs.insert(gv_path(group, version), (format!("{:016X}", h.finish()), doc));
+        }
+        OpenApi { docs }
+    }
+
+    pub fn index(&self) -> Value {
+        let paths: Map<String, Value> = self
+            .docs
+            .iter()
+            .map(|(path, (hash, _))| (path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")})))
+            .collect();
+        json!({"paths": paths})
+    }
+
+    /// The document at "api/v1" or "apis/<group>/<version>", with its hash (the ETag).
+    pub fn document(&self, path: &str) -> Option<(&str, &[u8])> {
+        self.docs.get(path).map(|(h, d)| (h.as_str(), d.as_slice()))
+    }
+}
+
+fn gvk(r: &Resource) -> Value {
+    json!({"group": r.group, "version": r.version, "kind": r.kind})
+}
+
+fn operation(r: &Resource, action: &str, id: &str, schema_ref: &str, patch: bool) -> Value {
+    let mut params = vec![
+        json!({"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
+        json!({"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}),
+    ];
+    if matches!(action, "post" | "put" | "patch") {
+        params.push(json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}));
+    }
+    let mut op = json!({
+        "operationId": id,
+        "parameters": params,
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": schema_ref}}}}},
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": gvk(r),
+    });
+    if patch {
+        let body = json!({"schema": {"type": "object"}});
+        op["requestBody"] = json!({"content": {
+            "application/json-patch+json": body,
+            "application/merge-patch+json": body,
+            "application/strategic-merge-patch+json": body,
+        }});
+    } else if matches!(action, "post" | "put") {
+        op["requestBody"] = json!({"content": {"application/json": {"schema": {"$ref": schema_ref}}}});
+    }
+    op
+}
+
+fn document(group: &str, version: &str) -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    let mut kinds: Vec<(String, &Resource)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let reference = (r.typed.schema)(&mut generator);
+        let schema_ref = reference.get("$ref").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = schema_ref.rsplit('/').next().unwrap_or_default().to_string();
+        kinds.push((name, r));
+        let base = format!("/{}", gv_path(group, version));
+        let (collection, item) = if r.namespaced {
+            (
+                format!("{base}/namespaces/{{namespace}}/{}", r.plural),
+                format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+            )
+        } else {
+            (format!("{base}/{}", r.plural), format!("{base}/{}/{{name}}", r.plural))
+        };
+        let id = |verb: &str| format!("{verb}{}{}", if r.namespaced { "Namespaced" } else { "" }, r.kind);
+        paths.insert(
+            collection,
+            json!({
+                "get": operation(r, "list", &id("list"), &schema_ref, false),
+                "post": operation(r, "post", &id("create"), &schema_ref, false),
+            }),
+        );
+        paths.insert(
+            item,
+            json!({
+                "get": operation(r, "get", &id("read"), &schema_ref, false),
+                "put": operation(r, "put", &id("replace"), &schema_ref, false),
+                "patch": operation(r, "patch", &id("patch"), &schema_ref, true),
+                "delete": operation(r, "delete", &id("delete"), &schema_ref, false),
+            }),
+        );
+    }
+    let mut schemas = generator.take_definitions(true);
+    for (name, r) in kinds {
+        if let Some(Value::Object(schema)) = schemas.get_mut(&name) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
+        }
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_kind_has_a_described_schema_and_a_validating_patch() {
+        let api = OpenApi::build();
+        let index = api.index();
+        let url = index["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap();
+        assert!(url.starts_with("/openapi/v3/api/v1?hash="));
+        let (_, doc) = api.document("api/v1").unwrap();
+        let doc: Value = serde_json::from_slice(doc).unwrap();
+        let cm = &doc["components"]["schemas"]["io.k8s.api.core.v1.ConfigMap"];
+        assert_eq!(cm["x-kubernetes-group-version-kind"], json!([{"group": "", "version": "v1", "kind": "ConfigMap"}]));
+        assert!(cm["properties"]["data"]["description"].as_str().unwrap().starts_with("Data contains"));
+        assert_eq!(cm["properties"]["metadata"]["allOf"][0]["$ref"], "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+        assert!(doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["labels"].is_object());
+        let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
+        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+    }
+}

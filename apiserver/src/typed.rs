@@ -1,0 +1,103 @@
+//! Built-in kinds checked through their `k8s-openapi` types: the schema OpenAPI publishes, and
+//! field validation (`?fieldValidation=Strict|Warn|Ignore`) with upstream's messages.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A kind's Rust type, erased to the two things the registry needs.
+pub struct Typed {
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+    /// The object as its type reads it (unknown fields dropped), and the unknown fields'
+    /// paths; Err when it does not fit the type at all.
+    pub check: fn(&Value) -> Result<(Value, Vec<String>), String>,
+}
+
+pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
+    Typed { schema: |g| g.subschema_for::<T>(), check: check::<T> }
+}
+
+fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Result<(Value, Vec<String>), String> {
+    let mut unknown = Vec::new();
+    // serde_ignored marks options with `?` segments; upstream's paths have none.
+    let parsed: T = serde_ignored::deserialize(v, |path| {
+        unknown.push(path.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
+    })
+    .map_err(|e| e.to_string())?;
+    let normalized = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    Ok((normalized, unknown))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    Strict,
+    Warn,
+    Ignore,
+}
+
+impl FieldValidation {
+    /// Upstream's default, when the request names none, is Warn.
+    pub fn from_query(v: Option<&str>) -> Result<Self, ApiError> {
+        match v {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other}; valid values are Strict, Warn, Ignore"
+            ))),
+        }
+    }
+}
+
+/// Checks an object against its type; returns it as the type reads it, plus warnings.
+pub fn validate(
+    typed: &Typed,
+    kind: &str,
+    api_version: &str,
+    obj: &Value,
+    mode: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let (normalized, unknown) = (typed.check)(obj).map_err(|e| {
+        ApiError::bad_request(format!("{kind} in version \"{api_version}\" cannot be handled as a {kind}: {e}"))
+    })?;
+    let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    match mode {
+        FieldValidation::Strict if !messages.is_empty() => {
+            Err(ApiError::bad_request(format!("strict decoding error: {}", messages.join(", "))))
+        }
+        FieldValidation::Warn => Ok((normalized, messages)),
+        _ => Ok((normalized, Vec::new())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use serde_json::json;
+
+    const CM: Typed = typed::<ConfigMap>();
+
+    #[test]
+    fn unknown_fields_follow_the_validation_mode() {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labelz": {}}, "data": {"a": "1"}, "dta": {}});
+        let strict = validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Strict).unwrap_err();
+        assert_eq!(strict.message, "strict decoding error: unknown field \"dta\", unknown field \"metadata.labelz\"");
+        let (pruned, warnings) = validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Warn).unwrap();
+        assert_eq!(warnings.len(), 2);
+        assert!(pruned.get("dta").is_none() && pruned.pointer("/metadata/labelz").is_none());
+        assert_eq!(pruned["data"]["a"], "1");
+        assert!(validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Ignore).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_a_bad_request() {
+        let e = validate(&CM, "ConfigMap", "v1", &json!({"metadata": {"name": "x"}, "data": 5}), FieldValidation::Ignore)
+            .unwrap_err();
+        assert_eq!(e.code.as_u16(), 400);
+        assert!(e.message.starts_with("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: "), "{}", e.message);
+    }
+}
