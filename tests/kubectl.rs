@@ -55,16 +55,13 @@ fn session(server: &KelpServer, v: &str) {
     let ns = format!("team-{}", v.replace('.', "-"));
     assert_eq!(
         with_stdin(
-            &["create", "-f", "-", "--validate=false"],
+            &["create", "-f", "-"],
             &format!(r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#)
         ),
         format!("namespace/{ns} created\n")
     );
     assert_eq!(
-        with_stdin(
-            &["create", "-n", &ns, "-f", "-", "--validate=false"],
-            &configmap("app", "blue")
-        ),
+        with_stdin(&["create", "-n", &ns, "-f", "-"], &configmap("app", "blue")),
         "configmap/app created\n"
     );
     assert_eq!(
@@ -90,7 +87,7 @@ fn session(server: &KelpServer, v: &str) {
     // A second create is refused as upstream refuses it.
     let dup = server.kubectl_with_stdin(
         v,
-        &["create", "-n", &ns, "-f", "-", "--validate=false"],
+        &["create", "-n", &ns, "-f", "-"],
         Some(&configmap("app", "red")),
     );
     assert!(!dup.ok);
@@ -101,7 +98,7 @@ fn session(server: &KelpServer, v: &str) {
 
     assert_eq!(
         with_stdin(
-            &["replace", "-n", &ns, "-f", "-", "--validate=false"],
+            &["replace", "-n", &ns, "-f", "-"],
             &configmap("app", "green")
         ),
         "configmap/app replaced\n"
@@ -110,6 +107,86 @@ fn session(server: &KelpServer, v: &str) {
     assert!(
         yaml.contains("color: green") && yaml.contains(&format!("namespace: {ns}")),
         "{yaml}"
+    );
+
+    // Client-side apply: the first apply on an object made by create warns and records the
+    // annotation; a changed manifest is sent as a strategic merge patch.
+    let applied = server.kubectl_with_stdin(
+        v,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&configmap("app", "green")),
+    );
+    assert!(applied.ok, "{}", applied.stderr);
+    assert_eq!(applied.stdout, "configmap/app configured\n");
+    assert!(
+        applied
+            .stderr
+            .contains("missing the kubectl.kubernetes.io/last-applied-configuration annotation")
+    );
+    assert_eq!(
+        with_stdin(&["apply", "-n", &ns, "-f", "-"], &configmap("app", "green")),
+        "configmap/app unchanged\n"
+    );
+    assert_eq!(
+        with_stdin(&["apply", "-n", &ns, "-f", "-"], &configmap("app", "teal")),
+        "configmap/app configured\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap",
+            "app",
+            "-o",
+            "jsonpath={.data.color}"
+        ]),
+        "teal"
+    );
+
+    // Field validation: strict by default for manifests, a warning when asked.
+    let unknown =
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo"},"dta":{"a":"b"}}"#;
+    let strict = server.kubectl_with_stdin(v, &["create", "-n", &ns, "-f", "-"], Some(unknown));
+    assert!(!strict.ok);
+    assert_eq!(
+        strict.stderr.trim(),
+        "Error from server (BadRequest): error when creating \"STDIN\": ConfigMap in version \"v1\" cannot be \
+         handled as a ConfigMap: strict decoding error: unknown field \"dta\""
+    );
+    let warned = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", &ns, "-f", "-", "--validate=warn"],
+        Some(unknown),
+    );
+    assert!(warned.ok, "{}", warned.stderr);
+    assert_eq!(warned.stderr.trim(), "Warning: unknown field \"dta\"");
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap",
+            "typo",
+            "-o",
+            "jsonpath={.dta}{.metadata.name}"
+        ]),
+        "typo"
+    );
+    assert_eq!(
+        ok(&["delete", "-n", &ns, "configmap", "typo"]),
+        "configmap \"typo\" deleted\n"
+    );
+
+    let explained = ok(&["explain", "configmap.data"]);
+    assert!(
+        explained.contains("KIND:       ConfigMap")
+            && explained.contains("FIELD: data <map[string]string>"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("Data contains the configuration data."),
+        "{explained}"
     );
 
     // label and annotate send merge patches; patch sends strategic (default), merge and JSON
@@ -188,11 +265,7 @@ fn session(server: &KelpServer, v: &str) {
 
     // A replace that names a stale resourceVersion is a conflict.
     let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"app","resourceVersion":"1"},"data":{}}"#;
-    let conflict = server.kubectl_with_stdin(
-        v,
-        &["replace", "-n", &ns, "-f", "-", "--validate=false"],
-        Some(stale),
-    );
+    let conflict = server.kubectl_with_stdin(v, &["replace", "-n", &ns, "-f", "-"], Some(stale));
     assert!(!conflict.ok);
     assert_eq!(
         conflict.stderr.trim(),
@@ -203,7 +276,7 @@ fn session(server: &KelpServer, v: &str) {
     // Paging: kubectl follows continue tokens with --chunk-size.
     for i in 0..5 {
         with_stdin(
-            &["create", "-n", &ns, "-f", "-", "--validate=false"],
+            &["create", "-n", &ns, "-f", "-"],
             &configmap(&format!("page-{i}"), "x"),
         );
     }
@@ -241,7 +314,7 @@ fn session(server: &KelpServer, v: &str) {
 
     let missing_ns = server.kubectl_with_stdin(
         v,
-        &["create", "-n", "nowhere", "-f", "-", "--validate=false"],
+        &["create", "-n", "nowhere", "-f", "-"],
         Some(&configmap("x", "y")),
     );
     assert!(!missing_ns.ok);
@@ -255,7 +328,7 @@ fn session(server: &KelpServer, v: &str) {
 
     let bad = server.kubectl_with_stdin(
         v,
-        &["create", "-n", &ns, "-f", "-", "--validate=false"],
+        &["create", "-n", &ns, "-f", "-"],
         Some(&configmap("Bad_Name", "y")),
     );
     assert!(!bad.ok);

@@ -336,7 +336,11 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
 
 /// Field validation through the kind's type (`?fieldValidation=`): the object as the type
 /// reads it, and the warnings to send.
-fn check_fields(r: &Resource, obj: Value, query: &HashMap<String, String>) -> Result<(Value, Vec<String>), ApiError> {
+fn check_fields(
+    r: &Resource,
+    obj: Value,
+    query: &HashMap<String, String>,
+) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
     crate::typed::validate(&r.typed, r.kind, &r.api_version(), &obj, mode)
 }
@@ -492,7 +496,10 @@ async fn create(
     require_namespace(backend, ns).await?;
     let name = object::name(&obj).to_string();
     if dry_run(query) {
-        return Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings));
+        return Ok(with_warnings(
+            json_response(StatusCode::CREATED, &obj),
+            &warnings,
+        ));
     }
     match backend
         .txn(Txn::create(r.key(ns, &name), encode(&obj)))
@@ -501,7 +508,10 @@ async fn create(
         TxnOutcome::Succeeded { revision, .. } => {
             object::metadata_mut(&mut obj)
                 .insert("resourceVersion".into(), json!(revision.to_string()));
-            Ok(with_warnings(json_response(StatusCode::CREATED, &obj), &warnings))
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, &obj),
+                &warnings,
+            ))
         }
         TxnOutcome::Failed { .. } => Err(ApiError::already_exists(r.group, r.plural, &name)),
     }
@@ -591,7 +601,10 @@ async fn guaranteed_update(
             };
         }
         if dry_run(query) {
-            return Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings));
+            return Ok(with_warnings(
+                json_response(StatusCode::OK, &obj),
+                &warnings,
+            ));
         }
         match backend
             .txn(Txn::update(r.key(ns, name), current_rev, encode(&obj)))
@@ -600,7 +613,10 @@ async fn guaranteed_update(
             TxnOutcome::Succeeded { revision, .. } => {
                 object::metadata_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(revision.to_string()));
-                return Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings));
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, &obj),
+                    &warnings,
+                ));
             }
             TxnOutcome::Failed { .. } if precondition.is_some() => {
                 return Err(ApiError::conflict(r.group, r.plural, name));

@@ -165,7 +165,11 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
 /// The API as a router, without TLS: what [`start`] serves (and what tests drive directly).
 /// `advertise` is the `host:port` legacy discovery reports.
 pub fn app(backend: Backend, advertise: String) -> Router {
-    let state = AppState { backend, advertise, openapi: Arc::new(openapi::OpenApi::build()) };
+    let state = AppState {
+        backend,
+        advertise,
+        openapi: Arc::new(openapi::OpenApi::build()),
+    };
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
@@ -183,7 +187,10 @@ pub fn app(backend: Backend, advertise: String) -> Router {
             "/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { resources_or_404(&g, &v) }),
         )
-        .route("/openapi/v3", get(|State(s): State<AppState>| async move { ok_json(&s.openapi.index()) }))
+        .route(
+            "/openapi/v3",
+            get(|State(s): State<AppState>| async move { ok_json(&s.openapi.index()) }),
+        )
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api/v1/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))

@@ -17,7 +17,11 @@ pub struct OpenApi {
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 impl OpenApi {
@@ -27,7 +31,10 @@ impl OpenApi {
             let doc = serde_json::to_vec(&document(group, version)).unwrap_or_default();
             let mut h = std::collections::hash_map::DefaultHasher::new();
             doc.hash(&mut h);
-            docs.insert(gv_path(group, version), (format!("{:016X}", h.finish()), doc));
+            docs.insert(
+                gv_path(group, version),
+                (format!("{:016X}", h.finish()), doc),
+            );
         }
         OpenApi { docs }
     }
@@ -36,7 +43,12 @@ impl OpenApi {
         let paths: Map<String, Value> = self
             .docs
             .iter()
-            .map(|(path, (hash, _))| (path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")})))
+            .map(|(path, (hash, _))| {
+                (
+                    path.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+                )
+            })
             .collect();
         json!({"paths": paths})
     }
@@ -74,7 +86,8 @@ fn operation(r: &Resource, action: &str, id: &str, schema_ref: &str, patch: bool
             "application/strategic-merge-patch+json": body,
         }});
     } else if matches!(action, "post" | "put") {
-        op["requestBody"] = json!({"content": {"application/json": {"schema": {"$ref": schema_ref}}}});
+        op["requestBody"] =
+            json!({"content": {"application/json": {"schema": {"$ref": schema_ref}}}});
     }
     op
 }
@@ -83,10 +96,21 @@ fn document(group: &str, version: &str) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     let mut kinds: Vec<(String, &Resource)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let reference = (r.typed.schema)(&mut generator);
-        let schema_ref = reference.get("$ref").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = schema_ref.rsplit('/').next().unwrap_or_default().to_string();
+        let schema_ref = reference
+            .get("$ref")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = schema_ref
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         kinds.push((name, r));
         let base = format!("/{}", gv_path(group, version));
         let (collection, item) = if r.namespaced {
@@ -95,9 +119,18 @@ fn document(group: &str, version: &str) -> Value {
                 format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
             )
         } else {
-            (format!("{base}/{}", r.plural), format!("{base}/{}/{{name}}", r.plural))
+            (
+                format!("{base}/{}", r.plural),
+                format!("{base}/{}/{{name}}", r.plural),
+            )
         };
-        let id = |verb: &str| format!("{verb}{}{}", if r.namespaced { "Namespaced" } else { "" }, r.kind);
+        let id = |verb: &str| {
+            format!(
+                "{verb}{}{}",
+                if r.namespaced { "Namespaced" } else { "" },
+                r.kind
+            )
+        };
         paths.insert(
             collection,
             json!({
@@ -137,17 +170,39 @@ mod tests {
     fn every_served_kind_has_a_described_schema_and_a_validating_patch() {
         let api = OpenApi::build();
         let index = api.index();
-        let url = index["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap();
+        let url = index["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
         assert!(url.starts_with("/openapi/v3/api/v1?hash="));
         let (_, doc) = api.document("api/v1").unwrap();
         let doc: Value = serde_json::from_slice(doc).unwrap();
         let cm = &doc["components"]["schemas"]["io.k8s.api.core.v1.ConfigMap"];
-        assert_eq!(cm["x-kubernetes-group-version-kind"], json!([{"group": "", "version": "v1", "kind": "ConfigMap"}]));
-        assert!(cm["properties"]["data"]["description"].as_str().unwrap().starts_with("Data contains"));
-        assert_eq!(cm["properties"]["metadata"]["allOf"][0]["$ref"], "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta");
+        assert_eq!(
+            cm["x-kubernetes-group-version-kind"],
+            json!([{"group": "", "version": "v1", "kind": "ConfigMap"}])
+        );
+        assert!(
+            cm["properties"]["data"]["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Data contains")
+        );
+        assert_eq!(
+            cm["properties"]["metadata"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+        );
         assert!(doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["labels"].is_object());
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "ConfigMap"
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
     }
 }

@@ -17,14 +17,23 @@ pub struct Typed {
 }
 
 pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
-    Typed { schema: |g| g.subschema_for::<T>(), check: check::<T> }
+    Typed {
+        schema: |g| g.subschema_for::<T>(),
+        check: check::<T>,
+    }
 }
 
 fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Result<(Value, Vec<String>), String> {
     let mut unknown = Vec::new();
     // serde_ignored marks options with `?` segments; upstream's paths have none.
     let parsed: T = serde_ignored::deserialize(v, |path| {
-        unknown.push(path.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
+        unknown.push(
+            path.to_string()
+                .split('.')
+                .filter(|s| *s != "?")
+                .collect::<Vec<_>>()
+                .join("."),
+        )
     })
     .map_err(|e| e.to_string())?;
     let normalized = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
@@ -61,13 +70,19 @@ pub fn validate(
     mode: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let (normalized, unknown) = (typed.check)(obj).map_err(|e| {
-        ApiError::bad_request(format!("{kind} in version \"{api_version}\" cannot be handled as a {kind}: {e}"))
+        ApiError::bad_request(format!(
+            "{kind} in version \"{api_version}\" cannot be handled as a {kind}: {e}"
+        ))
     })?;
-    let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     match mode {
-        FieldValidation::Strict if !messages.is_empty() => {
-            Err(ApiError::bad_request(format!("strict decoding error: {}", messages.join(", "))))
-        }
+        FieldValidation::Strict if !messages.is_empty() => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{api_version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            messages.join(", ")
+        ))),
         FieldValidation::Warn => Ok((normalized, messages)),
         _ => Ok((normalized, Vec::new())),
     }
@@ -85,19 +100,39 @@ mod tests {
     fn unknown_fields_follow_the_validation_mode() {
         let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labelz": {}}, "data": {"a": "1"}, "dta": {}});
         let strict = validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Strict).unwrap_err();
-        assert_eq!(strict.message, "strict decoding error: unknown field \"dta\", unknown field \"metadata.labelz\"");
-        let (pruned, warnings) = validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            strict.message,
+            "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\", unknown field \"metadata.labelz\""
+        );
+        let (pruned, warnings) =
+            validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Warn).unwrap();
         assert_eq!(warnings.len(), 2);
         assert!(pruned.get("dta").is_none() && pruned.pointer("/metadata/labelz").is_none());
         assert_eq!(pruned["data"]["a"], "1");
-        assert!(validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Ignore).unwrap().1.is_empty());
+        assert!(
+            validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Ignore)
+                .unwrap()
+                .1
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_value_of_the_wrong_type_is_a_bad_request() {
-        let e = validate(&CM, "ConfigMap", "v1", &json!({"metadata": {"name": "x"}, "data": 5}), FieldValidation::Ignore)
-            .unwrap_err();
+        let e = validate(
+            &CM,
+            "ConfigMap",
+            "v1",
+            &json!({"metadata": {"name": "x"}, "data": 5}),
+            FieldValidation::Ignore,
+        )
+        .unwrap_err();
         assert_eq!(e.code.as_u16(), 400);
-        assert!(e.message.starts_with("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: "), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: "),
+            "{}",
+            e.message
+        );
     }
 }
