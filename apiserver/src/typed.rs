@@ -8,12 +8,16 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+/// The object as its type reads it and the paths of the fields it did not know, or why the
+/// object does not fit the type.
+pub type Checked = Result<(Value, Vec<String>), String>;
+
 /// A kind's Rust type, erased to the two things the registry needs.
 pub struct Typed {
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// The object as its type reads it (unknown fields dropped), and the unknown fields'
     /// paths; Err when it does not fit the type at all.
-    pub check: fn(&Value) -> Result<(Value, Vec<String>), String>,
+    pub check: fn(&Value) -> Checked,
 }
 
 pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
@@ -23,7 +27,7 @@ pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
     }
 }
 
-fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Result<(Value, Vec<String>), String> {
+fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Checked {
     let mut unknown = Vec::new();
     // serde_ignored marks options with `?` segments; upstream's paths have none.
     let parsed: T = serde_ignored::deserialize(v, |path| {
