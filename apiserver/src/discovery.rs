@@ -1,4 +1,6 @@
-//! Legacy discovery: `/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`, from the registry.
+//! Discovery from the registry: legacy (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`)
+//! and aggregated (`apidiscovery.k8s.io/v2` and `v2beta1` lists at `/api` and `/apis`, chosen
+//! by Accept). Clients tell the two apart by the response Content-Type alone.
 
 use serde_json::{Value, json};
 
@@ -52,4 +54,111 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
     )
+}
+
+/// The aggregated discovery version a request's Accept asks for first, if any.
+pub fn aggregated_version(accept: &str) -> Option<&'static str> {
+    for media in accept.split(',') {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        if params.first() != Some(&"application/json") {
+            continue;
+        }
+        let has = |p: &str| params.contains(&p);
+        if has("g=apidiscovery.k8s.io") && has("as=APIGroupDiscoveryList") {
+            if has("v=v2") {
+                return Some("v2");
+            }
+            if has("v=v2beta1") {
+                return Some("v2beta1");
+            }
+            continue;
+        }
+        // Plain JSON comes first: legacy.
+        return None;
+    }
+    None
+}
+
+/// `application/json;g=apidiscovery.k8s.io;v=<version>;as=APIGroupDiscoveryList`
+pub fn aggregated_content_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// The aggregated list of the core group (`legacy`) or of the named groups.
+pub fn aggregated(version: &str, legacy: bool) -> Value {
+    let items: Vec<Value> = registry::group_versions()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == legacy)
+        .fold(Vec::<(&str, Vec<&str>)>::new(), |mut groups, (g, v)| {
+            match groups.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, versions)) => versions.push(v),
+                None => groups.push((g, vec![v])),
+            }
+            groups
+        })
+        .into_iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|v| {
+                    let resources: Vec<Value> = RESOURCES
+                        .iter()
+                        .filter(|r| r.group == group && r.version == v)
+                        .map(|r| {
+                            json!({
+                                "resource": r.plural,
+                                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": r.singular,
+                                "verbs": VERBS,
+                                "shortNames": r.short_names,
+                                "categories": r.categories,
+                            })
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_chooses_the_form_as_kubectl_offers_it() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(kubectl), Some("v2"));
+        let old = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version(old), Some("v2beta1"));
+        assert_eq!(aggregated_version("application/json, */*"), None);
+        assert_eq!(aggregated_version(""), None);
+    }
+
+    #[test]
+    fn the_core_group_is_listed_at_api_with_an_empty_name() {
+        let core = aggregated("v2", true);
+        assert_eq!(core["items"].as_array().unwrap().len(), 1);
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let cm = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "configmaps")
+            .unwrap();
+        assert_eq!(
+            cm["responseKind"],
+            json!({"group": "", "version": "v1", "kind": "ConfigMap"})
+        );
+        assert_eq!(cm["scope"], "Namespaced");
+    }
 }

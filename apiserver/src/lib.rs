@@ -177,11 +177,16 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .route("/readyz", get(ready))
         .route(
             "/api",
-            get(|State(s): State<AppState>| async move {
-                ok_json(&discovery::api_versions(&s.advertise))
+            get(|State(s): State<AppState>, headers: HeaderMap| async move {
+                discovery_root(&headers, true, discovery::api_versions(&s.advertise))
             }),
         )
-        .route("/apis", get(|| async { ok_json(&discovery::api_groups()) }))
+        .route(
+            "/apis",
+            get(|headers: HeaderMap| async move {
+                discovery_root(&headers, false, discovery::api_groups())
+            }),
+        )
         .route("/api/v1", get(|| async { resources_or_404("", "v1") }))
         .route(
             "/apis/{group}/{version}",
@@ -197,6 +202,28 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .fallback(|| async { ApiError::no_route().into_response() })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// `/api` or `/apis`: aggregated discovery when Accept asks for it first, else legacy.
+fn discovery_root(headers: &HeaderMap, core: bool, legacy: serde_json::Value) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match discovery::aggregated_version(accept) {
+        Some(version) => Response::builder()
+            .status(StatusCode::OK)
+            .header(
+                header::CONTENT_TYPE,
+                discovery::aggregated_content_type(version),
+            )
+            .header(header::VARY, "Accept")
+            .body(Body::from(
+                serde_json::to_vec(&discovery::aggregated(version, core)).unwrap_or_default(),
+            ))
+            .unwrap_or_default(),
+        None => ok_json(&legacy),
+    }
 }
 
 fn ok_json(v: &serde_json::Value) -> Response {

@@ -267,3 +267,49 @@ async fn create_update_and_delete_follow_resource_versions() {
     let (status, _) = api.json("GET", &format!("{CM}/{name}"), "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn discovery_is_aggregated_or_legacy_by_accept() {
+    let api = Api::new().await;
+    let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+                   application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+    let (status, ct, body) = api.call("GET", "/api", "", kubectl, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ct,
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (list["kind"].as_str(), list["apiVersion"].as_str()),
+        (
+            Some("APIGroupDiscoveryList"),
+            Some("apidiscovery.k8s.io/v2")
+        )
+    );
+    assert_eq!(list["items"][0]["metadata"]["name"], "");
+
+    let (_, ct, body) = api
+        .call("GET", "/api", "", "application/json, */*", "")
+        .await;
+    assert_eq!(ct, "application/json");
+    let legacy: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(legacy["kind"], "APIVersions");
+    assert_eq!(legacy["versions"], json!(["v1"]));
+
+    let (_, _, body) = api.call("GET", "/api/v1", "", kubectl, "").await;
+    let resources: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(resources["kind"], "APIResourceList");
+    assert!(
+        resources["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "namespaces" && r["namespaced"] == false)
+    );
+
+    let (status, ct, _) = api
+        .call("GET", "/openapi/v3/api/v1", "", "application/json", "")
+        .await;
+    assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/json"));
+}
