@@ -58,7 +58,12 @@ pub async fn serve(
                 .is_some_and(|first| first.contains("as=Table"))
         });
     match (method, target.name.as_deref()) {
-        (&Method::GET, None) if is_true(query.get("watch")) => watch(backend, r, ns, query).await,
+        (&Method::GET, None) if is_true(query.get("watch")) => {
+            let encoder = EventEncoder {
+                table: wants_table.then_some(r),
+            };
+            watch(backend, r, ns, query, encoder).await
+        }
         (&Method::GET, None) => {
             let list = list(backend, r, ns, query).await?;
             Ok(if wants_table {
@@ -660,6 +665,7 @@ async fn watch(
     r: &'static Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
+    encoder: EventEncoder,
 ) -> Result<Response, ApiError> {
     let prefix = r.key_prefix(ns);
     let selectors = std::sync::Arc::new(Selectors::from_query(r, query)?);
@@ -682,14 +688,18 @@ async fn watch(
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
-    let initial = futures::stream::iter(initial.into_iter().map(|o| Ok(event_line("ADDED", &o))));
+    let initial = futures::stream::iter(
+        initial
+            .into_iter()
+            .map(move |o| Ok(encoder.line("ADDED", &o))),
+    );
     let events = match backend.watch(KeyRange::prefix(prefix), start).await {
         Ok(w) => w
             .flat_map(move |batch| {
                 let lines: Vec<Result<Bytes, std::io::Error>> = match batch {
                     Ok(events) => events
                         .iter()
-                        .filter_map(|e| watch_event(e, &selectors))
+                        .filter_map(|e| watch_event(e, &selectors, &encoder))
                         .map(Ok)
                         .collect(),
                     Err(e) => vec![Ok(error_line(ApiError::from(e)))],
@@ -712,6 +722,22 @@ async fn watch(
         .unwrap_or_default())
 }
 
+/// Encodes watch events: objects as they are, or as one-row Tables when the watch asked for
+/// `as=Table` (what `kubectl get -w` prints).
+#[derive(Clone, Copy)]
+struct EventEncoder {
+    table: Option<&'static Resource>,
+}
+
+impl EventEncoder {
+    fn line(&self, kind: &str, obj: &Value) -> Bytes {
+        match self.table {
+            Some(r) => event_line(kind, &table::build(r, obj)),
+            None => event_line(kind, obj),
+        }
+    }
+}
+
 fn event_line(kind: &str, obj: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
     line.push(b'\n');
@@ -724,7 +750,11 @@ fn error_line(e: ApiError) -> Bytes {
 
 /// The watch event a write is to a watcher with selectors: an object that starts matching is
 /// ADDED, one that stops matching is DELETED (as upstream's watch filtering does).
-fn watch_event(e: &kelp_storage::Event, selectors: &Selectors) -> Option<Bytes> {
+fn watch_event(
+    e: &kelp_storage::Event,
+    selectors: &Selectors,
+    encoder: &EventEncoder,
+) -> Option<Bytes> {
     let old = match &e.prev_kv {
         Some(prev) => Some(decode(prev).ok()?),
         None => None,
@@ -734,9 +764,9 @@ fn watch_event(e: &kelp_storage::Event, selectors: &Selectors) -> Option<Bytes> 
         EventKind::Put => {
             let new = decode(&e.kv).ok()?;
             match (was, selectors.matches(&new)) {
-                (true, true) => Some(event_line("MODIFIED", &new)),
-                (false, true) => Some(event_line("ADDED", &new)),
-                (true, false) => Some(event_line("DELETED", &new)),
+                (true, true) => Some(encoder.line("MODIFIED", &new)),
+                (false, true) => Some(encoder.line("ADDED", &new)),
+                (true, false) => Some(encoder.line("DELETED", &new)),
                 (false, false) => None,
             }
         }
@@ -746,7 +776,7 @@ fn watch_event(e: &kelp_storage::Event, selectors: &Selectors) -> Option<Bytes> 
                 "resourceVersion".into(),
                 json!(e.kv.mod_revision.to_string()),
             );
-            Some(event_line("DELETED", &obj))
+            Some(encoder.line("DELETED", &obj))
         }
         EventKind::Delete => None,
     }
