@@ -41,16 +41,91 @@ fn session(server: &KelpServer, v: &str) {
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["NAME", "STATUS", "AGE"]
     );
-    for (line, ns) in
-        lines[1..]
-            .iter()
-            .zip(["default", "kube-node-lease", "kube-public", "kube-system"])
-    {
-        assert_eq!(
-            line.split_whitespace().take(2).collect::<Vec<_>>(),
-            [ns, "Active"]
-        );
-    }
+    let system: Vec<Vec<&str>> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().take(2).collect())
+        .filter(|row: &Vec<&str>| row[0] == "default" || row[0].starts_with("kube-"))
+        .collect();
+    assert_eq!(
+        system,
+        [
+            ["default", "Active"],
+            ["kube-node-lease", "Active"],
+            ["kube-public", "Active"],
+            ["kube-system", "Active"]
+        ]
+    );
+
+    // Generators send protobuf bodies.
+    let gns = format!("gen-{}", v.replace('.', "-"));
+    assert_eq!(
+        ok(&["create", "namespace", &gns]),
+        format!("namespace/{gns} created\n")
+    );
+    assert_eq!(
+        ok(&[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            &gns,
+            "--from-literal=mode=fast",
+            "--from-literal=level=3"
+        ]),
+        "configmap/settings created\n"
+    );
+    assert_eq!(
+        ok(&[
+            "create",
+            "secret",
+            "generic",
+            "token",
+            "-n",
+            &gns,
+            "--from-literal=key=s3cr3t"
+        ]),
+        "secret/token created\n"
+    );
+    assert_eq!(
+        ok(&["create", "serviceaccount", "robot", "-n", &gns]),
+        "serviceaccount/robot created\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            &gns,
+            "-o",
+            "jsonpath={.data}"
+        ]),
+        r#"{"level":"3","mode":"fast"}"#
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "secret",
+            "token",
+            "-n",
+            &gns,
+            "-o",
+            "jsonpath={.type} {.data.key}"
+        ]),
+        "Opaque czNjcjN0"
+    );
+    let secrets = ok(&["get", "secrets", "-n", &gns]);
+    let rows: Vec<Vec<&str>> = secrets
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "TYPE", "DATA", "AGE"]);
+    assert_eq!(&rows[1][..3], ["token", "Opaque", "1"]);
+    let dup = server.kubectl(v, &["create", "namespace", &gns]);
+    assert_eq!(
+        dup.stderr.trim(),
+        format!("Error from server (AlreadyExists): namespaces \"{gns}\" already exists")
+    );
 
     let ns = format!("team-{}", v.replace('.', "-"));
     assert_eq!(

@@ -310,6 +310,7 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
                 "the body of the request could not be decoded as JSON: {e}"
             ))
         })?,
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)?,
         "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "the body of the request could not be decoded as YAML: {e}"

@@ -10,6 +10,7 @@ mod handlers;
 mod object;
 mod openapi;
 mod patch;
+mod protobuf;
 mod registry;
 mod request;
 mod selector;

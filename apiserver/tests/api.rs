@@ -133,15 +133,25 @@ async fn bad_input_gets_upstreams_status_and_changes_nothing() {
     );
     assert_eq!(body["kind"], "Status");
 
-    let protobuf = "application/vnd.kubernetes.protobuf";
     let (status, _, body) = api
-        .call("POST", CM, protobuf, "application/json", "k8s\0")
+        .call("POST", CM, "text/plain", "application/json", "name: x")
         .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["reason"],
         "UnsupportedMediaType"
     );
+    let protobuf = "application/vnd.kubernetes.protobuf";
+    let (status, _, _) = api
+        .call(
+            "POST",
+            CM,
+            protobuf,
+            "application/json",
+            &b"k8s\0\x0a\x7f"[..],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a truncated protobuf body");
 
     let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"},
         "data": {"k": "x".repeat(3 * 1024 * 1024)}});
