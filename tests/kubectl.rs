@@ -127,6 +127,161 @@ fn session(server: &KelpServer, v: &str) {
         format!("Error from server (AlreadyExists): namespaces \"{gns}\" already exists")
     );
 
+    // Workloads and other groups, created by generators; status goes through /status and
+    // only spec changes count as generations.
+    let k = |args: &[&str]| {
+        let mut all = vec!["-n", gns.as_str()];
+        all.extend(args);
+        ok(&all)
+    };
+    assert_eq!(
+        k(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=2"
+        ]),
+        "deployment.apps/web created\n"
+    );
+    let table = k(&["get", "deployments", "-o", "wide"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
+    assert_eq!(
+        [&rows[1][..4], &rows[1][5..]].concat(),
+        ["web", "0/2", "0", "0", "nginx", "nginx:1.27", "app=web"]
+    );
+    k(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3},"status":{"replicas":9}}"#,
+    ]);
+    let status =
+        r#"{"status":{"replicas":3,"readyReplicas":3,"updatedReplicas":3,"availableReplicas":3}}"#;
+    assert_eq!(
+        k(&[
+            "patch",
+            "deployment",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status
+        ]),
+        "deployment.apps/web patched\n"
+    );
+    assert_eq!(
+        k(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.replicas} {.status.readyReplicas} {.spec.template.spec.restartPolicy}"
+        ]),
+        "2 3 3 Always"
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "job",
+            "once",
+            "--image=busybox",
+            "--",
+            "echo",
+            "hi"
+        ]),
+        "job.batch/once created\n"
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox",
+            "--schedule=*/5 * * * *",
+            "--",
+            "date"
+        ]),
+        "cronjob.batch/tick created\n"
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "role",
+            "reader",
+            "--verb=get,list",
+            "--resource=pods"
+        ]),
+        "role.rbac.authorization.k8s.io/reader created\n"
+    );
+    assert_eq!(
+        k(&[
+            "create",
+            "rolebinding",
+            "rb",
+            "--role=reader",
+            "--user=alice"
+        ]),
+        "rolebinding.rbac.authorization.k8s.io/rb created\n"
+    );
+    assert_eq!(
+        k(&["create", "quota", "q", "--hard=pods=10,requests.cpu=2"]),
+        "resourcequota/q created\n"
+    );
+    let listing = k(&["get", "jobs,cronjobs,rolebindings"]);
+    assert!(
+        listing.contains("job.batch/once   Running   0/1"),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "cronjob.batch/tick",
+                    "*/5",
+                    "*",
+                    "*",
+                    "*",
+                    "*",
+                    "<none>",
+                    "False",
+                    "0",
+                    "<none>",
+                    "0s"
+                ])
+            || listing.contains("cronjob.batch/tick   */5 * * * *"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("rolebinding.rbac.authorization.k8s.io/rb   Role/reader"),
+        "{listing}"
+    );
+    let pc = format!("high-{}", v.replace('.', "-"));
+    assert_eq!(
+        ok(&["create", "priorityclass", &pc, "--value=1000"]),
+        format!("priorityclass.scheduling.k8s.io/{pc} created\n")
+    );
+    assert_eq!(k(&["get", "pods"]), "");
+
     let ns = format!("team-{}", v.replace('.', "-"));
     assert_eq!(
         with_stdin(

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::{self, RESOURCES, VERBS};
+use crate::registry::{self, VERBS};
 
 pub fn api_versions(server_address: &str) -> Value {
     json!({
@@ -28,8 +28,7 @@ pub fn api_groups() -> Value {
 
 /// The APIResourceList of a group/version, or None if it is not served.
 pub fn api_resources(group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = RESOURCES
-        .iter()
+    let resources: Vec<Value> = registry::all()
         .filter(|r| r.group == group && r.version == version)
         .map(|r| {
             json!({
@@ -101,8 +100,7 @@ pub fn aggregated(version: &str, legacy: bool) -> Value {
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = RESOURCES
-                        .iter()
+                    let resources: Vec<Value> = registry::all()
                         .filter(|r| r.group == group && r.version == v)
                         .map(|r| {
                             json!({

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::object;
 use crate::patch::{self, PatchType};
-use crate::registry::Resource;
+use crate::registry::{Resource, Status};
 use crate::request::Target;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::table;
@@ -44,10 +44,12 @@ pub async fn serve(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if target.subresource.is_some() {
-        return Err(ApiError::no_route());
-    }
     let r = target.resource;
+    let status_subresource = match target.subresource.as_deref() {
+        None => false,
+        Some("status") if r.status != Status::None && target.name.is_some() => true,
+        Some(_) => return Err(ApiError::no_route()),
+    };
     let ns = target.namespace.as_deref();
     let wants_table = headers
         .get(header::ACCEPT)
@@ -81,8 +83,33 @@ pub async fn serve(
             })
         }
         (&Method::POST, None) => create(backend, r, ns, query, headers, &body).await,
-        (&Method::PUT, Some(name)) => update(backend, r, ns, name, query, headers, &body).await,
-        (&Method::PATCH, Some(name)) => patch(backend, r, ns, name, query, headers, &body).await,
+        (&Method::PUT, Some(name)) => {
+            let obj = read_body(r, headers, &body)?;
+            let target = UpdateTarget {
+                r,
+                ns,
+                name,
+                status: status_subresource,
+            };
+            guaranteed_update(backend, target, query, Change::Replace(obj)).await
+        }
+        (&Method::PATCH, Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = PatchType::from_content_type(content_type)?;
+            let target = UpdateTarget {
+                r,
+                ns,
+                name,
+                status: status_subresource,
+            };
+            guaranteed_update(backend, target, query, Change::Patch(kind, &body)).await
+        }
+        (&Method::DELETE, Some(_)) if status_subresource => Err(ApiError::method_not_allowed(
+            "DELETE is not supported on the status subresource",
+        )),
         (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
@@ -498,7 +525,13 @@ async fn create(
     meta.insert("creationTimestamp".into(), json!(object::now()));
     prepare(r, ns, &mut obj)?;
     let (mut obj, warnings) = check_fields(r, obj, query)?;
+    if r.status == Status::Subresource {
+        obj["status"] = json!({});
+    }
     (r.defaults)(&mut obj);
+    if r.generation {
+        object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
+    }
     require_namespace(backend, ns).await?;
     let name = object::name(&obj).to_string();
     if dry_run(query) {
@@ -523,43 +556,61 @@ async fn create(
     }
 }
 
+/// Status and generation of an update (upstream's status strategies): a write to the object
+/// keeps the current status and bumps the generation when anything but metadata and status
+/// changed; a write to `/status` changes the status alone.
+fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: bool) -> Value {
+    let without = |o: &Value| {
+        let mut o = o.clone();
+        if let Some(m) = o.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+        }
+        o
+    };
+    let mut out = if status_subresource {
+        let mut out = current.clone();
+        out["status"] = new.get("status").cloned().unwrap_or_else(|| json!({}));
+        if let Some(rv) = new.pointer("/metadata/resourceVersion") {
+            object::metadata_mut(&mut out).insert("resourceVersion".into(), rv.clone());
+        }
+        out
+    } else {
+        let mut out = new;
+        match current.get("status") {
+            Some(s) => out["status"] = s.clone(),
+            None => {
+                if let Some(m) = out.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        out
+    };
+    if r.generation {
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let changed = !status_subresource && without(current) != without(&out);
+        object::metadata_mut(&mut out)
+            .insert("generation".into(), json!(generation + i64::from(changed)));
+    }
+    out
+}
+
 /// What an update makes of the current object: a replacement (PUT) or a patch of it.
 enum Change<'a> {
     Replace(Value),
     Patch(PatchType, &'a [u8]),
 }
 
-async fn update(
-    backend: &Backend,
-    r: &Resource,
-    ns: Option<&str>,
-    name: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
-    let obj = read_body(r, headers, body)?;
-    guaranteed_update(backend, r, ns, name, query, Change::Replace(obj)).await
-}
-
-async fn patch(
-    backend: &Backend,
-    r: &Resource,
-    ns: Option<&str>,
-    name: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::too_large());
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let kind = PatchType::from_content_type(content_type)?;
-    guaranteed_update(backend, r, ns, name, query, Change::Patch(kind, body)).await
+/// The object an update is for; `status` when it came through the `/status` subresource.
+struct UpdateTarget<'a> {
+    r: &'a Resource,
+    ns: Option<&'a str>,
+    name: &'a str,
+    status: bool,
 }
 
 /// Upstream's GuaranteedUpdate: read, change, compare-and-swap; on a concurrent write, read
@@ -567,12 +618,16 @@ async fn patch(
 /// 409 Conflict).
 async fn guaranteed_update(
     backend: &Backend,
-    r: &Resource,
-    ns: Option<&str>,
-    name: &str,
+    target: UpdateTarget<'_>,
     query: &HashMap<String, String>,
     change: Change<'_>,
 ) -> Result<Response, ApiError> {
+    let UpdateTarget {
+        r,
+        ns,
+        name,
+        status,
+    } = target;
     loop {
         let (mut current, current_rev) = get(backend, r, ns, name).await?;
         let mut obj = match &change {
@@ -593,6 +648,9 @@ async fn guaranteed_update(
         let (mut obj, warnings) = check_fields(r, obj, query)?;
         (r.defaults)(&mut obj);
         let precondition = object::resource_version(&obj).map(str::to_string);
+        if r.status != Status::None {
+            obj = split_status(r, &current, obj, status);
+        }
         if precondition
             .as_ref()
             .is_some_and(|rv| *rv != current_rev.to_string())

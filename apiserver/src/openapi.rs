@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use crate::registry::{self, RESOURCES, Resource};
+use crate::registry::{self, Resource};
 
 /// The documents, built once at start-up.
 pub struct OpenApi {
@@ -96,10 +96,7 @@ fn document(group: &str, version: &str) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut paths = Map::new();
     let mut kinds: Vec<(String, &Resource)> = Vec::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    for r in registry::all().filter(|r| r.group == group && r.version == version) {
         let reference = (r.typed.schema)(&mut generator);
         let schema_ref = reference
             .get("$ref")

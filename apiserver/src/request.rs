@@ -32,7 +32,7 @@ pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError>
         // namespaces/{ns}/{resource}[/{name}[/{sub}]], unless {resource} is a subresource of
         // the namespace itself (status, finalize).
         ["namespaces", ns, plural, rest @ ..]
-            if group.is_empty() && !matches!(*plural, "status" | "finalize") =>
+            if !(group.is_empty() && matches!(*plural, "status" | "finalize")) =>
         {
             let r = find(plural)?;
             if !r.namespaced {
@@ -96,6 +96,22 @@ mod tests {
             "a namespaced object needs its namespace"
         );
         assert!(parse("", "v1", "widgets").is_err());
+        let t = parse("apps", "v1", "namespaces/dev/deployments/web/status").unwrap();
+        assert_eq!(
+            (
+                t.resource.kind,
+                t.namespace.as_deref(),
+                t.subresource.as_deref()
+            ),
+            ("Deployment", Some("dev"), Some("status"))
+        );
+        assert_eq!(
+            parse("rbac.authorization.k8s.io", "v1", "clusterroles/view")
+                .unwrap()
+                .resource
+                .kind,
+            "ClusterRole"
+        );
         assert!(parse("", "v1", "namespaces/dev/namespaces").is_err());
     }
 }

@@ -26,7 +26,7 @@ pub fn build(r: &Resource, list_or_object: &Value) -> Value {
         "description": "Name must be unique within a namespace. https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
     })];
     columns.extend(r.columns.iter().map(|c| {
-        json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": 0})
+        json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority})
     }));
     let rows: Vec<Value> = objects
         .iter()

@@ -1,0 +1,180 @@
+//! `apps/v1`: the workload controllers' kinds.
+
+use k8s_openapi::api::apps::v1 as apps;
+use serde_json::{Value, json};
+
+use super::cells::{AGE, WORKLOAD_WIDE, col, int, map, text};
+use super::{Resource, Status, defaults};
+use crate::typed::typed;
+
+fn none(_: &mut Value) {}
+
+const BASE: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    kind: "",
+    typed: typed::<apps::Deployment>(),
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: &[],
+    categories: &["all"],
+    columns: &[AGE],
+    fields: &[],
+    status: Status::Subresource,
+    generation: true,
+    defaults: none,
+};
+
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        short_names: &["deploy"],
+        columns: &[
+            col("Ready", "Number of the pod with ready state", |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ))
+            }),
+            col(
+                "Up-to-date",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                |o| json!(int(o, "/status/updatedReplicas")),
+            ),
+            col(
+                "Available",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                |o| json!(int(o, "/status/availableReplicas")),
+            ),
+            AGE,
+            WORKLOAD_WIDE[0],
+            WORKLOAD_WIDE[1],
+            WORKLOAD_WIDE[2],
+        ],
+        defaults: defaults::deployment,
+        ..BASE
+    },
+    Resource {
+        kind: "ReplicaSet",
+        typed: typed::<apps::ReplicaSet>(),
+        plural: "replicasets",
+        singular: "replicaset",
+        short_names: &["rs"],
+        columns: &[
+            col("Desired", "Number of desired pods.", |o| {
+                json!(int(o, "/spec/replicas"))
+            }),
+            col("Current", "Number of actual replicas.", |o| {
+                json!(int(o, "/status/replicas"))
+            }),
+            col("Ready", "Number of ready replicas.", |o| {
+                json!(int(o, "/status/readyReplicas"))
+            }),
+            AGE,
+            WORKLOAD_WIDE[0],
+            WORKLOAD_WIDE[1],
+            WORKLOAD_WIDE[2],
+        ],
+        defaults: defaults::replica_set,
+        ..BASE
+    },
+    Resource {
+        kind: "StatefulSet",
+        typed: typed::<apps::StatefulSet>(),
+        plural: "statefulsets",
+        singular: "statefulset",
+        short_names: &["sts"],
+        columns: &[
+            col("Ready", "Number of the pod with ready state", |o| {
+                json!(format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ))
+            }),
+            AGE,
+            WORKLOAD_WIDE[0],
+            WORKLOAD_WIDE[1],
+        ],
+        defaults: defaults::stateful_set,
+        ..BASE
+    },
+    Resource {
+        kind: "DaemonSet",
+        typed: typed::<apps::DaemonSet>(),
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        columns: &[
+            col(
+                "Desired",
+                "The total number of nodes that should be running the daemon pod.",
+                |o| json!(int(o, "/status/desiredNumberScheduled")),
+            ),
+            col(
+                "Current",
+                "The number of nodes running at least one daemon pod.",
+                |o| json!(int(o, "/status/currentNumberScheduled")),
+            ),
+            col(
+                "Ready",
+                "The number of nodes that should be running the daemon pod and have one ready.",
+                |o| json!(int(o, "/status/numberReady")),
+            ),
+            col(
+                "Up-to-date",
+                "The total number of nodes running the updated daemon pod.",
+                |o| json!(int(o, "/status/updatedNumberScheduled")),
+            ),
+            col(
+                "Available",
+                "The number of nodes running the daemon pod available.",
+                |o| json!(int(o, "/status/numberAvailable")),
+            ),
+            col(
+                "Node Selector",
+                "The node selector of the pod template.",
+                |o| json!(map(o, "/spec/template/spec/nodeSelector")),
+            ),
+            AGE,
+            WORKLOAD_WIDE[0],
+            WORKLOAD_WIDE[1],
+            WORKLOAD_WIDE[2],
+        ],
+        defaults: defaults::daemon_set,
+        ..BASE
+    },
+    Resource {
+        kind: "ControllerRevision",
+        typed: typed::<apps::ControllerRevision>(),
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        categories: &[],
+        status: Status::None,
+        generation: false,
+        columns: &[
+            col(
+                "Controller",
+                "The controller that owns the revision.",
+                |o| {
+                    let owner = o.pointer("/metadata/ownerReferences/0");
+                    json!(owner.map_or(String::new(), |r| format!(
+                        "{}.{}/{}",
+                        text(r, "/kind").to_lowercase(),
+                        text(r, "/apiVersion").split('/').next().unwrap_or(""),
+                        text(r, "/name")
+                    )))
+                },
+            ),
+            col("Revision", "The revision number.", |o| {
+                json!(int(o, "/revision"))
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+];

@@ -1,0 +1,353 @@
+//! Table cells as upstream's printers compute them (pkg/printers/internalversion/printers.go).
+
+use serde_json::{Value, json};
+
+use super::Column;
+
+pub fn text(o: &Value, pointer: &str) -> String {
+    match o.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+pub fn int(o: &Value, pointer: &str) -> i64 {
+    o.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+pub fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+fn list<'a>(o: &'a Value, pointer: &str) -> &'a [Value] {
+    o.pointer(pointer)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Comma-separated `field` of each element of the list at `pointer`.
+pub fn joined(o: &Value, pointer: &str, field: &str) -> String {
+    list(o, pointer)
+        .iter()
+        .map(|c| text(c, field))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A label selector as `k=v,k2 in (a,b)`.
+pub fn selector(o: &Value, pointer: &str) -> String {
+    let Some(sel) = o.pointer(pointer) else {
+        return "<none>".into();
+    };
+    let mut parts: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in list(sel, "/matchExpressions") {
+        let values = e.get("values").and_then(Value::as_array).map(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let key = text(e, "/key");
+        parts.push(match text(e, "/operator").as_str() {
+            "In" => format!("{key} in ({})", values.unwrap_or_default()),
+            "NotIn" => format!("{key} notin ({})", values.unwrap_or_default()),
+            "Exists" => key,
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        });
+    }
+    or_none(parts.join(","))
+}
+
+/// A map selector (services, daemonset node selectors) as `k=v,k2=v2`.
+pub fn map(o: &Value, pointer: &str) -> String {
+    let pairs: Vec<String> = o
+        .pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(pairs.join(","))
+}
+
+/// Number of keys of the maps at these fields.
+pub fn count(o: &Value, fields: &[&str]) -> Value {
+    json!(
+        fields
+            .iter()
+            .map(|f| o.get(*f).and_then(Value::as_object).map_or(0, |m| m.len()))
+            .sum::<usize>()
+    )
+}
+
+pub const fn col(
+    name: &'static str,
+    description: &'static str,
+    cell: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        name,
+        kind: "string",
+        description,
+        priority: 0,
+        cell,
+    }
+}
+
+pub const fn wide(
+    name: &'static str,
+    description: &'static str,
+    cell: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        name,
+        kind: "string",
+        description,
+        priority: 1,
+        cell,
+    }
+}
+
+pub const AGE: Column = col(
+    "Age",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    |o| json!(crate::object::age(o)),
+);
+
+/// The Containers, Images and Selector wide columns of the workload kinds.
+pub const WORKLOAD_WIDE: [Column; 3] = [
+    wide(
+        "Containers",
+        "Names of each container in the template.",
+        |o| json!(joined(o, "/spec/template/spec/containers", "/name")),
+    ),
+    wide(
+        "Images",
+        "Images referenced by each container in the template.",
+        |o| json!(joined(o, "/spec/template/spec/containers", "/image")),
+    ),
+    wide("Selector", "Label selector for pods.", |o| {
+        json!(selector(o, "/spec/selector"))
+    }),
+];
+
+/// Upstream's pod Status column: the pod's reason, else the first waiting or terminated
+/// container's reason, else the phase; `Terminating` once deletion started.
+pub fn pod_status(o: &Value) -> String {
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    let reason = text(o, "/status/reason");
+    if !reason.is_empty() {
+        return reason;
+    }
+    for c in list(o, "/status/containerStatuses") {
+        for state in ["/state/waiting/reason", "/state/terminated/reason"] {
+            let r = text(c, state);
+            if !r.is_empty() && r != "Completed" {
+                return r;
+            }
+        }
+    }
+    or_unknown(text(o, "/status/phase"))
+}
+
+fn or_unknown(s: String) -> String {
+    if s.is_empty() { "Unknown".into() } else { s }
+}
+
+pub fn pod_ready(o: &Value) -> String {
+    let total = list(o, "/spec/containers").len();
+    let ready = list(o, "/status/containerStatuses")
+        .iter()
+        .filter(|c| c.get("ready") == Some(&json!(true)))
+        .count();
+    format!("{ready}/{total}")
+}
+
+pub fn pod_restarts(o: &Value) -> String {
+    list(o, "/status/containerStatuses")
+        .iter()
+        .map(|c| int(c, "/restartCount"))
+        .sum::<i64>()
+        .to_string()
+}
+
+/// `80/TCP,443:30443/TCP`
+pub fn service_ports(o: &Value) -> String {
+    let ports: Vec<String> = list(o, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let proto = or_default(text(p, "/protocol"), "TCP");
+            match int(p, "/nodePort") {
+                0 => format!("{}/{proto}", int(p, "/port")),
+                n => format!("{}:{n}/{proto}", int(p, "/port")),
+            }
+        })
+        .collect();
+    or_none(ports.join(","))
+}
+
+pub fn or_default(s: String, d: &str) -> String {
+    if s.is_empty() { d.into() } else { s }
+}
+
+/// `Ready`, `NotReady` or `Unknown`, with `,SchedulingDisabled` when cordoned.
+pub fn node_status(o: &Value) -> String {
+    let ready = list(o, "/status/conditions")
+        .iter()
+        .find(|c| text(c, "/type") == "Ready")
+        .map(|c| text(c, "/status"));
+    let mut s = match ready.as_deref() {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+pub fn node_roles(o: &Value) -> String {
+    let roles: Vec<&str> = o
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .filter(|r| !r.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(roles.join(","))
+}
+
+pub fn node_address(o: &Value, kind: &str) -> String {
+    or_none(
+        list(o, "/status/addresses")
+            .iter()
+            .filter(|a| text(a, "/type") == kind)
+            .map(|a| text(a, "/address"))
+            .next()
+            .unwrap_or_default(),
+    )
+}
+
+/// The job's Status column (1.33): Complete, Failed, Suspended, Running, or the terminating state.
+pub fn job_status(o: &Value) -> String {
+    for (kind, shown) in [
+        ("Complete", "Complete"),
+        ("Failed", "Failed"),
+        ("Suspended", "Suspended"),
+        ("FailureTarget", "FailureTarget"),
+        ("SuccessCriteriaMet", "SuccessCriteriaMet"),
+    ] {
+        if list(o, "/status/conditions")
+            .iter()
+            .any(|c| text(c, "/type") == kind && text(c, "/status") == "True")
+        {
+            return shown.into();
+        }
+    }
+    "Running".into()
+}
+
+/// Succeeded out of completions (`3/5`), or `n/1 of m` forms upstream prints for parallel jobs
+/// without completions.
+pub fn job_completions(o: &Value) -> String {
+    let succeeded = int(o, "/status/succeeded");
+    match o.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => {
+            let parallelism = o
+                .pointer("/spec/parallelism")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if parallelism > 1 {
+                format!("{succeeded}/1 of {parallelism}")
+            } else {
+                format!("{succeeded}/1")
+            }
+        }
+    }
+}
+
+/// Time between start and completion (or now), as upstream's HumanDuration prints it.
+pub fn job_duration(o: &Value) -> String {
+    let parse = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+    };
+    match parse("/status/startTime") {
+        Some(start) => {
+            let end = parse("/status/completionTime").unwrap_or_else(jiff::Timestamp::now);
+            crate::object::human_duration(end.as_second() - start.as_second())
+        }
+        None => String::new(),
+    }
+}
+
+pub fn last_schedule(o: &Value) -> String {
+    match o
+        .pointer("/status/lastScheduleTime")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+    {
+        Some(t) => {
+            crate::object::human_duration(jiff::Timestamp::now().as_second() - t.as_second())
+        }
+        None => "<none>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_print_ready_status_and_restarts() {
+        let pod = json!({
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+        });
+        assert_eq!(
+            (pod_ready(&pod), pod_status(&pod), pod_restarts(&pod)),
+            ("1/2".into(), "CrashLoopBackOff".into(), "3".into())
+        );
+        assert_eq!(
+            pod_status(&json!({"status": {"phase": "Pending"}})),
+            "Pending"
+        );
+    }
+
+    #[test]
+    fn selectors_ports_and_nodes_print_as_upstream() {
+        let d = json!({"spec": {"selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}}});
+        assert_eq!(selector(&d, "/spec/selector"), "app=web,tier in (a,b)");
+        let svc = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}, {"port": 443, "nodePort": 30443}]}});
+        assert_eq!(service_ports(&svc), "80/TCP,443:30443/TCP");
+        let node = json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}, "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        assert_eq!(
+            (node_status(&node), node_roles(&node)),
+            ("Ready,SchedulingDisabled".into(), "control-plane".into())
+        );
+    }
+}

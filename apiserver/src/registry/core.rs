@@ -1,0 +1,548 @@
+//! The core group (`/api/v1`).
+
+use k8s_openapi::api::core::v1 as core;
+use serde_json::{Value, json};
+
+use super::cells::{self, AGE, col, count, int, or_none, text, wide};
+use super::{Resource, Status, defaults};
+use crate::typed::typed;
+
+fn none(_: &mut Value) {}
+
+/// What every core entry shares; entries override what differs.
+const BASE: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "",
+    typed: typed::<core::ConfigMap>(),
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    columns: &[AGE],
+    fields: &[],
+    status: Status::None,
+    generation: false,
+    defaults: none,
+};
+
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        kind: "Namespace",
+        typed: typed::<core::Namespace>(),
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        columns: &[
+            col("Status", "The status of the namespace", |o| {
+                json!(text(o, "/status/phase"))
+            }),
+            AGE,
+        ],
+        fields: &["status.phase"],
+        status: Status::Subresource,
+        defaults: |o| {
+            o["status"] = json!({"phase": "Active"});
+            if o.pointer("/spec/finalizers").is_none() {
+                o["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+        },
+        ..BASE
+    },
+    Resource {
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        columns: &[
+            col("Data", "Data contains the configuration data.", |o| {
+                count(o, &["data", "binaryData"])
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        kind: "Secret",
+        typed: typed::<core::Secret>(),
+        plural: "secrets",
+        singular: "secret",
+        columns: &[
+            col(
+                "Type",
+                "Used to facilitate programmatic handling of secret data.",
+                |o| json!(text(o, "/type")),
+            ),
+            col("Data", "Data contains the secret data.", |o| {
+                count(o, &["data"])
+            }),
+            AGE,
+        ],
+        fields: &["type"],
+        defaults: |o| defaults::set(o, "type", json!("Opaque")),
+        ..BASE
+    },
+    Resource {
+        kind: "ServiceAccount",
+        typed: typed::<core::ServiceAccount>(),
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        short_names: &["sa"],
+        columns: &[
+            col(
+                "Secrets",
+                "Secrets the ServiceAccount's pods may use.",
+                |o| {
+                    json!(
+                        o.get("secrets")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len)
+                    )
+                },
+            ),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        kind: "Pod",
+        typed: typed::<core::Pod>(),
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        categories: &["all"],
+        columns: &[
+            col(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                |o| json!(cells::pod_ready(o)),
+            ),
+            col(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+                |o| json!(cells::pod_status(o)),
+            ),
+            col(
+                "Restarts",
+                "The number of times the containers in this pod have been restarted.",
+                |o| json!(cells::pod_restarts(o)),
+            ),
+            AGE,
+            wide("IP", "IP address allocated to the pod.", |o| {
+                json!(or_none(text(o, "/status/podIP")))
+            }),
+            wide("Node", "Name of the node the pod is assigned to.", |o| {
+                json!(or_none(text(o, "/spec/nodeName")))
+            }),
+            wide(
+                "Nominated Node",
+                "Name of the node the pod is nominated for.",
+                |o| json!(or_none(text(o, "/status/nominatedNodeName"))),
+            ),
+            wide("Readiness Gates", "The readiness gates of the pod.", |o| {
+                json!(or_none(cells::joined(
+                    o,
+                    "/spec/readinessGates",
+                    "/conditionType"
+                )))
+            }),
+        ],
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        status: Status::Subresource,
+        generation: true,
+        defaults: |o| {
+            defaults::pod(o);
+            defaults::set(o, "status", json!({}));
+            defaults::set(&mut o["status"], "phase", json!("Pending"));
+        },
+        ..BASE
+    },
+    Resource {
+        kind: "Service",
+        typed: typed::<core::Service>(),
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        categories: &["all"],
+        columns: &[
+            col("Type", "The type of the service.", |o| {
+                json!(text(o, "/spec/type"))
+            }),
+            col("Cluster-IP", "The IP address of the service.", |o| {
+                json!(or_none(text(o, "/spec/clusterIP")))
+            }),
+            col("External-IP", "The external IPs of the service.", |o| {
+                json!(or_none(
+                    o.pointer("/spec/externalIPs")
+                        .and_then(Value::as_array)
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                ))
+            }),
+            col("Port(s)", "The ports of the service.", |o| {
+                json!(cells::service_ports(o))
+            }),
+            AGE,
+            wide("Selector", "The label selector of the service.", |o| {
+                json!(cells::map(o, "/spec/selector"))
+            }),
+        ],
+        status: Status::Subresource,
+        defaults: defaults::service,
+        ..BASE
+    },
+    Resource {
+        kind: "Node",
+        typed: typed::<core::Node>(),
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        columns: &[
+            col("Status", "The status of the node", |o| {
+                json!(cells::node_status(o))
+            }),
+            col("Roles", "The roles of the node", |o| {
+                json!(cells::node_roles(o))
+            }),
+            AGE,
+            col("Version", "Kubelet Version reported by the node.", |o| {
+                json!(text(o, "/status/nodeInfo/kubeletVersion"))
+            }),
+            wide("Internal-IP", "List of internal IPs of the node.", |o| {
+                json!(cells::node_address(o, "InternalIP"))
+            }),
+            wide("External-IP", "List of external IPs of the node.", |o| {
+                json!(cells::node_address(o, "ExternalIP"))
+            }),
+            wide("OS-Image", "OS Image reported by the node.", |o| {
+                json!(text(o, "/status/nodeInfo/osImage"))
+            }),
+            wide(
+                "Kernel-Version",
+                "Kernel Version reported by the node.",
+                |o| json!(text(o, "/status/nodeInfo/kernelVersion")),
+            ),
+            wide(
+                "Container-Runtime",
+                "Container Runtime Version reported by the node.",
+                |o| json!(text(o, "/status/nodeInfo/containerRuntimeVersion")),
+            ),
+        ],
+        fields: &["spec.unschedulable"],
+        status: Status::SetOnCreate,
+        ..BASE
+    },
+    Resource {
+        kind: "Event",
+        typed: typed::<core::Event>(),
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        columns: &[
+            col("Last Seen", "Time since the event was last seen.", |o| {
+                let mut with_time = o.clone();
+                let last = o
+                    .pointer("/lastTimestamp")
+                    .or_else(|| o.pointer("/eventTime"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                with_time["metadata"]["creationTimestamp"] = last;
+                json!(crate::object::age(&with_time))
+            }),
+            col("Type", "Type of the event.", |o| json!(text(o, "/type"))),
+            col("Reason", "Why the event was generated.", |o| {
+                json!(text(o, "/reason"))
+            }),
+            col("Object", "The object the event is about.", |o| {
+                json!(format!(
+                    "{}/{}",
+                    text(o, "/involvedObject/kind").to_lowercase(),
+                    text(o, "/involvedObject/name")
+                ))
+            }),
+            col(
+                "Message",
+                "A human-readable description of the event.",
+                |o| json!(text(o, "/message")),
+            ),
+        ],
+        fields: &[
+            "involvedObject.kind",
+            "involvedObject.name",
+            "involvedObject.namespace",
+            "involvedObject.uid",
+            "reason",
+            "type",
+            "source",
+        ],
+        ..BASE
+    },
+    Resource {
+        kind: "Endpoints",
+        typed: typed::<core::Endpoints>(),
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        columns: &[
+            col(
+                "Endpoints",
+                "The addresses and ports of the endpoints.",
+                |o| {
+                    let mut eps = Vec::new();
+                    for subset in o
+                        .get("subsets")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        for a in subset
+                            .get("addresses")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
+                            for p in subset
+                                .get("ports")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                            {
+                                eps.push(format!("{}:{}", text(a, "/ip"), int(p, "/port")));
+                            }
+                        }
+                    }
+                    json!(or_none(eps.join(",")))
+                },
+            ),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        kind: "PersistentVolumeClaim",
+        typed: typed::<core::PersistentVolumeClaim>(),
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        short_names: &["pvc"],
+        columns: &[
+            col("Status", "The phase of the claim.", |o| {
+                json!(text(o, "/status/phase"))
+            }),
+            col("Volume", "The bound volume.", |o| {
+                json!(text(o, "/spec/volumeName"))
+            }),
+            col("Capacity", "The capacity of the bound volume.", |o| {
+                json!(text(o, "/status/capacity/storage"))
+            }),
+            col("Access Modes", "The access modes.", |o| {
+                json!(
+                    o.pointer("/status/accessModes")
+                        .and_then(Value::as_array)
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(|m| match m {
+                                "ReadWriteOnce" => "RWO",
+                                "ReadOnlyMany" => "ROX",
+                                "ReadWriteMany" => "RWX",
+                                "ReadWriteOncePod" => "RWOP",
+                                other => other,
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                )
+            }),
+            col("StorageClass", "The storage class.", |o| {
+                json!(text(o, "/spec/storageClassName"))
+            }),
+            col(
+                "VolumeAttributesClass",
+                "The volume attributes class.",
+                |o| json!(or_none(text(o, "/spec/volumeAttributesClassName"))),
+            ),
+            AGE,
+        ],
+        status: Status::Subresource,
+        defaults: |o| {
+            defaults::set(o, "status", json!({}));
+            defaults::set(&mut o["status"], "phase", json!("Pending"));
+            if let Some(spec) = o.get_mut("spec") {
+                defaults::set(spec, "volumeMode", json!("Filesystem"));
+            }
+        },
+        ..BASE
+    },
+    Resource {
+        kind: "PersistentVolume",
+        typed: typed::<core::PersistentVolume>(),
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        namespaced: false,
+        short_names: &["pv"],
+        columns: &[
+            col("Capacity", "The capacity of the volume.", |o| {
+                json!(text(o, "/spec/capacity/storage"))
+            }),
+            col(
+                "Reclaim Policy",
+                "What happens to the volume when released.",
+                |o| json!(text(o, "/spec/persistentVolumeReclaimPolicy")),
+            ),
+            col("Status", "The phase of the volume.", |o| {
+                json!(text(o, "/status/phase"))
+            }),
+            col("Claim", "The claim bound to the volume.", |o| {
+                let ns = text(o, "/spec/claimRef/namespace");
+                json!(if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ns}/{}", text(o, "/spec/claimRef/name"))
+                })
+            }),
+            col("StorageClass", "The storage class.", |o| {
+                json!(text(o, "/spec/storageClassName"))
+            }),
+            AGE,
+        ],
+        status: Status::Subresource,
+        defaults: |o| {
+            defaults::set(o, "status", json!({}));
+            defaults::set(&mut o["status"], "phase", json!("Pending"));
+            if let Some(spec) = o.get_mut("spec") {
+                defaults::set(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                defaults::set(spec, "volumeMode", json!("Filesystem"));
+            }
+        },
+        ..BASE
+    },
+    Resource {
+        kind: "ResourceQuota",
+        typed: typed::<core::ResourceQuota>(),
+        plural: "resourcequotas",
+        singular: "resourcequota",
+        short_names: &["quota"],
+        columns: &[
+            AGE,
+            col("Request", "Used and hard request quotas.", |o| {
+                json!(quota(o, false))
+            }),
+            col("Limit", "Used and hard limit quotas.", |o| {
+                json!(quota(o, true))
+            }),
+        ],
+        status: Status::Subresource,
+        ..BASE
+    },
+    Resource {
+        kind: "LimitRange",
+        typed: typed::<core::LimitRange>(),
+        plural: "limitranges",
+        singular: "limitrange",
+        short_names: &["limits"],
+        columns: &[col("Created At", "When the object was created.", |o| {
+            json!(text(o, "/metadata/creationTimestamp"))
+        })],
+        ..BASE
+    },
+    Resource {
+        kind: "PodTemplate",
+        typed: typed::<core::PodTemplate>(),
+        plural: "podtemplates",
+        singular: "podtemplate",
+        columns: &[
+            col(
+                "Containers",
+                "Names of each container in the template.",
+                |o| json!(cells::joined(o, "/template/spec/containers", "/name")),
+            ),
+            col(
+                "Images",
+                "Images referenced by each container in the template.",
+                |o| json!(cells::joined(o, "/template/spec/containers", "/image")),
+            ),
+            col("Pod Labels", "The labels of the pod template.", |o| {
+                json!(cells::map(o, "/template/metadata/labels"))
+            }),
+        ],
+        defaults: |o| {
+            if let Some(spec) = o.pointer_mut("/template/spec") {
+                defaults::pod_spec(spec);
+            }
+        },
+        ..BASE
+    },
+    Resource {
+        kind: "ReplicationController",
+        typed: typed::<core::ReplicationController>(),
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        short_names: &["rc"],
+        categories: &["all"],
+        columns: &[
+            col("Desired", "Number of desired pods.", |o| {
+                json!(int(o, "/spec/replicas"))
+            }),
+            col("Current", "Number of actual replicas.", |o| {
+                json!(int(o, "/status/replicas"))
+            }),
+            col("Ready", "Number of ready replicas.", |o| {
+                json!(int(o, "/status/readyReplicas"))
+            }),
+            AGE,
+            wide(
+                "Containers",
+                "Names of each container in the template.",
+                |o| json!(cells::joined(o, "/spec/template/spec/containers", "/name")),
+            ),
+            wide(
+                "Images",
+                "Images referenced by each container in the template.",
+                |o| json!(cells::joined(o, "/spec/template/spec/containers", "/image")),
+            ),
+            wide("Selector", "Label selector for pods.", |o| {
+                json!(cells::map(o, "/spec/selector"))
+            }),
+        ],
+        status: Status::Subresource,
+        defaults: defaults::replica_set,
+        ..BASE
+    },
+];
+
+/// `requests.cpu: 0/1, pods: 1/10` for the Request column (or the limits).
+fn quota(o: &Value, limits: bool) -> String {
+    let Some(hard) = o
+        .pointer("/status/hard")
+        .or_else(|| o.pointer("/spec/hard"))
+        .and_then(Value::as_object)
+    else {
+        return String::new();
+    };
+    hard.iter()
+        .filter(|(k, _)| k.starts_with("limits.") == limits)
+        .map(|(k, v)| {
+            let used = o
+                .pointer(&format!("/status/used/{}", k.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .unwrap_or("0");
+            format!("{k}: {used}/{}", v.as_str().unwrap_or(""))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,118 @@
+//! The resource registry: one declarative entry per kind, one file per API group. Handlers are
+//! generic over entries; what differs between kinds (defaulting, table columns, status) is a
+//! few functions in the entry.
+
+mod apps;
+mod batch;
+mod cells;
+mod core;
+mod defaults;
+mod others;
+
+use serde_json::Value;
+
+use crate::typed::Typed;
+
+/// A served resource.
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Table columns after Name (upstream's printers), Age last where upstream has it.
+    pub columns: &'static [Column],
+    /// Fields `?fieldSelector=` may name besides metadata.name and metadata.namespace.
+    pub fields: &'static [&'static str],
+    /// The kind's Rust type: its schema and field validation.
+    pub typed: Typed,
+    /// Whether `status` is written through the `/status` subresource.
+    pub status: Status,
+    /// Whether `metadata.generation` starts at 1 and counts changes to everything but
+    /// metadata and status (what controllers' observedGeneration follows).
+    pub generation: bool,
+    /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
+    pub defaults: fn(&mut Value),
+}
+
+/// How a kind's status is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No status subresource: the object is written whole.
+    None,
+    /// Writes to the object keep its status; `/status` writes change only the status, which
+    /// starts empty (upstream's PrepareForCreate).
+    Subresource,
+    /// As Subresource, but the creator may set the first status (nodes register with theirs).
+    SetOnCreate,
+}
+
+/// A Table column: header, type, priority (1: only with `-o wide`) and how to compute the
+/// cell from the object.
+#[derive(Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub description: &'static str,
+    pub priority: u8,
+    pub cell: fn(&Value) -> Value,
+}
+
+/// Verbs the generic handlers implement.
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key prefix of the collection: upstream's etcd layout
+    /// (`/registry/<plural>/<namespace>/<name>`, cluster-scoped without the namespace).
+    pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
+            _ => format!("/registry/{}/", self.plural),
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.key_prefix(namespace))
+    }
+}
+
+/// Every served resource, core first.
+pub fn all() -> impl Iterator<Item = &'static Resource> {
+    [
+        core::RESOURCES,
+        apps::RESOURCES,
+        batch::RESOURCES,
+        others::RESOURCES,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The resource served at `group/version/plural`.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    all().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The group/versions served, core first.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in all() {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
