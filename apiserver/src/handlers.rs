@@ -635,7 +635,12 @@ async fn guaranteed_update(
             Change::Patch(kind, body) => {
                 // Without its resourceVersion, so that one in the result came from the patch.
                 object::metadata_mut(&mut current).remove("resourceVersion");
-                patch::apply(*kind, &current, body)?
+                patch::apply(
+                    *kind,
+                    &current,
+                    body,
+                    patch::definition(&r.api_version(), r.kind),
+                )?
             }
         };
         let new_name = object::name(&obj).to_string();

@@ -97,11 +97,27 @@ impl KelpServer {
     }
 
     pub fn kubectl_with_stdin(&self, version: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_full(version, args, stdin, &[])
+    }
+
+    /// kubectl with extra environment (EDITOR for `kubectl edit`).
+    pub fn kubectl_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.kubectl_full(version, args, None, env)
+    }
+
+    fn kubectl_full(
+        &self,
+        version: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Output {
         use std::io::Write;
         let mut child = Command::new(kubectl_dir().join(format!("kubectl.{version}")))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
+            .envs(env.iter().copied())
             .env("KUBECACHEDIR", self.cache.path().join(version))
             .env("HOME", self.cache.path())
             .stdin(Stdio::piped())
