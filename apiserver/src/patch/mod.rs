@@ -216,10 +216,10 @@ fn strategic_merge(doc: &mut Value, patch: &Map<String, Value>, def: Option<&str
         }
     }
     for (directive, value) in patch {
-        if let Some(field) = directive.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Value::Array(gone)) = (target.get_mut(field), value) {
-                list.retain(|v| !gone.contains(v));
-            }
+        if let Some(field) = directive.strip_prefix("$deleteFromPrimitiveList/")
+            && let (Some(Value::Array(list)), Value::Array(gone)) = (target.get_mut(field), value)
+        {
+            list.retain(|v| !gone.contains(v));
         }
     }
     for (directive, value) in patch {
@@ -319,7 +319,7 @@ fn merge_primitive_list(list: &mut Vec<Value>, patch: &[Value]) {
 }
 
 /// Orders a list as `$setElementOrder` says; items it does not name keep their order after.
-fn set_element_order(list: &mut Vec<Value>, order: &[Value], key: &str) {
+fn set_element_order(list: &mut [Value], order: &[Value], key: &str) {
     let id = |v: &Value| {
         if key.is_empty() {
             Some(v.clone())
