@@ -12,6 +12,12 @@ fn configmap(name: &str, color: &str) -> String {
     )
 }
 
+/// Stops a `kubectl get -w` and returns what it printed.
+fn stop(mut watcher: std::process::Child) -> String {
+    let _ = watcher.kill();
+    String::from_utf8(watcher.wait_with_output().unwrap().stdout).unwrap()
+}
+
 fn session(server: &KelpServer, v: &str) {
     let ok = |args: &[&str]| {
         let out = server.kubectl(v, args);
@@ -198,6 +204,57 @@ fn session(server: &KelpServer, v: &str) {
         ]),
         "2 3 3 Always"
     );
+    // Strategic merge patches merge containers by name: set image, edit, apply.
+    assert_eq!(
+        k(&["set", "image", "deployment/web", "nginx=nginx:1.28"]),
+        "deployment.apps/web image updated\n"
+    );
+    let edited = server.kubectl_env(
+        v,
+        &["-n", &gns, "edit", "deployment", "web"],
+        &[
+            ("EDITOR", "sed -i -e 's/replicas: 3/replicas: 4/'"),
+            ("KUBE_EDITOR", ""),
+        ],
+    );
+    assert!(edited.ok, "{}", edited.stderr);
+    assert_eq!(edited.stdout, "deployment.apps/web edited\n");
+    let fields = "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} \
+                  {.spec.template.spec.containers[0].imagePullPolicy} {.metadata.generation}";
+    assert_eq!(
+        k(&["get", "deployment", "web", "-o", fields]),
+        "4 nginx:1.28 IfNotPresent 4"
+    );
+    let manifest = |image: &str, sidecar: bool| {
+        let side = if sidecar {
+            r#",{"name":"side","image":"busybox"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"api"}},"spec":{{"replicas":1,"selector":{{"matchLabels":{{"app":"api"}}}},"template":{{"metadata":{{"labels":{{"app":"api"}}}},"spec":{{"containers":[{{"name":"api","image":"{image}","ports":[{{"containerPort":8080}}]}}{side}]}}}}}}}}"#
+        )
+    };
+    let apply = |m: String| {
+        let out = server.kubectl_with_stdin(v, &["-n", &gns, "apply", "-f", "-"], Some(&m));
+        assert!(out.ok, "{}", out.stderr);
+        out.stdout
+    };
+    assert_eq!(
+        apply(manifest("api:1", true)),
+        "deployment.apps/api created\n"
+    );
+    assert_eq!(
+        apply(manifest("api:2", false)),
+        "deployment.apps/api configured\n"
+    );
+    let fields = "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].image} \
+                  {.spec.template.spec.containers[0].ports[0].containerPort}";
+    assert_eq!(
+        k(&["get", "deployment", "api", "-o", fields]),
+        "api api:2 8080"
+    );
+
     assert_eq!(
         k(&[
             "create",
@@ -530,6 +587,179 @@ fn session(server: &KelpServer, v: &str) {
         .collect();
     assert_eq!(rows[0], ["NAMESPACE", "NAME", "DATA", "AGE"]);
     assert_eq!(rows.iter().filter(|r| r[0] == ns).count(), 6, "{all}");
+
+    // Selectors, on lists and on watches.
+    for (i, tier) in ["front", "back", "front"].iter().enumerate() {
+        ok(&[
+            "label",
+            "-n",
+            &ns,
+            "configmap",
+            &format!("page-{i}"),
+            &format!("tier={tier}"),
+        ]);
+    }
+    assert_eq!(
+        ok(&["get", "-n", &ns, "cm", "-l", "tier=front", "-o", "name"]),
+        "configmap/page-0\nconfigmap/page-2\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "cm",
+            "-l",
+            "tier in (back),app=web",
+            "-o",
+            "name"
+        ]),
+        "configmap/page-1\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "cm",
+            "-l",
+            "!tier",
+            "--chunk-size=1",
+            "-o",
+            "name"
+        ]),
+        "configmap/app\nconfigmap/page-3\nconfigmap/page-4\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            &ns,
+            "cm",
+            "--field-selector",
+            "metadata.name=page-4",
+            "-o",
+            "name"
+        ]),
+        "configmap/page-4\n"
+    );
+    let unsupported = server.kubectl(v, &["get", "-n", &ns, "cm", "--field-selector", "spec.x=1"]);
+    assert!(
+        unsupported
+            .stderr
+            .contains("field label not supported: spec.x"),
+        "{}",
+        unsupported.stderr
+    );
+
+    let watcher = server.kubectl_spawn(
+        v,
+        &[
+            "get",
+            "-n",
+            &ns,
+            "cm",
+            "-w",
+            "-l",
+            "tier=front",
+            "-o",
+            "name",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    ok(&["label", "-n", &ns, "configmap", "page-3", "tier=front"]);
+    ok(&[
+        "label",
+        "-n",
+        &ns,
+        "configmap",
+        "page-0",
+        "tier=back",
+        "--overwrite",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let watched = stop(watcher);
+    // The initial state, then page-3 joining and page-0 leaving the selection.
+    assert_eq!(
+        watched,
+        "configmap/page-0\nconfigmap/page-2\nconfigmap/page-3\nconfigmap/page-0\n"
+    );
+
+    // get -w prints Table rows as the objects change.
+    let watcher = server.kubectl_spawn(v, &["get", "-n", &ns, "cm", "page-4", "-w"]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    ok(&["label", "-n", &ns, "configmap", "page-4", "watched=yes"]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let watched = stop(watcher);
+    let rows: Vec<Vec<&str>> = watched
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"], "{watched}");
+    assert_eq!(rows.len(), 3, "the current row and the change: {watched}");
+    assert!(
+        rows[1..].iter().all(|r| r[..2] == ["page-4", "1"]),
+        "{watched}"
+    );
+
+    // Finalizers hold a deletion; wait --for=delete sees it finish.
+    let held = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"held","finalizers":["example.com/keep"]}}"#;
+    with_stdin(&["create", "-n", &ns, "-f", "-"], held);
+    assert_eq!(
+        ok(&["delete", "-n", &ns, "configmap", "held", "--wait=false"]),
+        "configmap \"held\" deleted\n"
+    );
+    assert!(
+        !ok(&[
+            "get",
+            "-n",
+            &ns,
+            "configmap",
+            "held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty()
+    );
+    let waiter = server.kubectl_spawn(
+        v,
+        &[
+            "wait",
+            "-n",
+            &ns,
+            "--for=delete",
+            "configmap/held",
+            "--timeout=30s",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let remove = r#"[{"op":"remove","path":"/metadata/finalizers"}]"#;
+    ok(&[
+        "patch",
+        "-n",
+        &ns,
+        "configmap",
+        "held",
+        "--type=json",
+        "-p",
+        remove,
+    ]);
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout),
+        "configmap/held condition met\n"
+    );
+
+    // delete -l removes what the selector matches.
+    assert_eq!(
+        ok(&["delete", "-n", &ns, "configmap", "-l", "tier=back"]),
+        "configmap \"page-0\" deleted\nconfigmap \"page-1\" deleted\n"
+    );
 
     assert_eq!(
         ok(&["delete", "-n", &ns, "configmap", "app"]),

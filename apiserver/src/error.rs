@@ -78,6 +78,10 @@ impl ApiError {
         )
         .with_details(group, resource, name)
     }
+    /// 409 Conflict with a message of its own (failed preconditions).
+    pub fn conflict_message(group: &str, resource: &str, name: &str, message: String) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message).with_details(group, resource, name)
+    }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }

@@ -110,7 +110,8 @@ pub async fn serve(
         (&Method::DELETE, Some(_)) if status_subresource => Err(ApiError::method_not_allowed(
             "DELETE is not supported on the status subresource",
         )),
-        (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query).await,
+        (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query, &body).await,
+        (&Method::DELETE, None) => delete_collection(backend, r, ns, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
         ))),
@@ -520,7 +521,14 @@ async fn create(
             }
         }
     }
-    meta.remove("resourceVersion");
+    for cleared in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        meta.remove(cleared);
+    }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(object::now()));
     prepare(r, ns, &mut obj)?;
@@ -663,7 +671,12 @@ async fn guaranteed_update(
             return Err(ApiError::conflict(r.group, r.plural, name));
         }
         let meta = object::metadata_mut(&mut obj);
-        for kept in ["uid", "creationTimestamp"] {
+        for kept in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match current.pointer(&format!("/metadata/{kept}")) {
                 Some(v) => meta.insert(kept.into(), v.clone()),
                 None => meta.remove(kept),
@@ -674,6 +687,24 @@ async fn guaranteed_update(
                 json_response(StatusCode::OK, &obj),
                 &warnings,
             ));
+        }
+        // An object being deleted goes once its last finalizer is removed.
+        if obj.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&obj) {
+            match backend
+                .txn(Txn::delete(r.key(ns, name), current_rev))
+                .await?
+            {
+                TxnOutcome::Succeeded { .. } => {
+                    return Ok(with_warnings(
+                        json_response(StatusCode::OK, &obj),
+                        &warnings,
+                    ));
+                }
+                TxnOutcome::Failed { .. } if precondition.is_some() => {
+                    return Err(ApiError::conflict(r.group, r.plural, name));
+                }
+                TxnOutcome::Failed { .. } => continue,
+            }
         }
         match backend
             .txn(Txn::update(r.key(ns, name), current_rev, encode(&obj)))
@@ -695,31 +726,161 @@ async fn guaranteed_update(
     }
 }
 
+/// DeleteOptions' preconditions, from the request body (kubectl sends
+/// `{"propagationPolicy": ...}`; preconditions come from API clients).
+struct Preconditions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl Preconditions {
+    fn from_body(body: &Bytes) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            return Ok(Preconditions {
+                uid: None,
+                resource_version: None,
+            });
+        }
+        let opts: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the DeleteOptions could not be decoded: {e}"))
+        })?;
+        let get = |k: &str| {
+            opts.pointer(&format!("/preconditions/{k}"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        Ok(Preconditions {
+            uid: get("uid"),
+            resource_version: get("resourceVersion"),
+        })
+    }
+
+    fn check(&self, r: &Resource, name: &str, obj: &Value, rev: Revision) -> Result<(), ApiError> {
+        let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
+        if self.uid.as_deref().is_some_and(|u| Some(u) != uid) {
+            return Err(ApiError::conflict_message(
+                r.group,
+                r.plural,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                    self.uid.as_deref().unwrap_or(""),
+                    uid.unwrap_or("")
+                ),
+            ));
+        }
+        if self
+            .resource_version
+            .as_ref()
+            .is_some_and(|v| *v != rev.to_string())
+        {
+            return Err(ApiError::conflict_message(
+                r.group,
+                r.plural,
+                name,
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {}, ResourceVersion in object meta: {rev}",
+                    self.resource_version.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// Deletes an object, or, while it has finalizers, marks it with a deletionTimestamp and
+/// returns it (upstream's graceful path): the last finalizer's removal deletes it.
 async fn delete(
     backend: &Backend,
     r: &Resource,
     ns: Option<&str>,
     name: &str,
     query: &HashMap<String, String>,
+    body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let preconditions = Preconditions::from_body(body)?;
     loop {
-        let (obj, rev) = get(backend, r, ns, name).await?;
+        let (mut obj, rev) = get(backend, r, ns, name).await?;
+        preconditions.check(r, name, &obj, rev)?;
+        if has_finalizers(&obj) {
+            if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                let meta = object::metadata_mut(&mut obj);
+                meta.insert("deletionTimestamp".into(), json!(object::now()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                if !dry_run(query) {
+                    match backend
+                        .txn(Txn::update(r.key(ns, name), rev, encode(&obj)))
+                        .await?
+                    {
+                        TxnOutcome::Succeeded { revision, .. } => {
+                            object::metadata_mut(&mut obj)
+                                .insert("resourceVersion".into(), json!(revision.to_string()));
+                        }
+                        TxnOutcome::Failed { .. } => continue,
+                    }
+                }
+            }
+            return Ok(json_response(StatusCode::OK, &obj));
+        }
         if dry_run(query) {
             return Ok(json_response(StatusCode::OK, &obj));
         }
         match backend.txn(Txn::delete(r.key(ns, name), rev)).await? {
             TxnOutcome::Succeeded { .. } => {
-                let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
-                let mut details = json!({"name": name, "kind": r.plural, "uid": uid});
-                if !r.group.is_empty() {
-                    details["group"] = json!(r.group);
-                }
-                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details});
-                return Ok(json_response(StatusCode::OK, &status));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &deleted_status(r, name, &obj),
+                ));
             }
             TxnOutcome::Failed { .. } => continue,
         }
     }
+}
+
+fn deleted_status(r: &Resource, name: &str, obj: &Value) -> Value {
+    let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+    let mut details = json!({"name": name, "kind": r.plural, "uid": uid});
+    if !r.group.is_empty() {
+        details["group"] = json!(r.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
+/// DELETE on a collection: deletes what the selectors match, one by one, and returns the
+/// list of what was deleted (or marked for deletion).
+async fn delete_collection(
+    backend: &Backend,
+    r: &Resource,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let mut listing = query.clone();
+    listing.remove("limit");
+    listing.remove("continue");
+    let list = list(backend, r, ns, &listing).await?;
+    let mut deleted = Vec::new();
+    for item in list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let name = object::name(item).to_string();
+        let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+        match delete(backend, r, item_ns.or(ns), &name, query, &Bytes::new()).await {
+            Ok(_) => deleted.push(item.clone()),
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut out = list;
+    out["items"] = json!(deleted);
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 /// A watch: newline-delimited JSON events. Without a resourceVersion (or with "0") it starts

@@ -146,6 +146,18 @@ fn document(group: &str, version: &str) -> Value {
         );
     }
     let mut schemas = generator.take_definitions(true);
+    // k8s-openapi's schemas lack the patch extensions kubectl needs to compute strategic
+    // merge patches (without them it treats every list as atomic).
+    for (name, schema) in schemas.iter_mut() {
+        for (field, strategy, key) in crate::patch::patch_extensions(name) {
+            if let Some(Value::Object(prop)) = schema.pointer_mut(&format!("/properties/{field}")) {
+                prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+                if !key.is_empty() {
+                    prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+                }
+            }
+        }
+    }
     for (name, r) in kinds {
         if let Some(Value::Object(schema)) = schemas.get_mut(&name) {
             schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
@@ -189,6 +201,8 @@ mod tests {
             "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
         );
         assert!(doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["labels"].is_object());
+        let finalizers = &doc["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["finalizers"];
+        assert_eq!(finalizers["x-kubernetes-patch-strategy"], "merge");
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
         assert_eq!(
             patch["x-kubernetes-group-version-kind"]["kind"],

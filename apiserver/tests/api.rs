@@ -323,3 +323,103 @@ async fn discovery_is_aggregated_or_legacy_by_accept() {
         .await;
     assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/json"));
 }
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_the_last_one_goes() {
+    let api = Api::new().await;
+    let body = json!({"metadata": {"name": "held", "finalizers": ["example.com/keep"]}, "data": {"a": "1"}});
+    let (status, _) = api.json("POST", CM, &body.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, marked) = api
+        .json(
+            "DELETE",
+            &format!("{CM}/held"),
+            r#"{"propagationPolicy":"Background"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    let (_, still) = api.json("GET", &format!("{CM}/held"), "").await;
+    assert_eq!(
+        still["metadata"]["deletionTimestamp"],
+        marked["metadata"]["deletionTimestamp"]
+    );
+
+    // A client cannot clear the deletion; removing the finalizer completes it.
+    let merge = "application/merge-patch+json";
+    let uri = format!("{CM}/held");
+    let (status, _, _) = api
+        .call(
+            "PATCH",
+            &uri,
+            merge,
+            "application/json",
+            r#"{"metadata":{"deletionTimestamp":null}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, still) = api.json("GET", &uri, "").await;
+    assert!(still["metadata"]["deletionTimestamp"].is_string());
+    let (status, _, _) = api
+        .call(
+            "PATCH",
+            &uri,
+            merge,
+            "application/json",
+            r#"{"metadata":{"finalizers":null}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.json("GET", &uri, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn delete_preconditions_and_collections() {
+    let api = Api::new().await;
+    for (name, tier) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let body = json!({"metadata": {"name": name, "labels": {"tier": tier}}});
+        api.json("POST", CM, &body.to_string()).await;
+    }
+    let (status, body) = api
+        .json(
+            "DELETE",
+            &format!("{CM}/a"),
+            r#"{"preconditions":{"uid":"not-it"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Precondition failed: UID in precondition: not-it")
+    );
+    let (status, body) = api
+        .json(
+            "DELETE",
+            &format!("{CM}/a"),
+            r#"{"preconditions":{"resourceVersion":"1"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let (status, deleted) = api
+        .json("DELETE", &format!("{CM}?labelSelector=tier%3Dx"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = deleted["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let (_, left) = api.json("GET", CM, "").await;
+    assert_eq!(left["items"].as_array().unwrap().len(), 1);
+    assert_eq!(left["items"][0]["metadata"]["name"], "c");
+}

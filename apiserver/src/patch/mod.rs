@@ -16,6 +16,8 @@ use crate::error::ApiError;
 struct FieldInfo {
     kind: u8,
     target: &'static str,
+    /// `merge`, `retainKeys` or both joined by '+', as in the OpenAPI extension.
+    strategy: &'static str,
     merge: bool,
     key: &'static str,
 }
@@ -56,6 +58,7 @@ fn patch_schema() -> &'static PatchSchema {
                                 FieldInfo {
                                     kind,
                                     target,
+                                    strategy,
                                     merge,
                                     key,
                                 },
@@ -69,6 +72,18 @@ fn patch_schema() -> &'static PatchSchema {
         }
         PatchSchema { defs, kinds }
     })
+}
+
+/// The patch strategy and merge key of each field of an OpenAPI definition that has one
+/// (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`): what OpenAPI publishes so
+/// that clients compute the patches the server applies.
+pub fn patch_extensions(definition: &str) -> Vec<(&'static str, String, &'static str)> {
+    let Some(fields) = patch_schema().defs.get(definition) else { return Vec::new() };
+    fields
+        .iter()
+        .filter(|(_, f)| !f.strategy.is_empty())
+        .map(|(name, f)| (*name, f.strategy.replace('+', ","), f.key))
+        .collect()
 }
 
 /// The OpenAPI definition of a kind, which strategic merge walks.
