@@ -588,6 +588,43 @@ fn session(server: &KelpServer, v: &str) {
     assert_eq!(rows[0], ["NAMESPACE", "NAME", "DATA", "AGE"]);
     assert_eq!(rows.iter().filter(|r| r[0] == ns).count(), 6, "{all}");
 
+    // Services get ClusterIPs (and NodePorts) from the service network; `kubernetes` has the first.
+    let svc = ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-n",
+        "default",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        svc.split_whitespace().take(5).collect::<Vec<_>>(),
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    );
+    let np_name = format!("np-{}", v.replace('.', "-"));
+    assert_eq!(
+        ok(&[
+            "create",
+            "service",
+            "nodeport",
+            &np_name,
+            "--tcp=80:8080",
+            "-n",
+            &ns
+        ]),
+        format!("service/{np_name} created\n")
+    );
+    let row = ok(&["get", "service", &np_name, "-n", &ns, "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "NodePort");
+    assert!(cells[2].starts_with("10.96."), "{row}");
+    let port: u16 = cells[4]
+        .strip_prefix("80:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    assert!((30000..=32767).contains(&port), "{row}");
+
     // Selectors, on lists and on watches.
     for (i, tier) in ["front", "back", "front"].iter().enumerate() {
         ok(&[

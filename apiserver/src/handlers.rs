@@ -548,11 +548,15 @@ async fn create(
             &warnings,
         ));
     }
-    match backend
+    let allocated = match r.allocate {
+        Some(allocate) => allocate(backend, &mut obj).await?,
+        None => Vec::new(),
+    };
+    let created = backend
         .txn(Txn::create(r.key(ns, &name), encode(&obj)))
-        .await?
-    {
-        TxnOutcome::Succeeded { revision, .. } => {
+        .await;
+    match created {
+        Ok(TxnOutcome::Succeeded { revision, .. }) => {
             object::metadata_mut(&mut obj)
                 .insert("resourceVersion".into(), json!(revision.to_string()));
             Ok(with_warnings(
@@ -560,7 +564,14 @@ async fn create(
                 &warnings,
             ))
         }
-        TxnOutcome::Failed { .. } => Err(ApiError::already_exists(r.group, r.plural, &name)),
+        Ok(TxnOutcome::Failed { .. }) => {
+            crate::allocator::release(backend, &allocated).await;
+            Err(ApiError::already_exists(r.group, r.plural, &name))
+        }
+        Err(e) => {
+            crate::allocator::release(backend, &allocated).await;
+            Err(e.into())
+        }
     }
 }
 
@@ -664,6 +675,7 @@ async fn guaranteed_update(
         if r.status != Status::None {
             obj = split_status(r, &current, obj, status);
         }
+        (r.on_update)(&current, &mut obj)?;
         if precondition
             .as_ref()
             .is_some_and(|rv| *rv != current_rev.to_string())
@@ -695,6 +707,7 @@ async fn guaranteed_update(
                 .await?
             {
                 TxnOutcome::Succeeded { .. } => {
+                    crate::allocator::release(backend, &(r.allocations)(&obj)).await;
                     return Ok(with_warnings(
                         json_response(StatusCode::OK, &obj),
                         &warnings,
@@ -833,6 +846,7 @@ async fn delete(
         }
         match backend.txn(Txn::delete(r.key(ns, name), rev)).await? {
             TxnOutcome::Succeeded { .. } => {
+                crate::allocator::release(backend, &(r.allocations)(&obj)).await;
                 return Ok(json_response(
                     StatusCode::OK,
                     &deleted_status(r, name, &obj),

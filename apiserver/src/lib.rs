@@ -4,6 +4,7 @@
 //! entry of the resource registry the same way (upstream's generic store). Objects travel as
 //! JSON values; their resourceVersion is the storage revision of their last write.
 
+mod allocator;
 mod discovery;
 mod error;
 mod handlers;
@@ -410,7 +411,8 @@ async fn to_yaml(response: Response) -> Response {
     }
 }
 
-/// The namespaces every cluster has.
+/// What every cluster has: the four system namespaces and the `kubernetes` Service in
+/// default at the first service IP.
 pub async fn bootstrap(backend: &Backend) {
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let mut headers = HeaderMap::new();
@@ -441,5 +443,45 @@ pub async fn bootstrap(backend: &Backend) {
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => tracing::warn!(namespace = ns, error = %e.message, "cannot create"),
         }
+    }
+    let services = registry::lookup("", "v1", "services").expect("services are registered");
+    let kubernetes = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": allocator::KUBERNETES_SERVICE_IP,
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+        },
+    })
+    .to_string();
+    if matches!(
+        backend
+            .get(services.key(Some("default"), "kubernetes"))
+            .await,
+        Ok((Some(_), _))
+    ) {
+        return;
+    }
+    let target = request::Target {
+        resource: services,
+        namespace: Some("default".into()),
+        name: None,
+        subresource: None,
+    };
+    match handlers::serve(
+        backend,
+        &Method::POST,
+        target,
+        &HashMap::new(),
+        &headers,
+        kubernetes.into(),
+    )
+    .await
+    {
+        Ok(_) => tracing::info!("created the kubernetes Service"),
+        Err(e) if e.reason == "AlreadyExists" => {}
+        Err(e) => tracing::warn!(error = %e.message, "cannot create the kubernetes Service"),
     }
 }

@@ -8,6 +8,12 @@ pub fn name(o: &Value) -> &str {
         .unwrap_or("")
 }
 
+pub fn namespace_of(o: &Value) -> &str {
+    o.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 pub fn resource_version(o: &Value) -> Option<&str> {
     o.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)

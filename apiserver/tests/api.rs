@@ -423,3 +423,114 @@ async fn delete_preconditions_and_collections() {
     assert_eq!(left["items"].as_array().unwrap().len(), 1);
     assert_eq!(left["items"][0]["metadata"]["name"], "c");
 }
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports_exclusively() {
+    let api = Api::new().await;
+    const SVC: &str = "/api/v1/namespaces/default/services";
+    let (_, kubernetes) = api.json("GET", &format!("{SVC}/kubernetes"), "").await;
+    assert_eq!(kubernetes["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(kubernetes["spec"]["ports"][0]["port"], 443);
+
+    let svc =
+        |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec}).to_string();
+    let (status, web) = api
+        .json("POST", SVC, &svc("web", json!({"ports": [{"port": 80}]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96.") && ip != "10.96.0.1", "{ip}");
+    assert_eq!(web["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(web["spec"]["ports"][0]["targetPort"], 80);
+
+    let (status, body) = api
+        .json(
+            "POST",
+            SVC,
+            &svc("copy", json!({"clusterIP": ip, "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided IP is already allocated"),
+        "{body}"
+    );
+    let (status, _) = api
+        .json(
+            "POST",
+            SVC,
+            &svc(
+                "far",
+                json!({"clusterIP": "192.168.1.1", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, np) = api
+        .json(
+            "POST",
+            SVC,
+            &svc("np", json!({"type": "NodePort", "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&port));
+    let (status, _) = api
+        .json(
+            "POST",
+            SVC,
+            &svc(
+                "np2",
+                json!({"type": "NodePort", "ports": [{"port": 81, "nodePort": port}]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the NodePort is taken"
+    );
+
+    // Updates keep the allocations; changing the ClusterIP is refused.
+    let merge = "application/merge-patch+json";
+    let (status, _, _) = api
+        .call(
+            "PATCH",
+            &format!("{SVC}/web"),
+            merge,
+            "application/json",
+            r#"{"spec":{"clusterIP":"10.96.9.9"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut replaced = web.clone();
+    replaced["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterIP");
+    replaced["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterIPs");
+    let (status, updated) = api
+        .json("PUT", &format!("{SVC}/web"), &replaced.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["spec"]["clusterIP"], json!(ip));
+
+    // Deleting releases them.
+    api.json("DELETE", &format!("{SVC}/web"), "").await;
+    let (status, _) = api
+        .json(
+            "POST",
+            SVC,
+            &svc("again", json!({"clusterIP": ip, "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}

@@ -78,7 +78,9 @@ fn patch_schema() -> &'static PatchSchema {
 /// (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`): what OpenAPI publishes so
 /// that clients compute the patches the server applies.
 pub fn patch_extensions(definition: &str) -> Vec<(&'static str, String, &'static str)> {
-    let Some(fields) = patch_schema().defs.get(definition) else { return Vec::new() };
+    let Some(fields) = patch_schema().defs.get(definition) else {
+        return Vec::new();
+    };
     fields
         .iter()
         .filter(|(_, f)| !f.strategy.is_empty())

@@ -23,6 +23,10 @@ const BASE: Resource = Resource {
     fields: &[],
     status: Status::Subresource,
     generation: true,
+    storage: None,
+    allocate: None,
+    allocations: super::holds_nothing,
+    on_update: super::any_update,
     defaults: none,
 };
 

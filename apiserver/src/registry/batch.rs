@@ -48,6 +48,10 @@ pub static RESOURCES: &[Resource] = &[
         fields: &["status.successful"],
         status: Status::Subresource,
         generation: true,
+        storage: None,
+        allocate: None,
+        allocations: super::holds_nothing,
+        on_update: super::any_update,
         defaults: defaults::job,
     },
     Resource {
@@ -117,6 +121,10 @@ pub static RESOURCES: &[Resource] = &[
         fields: &[],
         status: Status::Subresource,
         generation: true,
+        storage: None,
+        allocate: None,
+        allocations: super::holds_nothing,
+        on_update: super::any_update,
         defaults: defaults::cron_job,
     },
 ];

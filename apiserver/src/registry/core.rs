@@ -24,6 +24,10 @@ const BASE: Resource = Resource {
     fields: &[],
     status: Status::None,
     generation: false,
+    storage: None,
+    allocate: None,
+    allocations: super::holds_nothing,
+    on_update: super::any_update,
     defaults: none,
 };
 
@@ -202,6 +206,10 @@ pub static RESOURCES: &[Resource] = &[
             }),
         ],
         status: Status::Subresource,
+        storage: Some("services/specs"),
+        allocate: Some(crate::allocator::allocate_service),
+        allocations: crate::allocator::service_allocations,
+        on_update: crate::allocator::keep_service_allocations,
         defaults: defaults::service,
         ..BASE
     },
@@ -209,6 +217,7 @@ pub static RESOURCES: &[Resource] = &[
         kind: "Node",
         typed: typed::<core::Node>(),
         plural: "nodes",
+        storage: Some("minions"),
         singular: "node",
         namespaced: false,
         short_names: &["no"],
@@ -296,6 +305,7 @@ pub static RESOURCES: &[Resource] = &[
         kind: "Endpoints",
         typed: typed::<core::Endpoints>(),
         plural: "endpoints",
+        storage: Some("services/endpoints"),
         singular: "endpoints",
         short_names: &["ep"],
         columns: &[

@@ -34,8 +34,29 @@ pub struct Resource {
     /// Whether `metadata.generation` starts at 1 and counts changes to everything but
     /// metadata and status (what controllers' observedGeneration follows).
     pub generation: bool,
+    /// The key segment in storage where upstream's differs from the plural
+    /// (`/registry/services/specs/...`, `/registry/minions/...`).
+    pub storage: Option<&'static str>,
+    /// Takes what a new object holds exclusively (a Service's ClusterIP and NodePorts).
+    pub allocate: Option<
+        for<'a> fn(&'a kelp_storage::Backend, &'a mut Value) -> crate::allocator::AllocFuture<'a>,
+    >,
+    /// What an object holds, released when it is deleted.
+    pub allocations: fn(&Value) -> crate::allocator::Allocated,
+    /// Checks and completes an update from the current object (immutable fields).
+    pub on_update: fn(&Value, &mut Value) -> Result<(), crate::error::ApiError>,
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
+}
+
+/// For kinds that hold nothing.
+pub fn holds_nothing(_: &Value) -> crate::allocator::Allocated {
+    Vec::new()
+}
+
+/// For kinds without update rules beyond the generic ones.
+pub fn any_update(_: &Value, _: &mut Value) -> Result<(), crate::error::ApiError> {
+    Ok(())
 }
 
 /// How a kind's status is written.
@@ -78,9 +99,10 @@ impl Resource {
     /// The storage key prefix of the collection: upstream's etcd layout
     /// (`/registry/<plural>/<namespace>/<name>`, cluster-scoped without the namespace).
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        let segment = self.storage.unwrap_or(self.plural);
         match namespace {
-            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
-            _ => format!("/registry/{}/", self.plural),
+            Some(ns) if self.namespaced => format!("/registry/{segment}/{ns}/"),
+            _ => format!("/registry/{segment}/"),
         }
     }
 

@@ -28,6 +28,10 @@ const BASE: Resource = Resource {
     fields: &[],
     status: Status::None,
     generation: false,
+    storage: None,
+    allocate: None,
+    allocations: super::holds_nothing,
+    on_update: super::any_update,
     defaults: none,
 };
 
@@ -184,6 +188,7 @@ pub static RESOURCES: &[Resource] = &[
         kind: "Ingress",
         typed: typed::<networking::v1::Ingress>(),
         plural: "ingresses",
+        storage: Some("ingress"),
         singular: "ingress",
         short_names: &["ing"],
         columns: &[
