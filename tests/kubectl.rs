@@ -62,6 +62,18 @@ fn session(server: &KelpServer, v: &str) {
         ]
     );
 
+    let metrics = ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.lines().any(|l| l.starts_with(r#"apiserver_request_total{verb="LIST",group="",version="v1",resource="namespaces",code="200"}"#)),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kelp_storage_revision ")),
+        "{metrics}"
+    );
+
     // Generators send protobuf bodies.
     let gns = format!("gen-{}", v.replace('.', "-"));
     assert_eq!(

@@ -153,7 +153,11 @@ async fn allocate_into(
         let mut out = Vec::with_capacity(ports.len());
         for mut port in ports {
             // 0 means "allocate one", as protobuf clients send an unset port.
-            match port.get("nodePort").and_then(Value::as_u64).filter(|n| *n != 0) {
+            match port
+                .get("nodePort")
+                .and_then(Value::as_u64)
+                .filter(|n| *n != 0)
+            {
                 Some(n) => {
                     let n = u16::try_from(n).ok().filter(|n| NODE_PORTS.contains(n)).ok_or_else(|| {
                         invalid("spec.ports[0].nodePort", format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))
@@ -239,7 +243,10 @@ pub fn keep_service_allocations(old: &Value, new: &mut Value) -> Result<(), ApiE
         .cloned()
         .unwrap_or_default();
     if let Some(Value::Array(ports)) = new.pointer_mut("/spec/ports") {
-        for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none_or(|n| n == &json!(0))) {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p.get("nodePort").is_none_or(|n| n == &json!(0)))
+        {
             let same = old_ports
                 .iter()
                 .find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"));

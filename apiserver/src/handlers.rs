@@ -43,6 +43,7 @@ pub async fn serve(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
+    metrics: Option<&std::sync::Arc<crate::metrics::Metrics>>,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
     let status_subresource = match target.subresource.as_deref() {
@@ -64,7 +65,8 @@ pub async fn serve(
             let encoder = EventEncoder {
                 table: wants_table.then_some(r),
             };
-            watch(backend, r, ns, query, encoder).await
+            let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
+            watch(backend, r, ns, query, encoder, guard).await
         }
         (&Method::GET, None) => {
             let list = list(backend, r, ns, query).await?;
@@ -905,6 +907,7 @@ async fn watch(
     ns: Option<&str>,
     query: &HashMap<String, String>,
     encoder: EventEncoder,
+    guard: Option<crate::metrics::WatchGuard>,
 ) -> Result<Response, ApiError> {
     let prefix = r.key_prefix(ns);
     let selectors = std::sync::Arc::new(Selectors::from_query(r, query)?);
@@ -949,7 +952,11 @@ async fn watch(
         // A watch from a compacted revision is an ERROR event on a 200 stream, as upstream.
         Err(e) => futures::stream::iter(vec![Ok(error_line(ApiError::from(e)))]).boxed(),
     };
-    let stream = initial.chain(events);
+    // The guard counts the watch as open for as long as its stream lives.
+    let stream = initial.chain(events).map(move |item| {
+        let _open = &guard;
+        item
+    });
     let stream = match timeout {
         Some(t) => stream.take_until(tokio::time::sleep(t)).boxed(),
         None => stream.boxed(),

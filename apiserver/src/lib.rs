@@ -8,6 +8,7 @@ mod allocator;
 mod discovery;
 mod error;
 mod handlers;
+mod metrics;
 mod object;
 mod openapi;
 mod patch;
@@ -79,6 +80,7 @@ struct AppState {
     backend: Backend,
     advertise: String,
     openapi: Arc<openapi::OpenApi>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 fn tls_config(config: &Config) -> Result<rustls::ServerConfig, ServeError> {
@@ -171,12 +173,14 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         backend,
         advertise,
         openapi: Arc::new(openapi::OpenApi::build()),
+        metrics: Arc::new(metrics::Metrics::new()),
     };
     Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
         .route(
             "/api",
             get(|State(s): State<AppState>, headers: HeaderMap| async move {
@@ -269,6 +273,18 @@ async fn version() -> Response {
     }))
 }
 
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let (head, compact) = s.backend.revisions().await.unwrap_or((0, 0));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.encode(head, compact),
+    )
+        .into_response()
+}
+
 async fn health() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
 }
@@ -345,6 +361,7 @@ async fn resource(
     rest: &str,
     req: ResourceRequest,
 ) -> Response {
+    let started = std::time::Instant::now();
     let wants_yaml = req
         .headers
         .get(header::ACCEPT)
@@ -358,8 +375,24 @@ async fn resource(
         .query
         .get("watch")
         .is_some_and(|w| w == "true" || w == "1");
+    let target = request::parse(group, version, rest);
+    let (resource, named) = match &target {
+        Ok(t) => (t.resource.plural, t.name.is_some()),
+        Err(_) => ("", false),
+    };
+    let verb = match (&req.method, named, watching) {
+        (&Method::GET, false, true) => "watch",
+        (&Method::GET, true, _) => "get",
+        (&Method::GET, false, false) => "list",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, true, _) => "delete",
+        (&Method::DELETE, false, _) => "deletecollection",
+        _ => "unknown",
+    };
     let result = async {
-        let target = request::parse(group, version, rest)?;
+        let target = target?;
         let body = axum::body::to_bytes(req.body, handlers::MAX_BODY_BYTES)
             .await
             .map_err(|_| ApiError::too_large())?;
@@ -370,11 +403,20 @@ async fn resource(
             &req.query,
             &req.headers,
             body,
+            Some(&s.metrics),
         )
         .await
     }
     .await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
+    let labels = metrics::RequestLabels {
+        verb,
+        group,
+        version,
+        resource,
+    };
+    s.metrics
+        .observe(&labels, response.status().as_u16(), started.elapsed());
     if wants_yaml && !watching {
         to_yaml(response).await
     } else {
@@ -436,6 +478,7 @@ pub async fn bootstrap(backend: &Backend) {
             &HashMap::new(),
             &headers,
             body.into(),
+            None,
         )
         .await
         {
@@ -477,6 +520,7 @@ pub async fn bootstrap(backend: &Backend) {
         &HashMap::new(),
         &headers,
         kubernetes.into(),
+        None,
     )
     .await
     {
