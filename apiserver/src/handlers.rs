@@ -911,21 +911,60 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let prefix = r.key_prefix(ns);
     let selectors = std::sync::Arc::new(Selectors::from_query(r, query)?);
+    // sendInitialEvents (KEP-3157, "streaming lists"): the current state as ADDED events,
+    // then a BOOKMARK marking their end; it asks for resourceVersionMatch=NotOlderThan and
+    // bookmarks, as upstream validates.
+    let initial_events = query.get("sendInitialEvents").map(String::as_str);
+    let send_initial = match initial_events {
+        Some("true") => {
+            if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan")
+                || !is_true(query.get("allowWatchBookmarks"))
+            {
+                return Err(ApiError::invalid(r.group, r.kind, "", vec![(
+                    "sendInitialEvents".into(),
+                    "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan and allowWatchBookmarks"
+                        .into(),
+                )]));
+            }
+            true
+        }
+        _ => false,
+    };
     let rv = query
         .get("resourceVersion")
         .map(String::as_str)
         .filter(|s| !s.is_empty() && *s != "0");
     let (initial, start) = match rv {
-        Some(v) => (Vec::new(), parse_rv(v)? + 1),
-        None => {
+        Some(v) if !send_initial => (Vec::new(), parse_rv(v)? + 1),
+        _ => {
             let resp = backend
                 .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
                 .await?;
+            if let Some(v) = rv {
+                let n = parse_rv(v)?;
+                if n > resp.read_revision {
+                    return Err(ApiError::from(kelp_storage::StorageError::FutureRevision {
+                        requested: n,
+                        current: resp.read_revision,
+                    }));
+                }
+            }
             let mut objs = resp.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
             objs.retain(|o| selectors.matches(o));
             (objs, resp.read_revision + 1)
         }
     };
+    let end_of_initial = send_initial.then(|| {
+        let bookmark = json!({
+            "kind": r.kind,
+            "apiVersion": r.api_version(),
+            "metadata": {
+                "resourceVersion": (start - 1).to_string(),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        });
+        Ok(event_line("BOOKMARK", &bookmark))
+    });
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -933,7 +972,8 @@ async fn watch(
     let initial = futures::stream::iter(
         initial
             .into_iter()
-            .map(move |o| Ok(encoder.line("ADDED", &o))),
+            .map(move |o| Ok(encoder.line("ADDED", &o)))
+            .chain(end_of_initial),
     );
     let events = match backend.watch(KeyRange::prefix(prefix), start).await {
         Ok(w) => w

@@ -534,3 +534,72 @@ async fn services_get_cluster_ips_and_node_ports_exclusively() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn watches_stream_initial_events_then_a_bookmark_then_changes() {
+    let api = Api::new().await;
+    for name in ["one", "two"] {
+        api.json("POST", CM, &json!({"metadata": {"name": name}}).to_string())
+            .await;
+    }
+    let app = api.app.clone();
+    let watch = tokio::spawn(async move {
+        let uri = format!(
+            "{CM}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2"
+        );
+        let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    api.json(
+        "POST",
+        CM,
+        &json!({"metadata": {"name": "three"}}).to_string(),
+    )
+    .await;
+    let body = watch.await.unwrap();
+    let events: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("ADDED", "one"),
+        ("ADDED", "two"),
+        ("BOOKMARK", ""),
+        ("ADDED", "three"),
+    ];
+    assert_eq!(summary, expect.map(|(t, n)| (t.to_string(), n.to_string())));
+    assert_eq!(
+        events[2]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(
+        events[2]["object"]["metadata"]["resourceVersion"],
+        events[1]["object"]["metadata"]["resourceVersion"]
+    );
+
+    let (status, _) = api
+        .json(
+            "GET",
+            &format!("{CM}?watch=true&sendInitialEvents=true"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
