@@ -18,7 +18,9 @@ use support::KelpServer;
 async fn client(server: &KelpServer) -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = Kubeconfig::read_from(&server.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     kube::Client::try_from(config).unwrap()
 }
 
@@ -38,15 +40,28 @@ async fn kube_rs_lists_watches_patches_and_conflicts() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     // The watcher lists, then watches; it sees everything created after it started, once.
-    let mut events = watcher::watcher(cms.clone(), watcher::Config::default().labels("tier")).boxed();
-    let first = tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap();
+    let mut events =
+        watcher::watcher(cms.clone(), watcher::Config::default().labels("tier")).boxed();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(first, Some(Event::Init)), "{first:?}");
 
-    let created = cms.create(&PostParams::default(), &configmap("front", "web")).await.unwrap();
-    cms.create(&PostParams::default(), &configmap("back", "db")).await.unwrap();
+    let created = cms
+        .create(&PostParams::default(), &configmap("front", "web"))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &configmap("back", "db"))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             // The list may or may not have run before the creates.
             Some(Event::Apply(cm) | Event::InitApply(cm)) => seen.push(cm.metadata.name.unwrap()),
             Some(_) => {}
@@ -57,30 +72,54 @@ async fn kube_rs_lists_watches_patches_and_conflicts() {
     seen.sort();
     assert_eq!(seen, ["back", "front"]);
 
-    let web = cms.list(&ListParams::default().labels("tier=web")).await.unwrap();
+    let web = cms
+        .list(&ListParams::default().labels("tier=web"))
+        .await
+        .unwrap();
     assert_eq!(web.items.len(), 1);
     assert_eq!(web.items[0].metadata.name.as_deref(), Some("front"));
 
     // Patches of all three kinds.
     let pp = PatchParams::default();
-    cms.patch("front", &pp, &Patch::Merge(json!({"data": {"a": "1"}}))).await.unwrap();
-    cms.patch("front", &pp, &Patch::Strategic(json!({"data": {"b": "2"}}))).await.unwrap();
-    let ops: json_patch::Patch = serde_json::from_value(json!([{"op": "remove", "path": "/data/k"}])).unwrap();
-    let patched = cms.patch("front", &pp, &Patch::Json::<()>(ops)).await.unwrap();
-    assert_eq!(patched.data.unwrap().keys().cloned().collect::<Vec<_>>(), ["a", "b"]);
+    cms.patch("front", &pp, &Patch::Merge(json!({"data": {"a": "1"}})))
+        .await
+        .unwrap();
+    cms.patch("front", &pp, &Patch::Strategic(json!({"data": {"b": "2"}})))
+        .await
+        .unwrap();
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": "/data/k"}])).unwrap();
+    let patched = cms
+        .patch("front", &pp, &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.data.unwrap().keys().cloned().collect::<Vec<_>>(),
+        ["a", "b"]
+    );
 
     // Replacing from a stale copy is a 409 Conflict.
-    let err = cms.replace("front", &PostParams::default(), &created).await.unwrap_err();
+    let err = cms
+        .replace("front", &PostParams::default(), &created)
+        .await
+        .unwrap_err();
     match err {
-        kube::Error::Api(status) => assert_eq!((status.code, status.reason.as_str()), (409, "Conflict")),
+        kube::Error::Api(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"))
+        }
         other => panic!("{other}"),
     }
 
     // Streaming lists (sendInitialEvents) end their initial events with InitDone.
-    let mut streaming = watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut streaming =
+        watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
     let mut initial = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), streaming.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), streaming.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(Event::InitApply(cm)) => initial.push(cm.metadata.name.unwrap()),
             Some(Event::InitDone) => break,
             Some(_) => {}
@@ -92,7 +131,11 @@ async fn kube_rs_lists_watches_patches_and_conflicts() {
 
     cms.delete("back", &DeleteParams::default()).await.unwrap();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(Event::Delete(cm)) => {
                 assert_eq!(cm.metadata.name.as_deref(), Some("back"));
                 break;
@@ -115,13 +158,37 @@ async fn kube_rs_writes_status_through_the_subresource() {
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
     }))
     .unwrap();
-    let created = deployments.create(&PostParams::default(), &d).await.unwrap();
+    let created = deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 1}});
-    let patched = deployments.patch_status("web", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
-    assert_eq!(patched.status.as_ref().and_then(|s| s.ready_replicas), Some(2));
-    assert_eq!(patched.metadata.generation, Some(1), "status writes are not generations");
-    let scaled = deployments.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
+    let patched = deployments
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(2)
+    );
+    assert_eq!(
+        patched.metadata.generation,
+        Some(1),
+        "status writes are not generations"
+    );
+    let scaled = deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(scaled.metadata.generation, Some(2));
-    assert_eq!(scaled.status.and_then(|s| s.ready_replicas), Some(2), "spec writes keep the status");
+    assert_eq!(
+        scaled.status.and_then(|s| s.ready_replicas),
+        Some(2),
+        "spec writes keep the status"
+    );
 }

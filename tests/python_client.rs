@@ -9,7 +9,10 @@ use support::KelpServer;
 
 #[test]
 fn the_python_client_works_against_kelp() {
-    let check = Command::new("python3").args(["-c", "import kubernetes"]).output().expect("python3");
+    let check = Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .expect("python3");
     assert!(
         check.status.success(),
         "the Python kubernetes client is missing (pip install kubernetes): {}",
@@ -18,7 +21,11 @@ fn the_python_client_works_against_kelp() {
     let dir = tempfile::tempdir().unwrap();
     let server = KelpServer::start(dir.path(), &[]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_test.py");
-    let out = Command::new("python3").arg(script).arg(&server.kubeconfig).output().unwrap();
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&server.kubeconfig)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "stdout: {}\nstderr: {}",
