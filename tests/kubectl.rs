@@ -74,6 +74,17 @@ fn session(server: &KelpServer, v: &str) {
         "{metrics}"
     );
 
+    let info = ok(&["cluster-info"]);
+    assert!(
+        info.contains("Kubernetes control plane")
+            && info.contains("is running at https://127.0.0.1:"),
+        "{info}"
+    );
+    let versions = ok(&["api-versions"]);
+    for gv in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"] {
+        assert!(versions.lines().any(|l| l == gv), "{versions}");
+    }
+
     // Generators send protobuf bodies.
     let gns = format!("gen-{}", v.replace('.', "-"));
     assert_eq!(
@@ -804,6 +815,63 @@ fn session(server: &KelpServer, v: &str) {
         "configmap/held condition met\n"
     );
 
+    // Multi-document YAML, custom columns, describe, wait --for=jsonpath, delete --all.
+    let docs = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: doc-1\ndata:\n  num: \"1\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: doc-2\ndata:\n  num: \"2\"\n";
+    assert_eq!(
+        with_stdin(&["create", "-n", &ns, "-f", "-"], docs),
+        "configmap/doc-1 created\nconfigmap/doc-2 created\n"
+    );
+    let columns = ok(&[
+        "get",
+        "-n",
+        &ns,
+        "cm",
+        "doc-1",
+        "doc-2",
+        "-o",
+        "custom-columns=NAME:.metadata.name,N:.data.num",
+    ]);
+    assert_eq!(
+        columns
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
+        [["NAME", "N"], ["doc-1", "1"], ["doc-2", "2"]]
+    );
+    let described = ok(&["describe", "-n", &ns, "configmap", "doc-1"]);
+    assert!(
+        described.contains("Name:         doc-1")
+            && described.contains(&format!("Namespace:    {ns}")),
+        "{described}"
+    );
+    let waiter = server.kubectl_spawn(
+        v,
+        &[
+            "wait",
+            "-n",
+            &ns,
+            "--for=jsonpath={.data.num}=3",
+            "configmap/doc-1",
+            "--timeout=30s",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ok(&[
+        "patch",
+        "-n",
+        &ns,
+        "configmap",
+        "doc-1",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"num":"3"}}"#,
+    ]);
+    let waited = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&waited.stdout),
+        "configmap/doc-1 condition met\n"
+    );
+
     // delete -l removes what the selector matches.
     assert_eq!(
         ok(&["delete", "-n", &ns, "configmap", "-l", "tier=back"]),
@@ -846,6 +914,19 @@ fn session(server: &KelpServer, v: &str) {
             .contains("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"),
         "{}",
         bad.stderr
+    );
+
+    let all_deleted = ok(&["delete", "-n", &ns, "configmaps", "--all"]);
+    assert!(
+        all_deleted.lines().count() >= 2 && all_deleted.lines().all(|l| l.ends_with(" deleted")),
+        "{all_deleted}"
+    );
+    assert_eq!(
+        server
+            .kubectl(v, &["get", "-n", &ns, "configmaps"])
+            .stderr
+            .trim(),
+        format!("No resources found in {ns} namespace.")
     );
 
     let resources = ok(&["api-resources", "--no-headers"]);
