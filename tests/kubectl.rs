@@ -277,6 +277,42 @@ fn session(server: &KelpServer, v: &str) {
         k(&["get", "deployment", "api", "-o", fields]),
         "api api:2 8080"
     );
+    // The scale subresource, as kubectl scale uses it.
+    assert_eq!(
+        k(&["scale", "deployment", "api", "--replicas=2"]),
+        "deployment.apps/api scaled\n"
+    );
+    let scale: serde_json::Value = serde_json::from_str(&ok(&[
+        "get",
+        "--raw",
+        &format!("/apis/apps/v1/namespaces/{gns}/deployments/api/scale"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some("Scale"), Some(2), Some("app=api"))
+    );
+    let refused = server.kubectl(
+        v,
+        &[
+            "-n",
+            &gns,
+            "scale",
+            "deployment",
+            "api",
+            "--replicas=1",
+            "--current-replicas=5",
+        ],
+    );
+    assert!(
+        !refused.ok && refused.stderr.contains("Expected replicas to be 5, was 2"),
+        "{}",
+        refused.stderr
+    );
 
     assert_eq!(
         k(&[

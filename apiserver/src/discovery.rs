@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::{self, VERBS};
+use crate::registry::{self, Resource, Status, VERBS};
 
 pub fn api_versions(server_address: &str) -> Value {
     json!({
@@ -27,11 +27,25 @@ pub fn api_groups() -> Value {
 }
 
 /// The APIResourceList of a group/version, or None if it is not served.
+/// A resource's subresources as discovery lists them: (name, group, version, kind).
+fn subresources(r: &Resource) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    if r.status != Status::None {
+        out.push(("status", r.group, r.version, r.kind));
+    }
+    if r.scale {
+        out.push(("scale", "autoscaling", "v1", "Scale"));
+    }
+    out
+}
+
+const SUBRESOURCE_VERBS: [&str; 3] = ["get", "patch", "update"];
+
 pub fn api_resources(group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = registry::all()
         .filter(|r| r.group == group && r.version == version)
-        .map(|r| {
-            json!({
+        .flat_map(|r| {
+            let main = json!({
                 "name": r.plural,
                 "singularName": r.singular,
                 "namespaced": r.namespaced,
@@ -39,7 +53,22 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
                 "verbs": VERBS,
                 "shortNames": r.short_names,
                 "categories": r.categories,
-            })
+            });
+            let subs = subresources(r).into_iter().map(|(sub, g, v, kind)| {
+                let mut entry = json!({
+                    "name": format!("{}/{sub}", r.plural),
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": kind,
+                    "verbs": SUBRESOURCE_VERBS,
+                });
+                if g != r.group || v != r.version {
+                    entry["group"] = json!(g);
+                    entry["version"] = json!(v);
+                }
+                entry
+            });
+            std::iter::once(main).chain(subs).collect::<Vec<_>>()
         })
         .collect();
     if resources.is_empty() {
@@ -111,6 +140,11 @@ pub fn aggregated(version: &str, legacy: bool) -> Value {
                                 "verbs": VERBS,
                                 "shortNames": r.short_names,
                                 "categories": r.categories,
+                                "subresources": subresources(r).into_iter().map(|(sub, g, v, kind)| json!({
+                                    "subresource": sub,
+                                    "responseKind": {"group": g, "version": v, "kind": kind},
+                                    "verbs": SUBRESOURCE_VERBS,
+                                })).collect::<Vec<_>>(),
                             })
                         })
                         .collect();

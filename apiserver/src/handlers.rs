@@ -46,12 +46,15 @@ pub async fn serve(
     metrics: Option<&std::sync::Arc<crate::metrics::Metrics>>,
 ) -> Result<Response, ApiError> {
     let r = target.resource;
-    let status_subresource = match target.subresource.as_deref() {
-        None => false,
-        Some("status") if r.status != Status::None && target.name.is_some() => true,
-        Some(_) => return Err(ApiError::no_route()),
-    };
     let ns = target.namespace.as_deref();
+    let status_subresource = match (target.subresource.as_deref(), target.name.as_deref()) {
+        (None, _) => false,
+        (Some("status"), Some(_)) if r.status != Status::None => true,
+        (Some("scale"), Some(name)) if r.scale => {
+            return scale(backend, r, ns, name, method, query, headers, &body).await;
+        }
+        _ => return Err(ApiError::no_route()),
+    };
     let wants_table = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -575,6 +578,119 @@ async fn create(
             Err(e.into())
         }
     }
+}
+
+/// The autoscaling/v1 Scale of an object with `spec.replicas`.
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector = match obj
+        .pointer("/spec/selector/matchLabels")
+        .or(obj.pointer("/spec/selector/matchExpressions"))
+    {
+        Some(_) => crate::registry::label_selector_string(obj, "/spec/selector"),
+        None => crate::registry::map_string(obj, "/spec/selector"),
+    };
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// The `/scale` subresource: reads and writes `spec.replicas` as a Scale; the write goes
+/// through the object's GuaranteedUpdate, so it is a spec change (a new generation).
+#[allow(clippy::too_many_arguments)]
+async fn scale(
+    backend: &Backend,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let (current, _) = get(backend, r, ns, name).await?;
+    let current_scale = scale_of(&current);
+    let new_scale = match *method {
+        Method::GET => return Ok(json_response(StatusCode::OK, &current_scale)),
+        Method::PUT => {
+            let v: Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as JSON: {e}"
+                ))
+            })?;
+            if v.get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k != "Scale")
+            {
+                return Err(ApiError::bad_request(
+                    "the body of a scale update must be a Scale",
+                ));
+            }
+            v
+        }
+        Method::PATCH => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = PatchType::from_content_type(content_type)?;
+            let mut unversioned = current_scale.clone();
+            object::metadata_mut(&mut unversioned).remove("resourceVersion");
+            patch::apply(
+                kind,
+                &unversioned,
+                body,
+                patch::definition("autoscaling/v1", "Scale"),
+            )?
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on the scale subresource"
+            )));
+        }
+    };
+    let replicas = new_scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![(
+                    "spec.replicas".into(),
+                    "Invalid value: must be greater than or equal to 0".into(),
+                )],
+            )
+        })?;
+    let mut change = json!({"spec": {"replicas": replicas}});
+    if let Some(rv) = object::resource_version(&new_scale) {
+        change["metadata"] = json!({"resourceVersion": rv});
+    }
+    let change = change.to_string();
+    let target = UpdateTarget {
+        r,
+        ns,
+        name,
+        status: false,
+    };
+    guaranteed_update(
+        backend,
+        target,
+        query,
+        Change::Patch(PatchType::Merge, change.as_bytes()),
+    )
+    .await?;
+    let (updated, _) = get(backend, r, ns, name).await?;
+    Ok(json_response(StatusCode::OK, &scale_of(&updated)))
 }
 
 /// Status and generation of an update (upstream's status strategies): a write to the object

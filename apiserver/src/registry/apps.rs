@@ -22,6 +22,7 @@ const BASE: Resource = Resource {
     columns: &[AGE],
     fields: &[],
     status: Status::Subresource,
+    scale: true,
     generation: true,
     storage: None,
     allocate: None,
@@ -111,6 +112,7 @@ pub static RESOURCES: &[Resource] = &[
         kind: "DaemonSet",
         typed: typed::<apps::DaemonSet>(),
         plural: "daemonsets",
+        scale: false,
         singular: "daemonset",
         short_names: &["ds"],
         columns: &[
@@ -159,6 +161,7 @@ pub static RESOURCES: &[Resource] = &[
         singular: "controllerrevision",
         categories: &[],
         status: Status::None,
+        scale: false,
         generation: false,
         columns: &[
             col(

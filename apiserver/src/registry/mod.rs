@@ -31,6 +31,8 @@ pub struct Resource {
     pub typed: Typed,
     /// Whether `status` is written through the `/status` subresource.
     pub status: Status,
+    /// Whether the `/scale` subresource (autoscaling/v1 Scale over `spec.replicas`) is served.
+    pub scale: bool,
     /// Whether `metadata.generation` starts at 1 and counts changes to everything but
     /// metadata and status (what controllers' observedGeneration follows).
     pub generation: bool,
@@ -47,6 +49,18 @@ pub struct Resource {
     pub on_update: fn(&Value, &mut Value) -> Result<(), crate::error::ApiError>,
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
+}
+
+/// A label selector at `pointer` as `k=v,...` ("" when empty), as Scale's status shows it.
+pub fn label_selector_string(o: &Value, pointer: &str) -> String {
+    let s = cells::selector(o, pointer);
+    if s == "<none>" { String::new() } else { s }
+}
+
+/// A map selector at `pointer` as `k=v,...` ("" when empty).
+pub fn map_string(o: &Value, pointer: &str) -> String {
+    let s = cells::map(o, pointer);
+    if s == "<none>" { String::new() } else { s }
 }
 
 /// For kinds that hold nothing.

@@ -27,6 +27,7 @@ const BASE: Resource = Resource {
     columns: &[AGE],
     fields: &[],
     status: Status::None,
+    scale: false,
     generation: false,
     storage: None,
     allocate: None,
