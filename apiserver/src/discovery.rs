@@ -27,19 +27,30 @@ pub fn api_groups() -> Value {
 }
 
 /// The APIResourceList of a group/version, or None if it is not served.
-/// A resource's subresources as discovery lists them: (name, group, version, kind).
-fn subresources(r: &Resource) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+type Subresource = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// A resource's subresources as discovery lists them: (name, group, version, kind, verbs).
+fn subresources(r: &Resource) -> Vec<Subresource> {
+    const RW: &[&str] = &["get", "patch", "update"];
     let mut out = Vec::new();
     if r.status != Status::None {
-        out.push(("status", r.group, r.version, r.kind));
+        out.push(("status", r.group, r.version, r.kind, RW));
     }
     if r.scale {
-        out.push(("scale", "autoscaling", "v1", "Scale"));
+        out.push(("scale", "autoscaling", "v1", "Scale", RW));
+    }
+    if r.plural == "pods" && r.group.is_empty() {
+        out.push(("binding", "", "v1", "Binding", &["create"][..]));
+        out.push(("eviction", "policy", "v1", "Eviction", &["create"][..]));
     }
     out
 }
-
-const SUBRESOURCE_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 pub fn api_resources(group: &str, version: &str) -> Option<Value> {
     let resources: Vec<Value> = registry::all()
@@ -54,13 +65,13 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
                 "shortNames": r.short_names,
                 "categories": r.categories,
             });
-            let subs = subresources(r).into_iter().map(|(sub, g, v, kind)| {
+            let subs = subresources(r).into_iter().map(|(sub, g, v, kind, verbs)| {
                 let mut entry = json!({
                     "name": format!("{}/{sub}", r.plural),
                     "singularName": "",
                     "namespaced": r.namespaced,
                     "kind": kind,
-                    "verbs": SUBRESOURCE_VERBS,
+                    "verbs": verbs,
                 });
                 if g != r.group || v != r.version {
                     entry["group"] = json!(g);
@@ -140,10 +151,10 @@ pub fn aggregated(version: &str, legacy: bool) -> Value {
                                 "verbs": VERBS,
                                 "shortNames": r.short_names,
                                 "categories": r.categories,
-                                "subresources": subresources(r).into_iter().map(|(sub, g, v, kind)| json!({
+                                "subresources": subresources(r).into_iter().map(|(sub, g, v, kind, verbs)| json!({
                                     "subresource": sub,
                                     "responseKind": {"group": g, "version": v, "kind": kind},
-                                    "verbs": SUBRESOURCE_VERBS,
+                                    "verbs": verbs,
                                 })).collect::<Vec<_>>(),
                             })
                         })

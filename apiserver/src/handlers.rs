@@ -50,6 +50,17 @@ pub async fn serve(
     let status_subresource = match (target.subresource.as_deref(), target.name.as_deref()) {
         (None, _) => false,
         (Some("status"), Some(_)) if r.status != Status::None => true,
+        // Pod-only subresources (upstream's BindingREST and EvictionREST).
+        (Some("binding"), Some(name))
+            if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
+        {
+            return crate::pods::bind(backend, r, ns.unwrap_or("default"), name, &body).await;
+        }
+        (Some("eviction"), Some(name))
+            if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
+        {
+            return crate::pods::evict(backend, r, ns.unwrap_or("default"), name, query).await;
+        }
         (Some("scale"), Some(name)) if r.scale => {
             return scale(backend, r, ns, name, method, query, headers, &body).await;
         }
@@ -923,6 +934,17 @@ fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty())
+}
+
+/// Deletes an object as a DELETE without options would (for eviction).
+pub async fn delete_object(
+    backend: &Backend,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    delete(backend, r, ns, name, query, &Bytes::new()).await
 }
 
 /// Deletes an object, or, while it has finalizers, marks it with a deletionTimestamp and

@@ -12,6 +12,7 @@ mod metrics;
 mod object;
 mod openapi;
 mod patch;
+mod pods;
 mod protobuf;
 mod registry;
 mod request;

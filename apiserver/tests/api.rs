@@ -603,3 +603,112 @@ async fn watches_stream_initial_events_then_a_bookmark_then_changes() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn pods_are_bound_once_and_evicted_only_as_their_budget_allows() {
+    let api = Api::new().await;
+    const PODS: &str = "/api/v1/namespaces/default/pods";
+    const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name, "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+            .to_string()
+    };
+    api.json("POST", PODS, &pod("web-1")).await;
+    api.json("POST", PODS, &pod("web-2")).await;
+
+    let binding = |node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web-1"}, "target": {"kind": "Node", "name": node}}).to_string()
+    };
+    let (status, _) = api
+        .json("POST", &format!("{PODS}/web-1/binding"), &binding("node-a"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, bound) = api.json("GET", &format!("{PODS}/web-1"), "").await;
+    assert_eq!(bound["spec"]["nodeName"], "node-a");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    let (status, body) = api
+        .json("POST", &format!("{PODS}/web-1/binding"), &binding("node-b"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["message"],
+        "pod web-1 is already assigned to node \"node-a\""
+    );
+
+    // A budget that allows no disruption refuses the eviction.
+    let pdb = json!({"metadata": {"name": "web"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
+    api.json("POST", PDBS, &pdb.to_string()).await;
+    let status_body = json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 0, "currentHealthy": 2, "desiredHealthy": 2, "expectedPods": 2}});
+    let merge = "application/merge-patch+json";
+    api.call(
+        "PATCH",
+        &format!("{PDBS}/web/status"),
+        merge,
+        "application/json",
+        status_body.to_string(),
+    )
+    .await;
+    let eviction = |name: &str| {
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}})
+            .to_string()
+    };
+    let (status, body) = api
+        .json(
+            "POST",
+            &format!("{PODS}/web-1/eviction"),
+            &eviction("web-1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["message"],
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "The disruption budget web needs 2 healthy pods and has 2 currently"
+    );
+
+    // With one disruption allowed, the pod goes and the budget is spent.
+    let allow = json!({"status": {"disruptionsAllowed": 1}});
+    api.call(
+        "PATCH",
+        &format!("{PDBS}/web/status"),
+        merge,
+        "application/json",
+        allow.to_string(),
+    )
+    .await;
+    let (status, body) = api
+        .json(
+            "POST",
+            &format!("{PODS}/web-1/eviction"),
+            &eviction("web-1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = api.json("GET", &format!("{PODS}/web-1"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, spent) = api.json("GET", &format!("{PDBS}/web"), "").await;
+    assert_eq!(spent["status"]["disruptionsAllowed"], 0);
+    let (status, _) = api
+        .json(
+            "POST",
+            &format!("{PODS}/web-2/eviction"),
+            &eviction("web-2"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    let (_, _, body) = api.call("GET", "/api/v1", "", "application/json", "").await;
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for sub in ["pods/binding", "pods/eviction", "pods/status"] {
+        assert!(names.contains(&sub), "{sub} missing from {names:?}");
+    }
+}
