@@ -965,6 +965,36 @@ fn session(server: &KelpServer, v: &str) {
         format!("No resources found in {ns} namespace.")
     );
 
+    // The other GA groups are served too.
+    let rc = format!("gvisor-{}", v.replace('.', "-"));
+    let runtime_class = format!(
+        r#"{{"apiVersion":"node.k8s.io/v1","kind":"RuntimeClass","metadata":{{"name":"{rc}"}},"handler":"runsc"}}"#
+    );
+    assert_eq!(
+        with_stdin(&["create", "-f", "-"], &runtime_class),
+        format!("runtimeclass.node.k8s.io/{rc} created\n")
+    );
+    let row = ok(&["get", "runtimeclass", &rc, "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(2).collect::<Vec<_>>(),
+        [rc.as_str(), "runsc"]
+    );
+    for kind in [
+        "crd",
+        "hpa",
+        "csr",
+        "flowschemas",
+        "validatingwebhookconfigurations",
+        "csidrivers",
+    ] {
+        let out = server.kubectl(v, &["get", kind, "-A"]);
+        assert!(
+            out.ok && out.stderr.trim() == "No resources found",
+            "{kind}: {}",
+            out.stderr
+        );
+    }
+
     let resources = ok(&["api-resources", "--no-headers"]);
     assert!(
         resources

@@ -7,6 +7,7 @@ mod batch;
 mod cells;
 mod core;
 mod defaults;
+mod more;
 mod others;
 
 use serde_json::Value;
@@ -132,6 +133,7 @@ pub fn all() -> impl Iterator<Item = &'static Resource> {
         apps::RESOURCES,
         batch::RESOURCES,
         others::RESOURCES,
+        more::RESOURCES,
     ]
     .into_iter()
     .flatten()

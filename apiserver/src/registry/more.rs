@@ -1,0 +1,367 @@
+//! The remaining GA groups: autoscaling, certificates, node, storage drivers and attachments,
+//! admission registration, API extensions (CRDs are stored; serving their custom resources
+//! comes next) and flow control.
+
+use k8s_openapi::api::{
+    admissionregistration, autoscaling, certificates, flowcontrol, node, storage,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+use serde_json::{Value, json};
+
+use super::cells::{self, AGE, col, int, or_none, text};
+use super::{Resource, Status};
+use crate::typed::typed;
+
+fn none(_: &mut Value) {}
+
+const CREATED_AT: super::Column = col("Created At", "When the object was created.", |o| {
+    json!(text(o, "/metadata/creationTimestamp"))
+});
+
+const BASE: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "",
+    typed: typed::<node::v1::RuntimeClass>(),
+    plural: "",
+    singular: "",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    columns: &[AGE],
+    fields: &[],
+    status: Status::None,
+    scale: false,
+    generation: false,
+    storage: None,
+    allocate: None,
+    allocations: super::holds_nothing,
+    on_update: super::any_update,
+    defaults: none,
+};
+
+fn count(o: &Value, pointer: &str) -> Value {
+    json!(
+        o.pointer(pointer)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    )
+}
+
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        typed: typed::<autoscaling::v2::HorizontalPodAutoscaler>(),
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: &["all"],
+        columns: &[
+            col("Reference", "The scaled object.", |o| {
+                json!(format!(
+                    "{}/{}",
+                    text(o, "/spec/scaleTargetRef/kind"),
+                    text(o, "/spec/scaleTargetRef/name")
+                ))
+            }),
+            col("Targets", "Current and target metrics.", |o| {
+                json!(or_none(cells::joined(o, "/spec/metrics", "/type")))
+            }),
+            col("MinPods", "Lower replica limit.", |o| {
+                json!(
+                    o.pointer("/spec/minReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                )
+            }),
+            col("MaxPods", "Upper replica limit.", |o| {
+                json!(int(o, "/spec/maxReplicas"))
+            }),
+            col("Replicas", "Current replicas.", |o| {
+                json!(int(o, "/status/currentReplicas"))
+            }),
+            AGE,
+        ],
+        status: Status::Subresource,
+        generation: true,
+        ..BASE
+    },
+    Resource {
+        group: "certificates.k8s.io",
+        kind: "CertificateSigningRequest",
+        typed: typed::<certificates::v1::CertificateSigningRequest>(),
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        short_names: &["csr"],
+        columns: &[
+            AGE,
+            col("SignerName", "The signer asked to sign.", |o| {
+                json!(text(o, "/spec/signerName"))
+            }),
+            col("Requestor", "Who asked.", |o| {
+                json!(text(o, "/spec/username"))
+            }),
+            col("RequestedDuration", "The validity asked for.", |o| {
+                json!(
+                    o.pointer("/spec/expirationSeconds")
+                        .and_then(Value::as_i64)
+                        .map_or("<none>".to_string(), crate::object::human_duration)
+                )
+            }),
+            col("Condition", "The approval state.", |o| {
+                let conditions: Vec<String> = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| text(c, "/type"))
+                    .collect();
+                let mut s = if conditions.is_empty() {
+                    "Pending".to_string()
+                } else {
+                    conditions.join(",")
+                };
+                if o.pointer("/status/certificate").is_some() {
+                    s.push_str(",Issued");
+                }
+                json!(s)
+            }),
+        ],
+        status: Status::Subresource,
+        ..BASE
+    },
+    Resource {
+        group: "node.k8s.io",
+        kind: "RuntimeClass",
+        plural: "runtimeclasses",
+        singular: "runtimeclass",
+        columns: &[
+            col("Handler", "The CRI handler.", |o| {
+                json!(text(o, "/handler"))
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "CSIDriver",
+        typed: typed::<storage::v1::CSIDriver>(),
+        plural: "csidrivers",
+        singular: "csidriver",
+        columns: &[
+            col("AttachRequired", "Whether volumes are attached.", |o| {
+                json!(
+                    o.pointer("/spec/attachRequired")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true)
+                )
+            }),
+            col(
+                "PodInfoOnMount",
+                "Whether pod information is passed at mount.",
+                |o| {
+                    json!(
+                        o.pointer("/spec/podInfoOnMount")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
+                    )
+                },
+            ),
+            col("StorageCapacity", "Whether capacity is tracked.", |o| {
+                json!(
+                    o.pointer("/spec/storageCapacity")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                )
+            }),
+            col("Modes", "Volume lifecycle modes.", |o| {
+                json!(or_none(
+                    o.pointer("/spec/volumeLifecycleModes")
+                        .and_then(Value::as_array)
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                ))
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "CSINode",
+        typed: typed::<storage::v1::CSINode>(),
+        plural: "csinodes",
+        singular: "csinode",
+        columns: &[
+            col("Drivers", "The node's CSI drivers.", |o| {
+                count(o, "/spec/drivers")
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "storage.k8s.io",
+        kind: "VolumeAttachment",
+        typed: typed::<storage::v1::VolumeAttachment>(),
+        plural: "volumeattachments",
+        singular: "volumeattachment",
+        columns: &[
+            col("Attacher", "The attaching driver.", |o| {
+                json!(text(o, "/spec/attacher"))
+            }),
+            col("PV", "The attached volume.", |o| {
+                json!(text(o, "/spec/source/persistentVolumeName"))
+            }),
+            col("Node", "The node attached to.", |o| {
+                json!(text(o, "/spec/nodeName"))
+            }),
+            col("Attached", "Whether the attachment is done.", |o| {
+                json!(
+                    o.pointer("/status/attached")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                )
+            }),
+            AGE,
+        ],
+        status: Status::Subresource,
+        ..BASE
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "MutatingWebhookConfiguration",
+        typed: typed::<admissionregistration::v1::MutatingWebhookConfiguration>(),
+        plural: "mutatingwebhookconfigurations",
+        singular: "mutatingwebhookconfiguration",
+        columns: &[
+            col("Webhooks", "The number of webhooks.", |o| {
+                count(o, "/webhooks")
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "ValidatingWebhookConfiguration",
+        typed: typed::<admissionregistration::v1::ValidatingWebhookConfiguration>(),
+        plural: "validatingwebhookconfigurations",
+        singular: "validatingwebhookconfiguration",
+        columns: &[
+            col("Webhooks", "The number of webhooks.", |o| {
+                count(o, "/webhooks")
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "ValidatingAdmissionPolicy",
+        typed: typed::<admissionregistration::v1::ValidatingAdmissionPolicy>(),
+        plural: "validatingadmissionpolicies",
+        singular: "validatingadmissionpolicy",
+        columns: &[
+            col("Validations", "The number of validations.", |o| {
+                count(o, "/spec/validations")
+            }),
+            col("ParamKind", "The kind of the policy's parameters.", |o| {
+                let kind = text(o, "/spec/paramKind/kind");
+                json!(if kind.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    format!("{}/{kind}", text(o, "/spec/paramKind/apiVersion"))
+                })
+            }),
+            AGE,
+        ],
+        status: Status::Subresource,
+        generation: true,
+        ..BASE
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        kind: "ValidatingAdmissionPolicyBinding",
+        typed: typed::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(),
+        plural: "validatingadmissionpolicybindings",
+        singular: "validatingadmissionpolicybinding",
+        columns: &[
+            col("PolicyName", "The bound policy.", |o| {
+                json!(text(o, "/spec/policyName"))
+            }),
+            col("ParamRef", "The parameters.", |o| {
+                json!(or_none(text(o, "/spec/paramRef/name")))
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "apiextensions.k8s.io",
+        kind: "CustomResourceDefinition",
+        typed: typed::<apiextensions::CustomResourceDefinition>(),
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        columns: &[CREATED_AT],
+        status: Status::Subresource,
+        generation: true,
+        ..BASE
+    },
+    Resource {
+        group: "flowcontrol.apiserver.k8s.io",
+        kind: "FlowSchema",
+        typed: typed::<flowcontrol::v1::FlowSchema>(),
+        plural: "flowschemas",
+        singular: "flowschema",
+        columns: &[
+            col("PriorityLevel", "The priority level of the flows.", |o| {
+                json!(text(o, "/spec/priorityLevelConfiguration/name"))
+            }),
+            col("MatchingPrecedence", "Lower matches first.", |o| {
+                json!(int(o, "/spec/matchingPrecedence"))
+            }),
+            col("DistinguisherMethod", "How flows are told apart.", |o| {
+                json!(or_none(text(o, "/spec/distinguisherMethod/type")))
+            }),
+            AGE,
+        ],
+        status: Status::Subresource,
+        ..BASE
+    },
+    Resource {
+        group: "flowcontrol.apiserver.k8s.io",
+        kind: "PriorityLevelConfiguration",
+        typed: typed::<flowcontrol::v1::PriorityLevelConfiguration>(),
+        plural: "prioritylevelconfigurations",
+        singular: "prioritylevelconfiguration",
+        columns: &[
+            col("Type", "Limited or Exempt.", |o| {
+                json!(text(o, "/spec/type"))
+            }),
+            col(
+                "NominalConcurrencyShares",
+                "The level's share of concurrency.",
+                |o| {
+                    json!(
+                        o.pointer("/spec/limited/nominalConcurrencyShares")
+                            .map_or("<none>".to_string(), |v| v.to_string())
+                    )
+                },
+            ),
+            AGE,
+        ],
+        status: Status::Subresource,
+        ..BASE
+    },
+];
