@@ -2,6 +2,7 @@
 //! machine, and reports ratios, since absolute numbers on shared machines are noisy.
 //! Results are recorded in BENCHMARKS.md with the command, machine shape and date.
 
+mod api;
 mod etcd;
 mod stats;
 mod storage;
@@ -21,11 +22,15 @@ enum Suite {
     /// updates, gets, lists of 500 of 10k keys, and watch delivery to 100 watchers, at 1, 16
     /// and 64 concurrent clients.
     Storage(storage::Args),
+    /// `kelp server` over HTTPS: ready time, idle RSS, creates and gets at 64 clients
+    /// (against the storage layer's creates in the same run), lists of 10k pods.
+    Api(api::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Storage(args) => storage::run(args).await,
+        Suite::Api(args) => api::run(args).await,
     }
 }
