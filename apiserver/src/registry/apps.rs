@@ -1,13 +1,11 @@
 //! `apps/v1`: the workload controllers' kinds.
 
 use k8s_openapi::api::apps::v1 as apps;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::cells::{AGE, WORKLOAD_WIDE, col, int, map, text};
 use super::{Resource, Status, defaults};
 use crate::typed::typed;
-
-fn none(_: &mut Value) {}
 
 const BASE: Resource = Resource {
     group: "apps",
@@ -28,7 +26,7 @@ const BASE: Resource = Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
-    defaults: none,
+    defaults: super::no_defaults,
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -127,6 +127,11 @@ pub const AGE: Column = col(
     |o| json!(crate::object::age(o)),
 );
 
+/// Upstream's column for kinds without a printer of their own.
+pub const CREATED_AT: Column = col("Created At", "When the object was created.", |o| {
+    json!(text(o, "/metadata/creationTimestamp"))
+});
+
 /// The Containers, Images and Selector wide columns of the workload kinds.
 pub const WORKLOAD_WIDE: [Column; 3] = [
     wide(

@@ -3,11 +3,9 @@
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
 
-use super::cells::{self, AGE, col, count, int, or_none, text, wide};
+use super::cells::{self, AGE, CREATED_AT, col, count, int, or_none, text, wide};
 use super::{Resource, Status, defaults};
 use crate::typed::typed;
-
-fn none(_: &mut Value) {}
 
 /// What every core entry shares; entries override what differs.
 const BASE: Resource = Resource {
@@ -29,7 +27,7 @@ const BASE: Resource = Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
-    defaults: none,
+    defaults: super::no_defaults,
 };
 
 pub static RESOURCES: &[Resource] = &[
@@ -466,9 +464,7 @@ pub static RESOURCES: &[Resource] = &[
         plural: "limitranges",
         singular: "limitrange",
         short_names: &["limits"],
-        columns: &[col("Created At", "When the object was created.", |o| {
-            json!(text(o, "/metadata/creationTimestamp"))
-        })],
+        columns: &[CREATED_AT],
         ..BASE
     },
     Resource {

@@ -64,6 +64,9 @@ pub fn map_string(o: &Value, pointer: &str) -> String {
     if s == "<none>" { String::new() } else { s }
 }
 
+/// For kinds without defaults.
+pub fn no_defaults(_: &mut Value) {}
+
 /// For kinds that hold nothing.
 pub fn holds_nothing(_: &Value) -> crate::allocator::Allocated {
     Vec::new()

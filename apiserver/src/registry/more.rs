@@ -8,15 +8,9 @@ use k8s_openapi::api::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use serde_json::{Value, json};
 
-use super::cells::{self, AGE, col, int, or_none, text};
+use super::cells::{self, AGE, CREATED_AT, col, int, or_none, text};
 use super::{Resource, Status};
 use crate::typed::typed;
-
-fn none(_: &mut Value) {}
-
-const CREATED_AT: super::Column = col("Created At", "When the object was created.", |o| {
-    json!(text(o, "/metadata/creationTimestamp"))
-});
 
 const BASE: Resource = Resource {
     group: "",
@@ -37,7 +31,7 @@ const BASE: Resource = Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
-    defaults: none,
+    defaults: super::no_defaults,
 };
 
 fn count(o: &Value, pointer: &str) -> Value {

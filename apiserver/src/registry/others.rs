@@ -4,15 +4,9 @@
 use k8s_openapi::api::{coordination, discovery, networking, policy, rbac, scheduling, storage};
 use serde_json::{Value, json};
 
-use super::cells::{self, AGE, col, int, or_none, text, wide};
+use super::cells::{self, AGE, CREATED_AT, col, int, or_none, text, wide};
 use super::{Resource, Status, defaults};
 use crate::typed::typed;
-
-fn none(_: &mut Value) {}
-
-const CREATED_AT: super::Column = col("Created At", "When the object was created.", |o| {
-    json!(text(o, "/metadata/creationTimestamp"))
-});
 
 const BASE: Resource = Resource {
     group: "",
@@ -33,7 +27,7 @@ const BASE: Resource = Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
-    defaults: none,
+    defaults: super::no_defaults,
 };
 
 fn subjects(o: &Value, kind: &str) -> String {
