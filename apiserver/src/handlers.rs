@@ -37,14 +37,15 @@ pub fn json_response(code: StatusCode, body: &Value) -> Response {
 
 /// Dispatches a request on a resource path.
 pub async fn serve(
-    backend: &Backend,
+    ctx: &Ctx,
     method: &Method,
     target: Target,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
-    metrics: Option<&std::sync::Arc<crate::metrics::Metrics>>,
 ) -> Result<Response, ApiError> {
+    let backend = &ctx.backend;
+    let metrics = ctx.metrics.as_ref();
     let r = target.resource;
     let ns = target.namespace.as_deref();
     let status_subresource = match (target.subresource.as_deref(), target.name.as_deref()) {
@@ -98,7 +99,7 @@ pub async fn serve(
                 json_response(StatusCode::OK, &obj)
             })
         }
-        (&Method::POST, None) => create(backend, r, ns, query, headers, &body).await,
+        (&Method::POST, None) => create(ctx, r, ns, query, headers, &body).await,
         (&Method::PUT, Some(name)) => {
             let obj = read_body(r, headers, &body)?;
             let target = UpdateTarget {
@@ -472,17 +473,29 @@ fn prepare(r: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiErr
     Ok(())
 }
 
-async fn require_namespace(backend: &Backend, ns: Option<&str>) -> Result<(), ApiError> {
-    if let Some(ns) = ns
-        && backend
-            .get(format!("/registry/namespaces/{ns}"))
-            .await?
-            .0
-            .is_none()
+async fn require_namespace(ctx: &Ctx, ns: Option<&str>) -> Result<(), ApiError> {
+    let Some(ns) = ns else { return Ok(()) };
+    if ctx.namespaces.as_ref().is_some_and(|c| c.contains(ns)) {
+        return Ok(());
+    }
+    if ctx
+        .backend
+        .get(format!("/registry/namespaces/{ns}"))
+        .await?
+        .0
+        .is_none()
     {
         return Err(ApiError::not_found("", "namespaces", ns));
     }
     Ok(())
+}
+
+/// What the handlers work with: the store, and the process's metrics and namespace cache
+/// (absent during bootstrap).
+pub struct Ctx {
+    pub backend: Backend,
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    pub namespaces: Option<std::sync::Arc<crate::namespaces::NamespaceCache>>,
 }
 
 fn generate_name(base: &str) -> String {
@@ -500,13 +513,14 @@ fn generate_name(base: &str) -> String {
 }
 
 async fn create(
-    backend: &Backend,
+    ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let backend = &ctx.backend;
     let mut obj = read_body(r, headers, body)?;
     let meta = object::metadata_mut(&mut obj);
     if meta
@@ -556,7 +570,7 @@ async fn create(
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }
-    require_namespace(backend, ns).await?;
+    require_namespace(ctx, ns).await?;
     let name = object::name(&obj).to_string();
     if dry_run(query) {
         return Ok(with_warnings(

@@ -9,6 +9,7 @@ mod discovery;
 mod error;
 mod handlers;
 mod metrics;
+mod namespaces;
 mod object;
 mod openapi;
 mod patch;
@@ -82,6 +83,7 @@ struct AppState {
     advertise: String,
     openapi: Arc<openapi::OpenApi>,
     metrics: Arc<metrics::Metrics>,
+    ctx: Arc<handlers::Ctx>,
 }
 
 fn tls_config(config: &Config) -> Result<rustls::ServerConfig, ServeError> {
@@ -170,11 +172,17 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
 /// The API as a router, without TLS: what [`start`] serves (and what tests drive directly).
 /// `advertise` is the `host:port` legacy discovery reports.
 pub fn app(backend: Backend, advertise: String) -> Router {
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = AppState {
-        backend,
         advertise,
         openapi: Arc::new(openapi::OpenApi::build()),
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics: metrics.clone(),
+        ctx: Arc::new(handlers::Ctx {
+            backend: backend.clone(),
+            metrics: Some(metrics),
+            namespaces: Some(namespaces::NamespaceCache::start(backend.clone())),
+        }),
+        backend,
     };
     Router::new()
         .route("/version", get(version))
@@ -397,16 +405,7 @@ async fn resource(
         let body = axum::body::to_bytes(req.body, handlers::MAX_BODY_BYTES)
             .await
             .map_err(|_| ApiError::too_large())?;
-        handlers::serve(
-            &s.backend,
-            &req.method,
-            target,
-            &req.query,
-            &req.headers,
-            body,
-            Some(&s.metrics),
-        )
-        .await
+        handlers::serve(&s.ctx, &req.method, target, &req.query, &req.headers, body).await
     }
     .await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
@@ -457,6 +456,11 @@ async fn to_yaml(response: Response) -> Response {
 /// What every cluster has: the four system namespaces and the `kubernetes` Service in
 /// default at the first service IP.
 pub async fn bootstrap(backend: &Backend) {
+    let ctx = handlers::Ctx {
+        backend: backend.clone(),
+        metrics: None,
+        namespaces: None,
+    };
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -473,13 +477,12 @@ pub async fn bootstrap(backend: &Backend) {
             subresource: None,
         };
         match handlers::serve(
-            backend,
+            &ctx,
             &Method::POST,
             target,
             &HashMap::new(),
             &headers,
             body.into(),
-            None,
         )
         .await
         {
@@ -515,13 +518,12 @@ pub async fn bootstrap(backend: &Backend) {
         subresource: None,
     };
     match handlers::serve(
-        backend,
+        &ctx,
         &Method::POST,
         target,
         &HashMap::new(),
         &headers,
         kubernetes.into(),
-        None,
     )
     .await
     {
