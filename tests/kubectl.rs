@@ -965,6 +965,31 @@ fn session(server: &KelpServer, v: &str) {
         format!("No resources found in {ns} namespace.")
     );
 
+    // apply --prune lists every allow-listed kind with the selector and deletes what the
+    // manifest no longer holds.
+    let demo = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"app":"demo"}}}}}}"#
+        )
+    };
+    // Two JSON documents in a row, as kubectl reads a JSON stream.
+    let both = format!("{}\n{}\n", demo("keep"), demo("drop"));
+    with_stdin(&["apply", "-n", &ns, "-f", "-"], &both);
+    let pruned = server.kubectl_with_stdin(
+        v,
+        &["apply", "-n", &ns, "--prune", "-l", "app=demo", "-f", "-"],
+        Some(&demo("keep")),
+    );
+    assert!(pruned.ok, "{}", pruned.stderr);
+    assert_eq!(
+        pruned.stdout,
+        "configmap/keep unchanged\nconfigmap/drop pruned\n"
+    );
+    assert_eq!(
+        ok(&["get", "-n", &ns, "cm", "-l", "app=demo", "-o", "name"]),
+        "configmap/keep\n"
+    );
+
     // The other GA groups are served too.
     let rc = format!("gvisor-{}", v.replace('.', "-"));
     let runtime_class = format!(
