@@ -42,6 +42,14 @@ fn count(o: &Value, pointer: &str) -> Value {
     )
 }
 
+/// Both webhook configuration kinds print the number of their webhooks.
+const WEBHOOK_COLUMNS: [super::Column; 2] = [
+    col("Webhooks", "The number of webhooks.", |o| {
+        count(o, "/webhooks")
+    }),
+    AGE,
+];
+
 pub static RESOURCES: &[Resource] = &[
     Resource {
         group: "autoscaling",
@@ -236,12 +244,7 @@ pub static RESOURCES: &[Resource] = &[
         typed: typed::<admissionregistration::v1::MutatingWebhookConfiguration>(),
         plural: "mutatingwebhookconfigurations",
         singular: "mutatingwebhookconfiguration",
-        columns: &[
-            col("Webhooks", "The number of webhooks.", |o| {
-                count(o, "/webhooks")
-            }),
-            AGE,
-        ],
+        columns: &WEBHOOK_COLUMNS,
         ..BASE
     },
     Resource {
@@ -250,12 +253,7 @@ pub static RESOURCES: &[Resource] = &[
         typed: typed::<admissionregistration::v1::ValidatingWebhookConfiguration>(),
         plural: "validatingwebhookconfigurations",
         singular: "validatingwebhookconfiguration",
-        columns: &[
-            col("Webhooks", "The number of webhooks.", |o| {
-                count(o, "/webhooks")
-            }),
-            AGE,
-        ],
+        columns: &WEBHOOK_COLUMNS,
         ..BASE
     },
     Resource {
