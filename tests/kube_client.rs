@@ -192,3 +192,88 @@ async fn kube_rs_writes_status_through_the_subresource() {
         "spec writes keep the status"
     );
 }
+
+/// Server-side apply as kube-rs controllers use it: `Patch::Apply` with a field manager,
+/// conflicts between managers, `force`, and applies of status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_applies_server_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    let client = client(&server).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": data});
+    let ci = PatchParams::apply("ci");
+    let created = cms
+        .patch("settings", &ci, &Patch::Apply(config(json!({"a": "1"}))))
+        .await
+        .unwrap();
+    let entries = created.metadata.managed_fields.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (
+            entries[0].manager.as_deref(),
+            entries[0].operation.as_deref()
+        ),
+        (Some("ci"), Some("Apply"))
+    );
+
+    let other = PatchParams::apply("other");
+    let err = cms
+        .patch("settings", &other, &Patch::Apply(config(json!({"a": "2"}))))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+            assert_eq!(
+                status.message,
+                "Apply failed with 1 conflict: conflict with \"ci\": .data.a"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let forced = cms
+        .patch(
+            "settings",
+            &other.clone().force(),
+            &Patch::Apply(config(json!({"a": "2"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["a"], "2");
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.manager)
+        .collect();
+    assert_eq!(managers, ["other"], "ci owned only what it lost");
+
+    // A controller applies status through the subresource; the spec's owner keeps the spec.
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "api", "image": "api:1"}]}}}});
+    deployments
+        .patch("api", &ci, &Patch::Apply(d))
+        .await
+        .unwrap();
+    let status = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"},
+        "status": {"replicas": 1, "observedGeneration": 1}});
+    let with_status = deployments
+        .patch_status(
+            "api",
+            &PatchParams::apply("controller"),
+            &Patch::Apply(status),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_status.status.and_then(|s| s.replicas), Some(1));
+    let entries = with_status.metadata.managed_fields.unwrap();
+    let controller = entries
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("controller"))
+        .unwrap();
+    assert_eq!(controller.subresource.as_deref(), Some("status"));
+}

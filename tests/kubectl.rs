@@ -990,6 +990,8 @@ fn session(server: &KelpServer, v: &str) {
         "configmap/keep\n"
     );
 
+    server_side_apply(server, v, &ns);
+
     // The other GA groups are served too.
     let rc = format!("gvisor-{}", v.replace('.', "-"));
     let runtime_class = format!(
@@ -1027,6 +1029,191 @@ fn session(server: &KelpServer, v: &str) {
             .any(|l| l.split_whitespace().collect::<Vec<_>>()
                 == ["configmaps", "cm", "v1", "true", "ConfigMap"]),
         "{resources}"
+    );
+}
+
+/// `kubectl apply --server-side`: managed fields, conflicts with other managers and
+/// `--force-conflicts`, fields a manager stops applying, the upgrade from client-side apply,
+/// and server dry runs.
+fn server_side_apply(server: &KelpServer, v: &str, ns: &str) {
+    let ssa = |args: &[&str], manifest: &str| {
+        let mut all = vec!["apply", "--server-side", "-n", ns, "-f", "-"];
+        all.extend_from_slice(args);
+        server.kubectl_with_stdin(v, &all, Some(manifest))
+    };
+    let get = |args: &[&str]| {
+        let mut all = vec!["get", "-n", ns];
+        all.extend_from_slice(args);
+        let out = server.kubectl(v, &all);
+        assert!(out.ok, "kubectl {v} {all:?}: {}", out.stderr);
+        out.stdout
+    };
+    let deployment = |replicas: u32, labels: &str| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"ssa-web","labels":{{{labels}}}}},
+            "spec":{{"replicas":{replicas},"selector":{{"matchLabels":{{"app":"ssa"}}}},
+            "template":{{"metadata":{{"labels":{{"app":"ssa"}}}},"spec":{{"containers":[{{"name":"web","image":"nginx:1.27"}}]}}}}}}}}"#
+        )
+    };
+    let created = ssa(&[], &deployment(2, r#""app":"ssa","tier":"front""#));
+    assert!(created.ok, "{}", created.stderr);
+    assert_eq!(
+        created.stdout,
+        "deployment.apps/ssa-web serverside-applied\n"
+    );
+    let managed: serde_json::Value = serde_json::from_str(&get(&[
+        "deployment",
+        "ssa-web",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields}",
+    ]))
+    .unwrap();
+    assert_eq!(managed.as_array().unwrap().len(), 1, "{managed}");
+    assert_eq!(
+        (&managed[0]["manager"], &managed[0]["operation"]),
+        (&serde_json::json!("kubectl"), &serde_json::json!("Apply"))
+    );
+    let fields = &managed[0]["fieldsV1"];
+    assert_eq!(fields["f:spec"]["f:replicas"], serde_json::json!({}));
+    assert_eq!(
+        fields["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["f:image"],
+        serde_json::json!({}),
+        "{fields}"
+    );
+    // Defaults the server filled in belong to nobody.
+    assert!(fields["f:spec"].get("f:strategy").is_none(), "{fields}");
+    // kubectl shows no managed fields unless asked.
+    assert!(!get(&["deployment", "ssa-web", "-o", "yaml"]).contains("managedFields"));
+
+    // kubectl scale takes spec.replicas through the scale subresource; applying the old count
+    // again conflicts with it, and --force-conflicts takes it back.
+    let scaled = server.kubectl(
+        v,
+        &["scale", "-n", ns, "deployment/ssa-web", "--replicas=3"],
+    );
+    assert!(scaled.ok, "{}", scaled.stderr);
+    let conflict = ssa(&[], &deployment(2, r#""app":"ssa","tier":"front""#));
+    assert!(!conflict.ok);
+    assert!(
+        conflict.stderr.starts_with(&format!(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl.{v}\" with subresource \"scale\" using apps/v1: .spec.replicas\n"
+        )),
+        "{}",
+        conflict.stderr
+    );
+    assert!(
+        conflict.stderr.contains("--force-conflicts"),
+        "{}",
+        conflict.stderr
+    );
+    assert_eq!(
+        get(&["deployment", "ssa-web", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+    // Without the tier label: the applier removes what it no longer applies.
+    let forced = ssa(&["--force-conflicts"], &deployment(2, r#""app":"ssa""#));
+    assert!(forced.ok, "{}", forced.stderr);
+    assert_eq!(
+        forced.stdout,
+        "deployment.apps/ssa-web serverside-applied\n"
+    );
+    assert_eq!(
+        get(&[
+            "deployment",
+            "ssa-web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.labels}"
+        ]),
+        r#"2 {"app":"ssa"}"#
+    );
+    assert_eq!(
+        get(&[
+            "deployment",
+            "ssa-web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}"
+        ]),
+        "kubectl"
+    );
+    // Applying it unchanged writes nothing.
+    let rv = get(&[
+        "deployment",
+        "ssa-web",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    assert!(ssa(&[], &deployment(2, r#""app":"ssa""#)).ok);
+    assert_eq!(
+        get(&[
+            "deployment",
+            "ssa-web",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}"
+        ]),
+        rv
+    );
+
+    // Two appliers: a field the other owns with another value conflicts.
+    let cm = |color: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"ssa-cm"}},"data":{{"color":"{color}"}}}}"#
+        )
+    };
+    assert!(ssa(&["--field-manager=ci"], &cm("red")).ok);
+    let theirs = ssa(&[], &cm("blue"));
+    assert!(
+        theirs.stderr.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"ci\": .data.color\n"
+        ),
+        "{}",
+        theirs.stderr
+    );
+    // The same value is shared.
+    assert!(ssa(&[], &cm("red")).ok);
+    assert_eq!(
+        get(&[
+            "cm",
+            "ssa-cm",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}"
+        ]),
+        "ci kubectl"
+    );
+    // A server dry run reports the apply and changes nothing.
+    let dry = ssa(&["--force-conflicts", "--dry-run=server"], &cm("blue"));
+    assert!(dry.ok, "{}", dry.stderr);
+    assert_eq!(
+        dry.stdout,
+        "configmap/ssa-cm serverside-applied (server dry run)\n"
+    );
+    assert_eq!(
+        get(&["cm", "ssa-cm", "-o", "jsonpath={.data.color}"]),
+        "red"
+    );
+
+    // From client-side to server-side apply: the fields kubectl applied before move to the
+    // server-side manager without a conflict, and the annotation follows.
+    let csa = server.kubectl_with_stdin(
+        v,
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&cm("green").replace("ssa-cm", "csa-cm")),
+    );
+    assert!(csa.ok, "{}", csa.stderr);
+    let upgraded = ssa(&[], &cm("teal").replace("ssa-cm", "csa-cm"));
+    assert!(upgraded.ok, "{}", upgraded.stderr);
+    assert_eq!(upgraded.stdout, "configmap/csa-cm serverside-applied\n");
+    let annotation = get(&[
+        "cm",
+        "csa-cm",
+        "-o",
+        r"jsonpath={.data.color} {.metadata.annotations.kubectl\.kubernetes\.io/last-applied-configuration}",
+    ]);
+    assert!(
+        annotation.starts_with("teal {") && annotation.contains(r#""color":"teal""#),
+        "{annotation}"
     );
 }
 

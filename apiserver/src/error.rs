@@ -78,6 +78,16 @@ impl ApiError {
         )
         .with_details(group, resource, name)
     }
+    /// 409 for an apply that would change fields other managers own (upstream's
+    /// `NewApplyConflict`): one `FieldManagerConflict` cause per (manager, field).
+    pub fn apply_conflict(message: String, causes: Vec<(String, String)>) -> Self {
+        let mut e = Self::new(StatusCode::CONFLICT, "Conflict", message);
+        e.details = Some(json!({"causes": causes
+            .into_iter()
+            .map(|(message, field)| json!({"reason": "FieldManagerConflict", "message": message, "field": field}))
+            .collect::<Vec<_>>()}));
+        e
+    }
     /// 409 Conflict with a message of its own (failed preconditions).
     pub fn conflict_message(group: &str, resource: &str, name: &str, message: String) -> Self {
         Self::new(StatusCode::CONFLICT, "Conflict", message).with_details(group, resource, name)
@@ -101,13 +111,21 @@ impl ApiError {
             "the request body is too large",
         )
     }
-    /// 422 with one cause per invalid field.
+    /// 422 with one cause per invalid field: `Deployment.apps "x" is invalid: ...`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
+            format!(
+                "{qualified_kind} \"{name}\" is invalid: {}",
+                summary.join(", ")
+            ),
         )
         .with_details(group, kind, name);
         if let Some(d) = e.details.as_mut() {

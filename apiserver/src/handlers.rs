@@ -16,6 +16,7 @@ use kelp_storage::{
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::fieldmanager;
 use crate::object;
 use crate::patch::{self, PatchType};
 use crate::registry::{Resource, Status};
@@ -63,7 +64,7 @@ pub async fn serve(
             return crate::pods::evict(backend, r, ns.unwrap_or("default"), name, query).await;
         }
         (Some("scale"), Some(name)) if r.scale => {
-            return scale(backend, r, ns, name, method, query, headers, &body).await;
+            return scale(ctx, r, ns, name, method, query, headers, &body).await;
         }
         _ => return Err(ApiError::no_route()),
     };
@@ -99,16 +100,24 @@ pub async fn serve(
                 json_response(StatusCode::OK, &obj)
             })
         }
-        (&Method::POST, None) => create(ctx, r, ns, query, headers, &body).await,
-        (&Method::PUT, Some(name)) => {
+        (&Method::POST, None) => {
+            fieldmanager::check_options(query, "CreateOptions", false)?;
             let obj = read_body(r, headers, &body)?;
+            let manager = fieldmanager::manager(query, headers);
+            create(ctx, r, ns, query, obj, Some(&manager)).await
+        }
+        (&Method::PUT, Some(name)) => {
+            fieldmanager::check_options(query, "UpdateOptions", false)?;
+            let obj = read_body(r, headers, &body)?;
+            let manager = fieldmanager::manager(query, headers);
             let target = UpdateTarget {
                 r,
                 ns,
                 name,
-                status: status_subresource,
+                subresource: if status_subresource { "status" } else { "" },
+                manager: &manager,
             };
-            guaranteed_update(backend, target, query, Change::Replace(obj)).await
+            guaranteed_update(ctx, target, query, Change::Replace(obj)).await
         }
         (&Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -116,13 +125,23 @@ pub async fn serve(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            fieldmanager::check_options(query, "PatchOptions", kind == PatchType::Apply)?;
+            let manager = fieldmanager::manager(query, headers);
             let target = UpdateTarget {
                 r,
                 ns,
                 name,
-                status: status_subresource,
+                subresource: if status_subresource { "status" } else { "" },
+                manager: &manager,
             };
-            guaranteed_update(backend, target, query, Change::Patch(kind, &body)).await
+            let change = match kind {
+                PatchType::Apply => Change::Apply {
+                    config: read_apply_body(r, name, &body)?,
+                    force: is_true(query.get("force")),
+                },
+                kind => Change::Patch(kind, &body),
+            };
+            guaranteed_update(ctx, target, query, change).await
         }
         (&Method::DELETE, Some(_)) if status_subresource => Err(ApiError::method_not_allowed(
             "DELETE is not supported on the status subresource",
@@ -363,6 +382,46 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
         })?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
+    check_kind(r, obj)
+}
+
+/// An apply configuration (`application/apply-patch+yaml`; kubectl sends JSON, which is YAML):
+/// an object of the kind, named as the URL names it.
+fn read_apply_body(r: &Resource, name: &str, body: &Bytes) -> Result<Value, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::too_large());
+    }
+    let mut obj: Value = serde_saphyr::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as YAML: {e}"
+        ))
+    })?;
+    if obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
+        return Err(ApiError::bad_request(format!(
+            "Object 'Kind' is missing in '{}'",
+            String::from_utf8_lossy(body)
+        )));
+    }
+    let mut obj = check_kind(r, std::mem::take(&mut obj))?;
+    let meta = object::metadata_mut(&mut obj);
+    if meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
+        meta.insert("name".into(), json!(name));
+    }
+    Ok(obj)
+}
+
+/// Refuses a body that is not an object of the resource's kind and version.
+fn check_kind(r: &Resource, obj: Value) -> Result<Value, ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request(
             "the body of the request must be a JSON object",
@@ -512,16 +571,17 @@ fn generate_name(base: &str) -> String {
     format!("{base}{suffix}")
 }
 
+/// Creates an object. `manager` records the write in the managed fields; None when they are
+/// already set (an apply that creates).
 async fn create(
     ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
+    mut obj: Value,
+    manager: Option<&str>,
 ) -> Result<Response, ApiError> {
     let backend = &ctx.backend;
-    let mut obj = read_body(r, headers, body)?;
     let meta = object::metadata_mut(&mut obj);
     if meta
         .get("name")
@@ -569,6 +629,9 @@ async fn create(
     (r.defaults)(&mut obj);
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
+    }
+    if let Some(manager) = manager {
+        fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
     }
     require_namespace(ctx, ns).await?;
     let name = object::name(&obj).to_string();
@@ -631,7 +694,7 @@ fn scale_of(obj: &Value) -> Value {
 /// through the object's GuaranteedUpdate, so it is a spec change (a new generation).
 #[allow(clippy::too_many_arguments)]
 async fn scale(
-    backend: &Backend,
+    ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     name: &str,
@@ -640,6 +703,7 @@ async fn scale(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let backend = &ctx.backend;
     let (current, _) = get(backend, r, ns, name).await?;
     let current_scale = scale_of(&current);
     let new_scale = match *method {
@@ -666,6 +730,9 @@ async fn scale(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            if kind == PatchType::Apply {
+                return Err(ApiError::unsupported_media_type(content_type));
+            }
             let mut unversioned = current_scale.clone();
             object::metadata_mut(&mut unversioned).remove("resourceVersion");
             patch::apply(
@@ -701,14 +768,16 @@ async fn scale(
         change["metadata"] = json!({"resourceVersion": rv});
     }
     let change = change.to_string();
+    let manager = fieldmanager::manager(query, headers);
     let target = UpdateTarget {
         r,
         ns,
         name,
-        status: false,
+        subresource: "scale",
+        manager: &manager,
     };
     guaranteed_update(
-        backend,
+        ctx,
         target,
         query,
         Change::Patch(PatchType::Merge, change.as_bytes()),
@@ -733,8 +802,11 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
     let mut out = if status_subresource {
         let mut out = current.clone();
         out["status"] = new.get("status").cloned().unwrap_or_else(|| json!({}));
-        if let Some(rv) = new.pointer("/metadata/resourceVersion") {
-            object::metadata_mut(&mut out).insert("resourceVersion".into(), rv.clone());
+        // Of the metadata, only the precondition and what an apply recorded come along.
+        for kept in ["resourceVersion", "managedFields"] {
+            if let Some(v) = new.pointer(&format!("/metadata/{kept}")) {
+                object::metadata_mut(&mut out).insert(kept.into(), v.clone());
+            }
         }
         out
     } else {
@@ -761,39 +833,79 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
     out
 }
 
-/// What an update makes of the current object: a replacement (PUT) or a patch of it.
+/// What an update makes of the current object: a replacement (PUT), a patch of it, or a
+/// server-side apply of a configuration to it.
 enum Change<'a> {
     Replace(Value),
     Patch(PatchType, &'a [u8]),
+    Apply { config: Value, force: bool },
 }
 
-/// The object an update is for; `status` when it came through the `/status` subresource.
+/// The object an update is for, the subresource it came through ("", "status" or "scale")
+/// and who writes it.
 struct UpdateTarget<'a> {
     r: &'a Resource,
     ns: Option<&'a str>,
     name: &'a str,
-    status: bool,
+    subresource: &'a str,
+    manager: &'a str,
+}
+
+/// The field manager's view of a write by `manager` through `subresource` ("" for the object).
+fn writer<'a>(
+    r: &Resource,
+    manager: &'a str,
+    subresource: &'a str,
+    api_version: &'a str,
+) -> fieldmanager::Writer<'a> {
+    fieldmanager::Writer {
+        manager,
+        subresource,
+        api_version,
+        ty: patch::struct_type(patch::definition(api_version, r.kind)),
+        status_split: r.status != Status::None,
+    }
 }
 
 /// Upstream's GuaranteedUpdate: read, change, compare-and-swap; on a concurrent write, read
 /// again and redo the change, unless the client named the resourceVersion it changed (then
 /// 409 Conflict).
 async fn guaranteed_update(
-    backend: &Backend,
+    ctx: &Ctx,
     target: UpdateTarget<'_>,
     query: &HashMap<String, String>,
     change: Change<'_>,
 ) -> Result<Response, ApiError> {
+    let backend = &ctx.backend;
     let UpdateTarget {
         r,
         ns,
         name,
-        status,
+        subresource,
+        manager,
     } = target;
+    let status = subresource == "status";
+    let api_version = r.api_version();
+    let w = writer(r, manager, subresource, &api_version);
     loop {
-        let (mut current, current_rev) = get(backend, r, ns, name).await?;
+        let (mut current, current_rev) = match get(backend, r, ns, name).await {
+            Err(e) if e.reason == "NotFound" => {
+                if let Change::Apply { config, force } = &change {
+                    // An apply to a missing object creates it.
+                    let obj = fieldmanager::apply(None, config, &w, *force)?;
+                    return create(ctx, r, ns, query, obj, None).await;
+                }
+                return Err(e);
+            }
+            other => other?,
+        };
+        let stored = encode(&current);
         let mut obj = match &change {
             Change::Replace(obj) => obj.clone(),
+            Change::Apply { config, force } => {
+                object::metadata_mut(&mut current).remove("resourceVersion");
+                fieldmanager::apply(Some(&current), config, &w, *force)?
+            }
             Change::Patch(kind, body) => {
                 // Without its resourceVersion, so that one in the result came from the patch.
                 object::metadata_mut(&mut current).remove("resourceVersion");
@@ -819,6 +931,9 @@ async fn guaranteed_update(
             obj = split_status(r, &current, obj, status);
         }
         (r.on_update)(&current, &mut obj)?;
+        if !matches!(change, Change::Apply { .. }) {
+            fieldmanager::update(Some(&current), &mut obj, &w);
+        }
         if precondition
             .as_ref()
             .is_some_and(|rv| *rv != current_rev.to_string())
@@ -862,8 +977,19 @@ async fn guaranteed_update(
                 TxnOutcome::Failed { .. } => continue,
             }
         }
+        let value = encode(&obj);
+        // A write that changes nothing is not made (upstream's GuaranteedUpdate): the
+        // resourceVersion stays and watchers see no event.
+        if value == stored {
+            object::metadata_mut(&mut obj)
+                .insert("resourceVersion".into(), json!(current_rev.to_string()));
+            return Ok(with_warnings(
+                json_response(StatusCode::OK, &obj),
+                &warnings,
+            ));
+        }
         match backend
-            .txn(Txn::update(r.key(ns, name), current_rev, encode(&obj)))
+            .txn(Txn::update(r.key(ns, name), current_rev, value))
             .await?
         {
             TxnOutcome::Succeeded { revision, .. } => {

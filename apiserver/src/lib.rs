@@ -7,6 +7,7 @@
 mod allocator;
 mod discovery;
 mod error;
+mod fieldmanager;
 mod handlers;
 mod metrics;
 mod namespaces;
@@ -462,6 +463,7 @@ pub async fn bootstrap(backend: &Backend) {
         namespaces: None,
     };
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
+    let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -476,16 +478,7 @@ pub async fn bootstrap(backend: &Backend) {
             name: None,
             subresource: None,
         };
-        match handlers::serve(
-            &ctx,
-            &Method::POST,
-            target,
-            &HashMap::new(),
-            &headers,
-            body.into(),
-        )
-        .await
-        {
+        match handlers::serve(&ctx, &Method::POST, target, &query, &headers, body.into()).await {
             Ok(_) => tracing::info!(namespace = ns, "created"),
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => tracing::warn!(namespace = ns, error = %e.message, "cannot create"),
@@ -521,7 +514,7 @@ pub async fn bootstrap(backend: &Backend) {
         &ctx,
         &Method::POST,
         target,
-        &HashMap::new(),
+        &query,
         &headers,
         kubernetes.into(),
     )

@@ -712,3 +712,145 @@ async fn pods_are_bound_once_and_evicted_only_as_their_budget_allows() {
         assert!(names.contains(&sub), "{sub} missing from {names:?}");
     }
 }
+
+#[tokio::test]
+async fn server_side_apply_creates_merges_and_refuses_bad_configurations() {
+    let api = Api::new().await;
+    let apply = |uri: String, body: &str| {
+        let body = body.to_string();
+        let api = &api;
+        async move {
+            let (status, _, bytes) = api
+                .call(
+                    "PATCH",
+                    &uri,
+                    "application/apply-patch+yaml",
+                    "application/json",
+                    body,
+                )
+                .await;
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // YAML configurations create (201), then merge.
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  a: \"1\"\n";
+    let (status, created) = apply(format!("{CM}/applied?fieldManager=ci"), yaml).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "ci");
+    let (status, merged) = apply(
+        format!("{CM}/applied?fieldManager=other"),
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"applied"},"data":{"b":"2"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{merged}");
+    assert_eq!(merged["data"], json!({"a": "1", "b": "2"}));
+
+    let before = api.stored().await;
+    for (uri, body, code, message) in [
+        (
+            format!("{CM}/applied"),
+            yaml.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"applied","managedFields":[]}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "metadata.managedFields must be nil",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            r#"{"apiVersion":"v1","metadata":{"name":"applied"}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "Object 'Kind' is missing in '{\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"applied\"}}'",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            "{a: [".into(),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"other"}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "the name of the object (other) does not match the name on the URL (applied)",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"applied","resourceVersion":"1"},"data":{"a":"1"}}"#.into(),
+            StatusCode::CONFLICT,
+            "Operation cannot be fulfilled on configmaps \"applied\": the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        (
+            format!("{CM}/applied?fieldManager=ci"),
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"applied"},"data":{"b":"3"}}"#.into(),
+            StatusCode::CONFLICT,
+            "Apply failed with 1 conflict: conflict with \"other\": .data.b",
+        ),
+    ] {
+        let (status, body) = apply(uri.clone(), &body).await;
+        assert_eq!(status, code, "{uri}: {body}");
+        assert_eq!(body["kind"], "Status", "{body}");
+        if !message.is_empty() {
+            assert_eq!(body["message"], message, "{uri}");
+        }
+    }
+    let (status, _) = api
+        .json(
+            "PATCH",
+            &format!("{CM}/applied?force=true"),
+            r#"{"data":{"c":"3"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, _, _) = api
+        .call(
+            "PATCH",
+            &format!("{CM}/applied?force=true"),
+            "application/merge-patch+json",
+            "application/json",
+            r#"{"data":{"c":"3"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.stored().await,
+        before,
+        "refused applies changed nothing"
+    );
+
+    // Status is applied through /status alone, and owned there.
+    let deploy = "/apis/apps/v1/namespaces/default/deployments";
+    let d = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},
+        "spec":{"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"i"}]}}},
+        "status":{"replicas":5}}"#;
+    let (status, created) = apply(format!("{deploy}/d?fieldManager=ci"), d).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created["status"].get("replicas").is_none(), "{created}");
+    assert!(
+        created["metadata"]["managedFields"][0]["fieldsV1"]
+            .get("f:status")
+            .is_none()
+    );
+    let (status, s) = apply(
+        format!("{deploy}/d/status?fieldManager=controller"),
+        r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},"status":{"replicas":2}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["status"]["replicas"], 2);
+    let entry = s["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "controller")
+        .unwrap();
+    assert_eq!(entry["subresource"], "status");
+    assert_eq!(entry["fieldsV1"], json!({"f:status": {"f:replicas": {}}}));
+    assert_eq!(s["metadata"]["generation"], 1);
+}

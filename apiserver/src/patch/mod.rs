@@ -4,15 +4,16 @@
 //! `$deleteFromPrimitiveList` directives. Patch strategies and merge keys come from
 //! `schema.txt`, generated from upstream's OpenAPI description by scripts/gen-patch-schema.py.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-/// What strategic merge knows of a field: an object ('o'), list ('a') or map ('m') of the
-/// definition `target`, and for lists the patch strategy and merge key.
+/// What strategic merge and server-side apply know of a field: an object ('o'), list ('a') or
+/// map ('m') of the definition `target`, for lists the patch strategy and merge key, and the
+/// type structured merge reads.
 struct FieldInfo {
     kind: u8,
     target: &'static str,
@@ -20,18 +21,24 @@ struct FieldInfo {
     strategy: &'static str,
     merge: bool,
     key: &'static str,
+    /// Lists: `atomic`, `set` or `map`; maps and objects: `atomic`, `granular` or "".
+    shape: &'static str,
+    /// A `map` list's keys, joined by '+'.
+    keys: &'static str,
 }
 
 struct PatchSchema {
     defs: HashMap<&'static str, HashMap<&'static str, FieldInfo>>,
     /// (apiVersion, kind) -> definition
     kinds: HashMap<(&'static str, &'static str), &'static str>,
+    /// Definitions whose objects are replaced whole (`x-kubernetes-map-type: atomic`).
+    atomic: HashSet<&'static str>,
 }
 
 fn patch_schema() -> &'static PatchSchema {
     static SCHEMA: OnceLock<PatchSchema> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let (mut defs, mut kinds) = (HashMap::new(), HashMap::new());
+        let (mut defs, mut kinds, mut atomic) = (HashMap::new(), HashMap::new(), HashSet::new());
         for line in include_str!("schema.txt")
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -43,6 +50,9 @@ fn patch_schema() -> &'static PatchSchema {
                         kinds.insert((v, k), d);
                     }
                 }
+                Some("*") => {
+                    atomic.extend(cols.next());
+                }
                 Some(def) => {
                     let fields = cols
                         .filter_map(|f| {
@@ -52,6 +62,8 @@ fn patch_schema() -> &'static PatchSchema {
                             let target = parts.next()?;
                             let strategy = parts.next()?;
                             let key = parts.next().unwrap_or("");
+                            let shape = parts.next().unwrap_or("");
+                            let keys = parts.next().unwrap_or("");
                             let merge = strategy.split('+').any(|s| s == "merge");
                             Some((
                                 name,
@@ -61,6 +73,8 @@ fn patch_schema() -> &'static PatchSchema {
                                     strategy,
                                     merge,
                                     key,
+                                    shape,
+                                    keys,
                                 },
                             ))
                         })
@@ -70,8 +84,50 @@ fn patch_schema() -> &'static PatchSchema {
                 None => {}
             }
         }
-        PatchSchema { defs, kinds }
+        PatchSchema {
+            defs,
+            kinds,
+            atomic,
+        }
     })
+}
+
+/// A field as structured merge (server-side apply) sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    /// An object of the definition (None: an opaque one).
+    Struct(Option<&'static str>),
+    /// A map whose values are of the definition (None: scalars).
+    Map(Option<&'static str>),
+    /// A list of items of the definition keyed by these fields ('+'-joined).
+    Keyed(&'static str, Option<&'static str>),
+    /// A list of distinct scalars.
+    Set,
+    /// A value replaced whole: scalars, atomic lists, atomic maps and structs.
+    Atomic,
+}
+
+/// The type of `field` in `definition`, or None when the definition does not name it as an
+/// object, map or list (its scalars).
+pub fn field_type(definition: &str, field: &str) -> Option<FieldType> {
+    let f = patch_schema().defs.get(definition)?.get(field)?;
+    let target = Some(f.target).filter(|t| !t.is_empty());
+    Some(match (f.kind, f.shape) {
+        (_, "atomic") => FieldType::Atomic,
+        (b'a', "map") => FieldType::Keyed(f.keys, target),
+        (b'a', "set") => FieldType::Set,
+        (b'm', _) => FieldType::Map(target),
+        (_, "granular") => FieldType::Struct(target),
+        _ => struct_type(target),
+    })
+}
+
+/// An object of `definition`: atomic when the definition says so.
+pub fn struct_type(definition: Option<&'static str>) -> FieldType {
+    match definition {
+        Some(d) if patch_schema().atomic.contains(d) => FieldType::Atomic,
+        d => FieldType::Struct(d),
+    }
 }
 
 /// The patch strategy and merge key of each field of an OpenAPI definition that has one
@@ -98,6 +154,8 @@ pub enum PatchType {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply: the body is a configuration, not a patch (see `fieldmanager`).
+    Apply,
 }
 
 impl PatchType {
@@ -106,6 +164,7 @@ impl PatchType {
             "application/json-patch+json" => Ok(PatchType::Json),
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+            "application/apply-patch+yaml" => Ok(PatchType::Apply),
             _ => Err(ApiError::unsupported_media_type(content_type)),
         }
     }
@@ -137,6 +196,11 @@ pub fn apply(
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
             json_patch::merge(&mut doc, &patch);
+        }
+        PatchType::Apply => {
+            return Err(ApiError::internal(
+                "an apply configuration is merged by the field manager, not patched",
+            ));
         }
         PatchType::Strategic => match patch {
             Value::Object(p) => strategic_merge(&mut doc, &p, definition),
@@ -519,7 +583,7 @@ mod tests {
     #[test]
     fn unknown_patch_media_types_are_415() {
         assert_eq!(
-            PatchType::from_content_type("application/apply-patch+yaml")
+            PatchType::from_content_type("application/apply-patch+cbor")
                 .unwrap_err()
                 .code
                 .as_u16(),
