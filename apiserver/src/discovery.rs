@@ -1,6 +1,7 @@
 //! Discovery from the registry: legacy (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`)
 //! and aggregated (`apidiscovery.k8s.io/v2` and `v2beta1` lists at `/api` and `/apis`, chosen
-//! by Accept). Clients tell the two apart by the response Content-Type alone.
+//! by Accept). Clients tell the two apart by the response Content-Type alone. Each answer is
+//! computed from the resources served at the moment, custom resources included.
 
 use serde_json::{Value, json};
 
@@ -14,13 +15,29 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-pub fn api_groups() -> Value {
-    let groups: Vec<Value> = registry::group_versions()
+/// The named groups with their versions, preferred first.
+fn groups(resources: &[&'static Resource], legacy: bool) -> Vec<(&'static str, Vec<&'static str>)> {
+    registry::group_versions(resources)
         .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| {
-            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+        .filter(|(g, _)| g.is_empty() == legacy)
+        .fold(Vec::new(), |mut groups: Vec<(&str, Vec<&str>)>, (g, v)| {
+            match groups.iter_mut().find(|(name, _)| *name == g) {
+                Some((_, versions)) => versions.push(v),
+                None => groups.push((g, vec![v])),
+            }
+            groups
+        })
+}
+
+pub fn api_groups(resources: &[&'static Resource]) -> Value {
+    let groups: Vec<Value> = groups(resources, false)
+        .into_iter()
+        .map(|(g, versions)| {
+            let gvs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -52,8 +69,9 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
     out
 }
 
-pub fn api_resources(group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = registry::all()
+pub fn api_resources(served: &[&'static Resource], group: &str, version: &str) -> Option<Value> {
+    let resources: Vec<Value> = served
+        .iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(|r| {
             let main = json!({
@@ -124,23 +142,15 @@ pub fn aggregated_content_type(version: &str) -> String {
 }
 
 /// The aggregated list of the core group (`legacy`) or of the named groups.
-pub fn aggregated(version: &str, legacy: bool) -> Value {
-    let items: Vec<Value> = registry::group_versions()
-        .into_iter()
-        .filter(|(g, _)| g.is_empty() == legacy)
-        .fold(Vec::<(&str, Vec<&str>)>::new(), |mut groups, (g, v)| {
-            match groups.iter_mut().find(|(name, _)| *name == g) {
-                Some((_, versions)) => versions.push(v),
-                None => groups.push((g, vec![v])),
-            }
-            groups
-        })
+pub fn aggregated(served: &[&'static Resource], version: &str, legacy: bool) -> Value {
+    let items: Vec<Value> = groups(served, legacy)
         .into_iter()
         .map(|(group, versions)| {
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry::all()
+                    let resources: Vec<Value> = served
+                        .iter()
                         .filter(|r| r.group == group && r.version == v)
                         .map(|r| {
                             json!({
@@ -189,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_core_group_is_listed_at_api_with_an_empty_name() {
-        let core = aggregated("v2", true);
+        let core = aggregated(&registry::served(None), "v2", true);
         assert_eq!(core["items"].as_array().unwrap().len(), 1);
         assert_eq!(core["items"][0]["metadata"]["name"], "");
         let cm = core["items"][0]["versions"][0]["resources"]

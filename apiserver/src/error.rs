@@ -114,6 +114,11 @@ impl ApiError {
     /// 422 with one cause per invalid field: `Deployment.apps "x" is invalid: ...`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        // Several errors print as upstream's aggregate: `[a, b]`.
+        let summary = match summary.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
         let qualified_kind = if group.is_empty() {
             kind.to_string()
         } else {
@@ -122,10 +127,7 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!(
-                "{qualified_kind} \"{name}\" is invalid: {}",
-                summary.join(", ")
-            ),
+            format!("{qualified_kind} \"{name}\" is invalid: {summary}"),
         )
         .with_details(group, kind, name);
         if let Some(d) = e.details.as_mut() {

@@ -79,7 +79,8 @@ pub async fn serve(
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if is_true(query.get("watch")) => {
             let encoder = EventEncoder {
-                table: wants_table.then_some(r),
+                resource: r,
+                table: wants_table,
             };
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
             watch(backend, r, ns, query, encoder, guard).await
@@ -125,6 +126,10 @@ pub async fn serve(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            if kind == PatchType::Strategic && r.custom.is_some() {
+                // Custom resources have no patch strategies to merge by (upstream: 415).
+                return Err(ApiError::unsupported_media_type(content_type));
+            }
             fieldmanager::check_options(query, "PatchOptions", kind == PatchType::Apply)?;
             let manager = fieldmanager::manager(query, headers);
             let target = UpdateTarget {
@@ -162,8 +167,9 @@ fn dry_run(query: &HashMap<String, String>) -> bool {
     query.get("dryRun").is_some_and(|v| v == "All")
 }
 
-/// The stored object as served: resourceVersion is the key's mod revision.
-fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+/// The stored object as served: resourceVersion is the key's mod revision (and a custom
+/// resource in the version asked for).
+fn decode(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
         ApiError::internal(format!(
             "stored object {} is not JSON: {e}",
@@ -172,13 +178,20 @@ fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     })?;
     object::metadata_mut(&mut obj)
         .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    if let Some(c) = r.custom {
+        crate::crd::served(r, c, &mut obj);
+    }
     Ok(obj)
 }
 
-/// What is stored: the object without its resourceVersion (the revision says it).
-fn encode(obj: &Value) -> Vec<u8> {
+/// What is stored: the object without its resourceVersion (the revision says it); custom
+/// resources in their storage version.
+fn encode(r: &Resource, obj: &Value) -> Vec<u8> {
     let mut stored = obj.clone();
     object::metadata_mut(&mut stored).remove("resourceVersion");
+    if let Some(c) = r.custom {
+        stored["apiVersion"] = json!(crate::crd::stored_api_version(r, c));
+    }
     serde_json::to_vec(&stored).unwrap_or_default()
 }
 
@@ -190,7 +203,7 @@ async fn get(
 ) -> Result<(Value, Revision), ApiError> {
     let (kv, _) = backend.get(r.key(ns, name)).await?;
     match kv {
-        Some(kv) => Ok((decode(&kv)?, kv.mod_revision)),
+        Some(kv) => Ok((decode(r, &kv)?, kv.mod_revision)),
         None => Err(ApiError::not_found(r.group, r.plural, name)),
     }
 }
@@ -298,7 +311,7 @@ async fn list(
         at = resp.read_revision;
         let mut filled_at = None;
         for (i, kv) in resp.kvs.iter().enumerate() {
-            let obj = decode(kv)?;
+            let obj = decode(r, kv)?;
             if selectors.matches(&obj) {
                 items.push(obj);
                 if limit > 0 && items.len() as i64 == limit {
@@ -452,7 +465,26 @@ fn check_fields(
     query: &HashMap<String, String>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
-    crate::typed::validate(&r.typed, r.kind, &r.api_version(), &obj, mode)
+    match r.custom {
+        Some(c) => crate::crd::check(r, c, obj, mode),
+        // Upstream names the version alone: `Deployment in version "v1"`.
+        None => crate::typed::validate(&r.typed, r.kind, r.version, &obj, mode),
+    }
+}
+
+/// The kind's own validation rules: 422 with a cause per invalid field.
+fn rules(r: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let causes = (r.validate)(obj);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            r.group,
+            r.kind,
+            object::name(obj),
+            causes,
+        ))
+    }
 }
 
 /// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.
@@ -549,12 +581,13 @@ async fn require_namespace(ctx: &Ctx, ns: Option<&str>) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// What the handlers work with: the store, and the process's metrics and namespace cache
-/// (absent during bootstrap).
+/// What the handlers work with: the store, and the process's metrics, namespace cache and
+/// custom resource definitions (absent during bootstrap and for the apiserver's own writes).
 pub struct Ctx {
     pub backend: Backend,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     pub namespaces: Option<std::sync::Arc<crate::namespaces::NamespaceCache>>,
+    pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,
 }
 
 fn generate_name(base: &str) -> String {
@@ -630,6 +663,7 @@ async fn create(
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }
+    rules(r, &obj)?;
     if let Some(manager) = manager {
         fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
     }
@@ -646,7 +680,7 @@ async fn create(
         None => Vec::new(),
     };
     let created = backend
-        .txn(Txn::create(r.key(ns, &name), encode(&obj)))
+        .txn(Txn::create(r.key(ns, &name), encode(r, &obj)))
         .await;
     match created {
         Ok(TxnOutcome::Succeeded { revision, .. }) => {
@@ -668,16 +702,35 @@ async fn create(
     }
 }
 
-/// The autoscaling/v1 Scale of an object with `spec.replicas`.
-fn scale_of(obj: &Value) -> Value {
+/// Where an object keeps what its Scale shows: the built-in kinds' `spec.replicas` and
+/// `status.replicas`, or a custom resource's scale paths (JSON pointers).
+fn scale_paths(r: &Resource) -> (&str, &str) {
+    match r.custom.and_then(|c| c.scale.as_ref()) {
+        Some(p) => (&p.spec_replicas, &p.status_replicas),
+        None => ("/spec/replicas", "/status/replicas"),
+    }
+}
+
+/// The autoscaling/v1 Scale of an object.
+fn scale_of(r: &Resource, obj: &Value) -> Value {
     let meta = &obj["metadata"];
-    let selector = match obj
-        .pointer("/spec/selector/matchLabels")
-        .or(obj.pointer("/spec/selector/matchExpressions"))
-    {
-        Some(_) => crate::registry::label_selector_string(obj, "/spec/selector"),
-        None => crate::registry::map_string(obj, "/spec/selector"),
+    let selector = match r.custom.and_then(|c| c.scale.as_ref()) {
+        Some(paths) => paths
+            .label_selector
+            .as_deref()
+            .and_then(|p| obj.pointer(p))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        None => match obj
+            .pointer("/spec/selector/matchLabels")
+            .or(obj.pointer("/spec/selector/matchExpressions"))
+        {
+            Some(_) => crate::registry::label_selector_string(obj, "/spec/selector"),
+            None => crate::registry::map_string(obj, "/spec/selector"),
+        },
     };
+    let (spec, status) = scale_paths(r);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -685,8 +738,8 @@ fn scale_of(obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        "spec": {"replicas": obj.pointer(spec).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer(status).cloned().unwrap_or(json!(0)), "selector": selector},
     })
 }
 
@@ -705,7 +758,7 @@ async fn scale(
 ) -> Result<Response, ApiError> {
     let backend = &ctx.backend;
     let (current, _) = get(backend, r, ns, name).await?;
-    let current_scale = scale_of(&current);
+    let current_scale = scale_of(r, &current);
     let new_scale = match *method {
         Method::GET => return Ok(json_response(StatusCode::OK, &current_scale)),
         Method::PUT => {
@@ -763,7 +816,12 @@ async fn scale(
                 )],
             )
         })?;
-    let mut change = json!({"spec": {"replicas": replicas}});
+    // A merge patch of the replicas at their path.
+    let mut change = scale_paths(r)
+        .0
+        .rsplit('/')
+        .filter(|s| !s.is_empty())
+        .fold(json!(replicas), |inner, key| json!({ key: inner }));
     if let Some(rv) = object::resource_version(&new_scale) {
         change["metadata"] = json!({"resourceVersion": rv});
     }
@@ -784,7 +842,7 @@ async fn scale(
     )
     .await?;
     let (updated, _) = get(backend, r, ns, name).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(&updated)))
+    Ok(json_response(StatusCode::OK, &scale_of(r, &updated)))
 }
 
 /// Status and generation of an update (upstream's status strategies): a write to the object
@@ -899,7 +957,7 @@ async fn guaranteed_update(
             }
             other => other?,
         };
-        let stored = encode(&current);
+        let stored = encode(r, &current);
         let mut obj = match &change {
             Change::Replace(obj) => obj.clone(),
             Change::Apply { config, force } => {
@@ -931,6 +989,7 @@ async fn guaranteed_update(
             obj = split_status(r, &current, obj, status);
         }
         (r.on_update)(&current, &mut obj)?;
+        rules(r, &obj)?;
         if !matches!(change, Change::Apply { .. }) {
             fieldmanager::update(Some(&current), &mut obj, &w);
         }
@@ -977,7 +1036,7 @@ async fn guaranteed_update(
                 TxnOutcome::Failed { .. } => continue,
             }
         }
-        let value = encode(&obj);
+        let value = encode(r, &obj);
         // A write that changes nothing is not made (upstream's GuaranteedUpdate): the
         // resourceVersion stays and watchers see no event.
         if value == stored {
@@ -1070,6 +1129,20 @@ impl Preconditions {
     }
 }
 
+/// Adds the finalizers a kind's deletion waits for, once each.
+fn add_finalizers(obj: &mut Value, finalizers: &[&str]) {
+    for f in finalizers {
+        let list = object::metadata_mut(obj)
+            .entry("finalizers")
+            .or_insert_with(|| json!([]));
+        if let Value::Array(items) = list
+            && !items.iter().any(|i| i == f)
+        {
+            items.push(json!(f));
+        }
+    }
+}
+
 fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -1101,6 +1174,9 @@ async fn delete(
     loop {
         let (mut obj, rev) = get(backend, r, ns, name).await?;
         preconditions.check(r, name, &obj, rev)?;
+        if obj.pointer("/metadata/deletionTimestamp").is_none() {
+            add_finalizers(&mut obj, r.delete_finalizers);
+        }
         if has_finalizers(&obj) {
             if obj.pointer("/metadata/deletionTimestamp").is_none() {
                 let meta = object::metadata_mut(&mut obj);
@@ -1108,7 +1184,7 @@ async fn delete(
                 meta.insert("deletionGracePeriodSeconds".into(), json!(0));
                 if !dry_run(query) {
                     match backend
-                        .txn(Txn::update(r.key(ns, name), rev, encode(&obj)))
+                        .txn(Txn::update(r.key(ns, name), rev, encode(r, &obj)))
                         .await?
                     {
                         TxnOutcome::Succeeded { revision, .. } => {
@@ -1227,7 +1303,11 @@ async fn watch(
                     }));
                 }
             }
-            let mut objs = resp.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            let mut objs = resp
+                .kvs
+                .iter()
+                .map(|kv| decode(r, kv))
+                .collect::<Result<Vec<_>, _>>()?;
             objs.retain(|o| selectors.matches(o));
             (objs, resp.read_revision + 1)
         }
@@ -1290,14 +1370,16 @@ async fn watch(
 /// `as=Table` (what `kubectl get -w` prints).
 #[derive(Clone, Copy)]
 struct EventEncoder {
-    table: Option<&'static Resource>,
+    resource: &'static Resource,
+    table: bool,
 }
 
 impl EventEncoder {
     fn line(&self, kind: &str, obj: &Value) -> Bytes {
-        match self.table {
-            Some(r) => event_line(kind, &table::build(r, obj)),
-            None => event_line(kind, obj),
+        if self.table {
+            event_line(kind, &table::build(self.resource, obj))
+        } else {
+            event_line(kind, obj)
         }
     }
 }
@@ -1320,13 +1402,13 @@ fn watch_event(
     encoder: &EventEncoder,
 ) -> Option<Bytes> {
     let old = match &e.prev_kv {
-        Some(prev) => Some(decode(prev).ok()?),
+        Some(prev) => Some(decode(encoder.resource, prev).ok()?),
         None => None,
     };
     let was = old.as_ref().is_some_and(|o| selectors.matches(o));
     match e.kind {
         EventKind::Put => {
-            let new = decode(&e.kv).ok()?;
+            let new = decode(encoder.resource, &e.kv).ok()?;
             match (was, selectors.matches(&new)) {
                 (true, true) => Some(encoder.line("MODIFIED", &new)),
                 (false, true) => Some(encoder.line("ADDED", &new)),

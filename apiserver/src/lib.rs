@@ -5,6 +5,7 @@
 //! JSON values; their resourceVersion is the storage revision of their last write.
 
 mod allocator;
+mod crd;
 mod discovery;
 mod error;
 mod fieldmanager;
@@ -182,6 +183,7 @@ pub fn app(backend: Backend, advertise: String) -> Router {
             backend: backend.clone(),
             metrics: Some(metrics),
             namespaces: Some(namespaces::NamespaceCache::start(backend.clone())),
+            crds: Some(crd::CustomResources::start(backend.clone())),
         }),
         backend,
     };
@@ -194,23 +196,35 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .route(
             "/api",
             get(|State(s): State<AppState>, headers: HeaderMap| async move {
-                discovery_root(&headers, true, discovery::api_versions(&s.advertise))
+                let legacy = discovery::api_versions(&s.advertise);
+                discovery_root(&s, &headers, true, legacy)
             }),
         )
         .route(
             "/apis",
-            get(|headers: HeaderMap| async move {
-                discovery_root(&headers, false, discovery::api_groups())
+            get(|State(s): State<AppState>, headers: HeaderMap| async move {
+                let legacy = discovery::api_groups(&s.served());
+                discovery_root(&s, &headers, false, legacy)
             }),
         )
-        .route("/api/v1", get(|| async { resources_or_404("", "v1") }))
+        .route(
+            "/api/v1",
+            get(|State(s): State<AppState>| async move { resources_or_404(&s, "", "v1") }),
+        )
         .route(
             "/apis/{group}/{version}",
-            get(|Path((g, v)): Path<(String, String)>| async move { resources_or_404(&g, &v) }),
+            get(
+                |State(s): State<AppState>, Path((g, v)): Path<(String, String)>| async move {
+                    resources_or_404(&s, &g, &v)
+                },
+            ),
         )
         .route(
             "/openapi/v3",
-            get(|State(s): State<AppState>| async move { ok_json(&s.openapi.index()) }),
+            get(|State(s): State<AppState>| async move {
+                let custom = s.crds().map(|c| c.openapi_paths()).unwrap_or_default();
+                ok_json(&s.openapi.index(&custom))
+            }),
         )
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api/v1/{*rest}", any(core_resource))
@@ -220,8 +234,24 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .with_state(state)
 }
 
+impl AppState {
+    fn crds(&self) -> Option<&crd::CustomResources> {
+        self.ctx.crds.as_deref()
+    }
+
+    /// What is served now: the built-in kinds and the established custom resources.
+    fn served(&self) -> Vec<&'static registry::Resource> {
+        registry::served(self.crds())
+    }
+}
+
 /// `/api` or `/apis`: aggregated discovery when Accept asks for it first, else legacy.
-fn discovery_root(headers: &HeaderMap, core: bool, legacy: serde_json::Value) -> Response {
+fn discovery_root(
+    s: &AppState,
+    headers: &HeaderMap,
+    core: bool,
+    legacy: serde_json::Value,
+) -> Response {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -235,7 +265,8 @@ fn discovery_root(headers: &HeaderMap, core: bool, legacy: serde_json::Value) ->
             )
             .header(header::VARY, "Accept")
             .body(Body::from(
-                serde_json::to_vec(&discovery::aggregated(version, core)).unwrap_or_default(),
+                serde_json::to_vec(&discovery::aggregated(&s.served(), version, core))
+                    .unwrap_or_default(),
             ))
             .unwrap_or_default(),
         None => ok_json(&legacy),
@@ -246,8 +277,8 @@ fn ok_json(v: &serde_json::Value) -> Response {
     handlers::json_response(StatusCode::OK, v)
 }
 
-fn resources_or_404(group: &str, version: &str) -> Response {
-    match discovery::api_resources(group, version) {
+fn resources_or_404(s: &AppState, group: &str, version: &str) -> Response {
+    match discovery::api_resources(&s.served(), group, version) {
         Some(list) => ok_json(&list),
         None => ApiError::no_route().into_response(),
     }
@@ -255,14 +286,20 @@ fn resources_or_404(group: &str, version: &str) -> Response {
 
 /// A group/version's OpenAPI document; immutable for its hash, as upstream serves it.
 async fn openapi_document(State(s): State<AppState>, Path(path): Path<String>) -> Response {
-    match s.openapi.document(&path) {
+    let custom = s.crds().and_then(|c| c.openapi_document(&path));
+    let found = s
+        .openapi
+        .document(&path)
+        .map(|(h, d)| (h.to_string(), d.to_vec()))
+        .or(custom);
+    match found {
         Some((hash, doc)) => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ETAG, format!("\"{hash}\""))
             .header(header::CACHE_CONTROL, "public, immutable")
             .header(header::VARY, "Accept")
-            .body(Body::from(doc.to_vec()))
+            .body(Body::from(doc))
             .unwrap_or_default(),
         None => ApiError::no_route().into_response(),
     }
@@ -385,7 +422,7 @@ async fn resource(
         .query
         .get("watch")
         .is_some_and(|w| w == "true" || w == "1");
-    let target = request::parse(group, version, rest);
+    let target = request::parse(s.crds(), group, version, rest);
     let (resource, named) = match &target {
         Ok(t) => (t.resource.plural, t.name.is_some()),
         Err(_) => ("", false),
@@ -461,6 +498,7 @@ pub async fn bootstrap(backend: &Backend) {
         backend: backend.clone(),
         metrics: None,
         namespaces: None,
+        crds: None,
     };
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);

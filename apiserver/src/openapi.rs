@@ -27,23 +27,20 @@ fn gv_path(group: &str, version: &str) -> String {
 impl OpenApi {
     pub fn build() -> OpenApi {
         let mut docs = BTreeMap::new();
-        for (group, version) in registry::group_versions() {
-            let doc = serde_json::to_vec(&document(group, version)).unwrap_or_default();
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            doc.hash(&mut h);
-            docs.insert(
-                gv_path(group, version),
-                (format!("{:016X}", h.finish()), doc),
-            );
+        for (group, version) in registry::group_versions(&registry::served(None)) {
+            docs.insert(gv_path(group, version), hashed(&document(group, version)));
         }
         OpenApi { docs }
     }
 
-    pub fn index(&self) -> Value {
+    /// The index: the built-in documents and the custom ones given as (path, hash).
+    pub fn index(&self, custom: &[(String, String)]) -> Value {
         let paths: Map<String, Value> = self
             .docs
             .iter()
-            .map(|(path, (hash, _))| {
+            .map(|(path, (hash, _))| (path, hash))
+            .chain(custom.iter().map(|(p, h)| (p, h)))
+            .map(|(path, hash)| {
                 (
                     path.clone(),
                     json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
@@ -57,6 +54,14 @@ impl OpenApi {
     pub fn document(&self, path: &str) -> Option<(&str, &[u8])> {
         self.docs.get(path).map(|(h, d)| (h.as_str(), d.as_slice()))
     }
+}
+
+/// A document as served: its hash and bytes.
+fn hashed(doc: &Value) -> (String, Vec<u8>) {
+    let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    (format!("{:016X}", h.finish()), bytes)
 }
 
 fn gvk(r: &Resource) -> Value {
@@ -80,16 +85,60 @@ fn operation(r: &Resource, action: &str, id: &str, schema_ref: &str, patch: bool
     });
     if patch {
         let body = json!({"schema": {"type": "object"}});
-        op["requestBody"] = json!({"content": {
+        let mut content = json!({
             "application/json-patch+json": body,
             "application/merge-patch+json": body,
-            "application/strategic-merge-patch+json": body,
-        }});
+            "application/apply-patch+yaml": body,
+        });
+        // Custom resources take no strategic merge patches.
+        if r.custom.is_none() {
+            content["application/strategic-merge-patch+json"] = body;
+        }
+        op["requestBody"] = json!({"content": content});
     } else if matches!(action, "post" | "put") {
         op["requestBody"] =
             json!({"content": {"application/json": {"schema": {"$ref": schema_ref}}}});
     }
     op
+}
+
+/// The collection and item paths of a resource, with their operations.
+fn add_paths(paths: &mut Map<String, Value>, r: &Resource, schema_ref: &str) {
+    let base = format!("/{}", gv_path(r.group, r.version));
+    let (collection, item) = if r.namespaced {
+        (
+            format!("{base}/namespaces/{{namespace}}/{}", r.plural),
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+        )
+    } else {
+        (
+            format!("{base}/{}", r.plural),
+            format!("{base}/{}/{{name}}", r.plural),
+        )
+    };
+    let id = |verb: &str| {
+        format!(
+            "{verb}{}{}",
+            if r.namespaced { "Namespaced" } else { "" },
+            r.kind
+        )
+    };
+    paths.insert(
+        collection,
+        json!({
+            "get": operation(r, "list", &id("list"), schema_ref, false),
+            "post": operation(r, "post", &id("create"), schema_ref, false),
+        }),
+    );
+    paths.insert(
+        item,
+        json!({
+            "get": operation(r, "get", &id("read"), schema_ref, false),
+            "put": operation(r, "put", &id("replace"), schema_ref, false),
+            "patch": operation(r, "patch", &id("patch"), schema_ref, true),
+            "delete": operation(r, "delete", &id("delete"), schema_ref, false),
+        }),
+    );
 }
 
 fn document(group: &str, version: &str) -> Value {
@@ -109,41 +158,7 @@ fn document(group: &str, version: &str) -> Value {
             .unwrap_or_default()
             .to_string();
         kinds.push((name, r));
-        let base = format!("/{}", gv_path(group, version));
-        let (collection, item) = if r.namespaced {
-            (
-                format!("{base}/namespaces/{{namespace}}/{}", r.plural),
-                format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
-            )
-        } else {
-            (
-                format!("{base}/{}", r.plural),
-                format!("{base}/{}/{{name}}", r.plural),
-            )
-        };
-        let id = |verb: &str| {
-            format!(
-                "{verb}{}{}",
-                if r.namespaced { "Namespaced" } else { "" },
-                r.kind
-            )
-        };
-        paths.insert(
-            collection,
-            json!({
-                "get": operation(r, "list", &id("list"), &schema_ref, false),
-                "post": operation(r, "post", &id("create"), &schema_ref, false),
-            }),
-        );
-        paths.insert(
-            item,
-            json!({
-                "get": operation(r, "get", &id("read"), &schema_ref, false),
-                "put": operation(r, "put", &id("replace"), &schema_ref, false),
-                "patch": operation(r, "patch", &id("patch"), &schema_ref, true),
-                "delete": operation(r, "delete", &id("delete"), &schema_ref, false),
-            }),
-        );
+        add_paths(&mut paths, r, &schema_ref);
     }
     let mut schemas = generator.take_definitions(true);
     // k8s-openapi's schemas lack the patch extensions kubectl needs to compute strategic
@@ -163,12 +178,58 @@ fn document(group: &str, version: &str) -> Value {
             schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
         }
     }
+    wrap(paths, schemas)
+}
+
+fn wrap(paths: Map<String, Value>, schemas: Map<String, Value>) -> Value {
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION},
         "paths": paths,
         "components": {"schemas": schemas},
     })
+}
+
+/// The documents of the custom resources' group/versions, keyed by path: each kind's schema
+/// under upstream's name (`com.example.stable.v1.CronTab`), with ObjectMeta for its metadata.
+pub fn custom_documents(resources: &[&Resource]) -> BTreeMap<String, (String, Vec<u8>)> {
+    let mut by_gv: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
+    for r in resources.iter().filter(|r| r.custom.is_some()) {
+        by_gv
+            .entry(gv_path(r.group, r.version))
+            .or_default()
+            .push(r);
+    }
+    by_gv
+        .into_iter()
+        .map(|(path, rs)| {
+            let mut generator = SchemaSettings::openapi3().into_generator();
+            let meta = generator
+                .subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+            let mut schemas = generator.take_definitions(true);
+            let mut paths = Map::new();
+            for r in rs {
+                let reversed: Vec<&str> = r.group.split('.').rev().collect();
+                let name = format!("{}.{}.{}", reversed.join("."), r.version, r.kind);
+                let mut schema = r
+                    .custom
+                    .and_then(|c| c.schema.clone())
+                    .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+                let props = schema
+                    .as_object_mut()
+                    .map(|s| s.entry("properties").or_insert_with(|| json!({})));
+                if let Some(Value::Object(props)) = props {
+                    props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                    props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                    props.insert("metadata".into(), json!({"allOf": [meta.clone()], "description": "Standard object's metadata."}));
+                }
+                schema["x-kubernetes-group-version-kind"] = json!([gvk(r)]);
+                schemas.insert(name.clone(), schema);
+                add_paths(&mut paths, r, &format!("#/components/schemas/{name}"));
+            }
+            (path, hashed(&wrap(paths, schemas)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -178,7 +239,7 @@ mod tests {
     #[test]
     fn every_served_kind_has_a_described_schema_and_a_validating_patch() {
         let api = OpenApi::build();
-        let index = api.index();
+        let index = api.index(&[]);
         let url = index["paths"]["api/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();

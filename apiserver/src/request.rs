@@ -1,5 +1,6 @@
 //! What a request is about: upstream's RequestInfo, from the path alone.
 
+use crate::crd::CustomResources;
 use crate::error::ApiError;
 use crate::registry::{self, Resource};
 
@@ -12,11 +13,20 @@ pub struct Target {
     pub subresource: Option<String>,
 }
 
-/// Parses the part of a path after `/api/v1/` or `/apis/<group>/<version>/`.
-pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
+/// Parses the part of a path after `/api/v1/` or `/apis/<group>/<version>/`; custom resources
+/// are looked up among the served definitions.
+pub fn parse(
+    crds: Option<&CustomResources>,
+    group: &str,
+    version: &str,
+    rest: &str,
+) -> Result<Target, ApiError> {
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
-    let find =
-        |plural: &str| registry::lookup(group, version, plural).ok_or_else(ApiError::no_route);
+    let find = |plural: &str| {
+        registry::lookup(group, version, plural)
+            .or_else(|| crds.and_then(|c| c.lookup(group, version, plural)))
+            .ok_or_else(ApiError::no_route)
+    };
     let target = |resource: &'static Resource,
                   namespace: Option<&str>,
                   name: Option<&str>,
@@ -67,22 +77,22 @@ mod tests {
 
     #[test]
     fn paths_name_their_targets_as_upstream_does() {
-        let t = parse("", "v1", "namespaces/dev/configmaps/app").unwrap();
+        let t = parse(None, "", "v1", "namespaces/dev/configmaps/app").unwrap();
         assert_eq!(
             (t.resource.plural, t.namespace.as_deref(), t.name.as_deref()),
             ("configmaps", Some("dev"), Some("app"))
         );
-        let t = parse("", "v1", "configmaps").unwrap();
+        let t = parse(None, "", "v1", "configmaps").unwrap();
         assert_eq!(
             (t.resource.plural, t.namespace, t.name),
             ("configmaps", None, None)
         );
-        let t = parse("", "v1", "namespaces/dev").unwrap();
+        let t = parse(None, "", "v1", "namespaces/dev").unwrap();
         assert_eq!(
             (t.resource.plural, t.name.as_deref()),
             ("namespaces", Some("dev"))
         );
-        let t = parse("", "v1", "namespaces/dev/status").unwrap();
+        let t = parse(None, "", "v1", "namespaces/dev/status").unwrap();
         assert_eq!(
             (
                 t.resource.plural,
@@ -92,11 +102,11 @@ mod tests {
             ("namespaces", Some("dev"), Some("status"))
         );
         assert!(
-            parse("", "v1", "configmaps/app").is_err(),
+            parse(None, "", "v1", "configmaps/app").is_err(),
             "a namespaced object needs its namespace"
         );
-        assert!(parse("", "v1", "widgets").is_err());
-        let t = parse("apps", "v1", "namespaces/dev/deployments/web/status").unwrap();
+        assert!(parse(None, "", "v1", "widgets").is_err());
+        let t = parse(None, "apps", "v1", "namespaces/dev/deployments/web/status").unwrap();
         assert_eq!(
             (
                 t.resource.kind,
@@ -106,12 +116,12 @@ mod tests {
             ("Deployment", Some("dev"), Some("status"))
         );
         assert_eq!(
-            parse("rbac.authorization.k8s.io", "v1", "clusterroles/view")
+            parse(None, "rbac.authorization.k8s.io", "v1", "clusterroles/view")
                 .unwrap()
                 .resource
                 .kind,
             "ClusterRole"
         );
-        assert!(parse("", "v1", "namespaces/dev/namespaces").is_err());
+        assert!(parse(None, "", "v1", "namespaces/dev/namespaces").is_err());
     }
 }

@@ -25,14 +25,24 @@ pub fn build(r: &Resource, list_or_object: &Value) -> Value {
         "name": "Name", "type": "string", "format": "name", "priority": 0,
         "description": "Name must be unique within a namespace. https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
     })];
-    columns.extend(r.columns.iter().map(|c| {
-        json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority})
-    }));
+    match r.custom {
+        // A custom resource's printer columns; dates print as ages.
+        Some(c) => columns.extend(c.columns.iter().map(|c| {
+            let kind = if c.kind == "date" { "string" } else { c.kind.as_str() };
+            json!({"name": c.name, "type": kind, "format": c.format, "description": c.description, "priority": c.priority})
+        })),
+        None => columns.extend(r.columns.iter().map(|c| {
+            json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority})
+        })),
+    }
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
             let mut cells = vec![json!(object::name(o))];
-            cells.extend(r.columns.iter().map(|c| (c.cell)(o)));
+            match r.custom {
+                Some(c) => cells.extend(c.columns.iter().map(|c| c.cell(o))),
+                None => cells.extend(r.columns.iter().map(|c| (c.cell)(o))),
+            }
             json!({"cells": cells, "object": partial_metadata(o)})
         })
         .collect();

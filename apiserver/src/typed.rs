@@ -40,8 +40,27 @@ fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Checked {
         )
     })
     .map_err(|e| e.to_string())?;
-    let normalized = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    let mut normalized = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    integral_floats(&mut normalized);
     Ok((normalized, unknown))
+}
+
+/// Go writes a float64 of 10 as `10`; serde writes `10.0`. Whole floats become integers, so
+/// objects read back as upstream writes them (a CRD schema's `maximum: 10`).
+fn integral_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats),
+        Value::Object(m) => m.values_mut().for_each(integral_floats),
+        _ => {}
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,26 +88,38 @@ impl FieldValidation {
 pub fn validate(
     typed: &Typed,
     kind: &str,
-    api_version: &str,
+    version: &str,
     obj: &Value,
     mode: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let (normalized, unknown) = (typed.check)(obj).map_err(|e| {
         ApiError::bad_request(format!(
-            "{kind} in version \"{api_version}\" cannot be handled as a {kind}: {e}"
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}"
         ))
     })?;
+    let warnings = unknown_fields(kind, version, &unknown, mode)?;
+    Ok((normalized, warnings))
+}
+
+/// What the validation mode makes of unknown fields: Strict refuses them, Warn returns the
+/// warnings to send, Ignore nothing.
+pub fn unknown_fields(
+    kind: &str,
+    version: &str,
+    unknown: &[String],
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
     let messages: Vec<String> = unknown
         .iter()
         .map(|f| format!("unknown field \"{f}\""))
         .collect();
     match mode {
         FieldValidation::Strict if !messages.is_empty() => Err(ApiError::bad_request(format!(
-            "{kind} in version \"{api_version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
             messages.join(", ")
         ))),
-        FieldValidation::Warn => Ok((normalized, messages)),
-        _ => Ok((normalized, Vec::new())),
+        FieldValidation::Warn => Ok(messages),
+        _ => Ok(Vec::new()),
     }
 }
 

@@ -854,3 +854,243 @@ async fn server_side_apply_creates_merges_and_refuses_bad_configurations() {
     assert_eq!(entry["fieldsV1"], json!({"f:status": {"f:replicas": {}}}));
     assert_eq!(s["metadata"]["generation"], 1);
 }
+
+/// Polls until `ok` holds for a GET's answer (a CRD is served once the process's watch sees it).
+async fn eventually(api: &Api, uri: &str, ok: impl Fn(StatusCode, &Value) -> bool) -> Value {
+    for _ in 0..200 {
+        let (status, body) = api.json("GET", uri, "").await;
+        if ok(status, &body) {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{uri} never became as expected");
+}
+
+fn crontab_crd() -> Value {
+    let schema = json!({"type": "object", "properties": {
+        "spec": {"type": "object", "required": ["cronSpec"], "properties": {
+            "cronSpec": {"type": "string", "pattern": "^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$"},
+            "image": {"type": "string"},
+            "replicas": {"type": "integer", "minimum": 0, "maximum": 10, "default": 1}}},
+        "status": {"type": "object", "properties": {"replicas": {"type": "integer"}, "selector": {"type": "string"}}}}});
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "crontabs.stable.example.com"},
+        "spec": {"group": "stable.example.com", "scope": "Namespaced",
+            "names": {"plural": "crontabs", "singular": "crontab", "kind": "CronTab", "shortNames": ["ct"]},
+            "versions": [
+                {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": schema},
+                 "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
+                 "additionalPrinterColumns": [
+                    {"name": "Spec", "type": "string", "jsonPath": ".spec.cronSpec"},
+                    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}]},
+                {"name": "v1beta1", "served": true, "storage": false, "schema": {"openAPIV3Schema": schema}}]}})
+}
+
+#[tokio::test]
+async fn custom_resources_are_served_like_built_in_kinds() {
+    let api = Api::new().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let (status, body) = api.json("POST", crds, &crontab_crd().to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["spec"]["names"]["listKind"], "CronTabList");
+    // Served, then established.
+    let discovery = eventually(&api, "/apis/stable.example.com/v1", |s, _| {
+        s == StatusCode::OK
+    })
+    .await;
+    let crontabs = discovery["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(crontabs, ["crontabs", "crontabs/status", "crontabs/scale"]);
+    let crd = eventually(
+        &api,
+        &format!("{crds}/crontabs.stable.example.com"),
+        |_, b| {
+            b["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            })
+        },
+    )
+    .await;
+    assert_eq!(crd["status"]["storedVersions"], json!(["v1"]));
+    let (_, groups) = api.json("GET", "/apis", "").await;
+    let group = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "stable.example.com")
+        .unwrap();
+    assert_eq!(group["preferredVersion"]["version"], "v1");
+    assert_eq!(group["versions"].as_array().unwrap().len(), 2);
+
+    // Writes are pruned, defaulted and validated by the schema.
+    let tabs = "/apis/stable.example.com/v1/namespaces/default/crontabs";
+    let tab = |spec: Value| {
+        json!({"apiVersion": "stable.example.com/v1", "kind": "CronTab", "metadata": {"name": "nightly"}, "spec": spec}).to_string()
+    };
+    let before = api.stored().await;
+    let (status, body) = api
+        .json(
+            "POST",
+            &format!("{tabs}?fieldValidation=Strict"),
+            &tab(json!({"cronSpec": "* * * * */5", "bogus": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "CronTab in version \"v1\" cannot be handled as a CronTab: strict decoding error: unknown field \"spec.bogus\""
+    );
+    let (status, body) = api
+        .json(
+            "POST",
+            tabs,
+            &tab(json!({"cronSpec": "bad", "replicas": 20})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["message"],
+        "CronTab.stable.example.com \"nightly\" is invalid: [spec.cronSpec: Invalid value: \"bad\": spec.cronSpec in body should match '^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$', spec.replicas: Invalid value: 20: spec.replicas in body should be less than or equal to 10]"
+    );
+    assert_eq!(body["details"]["causes"].as_array().unwrap().len(), 2);
+    assert_eq!(api.stored().await, before, "refused writes store nothing");
+    let (status, _, bytes) = api
+        .call(
+            "POST",
+            tabs,
+            "application/json",
+            "application/json",
+            tab(json!({"cronSpec": "* * * * */5", "image": "cron:1", "bogus": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let created: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(created["spec"].get("bogus").is_none());
+    assert_eq!(created["spec"]["replicas"], 1);
+    assert_eq!(created["metadata"]["generation"], 1);
+
+    // Stored in the storage version under upstream's key; served in the version asked for.
+    let (kv, _) = api
+        .backend
+        .get("/registry/stable.example.com/crontabs/default/nightly")
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_slice(&kv.unwrap().value).unwrap();
+    assert_eq!(stored["apiVersion"], "stable.example.com/v1");
+    let (_, beta) = api
+        .json(
+            "GET",
+            "/apis/stable.example.com/v1beta1/namespaces/default/crontabs/nightly",
+            "",
+        )
+        .await;
+    assert_eq!(beta["apiVersion"], "stable.example.com/v1beta1");
+
+    // Table rows show the printer columns.
+    let (_, _, table) = api
+        .call(
+            "GET",
+            tabs,
+            "",
+            "application/json;as=Table;g=meta.k8s.io;v=v1",
+            "",
+        )
+        .await;
+    let table: Value = serde_json::from_slice(&table).unwrap();
+    let headers: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(headers, ["Name", "Spec", "Replicas"]);
+    assert_eq!(
+        table["rows"][0]["cells"],
+        json!(["nightly", "* * * * */5", 1])
+    );
+
+    // Status and scale subresources.
+    let (_, mut with_status) = api.json("GET", &format!("{tabs}/nightly"), "").await;
+    with_status["status"] = json!({"replicas": 1, "selector": "app=cron"});
+    let (status, body) = api
+        .json(
+            "PUT",
+            &format!("{tabs}/nightly/status"),
+            &with_status.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["metadata"]["generation"], 1);
+    let (_, scale) = api.json("GET", &format!("{tabs}/nightly/scale"), "").await;
+    assert_eq!(scale["spec"]["replicas"], 1);
+    assert_eq!(
+        scale["status"],
+        json!({"replicas": 1, "selector": "app=cron"})
+    );
+    let mut scale_up = scale.clone();
+    scale_up["spec"]["replicas"] = json!(3);
+    let (status, body) = api
+        .json(
+            "PUT",
+            &format!("{tabs}/nightly/scale"),
+            &scale_up.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, scaled) = api.json("GET", &format!("{tabs}/nightly"), "").await;
+    assert_eq!(scaled["spec"]["replicas"], 3);
+    assert_eq!(scaled["metadata"]["generation"], 2);
+    assert_eq!(scaled["status"]["replicas"], 1);
+
+    // OpenAPI publishes the kind's schema for kubectl's validation and explain.
+    let (_, index) = api.json("GET", "/openapi/v3", "").await;
+    let url = index["paths"]["apis/stable.example.com/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, doc) = api.json("GET", &url, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let schema = &doc["components"]["schemas"]["com.example.stable.v1.CronTab"];
+    assert_eq!(
+        schema["x-kubernetes-group-version-kind"],
+        json!([{"group": "stable.example.com", "version": "v1", "kind": "CronTab"}])
+    );
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["replicas"]["maximum"],
+        10
+    );
+    assert!(
+        doc["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/crontabs/{name}"]["patch"]
+            .is_object()
+    );
+
+    // Deleting the definition deletes its objects, then the definition.
+    let (status, body) = api
+        .json("DELETE", &format!("{crds}/crontabs.stable.example.com"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(
+        &api,
+        &format!("{crds}/crontabs.stable.example.com"),
+        |s, _| s == StatusCode::NOT_FOUND,
+    )
+    .await;
+    let (status, _) = api.json("GET", "/apis/stable.example.com/v1", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (kv, _) = api
+        .backend
+        .get("/registry/stable.example.com/crontabs/default/nightly")
+        .await
+        .unwrap();
+    assert!(
+        kv.is_none(),
+        "the custom resources went with their definition"
+    );
+}

@@ -54,6 +54,9 @@ pub static RESOURCES: &[Resource] = &[
         allocations: super::holds_nothing,
         on_update: super::any_update,
         defaults: defaults::job,
+        validate: super::no_rules,
+        delete_finalizers: &[],
+        custom: None,
     },
     Resource {
         group: "batch",
@@ -128,5 +131,8 @@ pub static RESOURCES: &[Resource] = &[
         allocations: super::holds_nothing,
         on_update: super::any_update,
         defaults: defaults::cron_job,
+        validate: super::no_rules,
+        delete_finalizers: &[],
+        custom: None,
     },
 ];

@@ -28,6 +28,9 @@ const BASE: Resource = Resource {
     allocations: super::holds_nothing,
     on_update: super::any_update,
     defaults: super::no_defaults,
+    validate: super::no_rules,
+    delete_finalizers: &[],
+    custom: None,
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -50,6 +50,12 @@ pub struct Resource {
     pub on_update: fn(&Value, &mut Value) -> Result<(), crate::error::ApiError>,
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
+    /// The kind's own validation of a defaulted object: (field, message) per invalid field.
+    pub validate: fn(&Value) -> Vec<(String, String)>,
+    /// Finalizers a delete adds, so that deletion waits for their cleanup (a CRD's instances).
+    pub delete_finalizers: &'static [&'static str],
+    /// A custom resource's definition: its schema, columns and storage version.
+    pub custom: Option<&'static crate::crd::Custom>,
 }
 
 /// A label selector at `pointer` as `k=v,...` ("" when empty), as Scale's status shows it.
@@ -66,6 +72,11 @@ pub fn map_string(o: &Value, pointer: &str) -> String {
 
 /// For kinds without defaults.
 pub fn no_defaults(_: &mut Value) {}
+
+/// For kinds without validation rules of their own.
+pub fn no_rules(_: &Value) -> Vec<(String, String)> {
+    Vec::new()
+}
 
 /// For kinds that hold nothing.
 pub fn holds_nothing(_: &Value) -> crate::allocator::Allocated {
@@ -147,10 +158,20 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
     all().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-/// The group/versions served, core first.
-pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+/// Every served resource: the built-in kinds, then the custom resources' served versions.
+pub fn served(crds: Option<&crate::crd::CustomResources>) -> Vec<&'static Resource> {
+    let mut out: Vec<&'static Resource> = all().collect();
+    if let Some(c) = crds {
+        out.extend(c.resources());
+    }
+    out
+}
+
+/// The group/versions of these resources in their order (core first, then each group's
+/// versions by preference).
+pub fn group_versions(resources: &[&'static Resource]) -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in all() {
+    for r in resources {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }

@@ -1,6 +1,6 @@
 //! The remaining GA groups: autoscaling, certificates, node, storage drivers and attachments,
-//! admission registration, API extensions (CRDs are stored; serving their custom resources
-//! comes next) and flow control.
+//! admission registration, API extensions (the definitions; `crd` serves what they define)
+//! and flow control.
 
 use k8s_openapi::api::{
     admissionregistration, autoscaling, certificates, flowcontrol, node, storage,
@@ -32,6 +32,9 @@ const BASE: Resource = Resource {
     allocations: super::holds_nothing,
     on_update: super::any_update,
     defaults: super::no_defaults,
+    validate: super::no_rules,
+    delete_finalizers: &[],
+    custom: None,
 };
 
 fn count(o: &Value, pointer: &str) -> Value {
@@ -308,6 +311,11 @@ pub static RESOURCES: &[Resource] = &[
         columns: &[CREATED_AT],
         status: Status::Subresource,
         generation: true,
+        defaults: crate::crd::definition_defaults,
+        validate: crate::crd::definition_rules,
+        delete_finalizers: &[crate::crd::CLEANUP_FINALIZER],
+        // Upstream's apiextensions server keeps them under its group.
+        storage: Some("apiextensions.k8s.io/customresourcedefinitions"),
         ..BASE
     },
     Resource {

@@ -1,0 +1,799 @@
+//! Custom resources (upstream's apiextensions-apiserver). The CustomResourceDefinitions in
+//! storage are followed by one watch per process; each served version of a definition becomes
+//! a registry entry that the generic handlers serve like a built-in kind: the same store, the
+//! same REST semantics, discovery and OpenAPI. What differs lives in [`Custom`]: the schema
+//! that prunes, defaults and validates, the printer columns, the storage version.
+//!
+//! This module also plays the definitions' controllers: it marks a served definition
+//! Established (its accepted names and stored versions), and when a definition is deleted it
+//! removes the definition's objects before letting the definition go.
+
+mod jsonpath;
+pub mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, header};
+use futures::StreamExt;
+use kelp_storage::{Backend, KeyRange, RangeRequest, Txn};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::object;
+use crate::registry::{self, Resource, Status};
+use crate::typed::FieldValidation;
+
+/// The finalizer that holds a deleted definition until its objects are gone.
+pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+const PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+
+/// What a served version of a definition adds to its registry entry.
+pub struct Custom {
+    /// The version objects are stored in (conversion `None`: only apiVersion changes).
+    pub storage_version: &'static str,
+    /// The version's structural schema (`openAPIV3Schema`).
+    pub schema: Option<Value>,
+    pub columns: Vec<PrinterColumn>,
+    pub scale: Option<ScalePaths>,
+}
+
+/// An `additionalPrinterColumns` entry.
+pub struct PrinterColumn {
+    pub name: String,
+    pub kind: String,
+    pub format: String,
+    pub description: String,
+    pub priority: u8,
+    pub path: String,
+}
+
+impl PrinterColumn {
+    /// The cell of an object, as upstream's CRD table convertor computes it: dates as ages,
+    /// numbers and booleans as they are, several results joined by spaces.
+    pub fn cell(&self, o: &Value) -> Value {
+        let found = jsonpath::find(o, &self.path);
+        let Some(first) = found.first() else {
+            return Value::Null;
+        };
+        if found.len() > 1 {
+            let text: Vec<String> = found.iter().map(|v| plain(v)).collect();
+            return json!(text.join(" "));
+        }
+        match self.kind.as_str() {
+            "date" => first
+                .as_str()
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+                .map(|t| {
+                    json!(object::human_duration(
+                        jiff::Timestamp::now().as_second() - t.as_second()
+                    ))
+                })
+                .unwrap_or(Value::Null),
+            "integer" | "number" | "boolean" => (*first).clone(),
+            _ => json!(plain(first)),
+        }
+    }
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The scale subresource's paths, as JSON pointers (`/spec/replicas`).
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+/// `.spec.replicas` as a JSON pointer.
+fn pointer(path: &str) -> String {
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .fold(String::new(), |acc, s| format!("{acc}/{s}"))
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+fn leak_list(v: &Value) -> &'static [&'static str] {
+    let items: Vec<&'static str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(leak)
+        .collect();
+    Box::leak(items.into_boxed_slice())
+}
+
+/// The registry entries of a definition's served versions. Entries live as long as the
+/// process (handlers and watches hold them as `&'static`), so each distinct definition spec is
+/// built once and interned: re-reading a definition, or a status change, costs nothing.
+pub fn resources_of(crd: &Value) -> Vec<&'static Resource> {
+    static INTERNED: OnceLock<Mutex<HashMap<String, Vec<&'static Resource>>>> = OnceLock::new();
+    let spec = &crd["spec"];
+    let key = spec.to_string();
+    let mut interned = INTERNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = interned.get(&key) {
+        return found.clone();
+    }
+    let built = build(spec);
+    interned.insert(key, built.clone());
+    built
+}
+
+fn build(spec: &Value) -> Vec<&'static Resource> {
+    let group = text(spec, "/group");
+    let kind = text(spec, "/names/kind");
+    let plural = text(spec, "/names/plural");
+    if group.is_empty() || kind.is_empty() || plural.is_empty() {
+        return Vec::new();
+    }
+    let singular = match text(spec, "/names/singular") {
+        "" => kind.to_lowercase(),
+        s => s.to_string(),
+    };
+    let versions = spec["versions"].as_array().cloned().unwrap_or_default();
+    let Some(storage) = versions
+        .iter()
+        .find(|v| v["storage"] == json!(true))
+        .map(|v| text(v, "/name"))
+    else {
+        return Vec::new();
+    };
+    let (group, kind, plural, singular) = (leak(group), leak(kind), leak(plural), leak(&singular));
+    let storage_version = leak(storage);
+    let short_names = leak_list(&spec["names"]["shortNames"]);
+    let categories = leak_list(&spec["names"]["categories"]);
+    let segment = leak(&format!("{group}/{plural}"));
+    versions
+        .iter()
+        .filter(|v| v["served"] == json!(true))
+        .map(|v| {
+            let columns = match v["additionalPrinterColumns"].as_array() {
+                Some(cols) => cols
+                    .iter()
+                    .map(|c| PrinterColumn {
+                        name: text(c, "/name").to_string(),
+                        kind: text(c, "/type").to_string(),
+                        format: text(c, "/format").to_string(),
+                        description: text(c, "/description").to_string(),
+                        priority: c["priority"].as_u64().unwrap_or(0).min(255) as u8,
+                        path: text(c, "/jsonPath").to_string(),
+                    })
+                    .collect(),
+                // Upstream's default column.
+                None => vec![PrinterColumn {
+                    name: "Age".into(),
+                    kind: "date".into(),
+                    format: String::new(),
+                    description: "CreationTimestamp is a timestamp representing the server time when this object was created.".into(),
+                    priority: 0,
+                    path: ".metadata.creationTimestamp".into(),
+                }],
+            };
+            let scale = v.pointer("/subresources/scale").map(|s| ScalePaths {
+                spec_replicas: pointer(text(s, "/specReplicasPath")),
+                status_replicas: pointer(text(s, "/statusReplicasPath")),
+                label_selector: s
+                    .get("labelSelectorPath")
+                    .and_then(Value::as_str)
+                    .map(pointer),
+            });
+            let custom: &'static Custom = Box::leak(Box::new(Custom {
+                storage_version,
+                schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+                columns,
+                scale,
+            }));
+            let resource: &'static Resource = Box::leak(Box::new(Resource {
+                group,
+                version: leak(text(v, "/name")),
+                kind,
+                plural,
+                singular,
+                namespaced: text(spec, "/scope") == "Namespaced",
+                short_names,
+                categories,
+                columns: &[],
+                fields: &[],
+                typed: crate::typed::typed::<Value>(),
+                status: if v.pointer("/subresources/status").is_some() {
+                    Status::Subresource
+                } else {
+                    Status::None
+                },
+                scale: custom.scale.is_some(),
+                generation: true,
+                storage: Some(segment),
+                allocate: None,
+                allocations: registry::holds_nothing,
+                on_update: registry::any_update,
+                defaults: registry::no_defaults,
+                validate: registry::no_rules,
+                delete_finalizers: &[],
+                custom: Some(custom),
+            }));
+            resource
+        })
+        .collect()
+}
+
+/// Prunes, defaults and validates a custom resource (upstream's CR strategy and the
+/// unstructured decoder): metadata as ObjectMeta reads it, the rest by the schema.
+pub fn check(
+    r: &Resource,
+    c: &Custom,
+    mut obj: Value,
+    mode: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let version = r.version;
+    const META: crate::typed::Typed =
+        crate::typed::typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let (meta, meta_unknown) = (META.check)(&meta).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = r.kind
+        ))
+    })?;
+    obj["metadata"] = meta;
+    let mut unknown: Vec<String> = meta_unknown
+        .into_iter()
+        .map(|f| format!("metadata.{f}"))
+        .collect();
+    if let Some(s) = &c.schema {
+        unknown.extend(schema::prune(s, &mut obj));
+        schema::default(s, &mut obj);
+    }
+    let warnings = crate::typed::unknown_fields(r.kind, version, &unknown, mode)?;
+    if let Some(s) = &c.schema {
+        let causes = schema::validate(s, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(
+                r.group,
+                r.kind,
+                object::name(&obj),
+                causes,
+            ));
+        }
+    }
+    Ok((obj, warnings))
+}
+
+/// A stored custom resource as this version serves it: its apiVersion, and the schema's
+/// pruning and defaults applied (upstream defaults what it reads from storage too).
+pub fn served(r: &Resource, c: &Custom, obj: &mut Value) {
+    obj["apiVersion"] = json!(r.api_version());
+    if let Some(s) = &c.schema {
+        schema::prune(s, obj);
+        schema::default(s, obj);
+    }
+}
+
+/// The apiVersion objects are stored under.
+pub fn stored_api_version(r: &Resource, c: &Custom) -> String {
+    format!("{}/{}", r.group, c.storage_version)
+}
+
+/// upstream's SetDefaults for CustomResourceDefinition.
+pub fn definition_defaults(crd: &mut Value) {
+    let kind = text(crd, "/spec/names/kind").to_string();
+    if let Some(Value::Object(names)) = crd.pointer_mut("/spec/names")
+        && !kind.is_empty()
+    {
+        names
+            .entry("singular")
+            .or_insert_with(|| json!(kind.to_lowercase()));
+        names
+            .entry("listKind")
+            .or_insert_with(|| json!(format!("{kind}List")));
+    }
+    if let Some(Value::Object(spec)) = crd.get_mut("spec") {
+        spec.entry("conversion")
+            .or_insert_with(|| json!({"strategy": "None"}));
+    }
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// upstream's ValidateCustomResourceDefinition, the rules users meet.
+pub fn definition_rules(crd: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let mut invalid = |field: &str, message: String| causes.push((field.to_string(), message));
+    let group = text(crd, "/spec/group");
+    let plural = text(crd, "/spec/names/plural");
+    let name = object::name(crd);
+    if group.is_empty() {
+        invalid("spec.group", "Required value".into());
+    } else if !group.contains('.') {
+        invalid(
+            "spec.group",
+            format!("Invalid value: {group:?}: should be a domain with at least one dot"),
+        );
+    }
+    if plural.is_empty() {
+        invalid("spec.names.plural", "Required value".into());
+    } else if !dns_label(plural) {
+        invalid(
+            "spec.names.plural",
+            format!(
+                "Invalid value: {plural:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+            ),
+        );
+    }
+    if text(crd, "/spec/names/kind").is_empty() {
+        invalid("spec.names.kind", "Required value".into());
+    }
+    if name != format!("{plural}.{group}") {
+        invalid(
+            "metadata.name",
+            format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"),
+        );
+    }
+    match text(crd, "/spec/scope") {
+        "Cluster" | "Namespaced" => {}
+        "" => invalid("spec.scope", "Required value".into()),
+        other => invalid(
+            "spec.scope",
+            format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""),
+        ),
+    }
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if versions.is_empty() {
+        invalid(
+            "spec.versions",
+            "Invalid value: null: must have exactly one version marked as storage version".into(),
+        );
+    } else if versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count()
+        != 1
+    {
+        invalid(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version".into(),
+        );
+    }
+    for (i, v) in versions.iter().enumerate() {
+        let name = text(v, "/name");
+        if !dns_label(name) {
+            invalid(
+                &format!("spec.versions[{i}].name"),
+                format!(
+                    "Invalid value: {name:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-'"
+                ),
+            );
+        }
+        if versions[..i].iter().any(|o| text(o, "/name") == name) {
+            invalid(
+                &format!("spec.versions[{i}].name"),
+                format!("Duplicate value: {name:?}"),
+            );
+        }
+        if v.pointer("/schema/openAPIV3Schema").is_none() {
+            invalid(
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                "Required value: schemas are required".into(),
+            );
+        }
+    }
+    causes
+}
+
+/// The definitions a process serves, kept from a storage watch.
+pub struct CustomResources {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Definition name -> the entries it serves (none while it is being deleted).
+    served: BTreeMap<String, Vec<&'static Resource>>,
+    /// "apis/<group>/<version>" -> (hash, OpenAPI document).
+    openapi: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+impl CustomResources {
+    /// Starts following the definitions; the task ends when the registry is dropped.
+    pub fn start(backend: Backend) -> Arc<CustomResources> {
+        let crds = Arc::new(CustomResources {
+            state: RwLock::new(State::default()),
+        });
+        let weak = Arc::downgrade(&crds);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = follow(&backend, &weak).await {
+                    tracing::debug!(error = %e, "custom resource definitions relisting");
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        crds
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        self.read()
+            .served
+            .values()
+            .flatten()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .copied()
+    }
+
+    /// Every served custom resource, groups in name order, versions by priority.
+    pub fn resources(&self) -> Vec<&'static Resource> {
+        let mut all: Vec<&'static Resource> =
+            self.read().served.values().flatten().copied().collect();
+        all.sort_by(|a, b| {
+            (
+                a.group,
+                std::cmp::Reverse(version_priority(a.version)),
+                a.plural,
+            )
+                .cmp(&(
+                    b.group,
+                    std::cmp::Reverse(version_priority(b.version)),
+                    b.plural,
+                ))
+        });
+        all
+    }
+
+    /// The OpenAPI v3 documents of the served custom group/versions: (path, hash).
+    pub fn openapi_paths(&self) -> Vec<(String, String)> {
+        self.read()
+            .openapi
+            .iter()
+            .map(|(p, (h, _))| (p.clone(), h.clone()))
+            .collect()
+    }
+
+    pub fn openapi_document(&self, path: &str) -> Option<(String, Vec<u8>)> {
+        self.read().openapi.get(path).cloned()
+    }
+
+    fn set(&self, name: String, resources: Option<Vec<&'static Resource>>) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match resources {
+            Some(r) if !r.is_empty() => state.served.insert(name, r),
+            _ => state.served.remove(&name),
+        };
+        let all: Vec<&'static Resource> = state.served.values().flatten().copied().collect();
+        state.openapi = crate::openapi::custom_documents(&all);
+    }
+}
+
+/// Kubernetes' version order (`v2` > `v1` > `v1beta2` > `v1beta1` > `v1alpha1` > others):
+/// GA before beta before alpha, higher numbers first.
+pub fn version_priority(v: &str) -> (u8, u64, u64) {
+    let Some(rest) = v.strip_prefix('v') else {
+        return (0, 0, 0);
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let Ok(major) = digits.parse::<u64>() else {
+        return (0, 0, 0);
+    };
+    let tail = &rest[digits.len()..];
+    let level = |prefix: &str, rank: u8| {
+        tail.strip_prefix(prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|minor| (rank, major, minor))
+    };
+    if tail.is_empty() {
+        (3, major, 0)
+    } else {
+        level("beta", 2)
+            .or_else(|| level("alpha", 1))
+            .unwrap_or((0, 0, 0))
+    }
+}
+
+fn name_of(key: &[u8]) -> String {
+    String::from_utf8_lossy(&key[PREFIX.len()..]).into_owned()
+}
+
+/// Lists, then watches until the watch fails or the registry is gone.
+async fn follow(backend: &Backend, crds: &Weak<CustomResources>) -> kelp_storage::Result<()> {
+    let listed = backend
+        .range(RangeRequest::new(KeyRange::prefix(PREFIX)))
+        .await?;
+    let mut watch = backend
+        .watch(KeyRange::prefix(PREFIX), listed.read_revision + 1)
+        .await?;
+    let Some(registry) = crds.upgrade() else {
+        return Ok(());
+    };
+    for kv in &listed.kvs {
+        if let Ok(crd) = serde_json::from_slice::<Value>(&kv.value) {
+            seen(backend, &registry, name_of(&kv.key), Some(crd));
+        }
+    }
+    drop(registry);
+    while let Some(batch) = watch.next().await {
+        let Some(registry) = crds.upgrade() else {
+            return Ok(());
+        };
+        for e in batch? {
+            let crd = match e.kind {
+                kelp_storage::EventKind::Put => serde_json::from_slice::<Value>(&e.kv.value).ok(),
+                kelp_storage::EventKind::Delete => None,
+            };
+            seen(backend, &registry, name_of(&e.kv.key), crd);
+        }
+    }
+    Ok(())
+}
+
+/// A definition as storage now holds it (None: gone): serve it, establish it, or clean up
+/// after it.
+fn seen(backend: &Backend, registry: &CustomResources, name: String, crd: Option<Value>) {
+    let Some(crd) = crd else {
+        registry.set(name, None);
+        return;
+    };
+    if crd.pointer("/metadata/deletionTimestamp").is_some() {
+        registry.set(name.clone(), None);
+        let finalizing = crd
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|f| f == CLEANUP_FINALIZER));
+        if finalizing {
+            tokio::spawn(clean_up(backend.clone(), crd));
+        }
+        return;
+    }
+    registry.set(name, Some(resources_of(&crd)));
+    if let Some(status) = wanted_status(&crd) {
+        let backend = backend.clone();
+        let name = object::name(&crd).to_string();
+        tokio::spawn(async move {
+            let patch = json!({"status": status}).to_string();
+            if let Err(e) = write_definition(&backend, &name, Some("status"), patch).await {
+                tracing::debug!(crd = %name, error = %e.message, "cannot establish");
+            }
+        });
+    }
+}
+
+/// The status a served definition should have, when it differs from what it has: its names
+/// accepted, Established, and its storage version recorded.
+fn wanted_status(crd: &Value) -> Option<Value> {
+    let mut names = crd.pointer("/spec/names").cloned()?;
+    if let Some(m) = names.as_object_mut() {
+        m.remove("listKind");
+    }
+    let kind = text(crd, "/spec/names/kind");
+    names["listKind"] = json!(
+        crd.pointer("/spec/names/listKind")
+            .and_then(Value::as_str)
+            .map_or(format!("{kind}List"), str::to_string)
+    );
+    let status = crd.get("status").cloned().unwrap_or_else(|| json!({}));
+    let condition = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == t))
+            .cloned()
+    };
+    let storage = crd["spec"]["versions"]
+        .as_array()?
+        .iter()
+        .find(|v| v["storage"] == json!(true))
+        .map(|v| v["name"].clone())?;
+    let mut stored: Vec<Value> = status["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !stored.contains(&storage) {
+        stored.push(storage);
+    }
+    let established = |c: Option<Value>| c.is_some_and(|c| c["status"] == "True");
+    if established(condition("Established"))
+        && established(condition("NamesAccepted"))
+        && status["acceptedNames"] == names
+        && status["storedVersions"] == json!(stored)
+    {
+        return None;
+    }
+    let now = object::now();
+    let keep = |t: &str, reason: &str, message: &str| {
+        let since = condition(t)
+            .filter(|c| c["status"] == "True")
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(now));
+        json!({"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": since})
+    };
+    Some(json!({
+        "acceptedNames": names,
+        "conditions": [
+            keep("NamesAccepted", "NoConflicts", "no conflicts found"),
+            keep("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    }))
+}
+
+/// Deletes a definition's objects, then its finalizer, which lets the definition go.
+async fn clean_up(backend: Backend, crd: Value) {
+    let prefix = format!(
+        "/registry/{}/{}/",
+        text(&crd, "/spec/group"),
+        text(&crd, "/spec/names/plural")
+    );
+    loop {
+        let page = match backend
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).limit(500))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list custom resources to delete");
+                return;
+            }
+        };
+        if page.kvs.is_empty() {
+            break;
+        }
+        for kv in page.kvs {
+            let _ = backend.txn(Txn::delete(kv.key, kv.mod_revision)).await;
+        }
+    }
+    let name = object::name(&crd).to_string();
+    let remaining: Vec<Value> = crd
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|f| *f != CLEANUP_FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": remaining}}).to_string();
+    if let Err(e) = write_definition(&backend, &name, None, patch).await
+        && e.reason != "NotFound"
+    {
+        tracing::warn!(crd = %name, error = %e.message, "cannot finish deleting");
+    }
+}
+
+/// A merge patch of a definition (or its status) through the generic handlers, as the
+/// apiserver's own controllers write.
+async fn write_definition(
+    backend: &Backend,
+    name: &str,
+    subresource: Option<&str>,
+    patch: String,
+) -> Result<(), ApiError> {
+    let resource = registry::lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .ok_or_else(ApiError::no_route)?;
+    let ctx = crate::handlers::Ctx {
+        backend: backend.clone(),
+        metrics: None,
+        namespaces: None,
+        crds: None,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/merge-patch+json"),
+    );
+    let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
+    let target = crate::request::Target {
+        resource,
+        namespace: None,
+        name: Some(name.to_string()),
+        subresource: subresource.map(str::to_string),
+    };
+    crate::handlers::serve(&ctx, &Method::PATCH, target, &query, &headers, patch.into())
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd() -> Value {
+        json!({"metadata": {"name": "crontabs.stable.example.com"}, "spec": {
+            "group": "stable.example.com", "scope": "Namespaced",
+            "names": {"plural": "crontabs", "kind": "CronTab", "shortNames": ["ct"]},
+            "versions": [
+                {"name": "v1beta1", "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object"}}},
+                {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}},
+                 "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}},
+                 "additionalPrinterColumns": [{"name": "Spec", "type": "string", "jsonPath": ".spec.cronSpec"}]},
+                {"name": "v0", "served": false, "storage": false, "schema": {"openAPIV3Schema": {"type": "object"}}}]}})
+    }
+
+    #[test]
+    fn served_versions_become_registry_entries() {
+        let rs = resources_of(&crd());
+        assert_eq!(rs.len(), 2);
+        let v1 = rs.iter().find(|r| r.version == "v1").unwrap();
+        assert_eq!(
+            v1.key(Some("ns"), "a"),
+            "/registry/stable.example.com/crontabs/ns/a"
+        );
+        assert_eq!((v1.singular, v1.short_names), ("crontab", &["ct"][..]));
+        assert_eq!(v1.status, Status::Subresource);
+        assert!(v1.scale);
+        let c = v1.custom.unwrap();
+        assert_eq!(c.storage_version, "v1");
+        assert_eq!(c.scale.as_ref().unwrap().spec_replicas, "/spec/replicas");
+        assert_eq!(
+            c.columns[0].cell(&json!({"spec": {"cronSpec": "* * * * *"}})),
+            "* * * * *"
+        );
+        // Interned: the same spec is the same entries.
+        assert!(std::ptr::eq(resources_of(&crd())[0], rs[0]));
+    }
+
+    #[test]
+    fn versions_sort_as_kubernetes_sorts_them() {
+        let mut v = vec![
+            "v1alpha1", "v1", "v2beta1", "foo", "v1beta2", "v2", "v1beta1",
+        ];
+        v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
+        assert_eq!(
+            v,
+            [
+                "v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn definitions_are_validated_as_upstream() {
+        assert!(definition_rules(&crd()).is_empty());
+        let mut bad = crd();
+        bad["metadata"]["name"] = json!("wrong");
+        bad["spec"]["versions"][0]["storage"] = json!(true);
+        let fields: Vec<String> = definition_rules(&bad).into_iter().map(|c| c.0).collect();
+        assert_eq!(fields, ["metadata.name", "spec.versions"]);
+    }
+
+    #[test]
+    fn a_served_definition_is_established_once() {
+        let status = wanted_status(&crd()).unwrap();
+        assert_eq!(status["conditions"][1]["type"], "Established");
+        assert_eq!(status["acceptedNames"]["listKind"], "CronTabList");
+        assert_eq!(status["storedVersions"], json!(["v1"]));
+        let mut done = crd();
+        done["status"] = status;
+        assert!(wanted_status(&done).is_none());
+    }
+}
