@@ -991,6 +991,7 @@ fn session(server: &KelpServer, v: &str) {
     );
 
     server_side_apply(server, v, &ns);
+    custom_resources(server, v, &ns);
 
     // The other GA groups are served too.
     let rc = format!("gvisor-{}", v.replace('.', "-"));
@@ -1214,6 +1215,211 @@ fn server_side_apply(server: &KelpServer, v: &str, ns: &str) {
     assert!(
         annotation.starts_with("teal {") && annotation.contains(r#""color":"teal""#),
         "{annotation}"
+    );
+}
+
+/// A CustomResourceDefinition and its custom resources end to end: the definition is served
+/// and established, kubectl validates against its published schema, prints its columns,
+/// patches, scales, explains and applies, and deleting it takes its objects along.
+fn custom_resources(server: &KelpServer, v: &str, ns: &str) {
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {v} {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+    let with_stdin = |args: &[&str], input: &str| {
+        let out = server.kubectl_with_stdin(v, args, Some(input));
+        assert!(out.ok, "kubectl {v} {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: What the cron tab runs.
+            required: [cronSpec]
+            properties:
+              cronSpec: {type: string, description: When it runs.}
+              image: {type: string}
+              replicas: {type: integer, minimum: 0, maximum: 10, default: 1, description: How many run at once.}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+"#;
+    assert_eq!(
+        with_stdin(&["apply", "-f", "-"], crd),
+        "customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com created\n"
+    );
+    assert_eq!(
+        ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=20s",
+            "crd/crontabs.stable.example.com"
+        ]),
+        "customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com condition met\n"
+    );
+    let resources = ok(&[
+        "api-resources",
+        "--api-group=stable.example.com",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        resources.split_whitespace().collect::<Vec<_>>(),
+        ["crontabs", "ct", "stable.example.com/v1", "true", "CronTab"]
+    );
+
+    let tab = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: {name}\nspec:\n  cronSpec: \"*/5 * * * *\"\n  image: cron:1\n{extra}"
+        )
+    };
+    // kubectl validates strictly against the published schema.
+    let bogus = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", ns, "-f", "-"],
+        Some(&tab("bad", "  bogus: 1\n")),
+    );
+    assert!(!bogus.ok);
+    assert!(
+        bogus
+            .stderr
+            .contains(r#"strict decoding error: unknown field "spec.bogus""#),
+        "{}",
+        bogus.stderr
+    );
+    let invalid = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", ns, "-f", "-"],
+        Some(&tab("bad", "  replicas: 11\n")),
+    );
+    assert!(
+        invalid.stderr.contains(
+            "The CronTab \"bad\" is invalid: spec.replicas: Invalid value: 11: spec.replicas in body should be less than or equal to 10"
+        ),
+        "{}",
+        invalid.stderr
+    );
+    assert_eq!(
+        with_stdin(&["create", "-n", ns, "-f", "-"], &tab("nightly", "")),
+        "crontab.stable.example.com/nightly created\n"
+    );
+    let table = ok(&["get", "-n", ns, "crontabs"]);
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "SPEC", "REPLICAS", "AGE"]);
+    assert_eq!(&lines[1][..6], ["nightly", "*/5", "*", "*", "*", "*"]);
+    assert_eq!(
+        lines[1][6], "1",
+        "replicas defaulted by the schema: {table}"
+    );
+
+    assert_eq!(
+        ok(&[
+            "patch",
+            "-n",
+            ns,
+            "ct",
+            "nightly",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"cron:2"}}"#
+        ]),
+        "crontab.stable.example.com/nightly patched\n"
+    );
+    assert_eq!(
+        ok(&["scale", "-n", ns, "ct", "nightly", "--replicas=3"]),
+        "crontab.stable.example.com/nightly scaled\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            ns,
+            "ct",
+            "nightly",
+            "-o",
+            "jsonpath={.spec.image} {.spec.replicas}"
+        ]),
+        "cron:2 3"
+    );
+    let explained = ok(&["explain", "crontabs.spec.replicas"]);
+    assert!(
+        explained.contains("FIELD: replicas <integer>")
+            && explained.contains("How many run at once."),
+        "{explained}"
+    );
+    // Client-side apply of a custom resource is a merge patch; server-side apply works too.
+    let applied = server.kubectl_with_stdin(
+        v,
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&tab("nightly", "  replicas: 2\n")),
+    );
+    assert!(applied.ok, "{}", applied.stderr);
+    assert_eq!(
+        applied.stdout,
+        "crontab.stable.example.com/nightly configured\n"
+    );
+    assert_eq!(
+        with_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-n",
+                ns,
+                "-f",
+                "-"
+            ],
+            &tab("weekly", "  replicas: 4\n")
+        ),
+        "crontab.stable.example.com/weekly serverside-applied\n"
+    );
+    assert_eq!(
+        ok(&["get", "-n", ns, "ct", "-o", "name"]),
+        "crontab.stable.example.com/nightly\ncrontab.stable.example.com/weekly\n"
+    );
+
+    // Deleting the definition takes its objects with it.
+    assert_eq!(
+        ok(&["delete", "crd", "crontabs.stable.example.com"]),
+        "customresourcedefinition.apiextensions.k8s.io \"crontabs.stable.example.com\" deleted\n"
+    );
+    // kubectl's discovery cache may still name the type; either way it is not found.
+    let gone = server.kubectl(v, &["get", "-n", ns, "crontabs"]);
+    assert!(!gone.ok);
+    assert!(
+        gone.stderr.contains("the server doesn't have a resource type \"crontabs\"")
+            || gone.stderr.contains(
+                "Unable to list \"stable.example.com/v1, Resource=crontabs\": the server could not find the requested resource"
+            ),
+        "{}",
+        gone.stderr
     );
 }
 
