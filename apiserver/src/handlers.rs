@@ -462,11 +462,12 @@ fn check_kind(r: &Resource, obj: Value) -> Result<Value, ApiError> {
 fn check_fields(
     r: &Resource,
     obj: Value,
+    old: Option<&Value>,
     query: &HashMap<String, String>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
     match r.custom {
-        Some(c) => crate::crd::check(r, c, obj, mode),
+        Some(c) => crate::crd::check(r, c, obj, old, mode),
         // Upstream names the version alone: `Deployment in version "v1"`.
         None => crate::typed::validate(&r.typed, r.kind, r.version, &obj, mode),
     }
@@ -655,7 +656,7 @@ async fn create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(object::now()));
     prepare(r, ns, &mut obj)?;
-    let (mut obj, warnings) = check_fields(r, obj, query)?;
+    let (mut obj, warnings) = check_fields(r, obj, None, query)?;
     if r.status == Status::Subresource {
         obj["status"] = json!({});
     }
@@ -982,7 +983,7 @@ async fn guaranteed_update(
             )));
         }
         prepare(r, ns, &mut obj)?;
-        let (mut obj, warnings) = check_fields(r, obj, query)?;
+        let (mut obj, warnings) = check_fields(r, obj, Some(&current), query)?;
         (r.defaults)(&mut obj);
         let precondition = object::resource_version(&obj).map(str::to_string);
         if r.status != Status::None {

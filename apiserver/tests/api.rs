@@ -869,8 +869,11 @@ async fn eventually(api: &Api, uri: &str, ok: impl Fn(StatusCode, &Value) -> boo
 
 fn crontab_crd() -> Value {
     let schema = json!({"type": "object", "properties": {
-        "spec": {"type": "object", "required": ["cronSpec"], "properties": {
-            "cronSpec": {"type": "string", "pattern": "^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$"},
+        "spec": {"type": "object", "required": ["cronSpec"],
+          "x-kubernetes-validations": [{"rule": "self.replicas <= 5", "message": "at most 5 replicas"}],
+          "properties": {
+            "cronSpec": {"type": "string", "pattern": "^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$",
+                "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "cronSpec is immutable"}]},
             "image": {"type": "string"},
             "replicas": {"type": "integer", "minimum": 0, "maximum": 10, "default": 1}}},
         "status": {"type": "object", "properties": {"replicas": {"type": "integer"}, "selector": {"type": "string"}}}}});
@@ -960,6 +963,19 @@ async fn custom_resources_are_served_like_built_in_kinds() {
         "CronTab.stable.example.com \"nightly\" is invalid: [spec.cronSpec: Invalid value: \"bad\": spec.cronSpec in body should match '^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$', spec.replicas: Invalid value: 20: spec.replicas in body should be less than or equal to 10]"
     );
     assert_eq!(body["details"]["causes"].as_array().unwrap().len(), 2);
+    // CEL rules of the schema.
+    let (status, body) = api
+        .json(
+            "POST",
+            tabs,
+            &tab(json!({"cronSpec": "* * * * */5", "replicas": 7})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["message"],
+        "CronTab.stable.example.com \"nightly\" is invalid: spec: Invalid value: \"object\": at most 5 replicas"
+    );
     assert_eq!(api.stored().await, before, "refused writes store nothing");
     let (status, _, bytes) = api
         .call(
@@ -975,6 +991,31 @@ async fn custom_resources_are_served_like_built_in_kinds() {
     assert!(created["spec"].get("bogus").is_none());
     assert_eq!(created["spec"]["replicas"], 1);
     assert_eq!(created["metadata"]["generation"], 1);
+
+    // Transition rules compare with the object before the update.
+    let (status, body) = api
+        .json(
+            "PATCH",
+            &format!("{tabs}/nightly"),
+            r#"{"spec":{"cronSpec":"*/1 * * * *"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    let (status, _, bytes) = api
+        .call(
+            "PATCH",
+            &format!("{tabs}/nightly"),
+            "application/merge-patch+json",
+            "application/json",
+            r#"{"spec":{"cronSpec":"*/1 * * * *"}}"#,
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["message"],
+        "CronTab.stable.example.com \"nightly\" is invalid: spec.cronSpec: Invalid value: \"string\": cronSpec is immutable"
+    );
 
     // Stored in the storage version under upstream's key; served in the version asked for.
     let (kv, _) = api

@@ -36,6 +36,8 @@ pub struct Custom {
     pub storage_version: &'static str,
     /// The version's structural schema (`openAPIV3Schema`).
     pub schema: Option<Value>,
+    /// Its `x-kubernetes-validations` CEL rules, compiled once.
+    pub rules: Option<kube_cel::CompiledSchema>,
     pub columns: Vec<PrinterColumn>,
     pub scale: Option<ScalePaths>,
 }
@@ -195,9 +197,15 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                     .and_then(Value::as_str)
                     .map(pointer),
             });
+            let schema = v.pointer("/schema/openAPIV3Schema").cloned();
+            let rules = schema
+                .as_ref()
+                .filter(|s| s.to_string().contains("x-kubernetes-validations"))
+                .map(kube_cel::compile_schema);
             let custom: &'static Custom = Box::leak(Box::new(Custom {
                 storage_version,
-                schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+                schema,
+                rules,
                 columns,
                 scale,
             }));
@@ -240,6 +248,7 @@ pub fn check(
     r: &Resource,
     c: &Custom,
     mut obj: Value,
+    old: Option<&Value>,
     mode: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let version = r.version;
@@ -263,7 +272,12 @@ pub fn check(
     }
     let warnings = crate::typed::unknown_fields(r.kind, version, &unknown, mode)?;
     if let Some(s) = &c.schema {
-        let causes = schema::validate(s, &obj);
+        let mut causes = schema::validate(s, &obj);
+        if causes.is_empty()
+            && let Some(rules) = &c.rules
+        {
+            causes = cel_causes(s, rules, &obj, old);
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
                 r.group,
@@ -274,6 +288,63 @@ pub fn check(
         }
     }
     Ok((obj, warnings))
+}
+
+/// The failures of the schema's CEL rules (`oldSelf` rules see the object before the update),
+/// worded as upstream's: `spec: Invalid value: "object": <message>`.
+fn cel_causes(
+    schema: &Value,
+    rules: &kube_cel::CompiledSchema,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Vec<schema::Cause> {
+    let Err(errors) = kube_cel::validate_compiled(rules, obj, old) else {
+        return Vec::new();
+    };
+    errors
+        .into_vec()
+        .into_iter()
+        .map(|e| {
+            let field = if e.field_path.is_empty() {
+                "<nil>".to_string()
+            } else {
+                e.field_path.clone()
+            };
+            let ty = schema_type_at(schema, &e.field_path);
+            let message = match e.reason.as_deref() {
+                Some("FieldValueForbidden") => format!("Forbidden: {}", e.message),
+                Some("FieldValueRequired") => format!("Required value: {}", e.message),
+                Some("FieldValueDuplicate") => format!("Duplicate value: {}", e.message),
+                _ => format!("Invalid value: {ty:?}: {}", e.message),
+            };
+            (field, message)
+        })
+        .collect()
+}
+
+/// The `type` the schema gives the field at a path like `spec.items[0].name`.
+fn schema_type_at(schema: &Value, path: &str) -> String {
+    let mut s = schema;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indexed) = match part.split_once('[') {
+            Some((n, _)) => (n, true),
+            None => (part, false),
+        };
+        s = match s.pointer(&format!("/properties/{name}")) {
+            Some(next) => next,
+            None => match s.get("additionalProperties") {
+                Some(next) if next.is_object() => next,
+                _ => return "object".into(),
+            },
+        };
+        if indexed && let Some(items) = s.get("items") {
+            s = items;
+        }
+    }
+    s.get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("object")
+        .to_string()
 }
 
 /// A stored custom resource as this version serves it: its apiVersion, and the schema's
