@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use sqlx::{AssertSqlSafe, Connection};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::Shared;
 use crate::error::{Result, StorageError};
@@ -23,6 +23,16 @@ use crate::types::{Event, KeyRange, Revision};
 pub struct WatchStream {
     rx: mpsc::Receiver<Result<Vec<Event>>>,
     task: tokio::task::JoinHandle<()>,
+    progress: watch::Receiver<Revision>,
+}
+
+impl WatchStream {
+    /// The revision this watch has got through, matching events or not (etcd's progress
+    /// notifications): every event at or below it has been put on the stream. Read it before
+    /// draining the stream to know that what was drained covers it.
+    pub fn progress(&self) -> watch::Receiver<Revision> {
+        self.progress.clone()
+    }
 }
 
 impl Stream for WatchStream {
@@ -45,12 +55,13 @@ pub(crate) fn spawn(
     start: Revision,
 ) -> WatchStream {
     let (tx, rx) = mpsc::channel(64);
+    let (progress_tx, progress) = watch::channel(start - 1);
     let task = tokio::spawn(async move {
-        if let Err(e) = follow(&shared, &hub, &range, start, &tx).await {
+        if let Err(e) = follow(&shared, &hub, &range, start, &tx, &progress_tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
-    WatchStream { rx, task }
+    WatchStream { rx, task, progress }
 }
 
 /// Runs until the receiver is dropped (Ok) or the watch fails (Err).
@@ -60,6 +71,7 @@ async fn follow(
     range: &KeyRange,
     start: Revision,
     tx: &mpsc::Sender<Result<Vec<Event>>>,
+    progress: &watch::Sender<Revision>,
 ) -> Result<()> {
     let mut next = start;
     loop {
@@ -73,6 +85,7 @@ async fn follow(
             if !events.events.is_empty() && tx.send(Ok(events.events)).await.is_err() {
                 return Ok(());
             }
+            progress.send_replace(next - 1);
         }
         loop {
             match rx.recv().await {
@@ -90,6 +103,7 @@ async fn follow(
                         if !mine.is_empty() && tx.send(Ok(mine)).await.is_err() {
                             return Ok(());
                         }
+                        progress.send_replace(next - 1);
                     }
                     HubMessage::Compacted { to } => {
                         if next <= *to {

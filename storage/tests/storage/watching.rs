@@ -14,6 +14,7 @@ both_backends!(
     a_resumed_watch_continues_without_loss_or_repeat,
     events_carry_previous_values,
     a_watcher_whose_position_is_compacted_gets_an_error,
+    progress_covers_writes_outside_the_range,
 );
 
 async fn write_concurrently(
@@ -256,4 +257,26 @@ async fn a_watcher_whose_position_is_compacted_gets_an_error(db: &mut TestDb) {
         "it could not have delivered everything"
     );
     assert_contiguous(&delivered, 1, delivered.len() as i64);
+}
+
+/// Progress moves past writes the watch does not match, and what it covers is on the stream.
+async fn progress_covers_writes_outside_the_range(db: &mut TestDb) {
+    let s = db.open().await;
+    let mut w = s.watch(KeyRange::prefix("/p/"), 0).await.unwrap();
+    let mut progress = w.progress();
+    let start = *progress.borrow();
+    assert!(s.txn(Txn::create("/p/a", "1")).await.unwrap().succeeded());
+    for i in 0..5 {
+        assert!(s.txn(Txn::create(format!("/q/{i}"), "x")).await.unwrap().succeeded());
+    }
+    let head = s.revisions().await.unwrap().0;
+    assert_eq!(head, start + 6);
+    tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| *p >= head))
+        .await
+        .expect("progress reaches the head")
+        .unwrap();
+    // Read before draining: the one matching write is already on the stream.
+    let batch = w.next().await.unwrap().unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].kv.key, b"/p/a");
 }
