@@ -83,10 +83,10 @@ pub async fn serve(
                 table: wants_table,
             };
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
-            watch(backend, r, ns, query, encoder, guard).await
+            watch(ctx, r, ns, query, encoder, guard).await
         }
         (&Method::GET, None) => {
-            let list = list(backend, r, ns, query).await?;
+            let list = list(ctx, r, ns, query).await?;
             Ok(if wants_table {
                 table::response(r, &list)
             } else {
@@ -152,7 +152,7 @@ pub async fn serve(
             "DELETE is not supported on the status subresource",
         )),
         (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query, &body).await,
-        (&Method::DELETE, None) => delete_collection(backend, r, ns, query).await,
+        (&Method::DELETE, None) => delete_collection(ctx, r, ns, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
         ))),
@@ -237,11 +237,12 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
 }
 
 async fn list(
-    backend: &Backend,
+    ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
+    let backend = &ctx.backend;
     let prefix = r.key_prefix(ns);
     let limit = match query.get("limit") {
         Some(l) => l
@@ -255,6 +256,36 @@ async fn list(
         .map(String::as_str)
         .filter(|s| !s.is_empty());
     let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let paging = query.get("continue").is_some_and(|c| !c.is_empty());
+    // At the head, and not a page after the first: from the watch cache. A list at "0" takes
+    // what the cache has whole (upstream ignores its limit).
+    if let Some(cache) = &ctx.cache
+        && !paging
+        && !exact
+        && (rv.is_none() && limit == 0 || rv == Some("0"))
+    {
+        let selectors = Selectors::from_query(r, query)?;
+        let at_least = match rv {
+            Some(_) => 0,
+            None => backend.revisions().await?.0,
+        };
+        let end = kelp_storage::prefix_end(prefix.as_bytes());
+        if let Some(snap) = cache.snapshot(prefix.as_bytes(), &end, at_least).await {
+            let mut items = Vec::with_capacity(snap.kvs.len());
+            for kv in &snap.kvs {
+                let obj = decode(r, kv)?;
+                if selectors.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            return Ok(json!({
+                "kind": format!("{}List", r.kind),
+                "apiVersion": r.api_version(),
+                "metadata": {"resourceVersion": snap.revision.to_string()},
+                "items": items,
+            }));
+        }
+    }
     let (start, mut at) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             if rv.is_some() {
@@ -565,29 +596,27 @@ fn prepare(r: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiErr
     Ok(())
 }
 
+/// Creates need their namespace (upstream's NamespaceLifecycle). The watch cache answers the
+/// common case without a read; as the cache may lag a namespace created a moment ago, a miss
+/// is looked up in storage before the create is refused.
 async fn require_namespace(ctx: &Ctx, ns: Option<&str>) -> Result<(), ApiError> {
     let Some(ns) = ns else { return Ok(()) };
-    if ctx.namespaces.as_ref().is_some_and(|c| c.contains(ns)) {
+    let key = format!("/registry/namespaces/{ns}");
+    if ctx.cache.as_ref().is_some_and(|c| c.contains(&key)) {
         return Ok(());
     }
-    if ctx
-        .backend
-        .get(format!("/registry/namespaces/{ns}"))
-        .await?
-        .0
-        .is_none()
-    {
+    if ctx.backend.get(key).await?.0.is_none() {
         return Err(ApiError::not_found("", "namespaces", ns));
     }
     Ok(())
 }
 
-/// What the handlers work with: the store, and the process's metrics, namespace cache and
+/// What the handlers work with: the store, and the process's metrics, watch cache and
 /// custom resource definitions (absent during bootstrap and for the apiserver's own writes).
 pub struct Ctx {
     pub backend: Backend,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-    pub namespaces: Option<std::sync::Arc<crate::namespaces::NamespaceCache>>,
+    pub cache: Option<std::sync::Arc<crate::cache::WatchCache>>,
     pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,
 }
 
@@ -1226,15 +1255,16 @@ fn deleted_status(r: &Resource, name: &str, obj: &Value) -> Value {
 /// DELETE on a collection: deletes what the selectors match, one by one, and returns the
 /// list of what was deleted (or marked for deletion).
 async fn delete_collection(
-    backend: &Backend,
+    ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    let backend = &ctx.backend;
     let mut listing = query.clone();
     listing.remove("limit");
     listing.remove("continue");
-    let list = list(backend, r, ns, &listing).await?;
+    let list = list(ctx, r, ns, &listing).await?;
     let mut deleted = Vec::new();
     for item in list["items"]
         .as_array()
@@ -1257,7 +1287,7 @@ async fn delete_collection(
 /// A watch: newline-delimited JSON events. Without a resourceVersion (or with "0") it starts
 /// with ADDED events for what exists; with one, it replays every change after it.
 async fn watch(
-    backend: &Backend,
+    ctx: &Ctx,
     r: &'static Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
@@ -1289,28 +1319,45 @@ async fn watch(
         .get("resourceVersion")
         .map(String::as_str)
         .filter(|s| !s.is_empty() && *s != "0");
+    let backend = &ctx.backend;
     let (initial, start) = match rv {
         Some(v) if !send_initial => (Vec::new(), parse_rv(v)? + 1),
         _ => {
-            let resp = backend
-                .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
-                .await?;
-            if let Some(v) = rv {
-                let n = parse_rv(v)?;
-                if n > resp.read_revision {
-                    return Err(ApiError::from(kelp_storage::StorageError::FutureRevision {
-                        requested: n,
-                        current: resp.read_revision,
-                    }));
-                }
+            // The current state, from the watch cache when it has caught up with the head.
+            let (head, _) = backend.revisions().await?;
+            let wanted = match rv {
+                Some(v) => parse_rv(v)?,
+                None => head,
+            };
+            if wanted > head {
+                return Err(ApiError::from(kelp_storage::StorageError::FutureRevision {
+                    requested: wanted,
+                    current: head,
+                }));
             }
-            let mut objs = resp
-                .kvs
+            let end = kelp_storage::prefix_end(prefix.as_bytes());
+            let cached = match &ctx.cache {
+                Some(c) => c.snapshot(prefix.as_bytes(), &end, wanted).await,
+                None => None,
+            };
+            let (kvs, revision) = match cached {
+                Some(s) => (s.kvs, s.revision),
+                None => {
+                    let resp = backend
+                        .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+                        .await?;
+                    (
+                        resp.kvs.into_iter().map(std::sync::Arc::new).collect(),
+                        resp.read_revision,
+                    )
+                }
+            };
+            let mut objs = kvs
                 .iter()
                 .map(|kv| decode(r, kv))
                 .collect::<Result<Vec<_>, _>>()?;
             objs.retain(|o| selectors.matches(o));
-            (objs, resp.read_revision + 1)
+            (objs, revision + 1)
         }
     };
     let end_of_initial = send_initial.then(|| {

@@ -5,13 +5,13 @@
 //! JSON values; their resourceVersion is the storage revision of their last write.
 
 mod allocator;
+mod cache;
 mod crd;
 mod discovery;
 mod error;
 mod fieldmanager;
 mod handlers;
 mod metrics;
-mod namespaces;
 mod object;
 mod openapi;
 mod patch;
@@ -182,7 +182,7 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         ctx: Arc::new(handlers::Ctx {
             backend: backend.clone(),
             metrics: Some(metrics),
-            namespaces: Some(namespaces::NamespaceCache::start(backend.clone())),
+            cache: Some(cache::WatchCache::start(backend.clone())),
             crds: Some(crd::CustomResources::start(backend.clone())),
         }),
         backend,
@@ -497,7 +497,7 @@ pub async fn bootstrap(backend: &Backend) {
     let ctx = handlers::Ctx {
         backend: backend.clone(),
         metrics: None,
-        namespaces: None,
+        cache: None,
         crds: None,
     };
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");

@@ -1135,3 +1135,51 @@ async fn custom_resources_are_served_like_built_in_kinds() {
         "the custom resources went with their definition"
     );
 }
+
+#[tokio::test]
+async fn lists_at_the_head_come_from_the_watch_cache_and_see_every_write() {
+    let api = Api::new().await;
+    // A list right after a write sees it: the cache is waited for up to the head.
+    for i in 0..30 {
+        let (status, created) = api.json("POST", CM, &cm(&format!("c{i}"))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (_, list) = api.json("GET", CM, "").await;
+        let names: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), i + 1, "{names:?}");
+        let rv: i64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let created_rv: i64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rv >= created_rv);
+    }
+    // resourceVersion=0 takes the cache whole, as upstream ignores the limit there.
+    let (_, any) = api
+        .json("GET", &format!("{CM}?resourceVersion=0&limit=5"), "")
+        .await;
+    assert_eq!(any["items"].as_array().unwrap().len(), 30);
+    assert!(any["metadata"].get("continue").is_none());
+    // A limit alone pages from storage.
+    let (_, page) = api.json("GET", &format!("{CM}?limit=5"), "").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+    assert_eq!(page["metadata"]["remainingItemCount"], 25);
+    // Deletes leave the cache too, and selectors apply.
+    let (status, _) = api.json("DELETE", &format!("{CM}/c0"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = api
+        .json("GET", &format!("{CM}?fieldSelector=metadata.name%3Dc0"), "")
+        .await;
+    assert_eq!(list["items"], json!([]));
+    let (_, list) = api.json("GET", CM, "").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 29);
+}

@@ -774,7 +774,7 @@ async fn write_definition(
     let ctx = crate::handlers::Ctx {
         backend: backend.clone(),
         metrics: None,
-        namespaces: None,
+        cache: None,
         crds: None,
     };
     let mut headers = HeaderMap::new();

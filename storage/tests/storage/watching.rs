@@ -267,7 +267,12 @@ async fn progress_covers_writes_outside_the_range(db: &mut TestDb) {
     let start = *progress.borrow();
     assert!(s.txn(Txn::create("/p/a", "1")).await.unwrap().succeeded());
     for i in 0..5 {
-        assert!(s.txn(Txn::create(format!("/q/{i}"), "x")).await.unwrap().succeeded());
+        assert!(
+            s.txn(Txn::create(format!("/q/{i}"), "x"))
+                .await
+                .unwrap()
+                .succeeded()
+        );
     }
     let head = s.revisions().await.unwrap().0;
     assert_eq!(head, start + 6);
