@@ -29,18 +29,31 @@ fn groups(resources: &[&'static Resource], legacy: bool) -> Vec<(&'static str, V
         })
 }
 
+fn api_group(name: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
+    json!({"name": name, "versions": gvs, "preferredVersion": gvs[0]})
+}
+
 pub fn api_groups(resources: &[&'static Resource]) -> Value {
     let groups: Vec<Value> = groups(resources, false)
         .into_iter()
-        .map(|(g, versions)| {
-            let gvs: Vec<Value> = versions
-                .iter()
-                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-                .collect();
-            json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
-        })
+        .map(|(g, versions)| api_group(g, &versions))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/<group>`: the APIGroup, or None if no version of it is served.
+pub fn group(resources: &[&'static Resource], name: &str) -> Option<Value> {
+    let (g, versions) = groups(resources, false)
+        .into_iter()
+        .find(|(g, _)| *g == name)?;
+    let mut doc = api_group(g, &versions);
+    doc["kind"] = json!("APIGroup");
+    doc["apiVersion"] = json!("v1");
+    Some(doc)
 }
 
 /// The APIResourceList of a group/version, or None if it is not served.
@@ -61,6 +74,9 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
     }
     if r.scale {
         out.push(("scale", "autoscaling", "v1", "Scale", RW));
+    }
+    if r.kind == "Namespace" && r.group.is_empty() {
+        out.push(("finalize", "", "v1", "Namespace", &["update"][..]));
     }
     if r.plural == "pods" && r.group.is_empty() {
         out.push(("binding", "", "v1", "Binding", &["create"][..]));

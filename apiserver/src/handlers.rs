@@ -63,6 +63,37 @@ pub async fn serve(
         {
             return crate::pods::evict(backend, r, ns.unwrap_or("default"), name, query).await;
         }
+        // A namespace's spec.finalizers are written through /finalize (the namespace
+        // controller's way of letting it go).
+        (Some("finalize"), Some(name))
+            if r.kind == "Namespace" && r.group.is_empty() && method == Method::PUT =>
+        {
+            let requested = read_body(r, headers, &body)?;
+            let finalizers = requested
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            let mut patch = json!({"spec": {"finalizers": finalizers}});
+            if let Some(rv) = object::resource_version(&requested) {
+                patch["metadata"] = json!({"resourceVersion": rv});
+            }
+            let patch = patch.to_string();
+            let manager = fieldmanager::manager(query, headers);
+            let target = UpdateTarget {
+                r,
+                ns,
+                name,
+                subresource: "finalize",
+                manager: &manager,
+            };
+            return guaranteed_update(
+                ctx,
+                target,
+                query,
+                Change::Patch(PatchType::Merge, patch.as_bytes()),
+            )
+            .await;
+        }
         (Some("scale"), Some(name)) if r.scale => {
             return scale(ctx, r, ns, name, method, query, headers, &body).await;
         }
@@ -504,6 +535,45 @@ fn check_fields(
     }
 }
 
+/// A strict apply names the configuration's undeclared fields as structured merge does, before
+/// anything is merged (upstream: "failed to create typed patch object").
+fn apply_unknown_fields(
+    r: &Resource,
+    config: &Value,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
+    if mode != FieldValidation::Strict {
+        return Ok(());
+    }
+    let unknown = match r.custom {
+        Some(c) => c
+            .schema
+            .as_ref()
+            .map(|s| crate::crd::schema::prune(s, &mut config.clone()))
+            .unwrap_or_default(),
+        // A partial configuration may not read as the whole type; the merged object is
+        // checked then.
+        None => (r.typed.check)(config).map(|(_, u)| u).unwrap_or_default(),
+    };
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!(".{f}: field not declared in schema"))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "failed to create typed patch object ({}/{}; {}, Kind={}): {}",
+        ns.unwrap_or(""),
+        object::name(config),
+        r.api_version(),
+        r.kind,
+        fields.join("\n")
+    )))
+}
+
 /// The kind's own validation rules: 422 with a cause per invalid field.
 fn rules(r: &Resource, obj: &Value) -> Result<(), ApiError> {
     let causes = (r.validate)(obj);
@@ -890,10 +960,19 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
     let mut out = if status_subresource {
         let mut out = current.clone();
         out["status"] = new.get("status").cloned().unwrap_or_else(|| json!({}));
-        // Of the metadata, only the precondition and what an apply recorded come along.
-        for kept in ["resourceVersion", "managedFields"] {
-            if let Some(v) = new.pointer(&format!("/metadata/{kept}")) {
-                object::metadata_mut(&mut out).insert(kept.into(), v.clone());
+        if r.custom.is_none() {
+            // Built-in status strategies reset the spec and let metadata through (a
+            // namespace's status patch may annotate it).
+            if let Some(meta) = new.get("metadata") {
+                out["metadata"] = meta.clone();
+            }
+        } else {
+            // A custom resource's keeps its metadata: only the precondition and what an
+            // apply recorded come along.
+            for kept in ["resourceVersion", "managedFields"] {
+                if let Some(v) = new.pointer(&format!("/metadata/{kept}")) {
+                    object::metadata_mut(&mut out).insert(kept.into(), v.clone());
+                }
             }
         }
         out
@@ -975,6 +1054,9 @@ async fn guaranteed_update(
     let status = subresource == "status";
     let api_version = r.api_version();
     let w = writer(r, manager, subresource, &api_version);
+    if let Change::Apply { config, .. } = &change {
+        apply_unknown_fields(r, config, ns, query)?;
+    }
     loop {
         let (mut current, current_rev) = match get(backend, r, ns, name).await {
             Err(e) if e.reason == "NotFound" => {

@@ -212,6 +212,17 @@ pub fn app(backend: Backend, advertise: String) -> Router {
             get(|State(s): State<AppState>| async move { resources_or_404(&s, "", "v1") }),
         )
         .route(
+            "/apis/{group}",
+            get(
+                |State(s): State<AppState>, Path(g): Path<String>| async move {
+                    match discovery::group(&s.served(), &g) {
+                        Some(doc) => ok_json(&doc),
+                        None => ApiError::no_route().into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
             "/apis/{group}/{version}",
             get(
                 |State(s): State<AppState>, Path((g, v)): Path<(String, String)>| async move {

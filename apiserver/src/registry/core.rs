@@ -50,7 +50,9 @@ pub static RESOURCES: &[Resource] = &[
         fields: &["status.phase"],
         status: Status::Subresource,
         defaults: |o| {
-            o["status"] = json!({"phase": "Active"});
+            if o.pointer("/status/phase").is_none() {
+                o["status"]["phase"] = json!("Active");
+            }
             if o.pointer("/spec/finalizers").is_none() {
                 o["spec"] = json!({"finalizers": ["kubernetes"]});
             }
@@ -68,6 +70,8 @@ pub static RESOURCES: &[Resource] = &[
             }),
             AGE,
         ],
+        validate: super::config::configmap_keys,
+        on_update: super::config::configmap_update,
         ..BASE
     },
     Resource {
@@ -87,7 +91,9 @@ pub static RESOURCES: &[Resource] = &[
             AGE,
         ],
         fields: &["type"],
-        defaults: |o| defaults::set(o, "type", json!("Opaque")),
+        defaults: super::config::secret_defaults,
+        validate: super::config::secret_keys,
+        on_update: super::config::secret_update,
         ..BASE
     },
     Resource {

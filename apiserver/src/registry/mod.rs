@@ -5,6 +5,7 @@
 mod apps;
 mod batch;
 mod cells;
+mod config;
 mod core;
 mod defaults;
 mod more;

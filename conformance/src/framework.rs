@@ -1,0 +1,262 @@
+//! What every test stands on (upstream's test/e2e/framework): a fresh namespace per test,
+//! unique names, polling, raw requests, and checks of API errors.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::core::Status as ErrorResponse;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::Test;
+
+/// A test's view of the cluster.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: kube::Client,
+    /// The test's own namespace, made for it and deleted after it.
+    pub namespace: String,
+}
+
+/// What a raw request got back.
+pub struct Raw {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "the response is not JSON: {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+impl Ctx {
+    /// The kind's API in the test's namespace.
+    pub fn namespaced<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The kind's API across the cluster (cluster-scoped kinds, or all namespaces).
+    pub fn all<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        Api::all(self.client.clone())
+    }
+
+    pub fn cluster<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = ClusterResourceScope, DynamicType = ()>,
+    {
+        Api::all(self.client.clone())
+    }
+
+    /// `prefix-` and five random lowercase letters, as upstream's SimpleNameGenerator.
+    pub fn unique(&self, prefix: &str) -> String {
+        unique(prefix)
+    }
+
+    /// A GET of a raw path with this Accept header.
+    pub async fn get_raw(&self, path: &str, accept: &str) -> anyhow::Result<Raw> {
+        self.request("GET", path, accept, "", Vec::new()).await
+    }
+
+    /// Any request on a raw path.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Raw> {
+        let mut req = http::Request::builder().method(method).uri(path);
+        if !accept.is_empty() {
+            req = req.header(http::header::ACCEPT, accept);
+        }
+        if !content_type.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, content_type);
+        }
+        let resp = self
+            .client
+            .send(req.body(kube::client::Body::from(body))?)
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        Ok(Raw {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// A typed GET of a raw path.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let raw = self.get_raw(path, "application/json").await?;
+        if raw.status != 200 {
+            bail!(
+                "GET {path}: {} {}",
+                raw.status,
+                String::from_utf8_lossy(&raw.body)
+            );
+        }
+        Ok(serde_json::from_slice(&raw.body)?)
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// The API error a call must have ended in.
+pub fn api_error<T: std::fmt::Debug>(
+    result: Result<T, kube::Error>,
+) -> anyhow::Result<ErrorResponse> {
+    match result {
+        Err(kube::Error::Api(e)) => Ok(*e),
+        Err(other) => bail!("expected an API error, got {other}"),
+        Ok(v) => bail!("expected an API error, got success: {v:?}"),
+    }
+}
+
+/// Polls `check` every `interval` until it gives Some, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The upstream framework's namespace name: the test's base name, then a random suffix.
+fn namespace_for(test: &Test) -> String {
+    let words: Vec<String> = test
+        .name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty() && !w.starts_with("sig"))
+        .take(3)
+        .map(str::to_lowercase)
+        .collect();
+    let base: String = words.join("-").chars().take(40).collect();
+    unique(&format!("e2e-{base}"))
+}
+
+/// Runs a test in a namespace of its own, and deletes the namespace after it.
+pub(crate) async fn run_one(client: &kube::Client, test: &Test) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let name = namespace_for(test);
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"e2e-framework": "kelp-conformance"}}
+    }))?;
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .context("creating the test's namespace")?;
+    let ctx = Ctx {
+        client: client.clone(),
+        namespace: name.clone(),
+    };
+    let result = (test.run)(ctx).await;
+    let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+    result
+}
+
+/// A watch's events, as the tests read them.
+pub type Events<K> =
+    futures::stream::BoxStream<'static, Result<kube::api::WatchEvent<K>, kube::Error>>;
+
+fn event_matches<K: PartialEq>(e: &kube::api::WatchEvent<K>, kind: &str, obj: Option<&K>) -> bool {
+    use kube::api::WatchEvent::*;
+    let (k, o) = match e {
+        Added(o) => ("ADDED", o),
+        Modified(o) => ("MODIFIED", o),
+        Deleted(o) => ("DELETED", o),
+        _ => return false,
+    };
+    k == kind && obj.is_none_or(|want| want == o)
+}
+
+/// Reads events until one of `kind` (equal to `obj` when given) arrives, for up to a minute
+/// (upstream's expectEvent: other events are passed over).
+pub async fn expect_event<K: PartialEq + Clone + std::fmt::Debug>(
+    events: &mut Events<K>,
+    kind: &str,
+    obj: Option<&K>,
+) -> anyhow::Result<K> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let next = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("timed out waiting for a {kind} event matching {obj:?}")
+            })?;
+        let Some(e) = next else {
+            bail!("the watch closed before a {kind} event");
+        };
+        let e = e?;
+        if event_matches(&e, kind, obj) {
+            use kube::api::WatchEvent::*;
+            return Ok(match e {
+                Added(o) | Modified(o) | Deleted(o) => o,
+                _ => unreachable!("matched events carry objects"),
+            });
+        }
+    }
+}
+
+/// Fails if a `kind` event (equal to `obj` when given) arrives within `window`.
+pub async fn expect_no_event<K: PartialEq + std::fmt::Debug>(
+    events: &mut Events<K>,
+    kind: &str,
+    obj: Option<&K>,
+    window: Duration,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await {
+        match next {
+            Some(Ok(e)) if event_matches(&e, kind, obj) => {
+                bail!("unexpected {kind} event: {e:?}")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! kelp-conformance: behaviour tests ported from upstream Kubernetes' conformance suite, each
+//! named by its upstream codename, run against a live cluster through kube-rs — any cluster:
+//! Kelp, or an upstream one, which is how a port is checked against the original.
+//!
+//! Like upstream's e2e framework, every test gets a fresh namespace, removed afterwards, and
+//! the run ends in a report: passed, failed and total, and a JUnit XML file.
+
+pub mod framework;
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+pub use framework::Ctx;
+
+/// One ported test.
+pub struct Test {
+    /// Upstream's codename, `[sig-...] Describe ... It ...`, without the `[Conformance]` tag.
+    pub name: &'static str,
+    pub run: fn(Ctx) -> BoxFuture<'static, anyhow::Result<()>>,
+}
+
+/// Every ported test, in upstream's area order.
+pub fn all() -> Vec<Test> {
+    tests::all()
+}
+
+/// How one test went.
+pub struct Outcome {
+    pub name: &'static str,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// What a run found.
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+    pub duration: Duration,
+}
+
+/// How long one test may take, setup and teardown included.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs the tests whose names match `focus` (all when None), one after another.
+pub async fn run(client: kube::Client, focus: Option<&regex::Regex>) -> Report {
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for test in all()
+        .into_iter()
+        .filter(|t| focus.is_none_or(|f| f.is_match(t.name)))
+    {
+        let t0 = Instant::now();
+        let result = tokio::time::timeout(TEST_TIMEOUT, framework::run_one(&client, &test)).await;
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some(format!("timed out after {}s", TEST_TIMEOUT.as_secs())),
+        };
+        outcomes.push(Outcome {
+            name: test.name,
+            error,
+            duration: t0.elapsed(),
+        });
+    }
+    Report {
+        outcomes,
+        duration: started.elapsed(),
+    }
+}
+
+impl Report {
+    pub fn passed(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.error.is_none()).count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.outcomes.len() - self.passed()
+    }
+
+    pub fn total(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// One line per test, then `N passed, N failed`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for o in &self.outcomes {
+            match &o.error {
+                None => out.push_str(&format!(
+                    "PASS {} ({:.2}s)\n",
+                    o.name,
+                    o.duration.as_secs_f64()
+                )),
+                Some(e) => out.push_str(&format!("FAIL {}: {e}\n", o.name)),
+            }
+        }
+        out.push_str(&format!(
+            "conformance: {} passed, {} failed\n",
+            self.passed(),
+            self.failed()
+        ));
+        out
+    }
+
+    /// The report as JUnit XML (what CI dashboards and upstream's e2e runs produce).
+    pub fn junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, Report as Junit, TestCase, TestCaseStatus, TestSuite};
+        let mut suite = TestSuite::new("kelp-conformance");
+        for o in &self.outcomes {
+            let status = match &o.error {
+                None => TestCaseStatus::success(),
+                Some(e) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(e.clone());
+                    s
+                }
+            };
+            let mut case = TestCase::new(o.name, status);
+            case.set_time(o.duration);
+            suite.add_test_case(case);
+        }
+        suite.set_time(self.duration);
+        let mut report = Junit::new("kelp-conformance");
+        report.add_test_suite(suite);
+        report.set_time(self.duration);
+        report.to_string().unwrap_or_default()
+    }
+
+    /// `{"suite":"conformance","passed":…,"failed":…,"total":…}`
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "suite": "conformance",
+            "passed": self.passed(),
+            "failed": self.failed(),
+            "total": self.total(),
+        })
+    }
+}

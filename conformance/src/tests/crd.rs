@@ -1,0 +1,524 @@
+//! [sig-api-machinery] CustomResourceDefinition, CustomResourceDefinition Watch and
+//! FieldValidation (test/e2e/apimachinery/custom_resource_definition.go, crd_watch.go,
+//! field_validation.go), with the fixtures of apiextensions-apiserver/test/integration.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use serde_json::{Value, json};
+
+use super::tests;
+use crate::framework::{Events, eventually, expect_event, expect_no_event};
+use crate::{Ctx, Test};
+
+pub fn tests() -> Vec<Test> {
+    tests![
+        "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] Simple CustomResourceDefinition creating/deleting custom resource definition objects works" => create_delete,
+        "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] Simple CustomResourceDefinition listing custom resource definition objects works" => listing,
+        "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] custom resource defaulting for requests and from storage works" => defaulting,
+        "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] should include custom resource definition resources in discovery documents" => discovery_documents,
+        "[sig-api-machinery] CustomResourceDefinition Watch [Privileged:ClusterAdmin] CustomResourceDefinition Watch watch on custom resource definition objects" => crd_watch,
+        "[sig-api-machinery] FieldValidation should create/apply a CR with unknown fields for CRD with no validation schema" => unknown_fields_without_schema,
+        "[sig-api-machinery] FieldValidation should create/apply a valid CR for CRD with validation schema" => valid_cr_with_schema,
+        "[sig-api-machinery] FieldValidation should create/apply an invalid CR with extra properties for CRD with validation schema" => extra_properties_with_schema,
+        "[sig-api-machinery] FieldValidation should detect unknown metadata fields of a typed object" => unknown_metadata_typed,
+    ]
+}
+
+const GROUP: &str = "mygroup.example.com";
+
+fn allow_all() -> Value {
+    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// NewRandomNameV1CustomResourceDefinition: cluster-scoped, one served version v1beta1.
+fn random_crd() -> Value {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mid: String = (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    let g = format!("foo{mid}a");
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{g}s.{GROUP}")},
+        "spec": {"group": GROUP, "scope": "Cluster",
+            "names": {"plural": format!("{g}s"), "singular": g, "kind": g, "listKind": format!("{g}List")},
+            "versions": [{"name": "v1beta1", "served": true, "storage": true, "schema": {"openAPIV3Schema": allow_all()}}]}})
+}
+
+/// The same with two served versions, v1beta1 and v1 (storage), both with /status.
+fn random_multiversion_crd(schema: Value) -> Value {
+    let mut crd = random_crd();
+    crd["spec"]["versions"] = json!([
+        {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": schema}},
+        {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": schema}},
+    ]);
+    crd
+}
+
+fn plural(crd: &Value) -> String {
+    crd["spec"]["names"]["plural"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn served_versions(crd: &Value) -> Vec<String> {
+    crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"] == json!(true))
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// existsInDiscoveryV1: the plural in `/apis/<group>/<version>` (a 404 is absence).
+async fn in_discovery(ctx: &Ctx, group: &str, version: &str, plural: &str) -> anyhow::Result<bool> {
+    let raw = ctx
+        .get_raw(&format!("/apis/{group}/{version}"), "application/json")
+        .await?;
+    if raw.status == 404 {
+        return Ok(false);
+    }
+    let doc = raw.json()?;
+    Ok(doc["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["name"] == plural))
+}
+
+async fn wait_discovery(ctx: &Ctx, crd: &Value, present: bool) -> anyhow::Result<()> {
+    let (group, plural) = (crd["spec"]["group"].as_str().unwrap_or(""), plural(crd));
+    for v in served_versions(crd) {
+        eventually(
+            Duration::from_secs(30),
+            "the definition's discovery",
+            || async {
+                Ok((in_discovery(ctx, group, &v, &plural).await? == present).then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn crds(ctx: &Ctx) -> Api<CustomResourceDefinition> {
+    ctx.cluster()
+}
+
+/// CreateNewV1CustomResourceDefinitionWatchUnsafe: create, then wait until it is served.
+async fn create_crd_unsafe(ctx: &Ctx, crd: &Value) -> anyhow::Result<CustomResourceDefinition> {
+    let created = crds(ctx)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(crd.clone())?,
+        )
+        .await
+        .context("creating the CustomResourceDefinition")?;
+    wait_discovery(ctx, crd, true).await?;
+    Ok(created)
+}
+
+/// The custom resources of a served version.
+fn resources(ctx: &Ctx, crd: &Value, version: &str) -> Api<DynamicObject> {
+    let names = &crd["spec"]["names"];
+    let gvk = GroupVersionKind::gvk(GROUP, version, names["kind"].as_str().unwrap_or(""));
+    let ar = ApiResource::from_gvk_with_plural(&gvk, names["plural"].as_str().unwrap_or(""));
+    if crd["spec"]["scope"] == "Namespaced" {
+        Api::namespaced_with(ctx.client.clone(), "default", &ar)
+    } else {
+        Api::all_with(ctx.client.clone(), &ar)
+    }
+}
+
+fn object(v: Value) -> anyhow::Result<DynamicObject> {
+    Ok(serde_json::from_value(v)?)
+}
+
+/// CreateNewV1CustomResourceDefinition: served, then the watch cache primed with a created
+/// and deleted instance, watched from its resourceVersion.
+async fn create_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<CustomResourceDefinition> {
+    let created = create_crd_unsafe(ctx, crd).await?;
+    let first = served_versions(crd).first().cloned().unwrap_or_default();
+    let api = resources(ctx, crd, &first);
+    eventually(Duration::from_secs(30), "the watch cache to be primed", || async {
+        let instance = object(json!({"apiVersion": format!("{GROUP}/{first}"), "kind": crd["spec"]["names"]["kind"],
+            "metadata": {"name": "setup-instance"}, "alpha": "foo_123", "beta": 10, "gamma": "bar",
+            "delta": "hello", "epsilon": "foobar", "spec": {}}))?;
+        let made = api.create(&PostParams::default(), &instance).await?;
+        api.delete("setup-instance", &DeleteParams::default()).await?;
+        let rv = made.metadata.resource_version.unwrap_or_default();
+        for v in served_versions(crd) {
+            let mut events = resources(ctx, crd, &v).watch(&WatchParams::default(), &rv).await?.boxed();
+            match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+                Ok(Some(Ok(WatchEvent::Deleted(_)))) => {}
+                Ok(Some(Ok(WatchEvent::Error(_)))) | Err(_) => return Ok(None),
+                other => bail!("unexpected event while priming: {other:?}"),
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    Ok(created)
+}
+
+async fn delete_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<()> {
+    let name = crd["metadata"]["name"].as_str().unwrap_or("");
+    crds(ctx).delete(name, &DeleteParams::default()).await?;
+    wait_discovery(ctx, crd, false).await
+}
+
+async fn create_delete(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_crd();
+    create_crd_unsafe(&ctx, &crd).await?;
+    delete_crd(&ctx, &crd).await
+}
+
+async fn listing(ctx: Ctx) -> anyhow::Result<()> {
+    let label = format!("{:x}", rand::random::<u64>());
+    let mut made = Vec::new();
+    for _ in 0..10 {
+        let mut crd = random_crd();
+        crd["metadata"]["labels"] = json!({"e2e-list-test-uuid": label});
+        made.push((crd.clone(), create_crd_unsafe(&ctx, &crd).await?));
+    }
+    let unlabelled = random_crd();
+    create_crd_unsafe(&ctx, &unlabelled).await?;
+    let result = async {
+        let selector = ListParams::default().labels(&format!("e2e-list-test-uuid={label}"));
+        let listed = crds(&ctx).list(&selector).await?.items;
+        ensure!(
+            listed.len() == 10,
+            "listed {} of 10 definitions",
+            listed.len()
+        );
+        for item in &listed {
+            let Some((_, created)) = made
+                .iter()
+                .find(|(_, c)| c.metadata.name == item.metadata.name)
+            else {
+                bail!("{:?} was not created by the test", item.metadata.name);
+            };
+            ensure!(
+                item.spec == created.spec,
+                "the listed spec of {:?} differs",
+                item.metadata.name
+            );
+        }
+        crds(&ctx)
+            .delete_collection(&DeleteParams::default(), &selector)
+            .await?;
+        for (crd, _) in &made {
+            wait_discovery(&ctx, crd, false).await?;
+        }
+        crds(&ctx)
+            .get(unlabelled["metadata"]["name"].as_str().unwrap_or(""))
+            .await
+            .context("the unlabelled definition went too")?;
+        anyhow::Ok(())
+    }
+    .await;
+    delete_crd(&ctx, &unlabelled).await?;
+    result
+}
+
+async fn defaulting(ctx: Ctx) -> anyhow::Result<()> {
+    let mut crd = random_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"] =
+        json!({"a": {"type": "string"}, "b": {"type": "string"}});
+    create_crd_unsafe(&ctx, &crd).await?;
+    let result = async {
+        let name = crd["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let api = resources(&ctx, &crd, "v1beta1");
+        let instance = |name: &str| {
+            object(json!({"apiVersion": format!("{GROUP}/v1beta1"), "kind": crd["spec"]["names"]["kind"], "metadata": {"name": name}}))
+        };
+        let name1 = format!("cr-1{}", &ctx.unique("x")[2..]);
+        api.create(&PostParams::default(), &instance(&name1)?).await?;
+        let json_patch = |ops: Value| -> anyhow::Result<Patch<()>> {
+            Ok(Patch::Json::<()>(serde_json::from_value(ops)?))
+        };
+        crds(&ctx)
+            .patch(&name, &PatchParams::default(), &json_patch(json!([{"op": "add",
+                "path": "/spec/versions/0/schema/openAPIV3Schema/properties/a/default", "value": "A"}]))?)
+            .await?;
+        eventually(Duration::from_secs(30), "a to be defaulted from storage", || async {
+            let got = api.get(&name1).await?;
+            match got.data.get("a").and_then(Value::as_str) {
+                None => Ok(None),
+                Some("A") => Ok(Some(())),
+                Some(other) => bail!("expected a:\"A\", but got a:{other:?}"),
+            }
+        })
+        .await?;
+        let name2 = format!("cr-2{}", &ctx.unique("x")[2..]);
+        let made = api.create(&PostParams::default(), &instance(&name2)?).await?;
+        ensure!(made.data.get("a") == Some(&json!("A")), "a was not defaulted on the request: {:?}", made.data);
+        crds(&ctx)
+            .patch(&name, &PatchParams::default(), &json_patch(json!([
+                {"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/a/default"},
+                {"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/b/default", "value": "B"}]))?)
+            .await?;
+        eventually(Duration::from_secs(30), "b to be defaulted from storage", || async {
+            let got = api.get(&name2).await?;
+            let b = got.data.get("b").and_then(Value::as_str);
+            match b {
+                None => return Ok(None),
+                Some("B") => {}
+                Some(other) => bail!("expected b:\"B\", but got b:{other:?}"),
+            }
+            match got.data.get("a").and_then(Value::as_str) {
+                None => bail!("expected a:\"A\" to be unchanged, but it was removed"),
+                Some("A") => Ok(Some(())),
+                Some(other) => bail!("expected a:\"A\" to be unchanged, but it changed to {other:?}"),
+            }
+        })
+        .await
+    }
+    .await;
+    delete_crd(&ctx, &crd).await?;
+    result
+}
+
+async fn discovery_documents(ctx: Ctx) -> anyhow::Result<()> {
+    let groups: Value = ctx.get_json("/apis").await?;
+    let group = groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "apiextensions.k8s.io")
+        .context("apiextensions.k8s.io is not in /apis")?;
+    ensure!(
+        group["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["version"] == "v1")
+    );
+    let group: Value = ctx.get_json("/apis/apiextensions.k8s.io").await?;
+    ensure!(
+        group["name"] == "apiextensions.k8s.io",
+        "the group document names {}",
+        group["name"]
+    );
+    ensure!(
+        group["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["version"] == "v1")
+    );
+    let resources: Value = ctx.get_json("/apis/apiextensions.k8s.io/v1").await?;
+    ensure!(resources["groupVersion"] == "apiextensions.k8s.io/v1");
+    ensure!(
+        resources["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == "customresourcedefinitions"),
+        "customresourcedefinitions is not in apiextensions.k8s.io/v1"
+    );
+    Ok(())
+}
+
+/// NewNoxuV1CustomResourceDefinition (cluster-scoped).
+fn noxu() -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("noxus.{GROUP}")},
+        "spec": {"group": GROUP, "scope": "Cluster",
+            "names": {"plural": "noxus", "singular": "nonenglishnoxu", "kind": "WishIHadChosenNoxu",
+                "shortNames": ["foo", "bar", "abc", "def"], "listKind": "NoxuItemList", "categories": ["all"]},
+            "versions": [{"name": "v1beta1", "served": true, "storage": true, "schema": {"openAPIV3Schema": allow_all()}}]}})
+}
+
+async fn crd_watch(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = noxu();
+    create_crd(&ctx, &crd).await?;
+    let result = async {
+        let api = resources(&ctx, &crd, "v1beta1");
+        let watch = |name: &'static str| {
+            let api = api.clone();
+            async move {
+                let wp = WatchParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .timeout(600);
+                anyhow::Ok(api.watch(&wp, "0").await?.boxed())
+            }
+        };
+        let (mut a, mut b): (Events<DynamicObject>, Events<DynamicObject>) =
+            (watch("name1").await?, watch("name2").await?);
+        let instance = |name: &str| {
+            object(
+                json!({"apiVersion": format!("{GROUP}/v1beta1"), "kind": "WishIHadChosenNoxu",
+                "metadata": {"name": name}, "content": {"key": "value"},
+                "num": {"num1": 9223372036854775807i64, "num2": 1000000}}),
+            )
+        };
+        let window = Duration::from_secs(10);
+        let created_a = api
+            .create(&PostParams::default(), &instance("name1")?)
+            .await?;
+        ensure!(
+            created_a
+                .metadata
+                .uid
+                .as_deref()
+                .is_some_and(|u| !u.is_empty()),
+            "no UID"
+        );
+        ensure!(
+            created_a
+                .types
+                .as_ref()
+                .map(|t| (t.api_version.as_str(), t.kind.as_str()))
+                == Some(("mygroup.example.com/v1beta1", "WishIHadChosenNoxu"))
+        );
+        expect_event(&mut a, "ADDED", Some(&created_a)).await?;
+        expect_no_event(&mut b, "ADDED", Some(&created_a), window).await?;
+        let created_b = api
+            .create(&PostParams::default(), &instance("name2")?)
+            .await?;
+        expect_event(&mut b, "ADDED", Some(&created_b)).await?;
+        expect_no_event(&mut a, "ADDED", Some(&created_b), window).await?;
+        let dummy: Patch<()> = Patch::Json(serde_json::from_value(
+            json!([{"op": "add", "path": "/dummy", "value": "test"}]),
+        )?);
+        api.patch("name1", &PatchParams::default(), &dummy).await?;
+        expect_event(&mut a, "MODIFIED", None).await?;
+        expect_no_event(&mut b, "MODIFIED", None, window).await?;
+        api.patch("name2", &PatchParams::default(), &dummy).await?;
+        expect_event(&mut b, "MODIFIED", None).await?;
+        expect_no_event(&mut a, "MODIFIED", None, window).await?;
+        api.delete("name1", &DeleteParams::default()).await?;
+        expect_event(&mut a, "DELETED", None).await?;
+        expect_no_event(&mut b, "DELETED", None, window).await?;
+        api.delete("name2", &DeleteParams::default()).await?;
+        expect_event(&mut b, "DELETED", None).await?;
+        expect_no_event(&mut a, "DELETED", None, window).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    delete_crd(&ctx, &crd).await?;
+    result
+}
+
+/// The schema field_validation.go gives its CRDs.
+fn validation_schema() -> Value {
+    json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "foo": {"type": "string"},
+        "cronSpec": {"type": "string", "pattern": "^(\\d+|\\*)(/\\d+)?(\\s+(\\d+|\\*)(/\\d+)?){4}$"},
+        "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["containerPort", "protocol"],
+            "items": {"type": "object", "required": ["containerPort", "protocol"], "properties": {
+                "containerPort": {"type": "integer", "format": "int32"}, "hostIP": {"type": "string"},
+                "hostPort": {"type": "integer", "format": "int32"}, "name": {"type": "string"},
+                "protocol": {"type": "string"}}}}}}}})
+}
+
+/// A server-side apply of a YAML body to `mytest` with Strict validation; the raw answer.
+async fn apply_cr(ctx: &Ctx, crd: &Value, yaml: &str) -> anyhow::Result<crate::framework::Raw> {
+    ctx.request(
+        "PATCH",
+        &format!("/apis/{GROUP}/v1beta1/{}/mytest?fieldManager=field_validation_mgr&fieldValidation=Strict", plural(crd)),
+        "application/json",
+        "application/apply-patch+yaml",
+        yaml.as_bytes().to_vec(),
+    )
+    .await
+}
+
+fn cr_yaml(crd: &Value, top: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: {GROUP}/v1beta1\nkind: {}\nmetadata:\n  name: mytest\n{top}spec:\n{spec_extra}  cronSpec: \"* * * * */5\"\n  ports:\n  - name: x\n    containerPort: 80\n    protocol: TCP\n",
+        crd["spec"]["names"]["kind"].as_str().unwrap_or("")
+    )
+}
+
+async fn with_crd<F, Fut>(ctx: &Ctx, crd: Value, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Value) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    create_crd(ctx, &crd).await?;
+    let result = body(crd.clone()).await;
+    delete_crd(ctx, &crd).await?;
+    result
+}
+
+async fn unknown_fields_without_schema(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_multiversion_crd(allow_all());
+    let c = ctx.clone();
+    with_crd(&ctx, crd, |crd| async move {
+        let raw = apply_cr(&c, &crd, &cr_yaml(&crd, "", "  unknown: uk1\n")).await?;
+        ensure!(
+            (200..300).contains(&raw.status),
+            "{} {}",
+            raw.status,
+            String::from_utf8_lossy(&raw.body)
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn valid_cr_with_schema(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_multiversion_crd(validation_schema());
+    let c = ctx.clone();
+    with_crd(&ctx, crd, |crd| async move {
+        let raw = apply_cr(&c, &crd, &cr_yaml(&crd, "", "  foo: foo1\n")).await?;
+        ensure!(
+            (200..300).contains(&raw.status),
+            "{} {}",
+            raw.status,
+            String::from_utf8_lossy(&raw.body)
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn extra_properties_with_schema(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_multiversion_crd(validation_schema());
+    let c = ctx.clone();
+    with_crd(&ctx, crd, |crd| async move {
+        let raw = apply_cr(
+            &c,
+            &crd,
+            &cr_yaml(&crd, "unknownField: unknown\n", "  foo: foo1\n"),
+        )
+        .await?;
+        let body = String::from_utf8_lossy(&raw.body);
+        ensure!(
+            body.contains(".unknownField: field not declared in schema"),
+            "error missing unknown field: {body}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn unknown_metadata_typed(ctx: Ctx) -> anyhow::Result<()> {
+    let body = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"my-dep","unknownMeta":"foo","labels":{"app":"nginx"}},"spec":{"selector":{"matchLabels":{"app":"nginx"}},"template":{"metadata":{"labels":{"app":"nginx"}},"spec":{"containers":[{"name":"nginx","image":"nginx:latest"}]}}}}"#;
+    let raw = ctx
+        .request(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{}/deployments?fieldManager=field_validation_mgr&fieldValidation=Strict", ctx.namespace),
+            "application/json",
+            "application/json",
+            body.as_bytes().to_vec(),
+        )
+        .await?;
+    ensure!(raw.status >= 400, "the create succeeded");
+    let message = raw.json()?["message"].as_str().unwrap_or("").to_string();
+    ensure!(
+        message.contains(r#"strict decoding error: unknown field "metadata.unknownMeta""#),
+        "unexpected error: {message}"
+    );
+    Ok(())
+}

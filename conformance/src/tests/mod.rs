@@ -1,0 +1,24 @@
+//! The ported tests, one module per upstream area. Each test says which upstream file it
+//! ports; assertions follow the original's.
+
+mod apimachinery;
+mod crd;
+mod node;
+
+use crate::Test;
+
+macro_rules! tests {
+    ($($name:literal => $f:path),* $(,)?) => {
+        vec![$(Test { name: $name, run: |ctx| Box::pin($f(ctx)) }),*]
+    };
+}
+pub(crate) use tests;
+
+pub fn all() -> Vec<Test> {
+    let mut all = Vec::new();
+    all.extend(apimachinery::tests());
+    all.extend(apimachinery::namespace_tests());
+    all.extend(crd::tests());
+    all.extend(node::tests());
+    all
+}
