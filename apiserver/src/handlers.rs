@@ -116,6 +116,15 @@ pub async fn serve(
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
             watch(ctx, r, ns, query, encoder, guard).await
         }
+        (&Method::GET, None) if !wants_table && r.custom.is_none() => {
+            match raw_list(ctx, r, ns, query).await? {
+                Some(response) => Ok(response),
+                None => Ok(json_response(
+                    StatusCode::OK,
+                    &list(ctx, r, ns, query).await?,
+                )),
+            }
+        }
         (&Method::GET, None) => {
             let list = list(ctx, r, ns, query).await?;
             Ok(if wants_table {
@@ -287,21 +296,9 @@ async fn list(
         .map(String::as_str)
         .filter(|s| !s.is_empty());
     let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
-    let paging = query.get("continue").is_some_and(|c| !c.is_empty());
-    // At the head, and not a page after the first: from the watch cache. A list at "0" takes
-    // what the cache has whole (upstream ignores its limit).
-    if let Some(cache) = &ctx.cache
-        && !paging
-        && !exact
-        && (rv.is_none() && limit == 0 || rv == Some("0"))
-    {
+    if let Some(snap) = cached(ctx, r, ns, query).await? {
         let selectors = Selectors::from_query(r, query)?;
-        let at_least = match rv {
-            Some(_) => 0,
-            None => backend.revisions().await?.0,
-        };
-        let end = kelp_storage::prefix_end(prefix.as_bytes());
-        if let Some(snap) = cache.snapshot(prefix.as_bytes(), &end, at_least).await {
+        {
             let mut items = Vec::with_capacity(snap.kvs.len());
             for kv in &snap.kvs {
                 let obj = decode(r, kv)?;
@@ -409,6 +406,120 @@ async fn list(
         "metadata": metadata,
         "items": items,
     }))
+}
+
+/// Whether a list is read from the watch cache: at the head (no resourceVersion and no
+/// limit: consistent) or at "0" (whatever the cache has, whole, as upstream ignores the limit
+/// there); never a later page or an exact revision.
+fn from_cache(query: &HashMap<String, String>) -> bool {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .filter(|s| !s.is_empty());
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .unwrap_or(0);
+    query.get("continue").is_none_or(|c| c.is_empty())
+        && query.get("resourceVersionMatch").map(String::as_str) != Some("Exact")
+        && (rv.is_none() && limit <= 0 || rv == Some("0"))
+}
+
+/// The cache's snapshot of a list, once it has reached what the list asks for.
+async fn cached(
+    ctx: &Ctx,
+    r: &Resource,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Option<crate::cache::Snapshot>, ApiError> {
+    let Some(cache) = &ctx.cache else {
+        return Ok(None);
+    };
+    if !from_cache(query) {
+        return Ok(None);
+    }
+    let at_least = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+        Some(_) => 0,
+        None => ctx.backend.revisions().await?.0,
+    };
+    let prefix = r.key_prefix(ns);
+    let end = kelp_storage::prefix_end(prefix.as_bytes());
+    Ok(cache.snapshot(prefix.as_bytes(), &end, at_least).await)
+}
+
+/// A built-in kind's list from the cache, written from the stored bytes: only each object's
+/// metadata is parsed (for its resourceVersion and the selectors), the rest is copied. None
+/// when the list cannot be served so (then [`list`] serves it).
+async fn raw_list(
+    ctx: &Ctx,
+    r: &Resource,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Option<Response>, ApiError> {
+    let selectors = Selectors::from_query(r, query)?;
+    if !selectors.fields.metadata_only() {
+        return Ok(None);
+    }
+    let Some(snap) = cached(ctx, r, ns, query).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(snap.kvs.iter().map(|kv| kv.value.len() + 32).sum());
+    out.extend_from_slice(b"{\"apiVersion\":");
+    serde_json::to_writer(&mut out, &r.api_version()).map_err(internal)?;
+    out.extend_from_slice(b",\"items\":[");
+    let mut first = true;
+    for kv in &snap.kvs {
+        let top: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
+            serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+        let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
+            Some(m) => serde_json::from_str(m.get()).map_err(internal)?,
+            None => serde_json::Map::new(),
+        };
+        meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        let meta = Value::Object(meta);
+        if !selectors.is_empty() && !selectors.matches(&json!({"metadata": meta})) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'{');
+        for (i, (k, v)) in top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, k).map_err(internal)?;
+            out.push(b':');
+            if *k == "metadata" {
+                serde_json::to_writer(&mut out, &meta).map_err(internal)?;
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        if !top.contains_key("metadata") {
+            out.extend_from_slice(b",\"metadata\":");
+            serde_json::to_writer(&mut out, &meta).map_err(internal)?;
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"kind\":");
+    serde_json::to_writer(&mut out, &format!("{}List", r.kind)).map_err(internal)?;
+    out.extend_from_slice(b",\"metadata\":{\"resourceVersion\":");
+    serde_json::to_writer(&mut out, &snap.revision.to_string()).map_err(internal)?;
+    out.extend_from_slice(b"}}");
+    Ok(Some(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(out))
+            .unwrap_or_default(),
+    ))
+}
+
+fn internal(e: serde_json::Error) -> ApiError {
+    ApiError::internal(e.to_string())
 }
 
 /// The label and field selectors of a list or watch.

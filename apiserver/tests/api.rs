@@ -1163,6 +1163,19 @@ async fn lists_at_the_head_come_from_the_watch_cache_and_see_every_write() {
             .unwrap();
         assert!(rv >= created_rv);
     }
+    // Items written from the stored bytes are the objects a GET returns.
+    let (_, list) = api.json("GET", CM, "").await;
+    for item in list["items"].as_array().unwrap() {
+        let name = item["metadata"]["name"].as_str().unwrap();
+        let (_, got) = api.json("GET", &format!("{CM}/{name}"), "").await;
+        assert_eq!(item, &got);
+    }
+    assert_eq!(list["kind"], "ConfigMapList");
+    assert_eq!(list["apiVersion"], "v1");
+    let (_, labelled) = api
+        .json("GET", &format!("{CM}?labelSelector=missing%3Dx"), "")
+        .await;
+    assert_eq!(labelled["items"], json!([]));
     // resourceVersion=0 takes the cache whole, as upstream ignores the limit there.
     let (_, any) = api
         .json("GET", &format!("{CM}?resourceVersion=0&limit=5"), "")
