@@ -116,7 +116,7 @@ pub async fn serve(
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
             watch(ctx, r, ns, query, encoder, guard).await
         }
-        (&Method::GET, None) if !wants_table && r.custom.is_none() => {
+        (&Method::GET, None) if !wants_table && r.custom.is_none() && r.conversion.is_none() => {
             match raw_list(ctx, r, ns, query).await? {
                 Some(response) => Ok(response),
                 None => Ok(json_response(
@@ -221,6 +221,9 @@ fn decode(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
     if let Some(c) = r.custom {
         crate::crd::served(r, c, &mut obj);
     }
+    if let Some(c) = r.conversion {
+        (c.from_storage)(&mut obj);
+    }
     Ok(obj)
 }
 
@@ -231,6 +234,9 @@ fn encode(r: &Resource, obj: &Value) -> Vec<u8> {
     object::metadata_mut(&mut stored).remove("resourceVersion");
     if let Some(c) = r.custom {
         stored["apiVersion"] = json!(crate::crd::stored_api_version(r, c));
+    }
+    if let Some(c) = r.conversion {
+        (c.to_storage)(&mut stored);
     }
     serde_json::to_vec(&stored).unwrap_or_default()
 }

@@ -168,9 +168,24 @@ impl LabelSelector {
     }
 }
 
-/// `field=value`, `field==value` and `field!=value` terms over the fields a resource offers.
+/// `field=value`, `field==value` and `field!=value` terms over the fields a resource offers:
+/// (field, the JSON pointers it reads, equal, value).
 #[derive(Debug, Clone, Default)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<(String, Vec<String>, bool, String)>);
+
+/// The pointers a selectable field reads: its path, or what a `name:/a|/b` entry names (the
+/// first non-empty value counts, as upstream's ToSelectableFields computes e.g. an event's
+/// `source` from its source component, else its reporting controller).
+fn pointers(field: &str, fields: &[&str]) -> Option<Vec<String>> {
+    if ["metadata.name", "metadata.namespace"].contains(&field) {
+        return Some(vec![format!("/{}", field.replace('.', "/"))]);
+    }
+    fields.iter().find_map(|entry| match entry.split_once(':') {
+        Some((name, ptrs)) if name == field => Some(ptrs.split('|').map(str::to_string).collect()),
+        None if *entry == field => Some(vec![format!("/{}", field.replace('.', "/"))]),
+        _ => None,
+    })
+}
 
 impl FieldSelector {
     /// `fields` are the resource's selectable fields besides metadata.name and
@@ -190,13 +205,12 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !["metadata.name", "metadata.namespace"].contains(&field) && !fields.contains(&field)
-            {
+            let Some(ptrs) = pointers(field, fields) else {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
-            }
-            terms.push((field.to_string(), equal, value.trim().to_string()));
+            };
+            terms.push((field.to_string(), ptrs, equal, value.trim().to_string()));
         }
         Ok(FieldSelector(terms))
     }
@@ -207,13 +221,16 @@ impl FieldSelector {
 
     /// Whether it names only metadata fields (so metadata alone decides a match).
     pub fn metadata_only(&self) -> bool {
-        self.0.iter().all(|(f, _, _)| f.starts_with("metadata."))
+        self.0.iter().all(|(f, _, _, _)| f.starts_with("metadata."))
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = obj.pointer(&pointer).and_then(Value::as_str).unwrap_or("");
+        self.0.iter().all(|(_, ptrs, equal, value)| {
+            let actual = ptrs
+                .iter()
+                .filter_map(|p| obj.pointer(p).and_then(Value::as_str))
+                .find(|v| !v.is_empty())
+                .unwrap_or("");
             (actual == value) == *equal
         })
     }

@@ -236,6 +236,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 validate: registry::no_rules,
                 delete_finalizers: &[],
                 custom: Some(custom),
+                conversion: None,
             }));
             resource
         })

@@ -30,6 +30,7 @@ const BASE: Resource = Resource {
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,
+    conversion: None,
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -57,6 +57,7 @@ pub static RESOURCES: &[Resource] = &[
         validate: super::no_rules,
         delete_finalizers: &[],
         custom: None,
+        conversion: None,
     },
     Resource {
         group: "batch",
@@ -134,5 +135,6 @@ pub static RESOURCES: &[Resource] = &[
         validate: super::no_rules,
         delete_finalizers: &[],
         custom: None,
+        conversion: None,
     },
 ];

@@ -31,6 +31,7 @@ const BASE: Resource = Resource {
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,
+    conversion: None,
 };
 
 pub static RESOURCES: &[Resource] = &[
@@ -305,7 +306,8 @@ pub static RESOURCES: &[Resource] = &[
             "involvedObject.uid",
             "reason",
             "type",
-            "source",
+            "source:/source/component|/reportingComponent",
+            "reportingComponent",
         ],
         ..BASE
     },

@@ -8,6 +8,7 @@ mod cells;
 mod config;
 mod core;
 mod defaults;
+mod events;
 mod more;
 mod others;
 
@@ -57,6 +58,14 @@ pub struct Resource {
     pub delete_finalizers: &'static [&'static str],
     /// A custom resource's definition: its schema, columns and storage version.
     pub custom: Option<&'static crate::crd::Custom>,
+    /// For a kind stored in another's form (events.k8s.io Events as core Events).
+    pub conversion: Option<&'static Conversion>,
+}
+
+/// How a kind's objects become their stored form and back.
+pub struct Conversion {
+    pub to_storage: fn(&mut Value),
+    pub from_storage: fn(&mut Value),
 }
 
 /// A label selector at `pointer` as `k=v,...` ("" when empty), as Scale's status shows it.
@@ -148,6 +157,7 @@ pub fn all() -> impl Iterator<Item = &'static Resource> {
         apps::RESOURCES,
         batch::RESOURCES,
         others::RESOURCES,
+        events::RESOURCES,
         more::RESOURCES,
     ]
     .into_iter()

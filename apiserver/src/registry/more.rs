@@ -35,6 +35,7 @@ const BASE: Resource = Resource {
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,
+    conversion: None,
 };
 
 fn count(o: &Value, pointer: &str) -> Value {

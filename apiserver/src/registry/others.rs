@@ -31,6 +31,7 @@ const BASE: Resource = Resource {
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,
+    conversion: None,
 };
 
 fn subjects(o: &Value, kind: &str) -> String {

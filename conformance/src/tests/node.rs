@@ -36,6 +36,8 @@ pub fn tests() -> Vec<Test> {
         "[sig-auth] ServiceAccounts should update a ServiceAccount" => serviceaccount_update,
         "[sig-instrumentation] Events should manage the lifecycle of an event" => event_lifecycle,
         "[sig-instrumentation] Events should delete a collection of events" => event_collection,
+        "[sig-instrumentation] Events API should ensure that an event can be fetched, patched, deleted, and listed" => events_api_lifecycle,
+        "[sig-instrumentation] Events API should delete a collection of events" => events_api_collection,
     ]
 }
 
@@ -762,4 +764,128 @@ async fn event_collection(ctx: Ctx) -> anyhow::Result<()> {
         Ok(api.list(&selector).await?.items.is_empty().then_some(()))
     })
     .await
+}
+
+/// test/e2e/instrumentation/events.go's newTestEvent.
+fn new_test_event(ns: &str, name: &str, label: &str) -> anyhow::Result<EventsV1> {
+    from(
+        json!({"metadata": {"name": name, "labels": {label: "true"}}, "regarding": {"namespace": ns},
+        "eventTime": "2017-09-19T13:49:16.000000Z", "note": format!("This is {name}"), "action": "Do",
+        "reason": "Test", "type": "Normal", "reportingController": "test-controller", "reportingInstance": "test-node"}),
+    )
+}
+
+type EventsV1 = k8s_openapi::api::events::v1::Event;
+
+fn named(items: &[EventsV1], name: &str, ns: &str) -> bool {
+    items.iter().any(|e| {
+        e.metadata.name.as_deref() == Some(name) && e.metadata.namespace.as_deref() == Some(ns)
+    })
+}
+
+/// test/e2e/instrumentation/events.go
+async fn events_api_lifecycle(ctx: Ctx) -> anyhow::Result<()> {
+    let api: Api<EventsV1> = ctx.namespaced();
+    let all: Api<EventsV1> = ctx.all();
+    let ns = ctx.namespace.clone();
+    api.create(
+        &PostParams::default(),
+        &new_test_event(&ns, "event-test", "testevent-constant")?,
+    )
+    .await?;
+    let selector = ListParams::default().labels("testevent-constant=true");
+    ensure!(
+        named(&all.list(&selector).await?.items, "event-test", &ns),
+        "not listed across namespaces"
+    );
+    ensure!(
+        named(&api.list(&selector).await?.items, "event-test", &ns),
+        "not listed in the namespace"
+    );
+    let core: Api<Event> = ctx.namespaced();
+    let by_source = core
+        .list(&ListParams::default().fields("source=test-controller"))
+        .await?
+        .items;
+    ensure!(
+        by_source.len() == 1 && by_source[0].metadata.name.as_deref() == Some("event-test"),
+        "expected single event, got {:?}",
+        by_source
+            .iter()
+            .map(|e| &e.metadata.name)
+            .collect::<Vec<_>>()
+    );
+    let by_controller = api
+        .list(&ListParams::default().fields("reportingController=test-controller"))
+        .await?
+        .items;
+    ensure!(
+        by_controller.len() == 1 && by_controller[0].metadata.name.as_deref() == Some("event-test"),
+        "expected single event, got {} events",
+        by_controller.len()
+    );
+    let mut event = api.get("event-test").await?;
+    let series: k8s_openapi::api::events::v1::EventSeries =
+        from(json!({"count": 2, "lastObservedTime": "2017-09-19T13:49:11.000000Z"}))?;
+    api.patch(
+        "event-test",
+        &PatchParams::default(),
+        &strategic(json!({"series": series})),
+    )
+    .await?;
+    let mut got = api.get("event-test").await?;
+    for e in [&mut got, &mut event] {
+        e.metadata.resource_version = None;
+        e.metadata.managed_fields = None;
+    }
+    event.series = Some(series);
+    ensure!(
+        got == event,
+        "test event wasn't properly patched: {got:?} vs {event:?}"
+    );
+    event.series = Some(from(
+        json!({"count": 100, "lastObservedTime": "2017-09-19T13:49:16.000000Z"}),
+    )?);
+    api.replace("event-test", &PostParams::default(), &event)
+        .await?;
+    let mut got = api.get("event-test").await?;
+    got.metadata.resource_version = None;
+    got.metadata.managed_fields = None;
+    ensure!(
+        got == event,
+        "test event wasn't properly updated: {got:?} vs {event:?}"
+    );
+    api.delete("event-test", &DeleteParams::default()).await?;
+    ensure!(
+        !named(&all.list(&selector).await?.items, "event-test", &ns),
+        "still listed across namespaces"
+    );
+    ensure!(
+        !named(&api.list(&selector).await?.items, "event-test", &ns),
+        "still listed in the namespace"
+    );
+    Ok(())
+}
+
+async fn events_api_collection(ctx: Ctx) -> anyhow::Result<()> {
+    let api: Api<EventsV1> = ctx.namespaced();
+    for i in 1..=3 {
+        api.create(
+            &PostParams::default(),
+            &new_test_event(&ctx.namespace, &format!("test-event-{i}"), "testevent-set")?,
+        )
+        .await?;
+    }
+    let selector = ListParams::default().labels("testevent-set=true");
+    ensure!(
+        api.list(&selector).await?.items.len() == 3,
+        "expected 3 events"
+    );
+    api.delete_collection(&DeleteParams::default(), &selector)
+        .await?;
+    ensure!(
+        api.list(&selector).await?.items.is_empty(),
+        "events are left after the collection delete"
+    );
+    Ok(())
 }
