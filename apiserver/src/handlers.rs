@@ -28,6 +28,15 @@ use crate::typed::FieldValidation;
 /// Largest request body accepted (upstream's `MaxRequestBodyBytes`).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// A 200 with JSON already written.
+fn raw_response(json: Vec<u8>) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json))
+        .unwrap_or_default()
+}
+
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
     Response::builder()
         .status(code)
@@ -116,22 +125,22 @@ pub async fn serve(
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
             watch(ctx, r, ns, query, encoder, guard).await
         }
-        (&Method::GET, None) if !wants_table && r.custom.is_none() && r.conversion.is_none() => {
-            match raw_list(ctx, r, ns, query).await? {
-                Some(response) => Ok(response),
-                None => Ok(json_response(
-                    StatusCode::OK,
-                    &list(ctx, r, ns, query).await?,
-                )),
-            }
-        }
         (&Method::GET, None) => {
-            let list = list(ctx, r, ns, query).await?;
+            let listed = list(ctx, r, ns, query).await?;
             Ok(if wants_table {
-                table::response(r, &list)
+                table::response(r, &listed.value(r)?)
+            } else if served_as_stored(r) {
+                raw_response(listed.raw(r)?)
             } else {
-                json_response(StatusCode::OK, &list)
+                json_response(StatusCode::OK, &listed.value(r)?)
             })
+        }
+        (&Method::GET, Some(name)) if !wants_table && served_as_stored(r) => {
+            let (kv, _) = backend.get(r.key(ns, name)).await?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
+            let mut out = Vec::with_capacity(kv.value.len() + 32);
+            raw_object(&kv, &mut out)?;
+            Ok(raw_response(out))
         }
         (&Method::GET, Some(name)) => {
             let (obj, _) = get(backend, r, ns, name).await?;
@@ -282,12 +291,100 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version {s:?}")))
 }
 
+/// What a list found: the matching objects as stored, and the list's metadata.
+struct Listed {
+    kvs: Vec<std::sync::Arc<KeyValue>>,
+    metadata: Value,
+}
+
+impl Listed {
+    /// The List as JSON values (what Tables, YAML and deletecollection work on).
+    fn value(&self, r: &Resource) -> Result<Value, ApiError> {
+        let items = self
+            .kvs
+            .iter()
+            .map(|kv| decode(r, kv))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": self.metadata,
+            "items": items,
+        }))
+    }
+
+    /// The List written from the stored bytes, for kinds served as they are stored (only
+    /// each object's metadata is parsed).
+    fn raw(&self, r: &Resource) -> Result<Vec<u8>, ApiError> {
+        let mut out = Vec::with_capacity(self.kvs.iter().map(|kv| kv.value.len() + 32).sum());
+        out.extend_from_slice(b"{\"apiVersion\":");
+        serde_json::to_writer(&mut out, &r.api_version()).map_err(internal)?;
+        out.extend_from_slice(b",\"items\":[");
+        for (i, kv) in self.kvs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            raw_object(kv, &mut out)?;
+        }
+        out.extend_from_slice(b"],\"kind\":");
+        serde_json::to_writer(&mut out, &format!("{}List", r.kind)).map_err(internal)?;
+        out.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut out, &self.metadata).map_err(internal)?;
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// Whether a kind's objects are served as they are stored (plus their resourceVersion).
+fn served_as_stored(r: &Resource) -> bool {
+    r.custom.is_none() && r.conversion.is_none()
+}
+
+/// A stored object as served, written from its bytes: the stored JSON's top-level members
+/// copied, with the resourceVersion put into its metadata; as [`decode`] would serve it.
+fn raw_object(kv: &KeyValue, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    let top: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get()).map_err(internal)?,
+        None => serde_json::Map::new(),
+    };
+    meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    let mut members: Vec<(&str, Option<&serde_json::value::RawValue>)> =
+        top.iter().map(|(k, v)| (*k, Some(*v))).collect();
+    if !top.contains_key("metadata") {
+        members.push(("metadata", None));
+        members.sort_by_key(|(k, _)| *k);
+    }
+    out.push(b'{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).map_err(internal)?;
+        out.push(b':');
+        match v {
+            Some(v) if k != "metadata" => out.extend_from_slice(v.get().as_bytes()),
+            _ => serde_json::to_writer(&mut *out, &meta).map_err(internal)?,
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn internal(e: serde_json::Error) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// The objects a list selects: from the watch cache at the head, else from storage, one page
+/// at one revision (upstream's GetList).
 async fn list(
     ctx: &Ctx,
     r: &Resource,
     ns: Option<&str>,
     query: &HashMap<String, String>,
-) -> Result<Value, ApiError> {
+) -> Result<Listed, ApiError> {
     let backend = &ctx.backend;
     let prefix = r.key_prefix(ns);
     let limit = match query.get("limit") {
@@ -302,23 +399,21 @@ async fn list(
         .map(String::as_str)
         .filter(|s| !s.is_empty());
     let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let selectors = Selectors::from_query(r, query)?;
+    let selected = |kv: &KeyValue| -> Result<bool, ApiError> {
+        Ok(selectors.is_empty() || selectors.matches(&decode(r, kv)?))
+    };
     if let Some(snap) = cached(ctx, r, ns, query).await? {
-        let selectors = Selectors::from_query(r, query)?;
-        {
-            let mut items = Vec::with_capacity(snap.kvs.len());
-            for kv in &snap.kvs {
-                let obj = decode(r, kv)?;
-                if selectors.matches(&obj) {
-                    items.push(obj);
-                }
+        let mut kvs = Vec::with_capacity(snap.kvs.len());
+        for kv in snap.kvs {
+            if selected(&kv)? {
+                kvs.push(kv);
             }
-            return Ok(json!({
-                "kind": format!("{}List", r.kind),
-                "apiVersion": r.api_version(),
-                "metadata": {"resourceVersion": snap.revision.to_string()},
-                "items": items,
-            }));
         }
+        return Ok(Listed {
+            kvs,
+            metadata: json!({"resourceVersion": snap.revision.to_string()}),
+        });
     }
     let (start, mut at) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
@@ -350,7 +445,6 @@ async fn list(
             (prefix.clone(), at)
         }
     };
-    let selectors = Selectors::from_query(r, query)?;
     let end = kelp_storage::prefix_end(prefix.as_bytes());
     let compacted_continue = |e: kelp_storage::StorageError| match e {
         kelp_storage::StorageError::Compacted { .. } if query.contains_key("continue") => {
@@ -364,7 +458,7 @@ async fn list(
     // Pages are read at one revision. With selectors, a short page is topped up from the
     // following keys, fetching twice as many each time (upstream's GetList), so that a page
     // holds `limit` matches unless the range ends.
-    let mut items = Vec::new();
+    let mut kvs: Vec<std::sync::Arc<KeyValue>> = Vec::new();
     let mut start = start.into_bytes();
     let mut fetch = limit;
     let (read_revision, more, last_key, count) = loop {
@@ -374,26 +468,27 @@ async fn list(
             .await
             .map_err(compacted_continue)?;
         at = resp.read_revision;
+        let (more, count, fetched) = (resp.more, resp.count, resp.kvs.len());
         let mut filled_at = None;
-        for (i, kv) in resp.kvs.iter().enumerate() {
-            let obj = decode(r, kv)?;
-            if selectors.matches(&obj) {
-                items.push(obj);
-                if limit > 0 && items.len() as i64 == limit {
+        let mut last_seen = None;
+        for (i, kv) in resp.kvs.into_iter().enumerate() {
+            last_seen = Some(kv.key.clone());
+            if selected(&kv)? {
+                kvs.push(std::sync::Arc::new(kv));
+                if limit > 0 && kvs.len() as i64 == limit {
                     filled_at = Some(i);
                     break;
                 }
             }
         }
-        let last = |i: usize| resp.kvs.get(i).map(|kv| kv.key.clone());
         match filled_at {
-            Some(i) => break (at, resp.more || i + 1 < resp.kvs.len(), last(i), resp.count),
-            None if resp.more => {
-                start = last(resp.kvs.len() - 1).unwrap_or_default();
+            Some(i) => break (at, more || i + 1 < fetched, last_seen, count),
+            None if more => {
+                start = last_seen.unwrap_or_default();
                 start.push(0);
                 fetch = (fetch * 2).min(10_000);
             }
-            None => break (at, false, None, resp.count),
+            None => break (at, false, None, count),
         }
     };
     let mut metadata = json!({"resourceVersion": read_revision.to_string()});
@@ -403,15 +498,10 @@ async fn list(
         metadata["continue"] = json!(token);
         // Only known without selectors, as upstream.
         if selectors.is_empty() {
-            metadata["remainingItemCount"] = json!(count - items.len() as i64);
+            metadata["remainingItemCount"] = json!(count - kvs.len() as i64);
         }
     }
-    Ok(json!({
-        "kind": format!("{}List", r.kind),
-        "apiVersion": r.api_version(),
-        "metadata": metadata,
-        "items": items,
-    }))
+    Ok(Listed { kvs, metadata })
 }
 
 /// Whether a list is read from the watch cache: at the head (no resourceVersion and no
@@ -451,81 +541,6 @@ async fn cached(
     let prefix = r.key_prefix(ns);
     let end = kelp_storage::prefix_end(prefix.as_bytes());
     Ok(cache.snapshot(prefix.as_bytes(), &end, at_least).await)
-}
-
-/// A built-in kind's list from the cache, written from the stored bytes: only each object's
-/// metadata is parsed (for its resourceVersion and the selectors), the rest is copied. None
-/// when the list cannot be served so (then [`list`] serves it).
-async fn raw_list(
-    ctx: &Ctx,
-    r: &Resource,
-    ns: Option<&str>,
-    query: &HashMap<String, String>,
-) -> Result<Option<Response>, ApiError> {
-    let selectors = Selectors::from_query(r, query)?;
-    if !selectors.fields.metadata_only() {
-        return Ok(None);
-    }
-    let Some(snap) = cached(ctx, r, ns, query).await? else {
-        return Ok(None);
-    };
-    let mut out = Vec::with_capacity(snap.kvs.iter().map(|kv| kv.value.len() + 32).sum());
-    out.extend_from_slice(b"{\"apiVersion\":");
-    serde_json::to_writer(&mut out, &r.api_version()).map_err(internal)?;
-    out.extend_from_slice(b",\"items\":[");
-    let mut first = true;
-    for kv in &snap.kvs {
-        let top: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
-            serde_json::from_slice(&kv.value)
-                .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-        let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
-            Some(m) => serde_json::from_str(m.get()).map_err(internal)?,
-            None => serde_json::Map::new(),
-        };
-        meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-        let meta = Value::Object(meta);
-        if !selectors.is_empty() && !selectors.matches(&json!({"metadata": meta})) {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'{');
-        for (i, (k, v)) in top.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut out, k).map_err(internal)?;
-            out.push(b':');
-            if *k == "metadata" {
-                serde_json::to_writer(&mut out, &meta).map_err(internal)?;
-            } else {
-                out.extend_from_slice(v.get().as_bytes());
-            }
-        }
-        if !top.contains_key("metadata") {
-            out.extend_from_slice(b",\"metadata\":");
-            serde_json::to_writer(&mut out, &meta).map_err(internal)?;
-        }
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"],\"kind\":");
-    serde_json::to_writer(&mut out, &format!("{}List", r.kind)).map_err(internal)?;
-    out.extend_from_slice(b",\"metadata\":{\"resourceVersion\":");
-    serde_json::to_writer(&mut out, &snap.revision.to_string()).map_err(internal)?;
-    out.extend_from_slice(b"}}");
-    Ok(Some(
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(out))
-            .unwrap_or_default(),
-    ))
-}
-
-fn internal(e: serde_json::Error) -> ApiError {
-    ApiError::internal(e.to_string())
 }
 
 /// The label and field selectors of a list or watch.
@@ -1463,7 +1478,7 @@ async fn delete_collection(
     let mut listing = query.clone();
     listing.remove("limit");
     listing.remove("continue");
-    let list = list(ctx, r, ns, &listing).await?;
+    let list = list(ctx, r, ns, &listing).await?.value(r)?;
     let mut deleted = Vec::new();
     for item in list["items"]
         .as_array()

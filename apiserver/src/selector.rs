@@ -219,11 +219,6 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
-    /// Whether it names only metadata fields (so metadata alone decides a match).
-    pub fn metadata_only(&self) -> bool {
-        self.0.iter().all(|(f, _, _, _)| f.starts_with("metadata."))
-    }
-
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(_, ptrs, equal, value)| {
             let actual = ptrs
