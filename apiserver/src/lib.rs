@@ -200,28 +200,14 @@ pub fn app(backend: Backend, advertise: String) -> Router {
                 discovery_root(&s, &headers, true, legacy)
             }),
         )
-        .route(
-            "/apis",
-            get(|State(s): State<AppState>, headers: HeaderMap| async move {
-                let legacy = discovery::api_groups(&s.served());
-                discovery_root(&s, &headers, false, legacy)
-            }),
-        )
+        .route("/apis", get(groups_root))
+        .route("/apis/", get(groups_root))
         .route(
             "/api/v1",
             get(|State(s): State<AppState>| async move { resources_or_404(&s, "", "v1") }),
         )
-        .route(
-            "/apis/{group}",
-            get(
-                |State(s): State<AppState>, Path(g): Path<String>| async move {
-                    match discovery::group(&s.served(), &g) {
-                        Some(doc) => ok_json(&doc),
-                        None => ApiError::no_route().into_response(),
-                    }
-                },
-            ),
-        )
+        .route("/apis/{group}", get(group_document))
+        .route("/apis/{group}/", get(group_document))
         .route(
             "/apis/{group}/{version}",
             get(
@@ -243,6 +229,20 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .fallback(|| async { ApiError::no_route().into_response() })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// `/apis`: the named groups.
+async fn groups_root(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let legacy = discovery::api_groups(&s.served());
+    discovery_root(&s, &headers, false, legacy)
+}
+
+/// `/apis/<group>`: the APIGroup.
+async fn group_document(State(s): State<AppState>, Path(g): Path<String>) -> Response {
+    match discovery::group(&s.served(), &g) {
+        Some(doc) => ok_json(&doc),
+        None => ApiError::no_route().into_response(),
+    }
 }
 
 impl AppState {

@@ -522,3 +522,177 @@ async fn unknown_metadata_typed(ctx: Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// test/e2e/apimachinery/aggregated_discovery.go and discovery.go: the tests that need only
+/// what is served.
+pub(super) fn discovery_tests() -> Vec<Test> {
+    tests![
+        "[sig-api-machinery] AggregatedDiscovery should support raw aggregated discovery request for CRDs" => aggregated_raw_crd,
+        "[sig-api-machinery] AggregatedDiscovery should support aggregated discovery interface for CRDs" => aggregated_interface_crd,
+        "[sig-api-machinery] Discovery should validate PreferredVersion for each APIGroup" => preferred_versions,
+    ]
+}
+
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// The aggregated discovery list has group/version/resource.
+fn aggregated_has(list: &Value, group: &str, version: &str, resource: &str) -> bool {
+    list["items"].as_array().into_iter().flatten().any(|g| {
+        g["metadata"]["name"] == group
+            && g["versions"].as_array().into_iter().flatten().any(|v| {
+                v["version"] == version
+                    && v["resources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r["resource"] == resource)
+            })
+    })
+}
+
+/// The aggregated discovery fixture's CRD: namespaced `testcrds` in a random group.
+fn testcrd() -> Value {
+    let group = format!("group{}.example.com", &framework_suffix());
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("testcrds.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "testcrds", "singular": "testcrd", "kind": "testcrd", "listKind": "testcrdList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": allow_all()}}]}})
+}
+
+fn framework_suffix() -> String {
+    crate::framework::unique("x")[2..].to_string()
+}
+
+/// The fixture's create for a CRD of its own group (priming included).
+async fn create_group_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<()> {
+    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
+    crds(ctx)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(crd.clone())?,
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "the definition's discovery",
+        || async {
+            Ok(in_discovery(ctx, &group, "v1", "testcrds")
+                .await?
+                .then_some(()))
+        },
+    )
+    .await
+}
+
+async fn delete_group_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<()> {
+    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
+    crds(ctx)
+        .delete(
+            crd["metadata"]["name"].as_str().unwrap_or(""),
+            &DeleteParams::default(),
+        )
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "the definition to leave discovery",
+        || async { Ok((!in_discovery(ctx, &group, "v1", "testcrds").await?).then_some(())) },
+    )
+    .await
+}
+
+async fn aggregated_raw_crd(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = testcrd();
+    create_group_crd(&ctx, &crd).await?;
+    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
+    let result = eventually(
+        Duration::from_secs(30),
+        "the CRD in aggregated discovery",
+        || async {
+            let raw = ctx.get_raw("/apis", AGGREGATED).await?;
+            Ok(aggregated_has(&raw.json()?, &group, "v1", "testcrds").then_some(()))
+        },
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("timed out waiting for CustomResourceDefinition GVR to appear in Discovery")
+    });
+    delete_group_crd(&ctx, &crd).await?;
+    result
+}
+
+/// client-go's GroupsAndMaybeResources: `/api` and `/apis` with its Accept list; the
+/// resources per group/version when the server answered in the aggregated form.
+async fn groups_and_maybe_resources(
+    ctx: &Ctx,
+) -> anyhow::Result<Option<Vec<(String, Vec<String>)>>> {
+    const ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+    let mut out = Vec::new();
+    for path in ["/api", "/apis"] {
+        let raw = ctx.get_raw(path, ACCEPT).await?;
+        if !raw.content_type.contains("as=APIGroupDiscoveryList") {
+            return Ok(None);
+        }
+        for g in raw.json()?["items"].as_array().into_iter().flatten() {
+            let name = g["metadata"]["name"].as_str().unwrap_or("");
+            for v in g["versions"].as_array().into_iter().flatten() {
+                let gv = match (name, v["version"].as_str().unwrap_or("")) {
+                    ("", v) => v.to_string(),
+                    (g, v) => format!("{g}/{v}"),
+                };
+                let resources = v["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["resource"].as_str().map(str::to_string))
+                    .collect();
+                out.push((gv, resources));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+async fn aggregated_interface_crd(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = testcrd();
+    create_group_crd(&ctx, &crd).await?;
+    let gv = format!("{}/v1", crd["spec"]["group"].as_str().unwrap_or(""));
+    let result = eventually(
+        Duration::from_secs(30),
+        "the CRD in aggregated discovery",
+        || async {
+            let found = groups_and_maybe_resources(&ctx).await?.is_some_and(|all| {
+                all.iter()
+                    .any(|(g, rs)| *g == gv && rs.iter().any(|r| r == "testcrds"))
+            });
+            Ok(found.then_some(()))
+        },
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!("timed out waiting for CustomResourceDefinition GVR to appear in Discovery")
+    });
+    delete_group_crd(&ctx, &crd).await?;
+    result
+}
+
+async fn preferred_versions(ctx: Ctx) -> anyhow::Result<()> {
+    let groups: Value = ctx.get_json("/apis/").await?;
+    let groups = groups["groups"].as_array().cloned().unwrap_or_default();
+    ensure!(!groups.is_empty(), "no API groups");
+    for g in groups {
+        let name = g["name"].as_str().unwrap_or("");
+        if name.ends_with(".example.com") {
+            continue;
+        }
+        let group: Value = ctx.get_json(&format!("/apis/{name}/")).await?;
+        let versions = group["versions"].as_array().cloned().unwrap_or_default();
+        ensure!(!versions.is_empty(), "{name} has no versions");
+        let preferred = &group["preferredVersion"]["groupVersion"];
+        ensure!(
+            versions.iter().any(|v| &v["groupVersion"] == preferred),
+            "Failed to find a valid version for PreferredVersion {preferred} in versions {versions:?}"
+        );
+    }
+    Ok(())
+}

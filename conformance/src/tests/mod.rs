@@ -19,6 +19,7 @@ pub fn all() -> Vec<Test> {
     all.extend(apimachinery::tests());
     all.extend(apimachinery::namespace_tests());
     all.extend(crd::tests());
+    all.extend(crd::discovery_tests());
     all.extend(node::tests());
     all
 }
