@@ -277,6 +277,75 @@ fn session(server: &KelpServer, v: &str) {
         k(&["get", "deployment", "api", "-o", fields]),
         "api api:2 8080"
     );
+    // kubectl autoscale writes autoscaling/v2 (protobuf); autoscaling/v1 serves the same
+    // object converted, as upstream does.
+    assert_eq!(
+        k(&[
+            "autoscale",
+            "deployment",
+            "api",
+            "--min=1",
+            "--max=3",
+            "--cpu-percent=50"
+        ]),
+        "horizontalpodautoscaler.autoscaling/api autoscaled\n"
+    );
+    let hpa = k(&["get", "hpa", "api"]);
+    let rows: Vec<Vec<&str>> = hpa
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "REFERENCE",
+            "TARGETS",
+            "MINPODS",
+            "MAXPODS",
+            "REPLICAS",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        &rows[1][..7],
+        [
+            "api",
+            "Deployment/api",
+            "cpu:",
+            "<unknown>/50%",
+            "1",
+            "3",
+            "0"
+        ]
+    );
+    assert_eq!(
+        k(&[
+            "get",
+            "hpa",
+            "api",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "autoscaling/v2 50"
+    );
+    let v1: serde_json::Value = serde_json::from_str(&ok(&[
+        "get",
+        "--raw",
+        &format!("/apis/autoscaling/v1/namespaces/{gns}/horizontalpodautoscalers/api"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            &v1["apiVersion"],
+            &v1["spec"]["targetCPUUtilizationPercentage"]
+        ),
+        (&serde_json::json!("autoscaling/v1"), &serde_json::json!(50))
+    );
+    assert_eq!(
+        k(&["delete", "hpa", "api"]),
+        "horizontalpodautoscaler.autoscaling \"api\" deleted\n"
+    );
     // The scale subresource, as kubectl scale uses it.
     assert_eq!(
         k(&["scale", "deployment", "api", "--replicas=2"]),

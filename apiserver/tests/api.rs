@@ -1196,3 +1196,31 @@ async fn lists_at_the_head_come_from_the_watch_cache_and_see_every_write() {
     let (_, list) = api.json("GET", CM, "").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 29);
 }
+
+#[tokio::test]
+async fn autoscaling_v1_and_v2_are_one_object_in_two_versions() {
+    let api = Api::new().await;
+    let v1 = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers";
+    let v2 = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    let hpa = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "maxReplicas": 4, "targetCPUUtilizationPercentage": 60}});
+    let (status, created) = api.json("POST", v1, &hpa.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["spec"]["minReplicas"], 1);
+    let (_, as_v2) = api.json("GET", &format!("{v2}/web"), "").await;
+    assert_eq!(as_v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        as_v2["spec"]["metrics"][0]["resource"],
+        json!({"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}})
+    );
+    let (_, list) = api.json("GET", v1, "").await;
+    assert_eq!(
+        list["items"][0]["spec"]["targetCPUUtilizationPercentage"],
+        60
+    );
+    assert_eq!(list["items"][0]["apiVersion"], "autoscaling/v1");
+    let (_, groups) = api.json("GET", "/apis/autoscaling", "").await;
+    assert_eq!(groups["preferredVersion"]["version"], "v2");
+}

@@ -320,6 +320,70 @@ pub fn last_schedule(o: &Value) -> String {
     }
 }
 
+/// Upstream's HPA Targets column (formatHPAMetrics): `cpu: 40%/50%` per resource metric,
+/// `<unknown>` for what status does not report yet, `<none>` without metrics.
+pub fn hpa_targets(o: &Value) -> String {
+    let current = list(o, "/status/currentMetrics");
+    let shown: Vec<String> = list(o, "/spec/metrics")
+        .iter()
+        .map(|m| {
+            let kind = text(m, "/type");
+            let source = match kind.as_str() {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                "External" => "external",
+                _ => "",
+            };
+            let name = match source {
+                "resource" | "containerResource" => text(m, &format!("/{source}/name")),
+                _ => text(m, &format!("/{source}/metric/name")),
+            };
+            let now = current
+                .iter()
+                .find(|c| {
+                    text(c, "/type") == kind && {
+                        let cn = match source {
+                            "resource" | "containerResource" => text(c, &format!("/{source}/name")),
+                            _ => text(c, &format!("/{source}/metric/name")),
+                        };
+                        cn == name
+                    }
+                })
+                .map(|c| &c[source]["current"]);
+            let target = &m[source]["target"];
+            match target.get("averageUtilization").and_then(Value::as_i64) {
+                Some(t) => {
+                    let now = now
+                        .and_then(|c| c.get("averageUtilization"))
+                        .and_then(Value::as_i64)
+                        .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+                    format!("{name}: {now}/{t}%")
+                }
+                None => {
+                    let field = if target.get("averageValue").is_some() {
+                        "averageValue"
+                    } else {
+                        "value"
+                    };
+                    let now = now
+                        .and_then(|c| c.get(field))
+                        .map_or("<unknown>".to_string(), |c| text(c, ""));
+                    format!("{name}: {now}/{}", text(target, &format!("/{field}")))
+                }
+            }
+        })
+        .collect();
+    if shown.is_empty() {
+        return "<none>".into();
+    }
+    match shown.len() {
+        n if n > 2 => format!("{} + {} more...", shown[..2].join(", "), n - 2),
+        _ => shown.join(", "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! few functions in the entry.
 
 mod apps;
+mod autoscaling;
 mod batch;
 mod cells;
 mod config;
@@ -159,6 +160,7 @@ pub fn all() -> impl Iterator<Item = &'static Resource> {
         others::RESOURCES,
         events::RESOURCES,
         more::RESOURCES,
+        autoscaling::RESOURCES,
     ]
     .into_iter()
     .flatten()

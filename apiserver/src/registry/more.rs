@@ -74,7 +74,7 @@ pub static RESOURCES: &[Resource] = &[
                 ))
             }),
             col("Targets", "Current and target metrics.", |o| {
-                json!(or_none(cells::joined(o, "/spec/metrics", "/type")))
+                json!(cells::hpa_targets(o))
             }),
             col("MinPods", "Lower replica limit.", |o| {
                 json!(
