@@ -29,6 +29,9 @@ pub struct Args {
     /// Pods the list workload reads.
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
+    /// Idle watches held open at once (over connections of at most 100 streams each).
+    #[arg(long, default_value_t = 10_000)]
+    watches: usize,
     /// The kelp binary (default: target/release/kelp beside this one).
     #[arg(long)]
     kelp: Option<PathBuf>,
@@ -201,6 +204,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "[api] list {} pods {list_ms:.1} ms, page of 500 {page_ms:.1} ms, RSS {rss_loaded:.0} MiB",
         args.pods
     );
+
+    // Idle watches: each its own stream, from the current revision (no initial events),
+    // spread over connections as many clients would open them; the server's RSS growth.
+    let (watch_config, rv) = {
+        let kubeconfig = Kubeconfig::read_from(dir.path().join("server/admin.kubeconfig"))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let list = cms.list(&ListParams::default().limit(1)).await?;
+        (config, list.metadata.resource_version.unwrap_or_default())
+    };
+    let before_watches = rss_mib(child.id());
+    let mut watches = Vec::with_capacity(args.watches);
+    let per_connection = 100;
+    for chunk in 0..args.watches.div_ceil(per_connection) {
+        let client = kube::Client::try_from(watch_config.clone())?;
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        let n = per_connection.min(args.watches - chunk * per_connection);
+        let opened = futures::future::try_join_all((0..n).map(|_| {
+            let api = api.clone();
+            let rv = rv.clone();
+            async move {
+                api.watch(&kube::api::WatchParams::default().timeout(290), &rv)
+                    .await
+            }
+        }))
+        .await?;
+        watches.extend(opened);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_watches_mib = rss_mib(child.id()) - before_watches;
+    eprintln!(
+        "[api] {} idle watches: +{idle_watches_mib:.1} MiB RSS",
+        watches.len()
+    );
+    drop(watches);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -248,6 +286,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("page_500_ms                 {page_ms:.1}");
     println!("rss_after_{}_pods_mib    {rss_loaded:.1}", args.pods);
     println!(
+        "idle_watches_{}_mib     {idle_watches_mib:.1}",
+        args.watches
+    );
+    println!(
         "{}",
         json!({
             "suite": "api", "clients": args.clients,
@@ -255,7 +297,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "api_creates_per_s": creates.round(), "storage_creates_per_s": storage_creates.round(),
             "create_p99_ms": create_lat.quantile_ms(0.99), "get_per_s": gets.round(), "get_p99_ms": get_lat.quantile_ms(0.99),
             "list_10k_ms": list_ms, "page_500_ms": page_ms,
-            "idle_watches_10k_mib": null,
+            "idle_watches_10k_mib": (idle_watches_mib * 10.0).round() / 10.0,
             "rss_idle_mib": (rss_idle * 10.0).round() / 10.0, "ready_ms": ready_ms.round(),
         })
     );
