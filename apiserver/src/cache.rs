@@ -4,19 +4,33 @@
 //! cache has got that far (upstream's consistent reads from cache, with the watch's progress
 //! standing in for etcd's progress notifications). Reads at older revisions, and pages after
 //! the first, go to storage.
+//!
+//! Watches are fanned out from here too: the cache keeps the last events, so a watch from a
+//! recent revision replays them and then follows the cache's broadcast, one receiver per
+//! watch instead of a storage watch each. A watch that falls behind the broadcast is closed,
+//! as upstream's cacher closes unresponsive watchers; its client watches again from the last
+//! revision it saw.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use futures::{FutureExt, StreamExt};
-use kelp_storage::{Backend, EventKind, KeyRange, KeyValue, RangeRequest, Revision};
-use tokio::sync::watch;
+use kelp_storage::{Backend, Event, EventKind, KeyRange, KeyValue, RangeRequest, Revision};
+use tokio::sync::{broadcast, watch};
 
 const PREFIX: &str = "/registry/";
 
 /// How long a read waits for the cache to reach the head before it reads storage instead.
 const CATCH_UP: Duration = Duration::from_secs(3);
+
+/// Events kept for watches that start from a recent revision.
+const HISTORY: usize = 10_000;
+
+/// Batches a watch may fall behind the broadcast by before it is closed.
+const BROADCAST: usize = 1024;
 
 pub struct WatchCache {
     state: RwLock<State>,
@@ -24,11 +38,31 @@ pub struct WatchCache {
     revision: watch::Sender<Revision>,
 }
 
-#[derive(Default)]
 struct State {
     objects: BTreeMap<Vec<u8>, Arc<KeyValue>>,
     revision: Revision,
+    /// The last events, in order; every event after `complete_after` is here.
+    history: VecDeque<Event>,
+    complete_after: Revision,
+    /// Every batch applied, for the watches the cache serves. A reload replaces it, which
+    /// ends those watches: what happened between the two loads was never broadcast.
+    events: broadcast::Sender<Arc<Vec<Event>>>,
 }
+
+impl State {
+    fn loaded(objects: BTreeMap<Vec<u8>, Arc<KeyValue>>, revision: Revision) -> State {
+        State {
+            objects,
+            revision,
+            history: VecDeque::new(),
+            complete_after: revision,
+            events: broadcast::channel(BROADCAST).0,
+        }
+    }
+}
+
+/// The batches the cache applies, as a watch receives them.
+pub type Batches = broadcast::Receiver<Arc<Vec<Event>>>;
 
 /// The objects of a range at one revision.
 pub struct Snapshot {
@@ -40,7 +74,7 @@ impl WatchCache {
     /// Loads the registry and follows it; the task ends when the cache is dropped.
     pub fn start(backend: Backend) -> Arc<WatchCache> {
         let cache = Arc::new(WatchCache {
-            state: RwLock::new(State::default()),
+            state: RwLock::new(State::loaded(BTreeMap::new(), -1)),
             revision: watch::channel(-1).0,
         });
         let weak = Arc::downgrade(&cache);
@@ -87,9 +121,35 @@ impl WatchCache {
         })
     }
 
+    /// The events of `[start, end)` after revision `after`, and a receiver of every batch
+    /// applied from then on; None when the cache no longer holds (or does not yet have) all
+    /// events after `after` (the caller watches storage).
+    pub fn watch_from(
+        &self,
+        after: Revision,
+        start: &[u8],
+        end: &[u8],
+    ) -> Option<(Vec<Event>, Batches)> {
+        // Under the state lock: a batch is either in the history read here or sent to the
+        // receiver made here, never neither or both.
+        let state = self.read();
+        if after < state.complete_after || after > state.revision {
+            return None;
+        }
+        let replay = state
+            .history
+            .iter()
+            .filter(|e| {
+                e.revision() > after && e.kv.key.as_slice() >= start && e.kv.key.as_slice() < end
+            })
+            .cloned()
+            .collect();
+        Some((replay, state.events.subscribe()))
+    }
+
     fn replace(&self, objects: BTreeMap<Vec<u8>, Arc<KeyValue>>, revision: Revision) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        *state = State { objects, revision };
+        *state = State::loaded(objects, revision);
         drop(state);
         self.revision.send_replace(revision);
     }
@@ -99,17 +159,27 @@ impl WatchCache {
             return;
         };
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        for e in events {
+        for e in &events {
             match e.kind {
                 EventKind::Put => {
-                    state.objects.insert(e.kv.key.clone(), Arc::new(e.kv));
+                    state
+                        .objects
+                        .insert(e.kv.key.clone(), Arc::new(e.kv.clone()));
                 }
                 EventKind::Delete => {
                     state.objects.remove(&e.kv.key);
                 }
             }
+            state.history.push_back(e.clone());
+        }
+        while state.history.len() > HISTORY {
+            if let Some(old) = state.history.pop_front() {
+                state.complete_after = old.revision();
+            }
         }
         state.revision = state.revision.max(last);
+        // Sent under the lock, so watch_from sees each batch once (no receivers is fine).
+        let _ = state.events.send(Arc::new(events));
         drop(state);
         self.revision.send_replace(last);
     }

@@ -1595,22 +1595,56 @@ async fn watch(
             .map(move |o| Ok(encoder.line("ADDED", &o)))
             .chain(end_of_initial),
     );
-    let events = match backend.watch(KeyRange::prefix(prefix), start).await {
-        Ok(w) => w
-            .flat_map(move |batch| {
-                let lines: Vec<Result<Bytes, std::io::Error>> = match batch {
-                    Ok(events) => events
-                        .iter()
-                        .filter_map(|e| watch_event(e, &selectors, &encoder))
-                        .map(Ok)
-                        .collect(),
-                    Err(e) => vec![Ok(error_line(ApiError::from(e)))],
-                };
-                futures::stream::iter(lines)
+    let end = kelp_storage::prefix_end(prefix.as_bytes());
+    let from_cache = ctx
+        .cache
+        .as_ref()
+        .and_then(|c| c.watch_from(start - 1, prefix.as_bytes(), &end));
+    let events = match from_cache {
+        // From the watch cache: its recent events, then its broadcast; a watch that falls
+        // behind is closed (its client watches again from where it was).
+        Some((replay, rx)) => {
+            let replayed: Vec<Result<Bytes, std::io::Error>> = replay
+                .iter()
+                .filter_map(|e| watch_event(e, &selectors, &encoder))
+                .map(Ok)
+                .collect();
+            let selectors = selectors.clone();
+            let (start_key, end_key) = (prefix.clone().into_bytes(), end);
+            let live = futures::stream::unfold(rx, move |mut rx| async move {
+                match rx.recv().await {
+                    Ok(batch) => Some((batch, rx)),
+                    Err(_) => None,
+                }
             })
-            .boxed(),
-        // A watch from a compacted revision is an ERROR event on a 200 stream, as upstream.
-        Err(e) => futures::stream::iter(vec![Ok(error_line(ApiError::from(e)))]).boxed(),
+            .flat_map(move |batch| {
+                let lines: Vec<Result<Bytes, std::io::Error>> = batch
+                    .iter()
+                    .filter(|e| e.kv.key >= start_key && e.kv.key < end_key)
+                    .filter_map(|e| watch_event(e, &selectors, &encoder))
+                    .map(Ok)
+                    .collect();
+                futures::stream::iter(lines)
+            });
+            futures::stream::iter(replayed).chain(live).boxed()
+        }
+        None => match backend.watch(KeyRange::prefix(prefix), start).await {
+            Ok(w) => w
+                .flat_map(move |batch| {
+                    let lines: Vec<Result<Bytes, std::io::Error>> = match batch {
+                        Ok(events) => events
+                            .iter()
+                            .filter_map(|e| watch_event(e, &selectors, &encoder))
+                            .map(Ok)
+                            .collect(),
+                        Err(e) => vec![Ok(error_line(ApiError::from(e)))],
+                    };
+                    futures::stream::iter(lines)
+                })
+                .boxed(),
+            // A watch from a compacted revision is an ERROR event on a 200 stream, as upstream.
+            Err(e) => futures::stream::iter(vec![Ok(error_line(ApiError::from(e)))]).boxed(),
+        },
     };
     // The guard counts the watch as open for as long as its stream lives.
     let stream = initial.chain(events).map(move |item| {
