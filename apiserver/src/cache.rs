@@ -77,18 +77,7 @@ impl WatchCache {
             state: RwLock::new(State::loaded(BTreeMap::new(), -1)),
             revision: watch::channel(-1).0,
         });
-        let weak = Arc::downgrade(&cache);
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = follow(&backend, &weak).await {
-                    tracing::debug!(error = %e, "watch cache relisting");
-                }
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+        keep_following(backend, Arc::downgrade(&cache), "watch cache", follow);
         cache
     }
 
@@ -195,8 +184,32 @@ impl WatchCache {
     }
 }
 
+/// Runs a list-and-watch follower again whenever it ends (its watch failed, or was compacted
+/// away: it relists), until what it keeps is dropped.
+pub fn keep_following<T, Fut>(
+    backend: Backend,
+    kept: Weak<T>,
+    what: &'static str,
+    follow: fn(Backend, Weak<T>) -> Fut,
+) where
+    T: Send + Sync + 'static,
+    Fut: std::future::Future<Output = kelp_storage::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = follow(backend.clone(), kept.clone()).await {
+                tracing::debug!(error = %e, "{what} relisting");
+            }
+            if kept.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 /// Lists, then follows the watch until it fails (compaction) or the cache is gone.
-async fn follow(backend: &Backend, cache: &Weak<WatchCache>) -> kelp_storage::Result<()> {
+async fn follow(backend: Backend, cache: Weak<WatchCache>) -> kelp_storage::Result<()> {
     let listed = backend
         .range(RangeRequest::new(KeyRange::prefix(PREFIX)))
         .await?;

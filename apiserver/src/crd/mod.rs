@@ -13,7 +13,6 @@ pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, header};
 use futures::StreamExt;
@@ -499,18 +498,12 @@ impl CustomResources {
         let crds = Arc::new(CustomResources {
             state: RwLock::new(State::default()),
         });
-        let weak = Arc::downgrade(&crds);
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = follow(&backend, &weak).await {
-                    tracing::debug!(error = %e, "custom resource definitions relisting");
-                }
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+        crate::cache::keep_following(
+            backend,
+            Arc::downgrade(&crds),
+            "custom resource definitions",
+            follow,
+        );
         crds
     }
 
@@ -600,7 +593,7 @@ fn name_of(key: &[u8]) -> String {
 }
 
 /// Lists, then watches until the watch fails or the registry is gone.
-async fn follow(backend: &Backend, crds: &Weak<CustomResources>) -> kelp_storage::Result<()> {
+async fn follow(backend: Backend, crds: Weak<CustomResources>) -> kelp_storage::Result<()> {
     let listed = backend
         .range(RangeRequest::new(KeyRange::prefix(PREFIX)))
         .await?;
@@ -612,7 +605,7 @@ async fn follow(backend: &Backend, crds: &Weak<CustomResources>) -> kelp_storage
     };
     for kv in &listed.kvs {
         if let Ok(crd) = serde_json::from_slice::<Value>(&kv.value) {
-            seen(backend, &registry, name_of(&kv.key), Some(crd));
+            seen(&backend, &registry, name_of(&kv.key), Some(crd));
         }
     }
     drop(registry);
@@ -625,7 +618,7 @@ async fn follow(backend: &Backend, crds: &Weak<CustomResources>) -> kelp_storage
                 kelp_storage::EventKind::Put => serde_json::from_slice::<Value>(&e.kv.value).ok(),
                 kelp_storage::EventKind::Delete => None,
             };
-            seen(backend, &registry, name_of(&e.kv.key), crd);
+            seen(&backend, &registry, name_of(&e.kv.key), crd);
         }
     }
     Ok(())

@@ -6,8 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::cells::{AGE, col, int, text};
-use super::{Column, Conversion, Resource, Status};
+use super::{Conversion, Resource, Status};
 use crate::typed::typed;
 
 const METRICS: &str = "autoscaling.alpha.kubernetes.io/metrics";
@@ -139,43 +138,6 @@ const CONVERSION: Conversion = Conversion {
     from_storage: to_v1,
 };
 
-const COLUMNS: &[Column] = &[
-    col("Reference", "The scaled object.", |o| {
-        json!(format!(
-            "{}/{}",
-            text(o, "/spec/scaleTargetRef/kind"),
-            text(o, "/spec/scaleTargetRef/name")
-        ))
-    }),
-    col("Targets", "Current and target CPU utilization.", |o| {
-        let current = o
-            .pointer("/status/currentCPUUtilizationPercentage")
-            .and_then(Value::as_i64)
-            .map_or("<unknown>".to_string(), |c| format!("{c}%"));
-        match o
-            .pointer("/spec/targetCPUUtilizationPercentage")
-            .and_then(Value::as_i64)
-        {
-            Some(t) => json!(format!("cpu: {current}/{t}%")),
-            None => json!("<none>"),
-        }
-    }),
-    col("MinPods", "Lower replica limit.", |o| {
-        json!(
-            o.pointer("/spec/minReplicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1)
-        )
-    }),
-    col("MaxPods", "Upper replica limit.", |o| {
-        json!(int(o, "/spec/maxReplicas"))
-    }),
-    col("Replicas", "Current replicas.", |o| {
-        json!(int(o, "/status/currentReplicas"))
-    }),
-    AGE,
-];
-
 pub static RESOURCES: &[Resource] = &[Resource {
     group: "autoscaling",
     version: "v1",
@@ -186,7 +148,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     namespaced: true,
     short_names: &["hpa"],
     categories: &["all"],
-    columns: COLUMNS,
+    columns: &super::cells::HPA,
     fields: &[],
     status: Status::Subresource,
     scale: false,

@@ -320,9 +320,48 @@ pub fn last_schedule(o: &Value) -> String {
     }
 }
 
+/// The HorizontalPodAutoscaler columns, for the v2 form and the v1 form alike.
+pub const HPA: [Column; 6] = [
+    col("Reference", "The scaled object.", |o| {
+        json!(format!(
+            "{}/{}",
+            text(o, "/spec/scaleTargetRef/kind"),
+            text(o, "/spec/scaleTargetRef/name")
+        ))
+    }),
+    col("Targets", "Current and target metrics.", |o| {
+        json!(hpa_targets(o))
+    }),
+    col("MinPods", "Lower replica limit.", |o| {
+        json!(
+            o.pointer("/spec/minReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+        )
+    }),
+    col("MaxPods", "Upper replica limit.", |o| {
+        json!(int(o, "/spec/maxReplicas"))
+    }),
+    col("Replicas", "Current replicas.", |o| {
+        json!(int(o, "/status/currentReplicas"))
+    }),
+    AGE,
+];
+
 /// Upstream's HPA Targets column (formatHPAMetrics): `cpu: 40%/50%` per resource metric,
-/// `<unknown>` for what status does not report yet, `<none>` without metrics.
-pub fn hpa_targets(o: &Value) -> String {
+/// `<unknown>` for what status does not report yet, `<none>` without metrics; v1's single
+/// CPU target reads the same.
+fn hpa_targets(o: &Value) -> String {
+    if let Some(t) = o
+        .pointer("/spec/targetCPUUtilizationPercentage")
+        .and_then(Value::as_i64)
+    {
+        let now = o
+            .pointer("/status/currentCPUUtilizationPercentage")
+            .and_then(Value::as_i64)
+            .map_or("<unknown>".to_string(), |c| format!("{c}%"));
+        return format!("cpu: {now}/{t}%");
+    }
     let current = list(o, "/status/currentMetrics");
     let shown: Vec<String> = list(o, "/spec/metrics")
         .iter()

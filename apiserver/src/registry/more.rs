@@ -65,32 +65,7 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["hpa"],
         categories: &["all"],
-        columns: &[
-            col("Reference", "The scaled object.", |o| {
-                json!(format!(
-                    "{}/{}",
-                    text(o, "/spec/scaleTargetRef/kind"),
-                    text(o, "/spec/scaleTargetRef/name")
-                ))
-            }),
-            col("Targets", "Current and target metrics.", |o| {
-                json!(cells::hpa_targets(o))
-            }),
-            col("MinPods", "Lower replica limit.", |o| {
-                json!(
-                    o.pointer("/spec/minReplicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                )
-            }),
-            col("MaxPods", "Upper replica limit.", |o| {
-                json!(int(o, "/spec/maxReplicas"))
-            }),
-            col("Replicas", "Current replicas.", |o| {
-                json!(int(o, "/status/currentReplicas"))
-            }),
-            AGE,
-        ],
+        columns: &cells::HPA,
         status: Status::Subresource,
         generation: true,
         ..BASE
