@@ -82,11 +82,7 @@ pub async fn serve(
                 .pointer("/spec/finalizers")
                 .cloned()
                 .unwrap_or_else(|| json!([]));
-            let mut patch = json!({"spec": {"finalizers": finalizers}});
-            if let Some(rv) = object::resource_version(&requested) {
-                patch["metadata"] = json!({"resourceVersion": rv});
-            }
-            let patch = patch.to_string();
+            let patch = json!({"spec": {"finalizers": finalizers}});
             let manager = fieldmanager::manager(query, headers);
             let target = UpdateTarget {
                 r,
@@ -95,13 +91,7 @@ pub async fn serve(
                 subresource: "finalize",
                 manager: &manager,
             };
-            return guaranteed_update(
-                ctx,
-                target,
-                query,
-                Change::Patch(PatchType::Merge, patch.as_bytes()),
-            )
-            .await;
+            return partial_update(ctx, target, query, patch, &requested).await;
         }
         (Some("scale"), Some(name)) if r.scale => {
             return scale(ctx, r, ns, name, method, query, headers, &body).await;
@@ -1049,15 +1039,11 @@ async fn scale(
             )
         })?;
     // A merge patch of the replicas at their path.
-    let mut change = scale_paths(r)
+    let change = scale_paths(r)
         .0
         .rsplit('/')
         .filter(|s| !s.is_empty())
         .fold(json!(replicas), |inner, key| json!({ key: inner }));
-    if let Some(rv) = object::resource_version(&new_scale) {
-        change["metadata"] = json!({"resourceVersion": rv});
-    }
-    let change = change.to_string();
     let manager = fieldmanager::manager(query, headers);
     let target = UpdateTarget {
         r,
@@ -1066,15 +1052,31 @@ async fn scale(
         subresource: "scale",
         manager: &manager,
     };
+    partial_update(ctx, target, query, change, &new_scale).await?;
+    let (updated, _) = get(backend, r, ns, name).await?;
+    Ok(json_response(StatusCode::OK, &scale_of(r, &updated)))
+}
+
+/// An update by a subresource that writes part of the object (finalize, scale): `patch`
+/// merged into it, with the requested object's resourceVersion as the precondition.
+async fn partial_update(
+    ctx: &Ctx,
+    target: UpdateTarget<'_>,
+    query: &HashMap<String, String>,
+    mut patch: Value,
+    requested: &Value,
+) -> Result<Response, ApiError> {
+    if let Some(rv) = object::resource_version(requested) {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    let patch = patch.to_string();
     guaranteed_update(
         ctx,
         target,
         query,
-        Change::Patch(PatchType::Merge, change.as_bytes()),
+        Change::Patch(PatchType::Merge, patch.as_bytes()),
     )
-    .await?;
-    let (updated, _) = get(backend, r, ns, name).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(r, &updated)))
+    .await
 }
 
 /// Status and generation of an update (upstream's status strategies): a write to the object
