@@ -25,6 +25,24 @@ struct Cli {
 enum Command {
     /// Run the control plane: the API server over HTTPS on the datastore.
     Server(ServerArgs),
+    /// Print a kubeconfig with a new client certificate (signed by the cluster CA) for a user.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// The server's data directory (its CA signs the certificate).
+    #[arg(long, default_value = "./kelp-data", env = "KELP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The user name (the certificate's common name).
+    #[arg(long)]
+    user: String,
+    /// Groups of the user (the certificate's organizations); repeatable.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The API server's URL (default: the one in the data dir's admin kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +59,12 @@ struct ServerArgs {
     /// HTTPS port of the API server (0: any free port).
     #[arg(long, default_value_t = 6443)]
     https_listen_port: u16,
+    /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// The issuer (`iss`) of service-account tokens, also their default audience.
+    #[arg(long, default_value = kelp_auth::serviceaccount::DEFAULT_ISSUER)]
+    service_account_issuer: String,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +86,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => runtime.block_on(server(args)),
+        Command::Kubeconfig(args) => kubeconfig(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,8 +148,25 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     let serving = pki.serving(&dns, &ips)?;
 
+    let token_file = match &args.token_auth_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                kelp_auth::TokenFile::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let service_accounts = kelp_auth::serviceaccount::ServiceAccountKeys::load_or_create(
+        &args.data_dir,
+        &args.service_account_issuer,
+    )?;
     let backend = Backend::open(&endpoint, Options::default()).await?;
     let config = kelp_apiserver::Config {
+        token_file,
+        service_accounts: std::sync::Arc::new(service_accounts),
         listen: SocketAddr::new(args.bind_address, args.https_listen_port),
         serving_cert_pem: serving.cert_pem,
         serving_key_pem: serving.key_pem,
@@ -154,6 +196,36 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     server.stop().await;
     backend.close().await;
     println!("kelp: stopped");
+    Ok(())
+}
+
+/// `kelp kubeconfig`: a kubeconfig for a new user, printed.
+fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
+    if !args.data_dir.join("pki").join("ca.key").exists() {
+        anyhow::bail!(
+            "no cluster CA in {} (start `kelp server --data-dir {}` first)",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let pki = Pki::load_or_create(&args.data_dir)?;
+    let server = match args.server {
+        Some(s) => s,
+        None => {
+            let admin = args.data_dir.join("admin.kubeconfig");
+            let text = std::fs::read_to_string(&admin)
+                .with_context(|| format!("cannot read {} (or pass --server)", admin.display()))?;
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+                .with_context(|| format!("no server in {}", admin.display()))?
+        }
+    };
+    let groups: Vec<&str> = args.groups.iter().map(String::as_str).collect();
+    let creds = pki.client(&args.user, &groups)?;
+    print!(
+        "{}",
+        kelp_auth::kubeconfig(&server, pki.ca_pem(), &args.user, &creds)
+    );
     Ok(())
 }
 

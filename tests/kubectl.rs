@@ -427,6 +427,14 @@ fn session(server: &KelpServer, v: &str) {
         ]),
         "rolebinding.rbac.authorization.k8s.io/rb created\n"
     );
+    // auth can-i as admin (system:masters), and for alice through the binding just made.
+    assert_eq!(k(&["auth", "can-i", "delete", "nodes"]), "yes\n");
+    assert_eq!(k(&["auth", "can-i", "list", "pods", "--as=alice"]), "yes\n");
+    let denied = server.kubectl(
+        v,
+        &["-n", &gns, "auth", "can-i", "delete", "pods", "--as=alice"],
+    );
+    assert_eq!((denied.ok, denied.stdout.as_str()), (false, "no\n"));
     assert_eq!(
         k(&["create", "quota", "q", "--hard=pods=10,requests.cpu=2"]),
         "resourcequota/q created\n"

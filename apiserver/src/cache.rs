@@ -12,6 +12,7 @@
 //! revision it saw.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ const BROADCAST: usize = 1024;
 
 pub struct WatchCache {
     state: RwLock<State>,
+    /// Indexes built from the cache, told when what they index changes.
+    trackers: RwLock<Vec<Arc<Tracker>>>,
     /// The revision the cache reflects (-1 until it is loaded), for readers to wait on.
     revision: watch::Sender<Revision>,
 }
@@ -61,6 +64,19 @@ impl State {
     }
 }
 
+/// How many times the objects under some prefixes changed.
+pub struct Tracker {
+    prefixes: &'static [&'static str],
+    changes: AtomicU64,
+}
+
+impl Tracker {
+    /// A number that moves whenever the tracked objects change.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+}
+
 /// The batches the cache applies, as a watch receives them.
 pub type Batches = broadcast::Receiver<Arc<Vec<Event>>>;
 
@@ -75,6 +91,7 @@ impl WatchCache {
     pub fn start(backend: Backend) -> Arc<WatchCache> {
         let cache = Arc::new(WatchCache {
             state: RwLock::new(State::loaded(BTreeMap::new(), -1)),
+            trackers: RwLock::new(Vec::new()),
             revision: watch::channel(-1).0,
         });
         keep_following(backend, Arc::downgrade(&cache), "watch cache", follow);
@@ -83,6 +100,54 @@ impl WatchCache {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the changes under `prefixes` from now on (a reload counts as one), for an index
+    /// of those objects to know when to rebuild.
+    pub fn track(&self, prefixes: &'static [&'static str]) -> Arc<Tracker> {
+        let tracker = Arc::new(Tracker {
+            prefixes,
+            changes: AtomicU64::new(1),
+        });
+        self.trackers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tracker.clone());
+        tracker
+    }
+
+    fn touch(&self, key: Option<&[u8]>) {
+        for t in self
+            .trackers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if key.is_none_or(|k| t.prefixes.iter().any(|p| k.starts_with(p.as_bytes()))) {
+                t.changes.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The objects whose keys start with `prefix`, as the cache holds them now.
+    pub fn objects(&self, prefix: &str) -> Vec<Arc<KeyValue>> {
+        let state = self.read();
+        state
+            .objects
+            .range(prefix.as_bytes().to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+            .map(|(_, kv)| kv.clone())
+            .collect()
+    }
+
+    /// One object as the cache holds it now.
+    pub fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
+        self.read().objects.get(key.as_bytes()).cloned()
+    }
+
+    /// The revision the cache reflects, and a receiver that sees it move.
+    pub fn revision(&self) -> watch::Receiver<Revision> {
+        self.revision.subscribe()
     }
 
     /// Whether the key exists as far as the cache knows (it may lag a write just made).
@@ -140,6 +205,7 @@ impl WatchCache {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         *state = State::loaded(objects, revision);
         drop(state);
+        self.touch(None);
         self.revision.send_replace(revision);
     }
 
@@ -160,6 +226,7 @@ impl WatchCache {
                 }
             }
             state.history.push_back(e.clone());
+            self.touch(Some(&e.kv.key));
         }
         while state.history.len() > HISTORY {
             if let Some(old) = state.history.pop_front() {

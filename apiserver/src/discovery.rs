@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::{self, Resource, Status, VERBS};
+use crate::registry::{self, Resource, Status};
 
 pub fn api_versions(server_address: &str) -> Value {
     json!({
@@ -82,6 +82,15 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
         out.push(("binding", "", "v1", "Binding", &["create"][..]));
         out.push(("eviction", "policy", "v1", "Eviction", &["create"][..]));
     }
+    if r.plural == "serviceaccounts" && r.group.is_empty() {
+        out.push((
+            "token",
+            "authentication.k8s.io",
+            "v1",
+            "TokenRequest",
+            &["create"][..],
+        ));
+    }
     out
 }
 
@@ -95,7 +104,7 @@ pub fn api_resources(served: &[&'static Resource], group: &str, version: &str) -
                 "singularName": r.singular,
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": VERBS,
+                "verbs": r.verbs,
                 "shortNames": r.short_names,
                 "categories": r.categories,
             });
@@ -174,7 +183,7 @@ pub fn aggregated(served: &[&'static Resource], version: &str, legacy: bool) -> 
                                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": r.singular,
-                                "verbs": VERBS,
+                                "verbs": r.verbs,
                                 "shortNames": r.short_names,
                                 "categories": r.categories,
                                 "subresources": subresources(r).into_iter().map(|(sub, g, v, kind, verbs)| json!({

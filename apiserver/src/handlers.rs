@@ -556,7 +556,16 @@ impl Selectors {
 }
 
 /// Reads and checks a request body: size, media type, JSON, and kind/apiVersion.
-fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn read_body(
+    r: &Resource,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
+    check_kind(r, decode_body(headers, body)?)
+}
+
+/// A request body as JSON, from JSON, YAML or protobuf by its Content-Type.
+pub(crate) fn decode_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::too_large());
     }
@@ -579,7 +588,7 @@ fn read_body(r: &Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, A
         })?,
         _ => return Err(ApiError::unsupported_media_type(content_type)),
     };
-    check_kind(r, obj)
+    Ok(obj)
 }
 
 /// An apply configuration (`application/apply-patch+yaml`; kubectl sends JSON, which is YAML):
@@ -732,6 +741,17 @@ fn validate_name(r: &Resource, name: &str) -> Option<String> {
             && !s.starts_with('-')
             && !s.ends_with('-')
     };
+    if r.group == "rbac.authorization.k8s.io" {
+        // RBAC names are path segments (upstream's ValidateRBACName): `system:` names too.
+        let why = match name {
+            "." => Some("may not be '.'"),
+            ".." => Some("may not be '..'"),
+            n if n.contains('/') => Some("may not contain '/'"),
+            n if n.contains('%') => Some("may not contain '%'"),
+            _ => None,
+        };
+        return why.map(|w| format!("Invalid value: \"{name}\": {w}"));
+    }
     if r.kind == "Namespace" {
         if !label(name) {
             return Some(format!(
@@ -807,6 +827,8 @@ async fn require_namespace(ctx: &Ctx, ns: Option<&str>) -> Result<(), ApiError> 
 /// custom resource definitions (absent during bootstrap and for the apiserver's own writes).
 pub struct Ctx {
     pub backend: Backend,
+    /// Authentication and RBAC (None: every write is the API server's own).
+    pub security: Option<std::sync::Arc<crate::security::Security>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     pub cache: Option<std::sync::Arc<crate::cache::WatchCache>>,
     pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,
@@ -886,6 +908,7 @@ async fn create(
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }
     rules(r, &obj)?;
+    crate::security::check_write(ctx, r, ns, None, &obj).await?;
     if let Some(manager) = manager {
         fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
     }
@@ -1236,6 +1259,7 @@ async fn guaranteed_update(
         }
         (r.on_update)(&current, &mut obj)?;
         rules(r, &obj)?;
+        crate::security::check_write(ctx, r, ns, Some(&current), &obj).await?;
         if !matches!(change, Change::Apply { .. }) {
             fieldmanager::update(Some(&current), &mut obj, &w);
         }

@@ -19,6 +19,7 @@ mod pods;
 mod protobuf;
 mod registry;
 mod request;
+mod security;
 mod selector;
 mod table;
 mod typed;
@@ -37,10 +38,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use kelp_storage::Backend;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use serde_json::json;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use security::ClientCert;
 
 /// The Kubernetes version Kelp serves; kubectl's dispatcher picks its binary by the minor.
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
@@ -60,8 +63,13 @@ pub struct Config {
     pub listen: SocketAddr,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
-    /// Client certificates signed by this CA are accepted (clients may also present none).
+    /// Client certificates signed by this CA authenticate their subject (clients may also
+    /// present none; a certificate that does not verify gets 401).
     pub client_ca_pem: String,
+    /// `--token-auth-file`.
+    pub token_file: Option<kelp_auth::TokenFile>,
+    /// Signs and verifies service-account tokens.
+    pub service_accounts: Arc<kelp_auth::serviceaccount::ServiceAccountKeys>,
 }
 
 /// A running API server.
@@ -88,20 +96,73 @@ struct AppState {
     ctx: Arc<handlers::Ctx>,
 }
 
+/// The verifier of client certificates against the cluster CA.
+fn client_verifier(ca_pem: &str) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(ca.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The handshake's verifier: asks for a certificate and checks that the client holds its key,
+/// but leaves whether it is trusted to the authenticator, so that a bad or expired
+/// certificate gets a 401 (as upstream's x509 authenticator gives) rather than a failed
+/// handshake.
+#[derive(Debug)]
+struct AnyClientCert(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 fn tls_config(config: &Config) -> Result<rustls::ServerConfig, ServeError> {
     let tls = |e: &dyn std::fmt::Display| ServeError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(config.client_ca_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| tls(&e))?;
+    let verifier = Arc::new(AnyClientCert(
+        client_verifier(&config.client_ca_pem).map_err(|e| tls(&e))?,
+    ));
     let certs = CertificateDer::pem_slice_iter(config.serving_cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls(&e))?;
@@ -131,7 +192,15 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         source,
     })?;
     bootstrap(&backend).await;
-    let app = app(backend, local_addr.to_string());
+    security::reconcile::reconcile(&bootstrap_ctx(&backend)).await;
+    let security = security::SecurityConfig {
+        token_file: config.token_file,
+        service_accounts: config.service_accounts,
+        client_ca_pem: config.client_ca_pem,
+    };
+    let (app, security) =
+        router(backend, local_addr.to_string(), Some(security)).map_err(ServeError::Tls)?;
+    let security = security.expect("security is configured");
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
@@ -145,7 +214,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
                 },
                 _ = shutdown_rx.changed() => return,
             };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let (acceptor, app, security) = (acceptor.clone(), app.clone(), security.clone());
             tokio::spawn(async move {
                 let tls = match acceptor.accept(tcp).await {
                     Ok(tls) => tls,
@@ -154,6 +223,15 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
                         return;
                     }
                 };
+                // Who the certificate names is learnt once per connection.
+                let cert = security.client_cert(tls.get_ref().1.peer_certificates());
+                let app = tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::extract::Request<_>| {
+                        req.extensions_mut().insert(cert.clone());
+                        req
+                    },
+                );
                 let service = hyper_util::service::TowerToHyperService::new(app);
                 let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
@@ -171,23 +249,50 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
     })
 }
 
-/// The API as a router, without TLS: what [`start`] serves (and what tests drive directly).
+/// The API as a router without TLS and without authentication or authorization, every
+/// request acting as the server itself: for tests that drive the handlers directly.
 /// `advertise` is the `host:port` legacy discovery reports.
 pub fn app(backend: Backend, advertise: String) -> Router {
+    router(backend, advertise, None)
+        .map(|(r, _)| r)
+        .expect("no security, nothing to misconfigure")
+}
+
+/// The API as a router, behind the security pipeline when `security` is given (what
+/// [`start`] serves).
+fn router(
+    backend: Backend,
+    advertise: String,
+    security: Option<security::SecurityConfig>,
+) -> Result<(Router, Option<Arc<security::Security>>), String> {
     let metrics = Arc::new(metrics::Metrics::new());
+    let cache = cache::WatchCache::start(backend.clone());
+    let security = match security {
+        Some(config) => Some(Arc::new(security::Security::new(
+            config,
+            backend.clone(),
+            cache.clone(),
+        )?)),
+        None => None,
+    };
+    let ctx = Arc::new(handlers::Ctx {
+        backend: backend.clone(),
+        security: security.clone(),
+        metrics: Some(metrics.clone()),
+        cache: Some(cache.clone()),
+        crds: Some(crd::CustomResources::start(backend.clone())),
+    });
+    if security.is_some() {
+        security::reconcile::run_aggregation(ctx.clone(), cache);
+    }
     let state = AppState {
         advertise,
         openapi: Arc::new(openapi::OpenApi::build()),
-        metrics: metrics.clone(),
-        ctx: Arc::new(handlers::Ctx {
-            backend: backend.clone(),
-            metrics: Some(metrics),
-            cache: Some(cache::WatchCache::start(backend.clone())),
-            crds: Some(crd::CustomResources::start(backend.clone())),
-        }),
+        metrics,
+        ctx,
         backend,
     };
-    Router::new()
+    let router = Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
@@ -226,9 +331,54 @@ pub fn app(backend: Backend, advertise: String) -> Router {
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api/v1/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(jwks))
         .fallback(|| async { ApiError::no_route().into_response() })
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    let router = match &security {
+        Some(s) => router.layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            security::guard,
+        )),
+        None => router,
+    };
+    Ok((router, security))
+}
+
+/// The service-account issuer's OIDC discovery document.
+async fn openid_configuration(State(s): State<AppState>) -> Response {
+    let Some(security) = s.ctx.security.as_ref() else {
+        return ApiError::no_route().into_response();
+    };
+    let jwks_uri = format!("https://{}/openid/v1/jwks", s.advertise);
+    let doc = security.service_accounts.openid_configuration(&jwks_uri);
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+/// The keys service-account tokens are signed with.
+async fn jwks(State(s): State<AppState>) -> Response {
+    let Some(security) = s.ctx.security.as_ref() else {
+        return ApiError::no_route().into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        security.service_accounts.jwks().to_string(),
+    )
+        .into_response()
 }
 
 /// `/apis`: the named groups.
@@ -360,6 +510,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 struct ResourceRequest {
+    requester: Option<security::Requester>,
     method: Method,
     query: HashMap<String, String>,
     headers: HeaderMap,
@@ -368,6 +519,7 @@ struct ResourceRequest {
 
 async fn core_resource(
     State(s): State<AppState>,
+    requester: Option<axum::Extension<security::Requester>>,
     Path(rest): Path<String>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
@@ -380,6 +532,7 @@ async fn core_resource(
         "v1",
         &rest,
         ResourceRequest {
+            requester: requester.map(|e| e.0),
             method,
             query,
             headers,
@@ -391,6 +544,7 @@ async fn core_resource(
 
 async fn group_resource(
     State(s): State<AppState>,
+    requester: Option<axum::Extension<security::Requester>>,
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
@@ -403,6 +557,7 @@ async fn group_resource(
         &version,
         &rest,
         ResourceRequest {
+            requester: requester.map(|e| e.0),
             method,
             query,
             headers,
@@ -454,7 +609,23 @@ async fn resource(
         let body = axum::body::to_bytes(req.body, handlers::MAX_BODY_BYTES)
             .await
             .map_err(|_| ApiError::too_large())?;
-        handlers::serve(&s.ctx, &req.method, target, &req.query, &req.headers, body).await
+        let (Some(security), Some(requester)) = (s.ctx.security.as_deref(), &req.requester) else {
+            return handlers::serve(&s.ctx, &req.method, target, &req.query, &req.headers, body)
+                .await;
+        };
+        let user = requester.0.clone();
+        if let Some(answer) =
+            security::reviews::serve(security, &user, &target, &req.method, &req.headers, &body)
+                .await
+        {
+            return answer;
+        }
+        security::REQUESTER
+            .scope(
+                user,
+                handlers::serve(&s.ctx, &req.method, target, &req.query, &req.headers, body),
+            )
+            .await
     }
     .await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
@@ -504,13 +675,18 @@ async fn to_yaml(response: Response) -> Response {
 
 /// What every cluster has: the four system namespaces and the `kubernetes` Service in
 /// default at the first service IP.
-pub async fn bootstrap(backend: &Backend) {
-    let ctx = handlers::Ctx {
+fn bootstrap_ctx(backend: &Backend) -> handlers::Ctx {
+    handlers::Ctx {
         backend: backend.clone(),
+        security: None,
         metrics: None,
         cache: None,
         crds: None,
-    };
+    }
+}
+
+pub async fn bootstrap(backend: &Backend) {
+    let ctx = bootstrap_ctx(backend);
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
     let mut headers = HeaderMap::new();

@@ -151,6 +151,51 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A `metav1.LabelSelector` object (matchLabels and matchExpressions). An empty one
+    /// matches everything; an unknown operator is an error, as upstream's conversion has it.
+    pub fn from_object(selector: &Value) -> Result<Self, String> {
+        let mut out = Vec::new();
+        if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in labels {
+                out.push(Requirement::Equals(
+                    k.clone(),
+                    v.as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+        for e in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(
+                match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                    "In" => Requirement::In(key, values),
+                    "NotIn" => Requirement::NotIn(key, values),
+                    "Exists" => Requirement::Exists(key),
+                    "DoesNotExist" => Requirement::DoesNotExist(key),
+                    op => return Err(format!("{op:?} is not a valid label selector operator")),
+                },
+            );
+        }
+        Ok(LabelSelector(out))
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         if self.0.is_empty() {
             return true;

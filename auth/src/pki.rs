@@ -15,6 +15,8 @@ pub enum PkiError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("key: {0}")]
+    Key(String),
     #[error("certificate: {0}")]
     Certificate(#[from] rcgen::Error),
 }
@@ -136,10 +138,87 @@ impl Pki {
 
     /// A client certificate for `user` in `groups` (CN and O, as Kubernetes reads them).
     pub fn client(&self, user: &str, groups: &[&str]) -> Result<Credentials, PkiError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(user, groups);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
+        self.client_valid(user, groups, (2025, 1, 1), (2036, 1, 1))
+    }
+
+    /// A client certificate valid between two dates (year, month, day). Written with
+    /// x509-cert rather than rcgen, whose names hold one value per attribute type: a user in
+    /// several groups needs one O attribute per group.
+    pub fn client_valid(
+        &self,
+        user: &str,
+        groups: &[&str],
+        from: (i32, u8, u8),
+        until: (i32, u8, u8),
+    ) -> Result<Credentials, PkiError> {
+        use p256::pkcs8::DecodePrivateKey;
+        use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+        use x509_cert::der::asn1::{SetOfVec, UtcTime, Utf8StringRef};
+        use x509_cert::der::{Any, DateTime, Decode, DecodePem, EncodePem, pem::LineEnding};
+        use x509_cert::ext::pkix::ExtendedKeyUsage;
+        use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
+        use x509_cert::time::{Time, Validity};
+
+        let bad = |e: &dyn std::fmt::Display| PkiError::Key(e.to_string());
+        let attribute = |oid, value: &str| -> Result<RelativeDistinguishedName, PkiError> {
+            let value = Any::from(Utf8StringRef::new(value).map_err(|e| bad(&e))?);
+            let atv = x509_cert::attr::AttributeTypeAndValue { oid, value };
+            Ok(RelativeDistinguishedName(
+                SetOfVec::try_from(vec![atv]).map_err(|e| bad(&e))?,
+            ))
+        };
+        let mut rdns = Vec::new();
+        for g in groups {
+            rdns.push(attribute(const_oid::db::rfc4519::O, g)?);
+        }
+        rdns.push(attribute(const_oid::db::rfc4519::CN, user)?);
+        let time = |(y, m, d): (i32, u8, u8)| -> Result<Time, PkiError> {
+            let at = DateTime::new(y as u16, m, d, 0, 0, 0).map_err(|e| bad(&e))?;
+            Ok(Time::UtcTime(
+                UtcTime::from_date_time(at).map_err(|e| bad(&e))?,
+            ))
+        };
+        let validity = Validity {
+            not_before: time(from)?,
+            not_after: time(until)?,
+        };
+        let key = KeyPair::generate()?;
+        let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+        )
+        .map_err(|e| bad(&e))?;
+        let ca =
+            x509_cert::Certificate::from_pem(self.ca.cert_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let signer =
+            p256::ecdsa::SigningKey::from_pkcs8_pem(&self.ca.key_pem).map_err(|e| bad(&e))?;
+        let mut serial = *uuid::Uuid::new_v4().as_bytes();
+        serial[0] &= 0x7f;
+        let profile = Profile::Leaf {
+            issuer: ca.tbs_certificate.subject.clone(),
+            enable_key_agreement: false,
+            enable_key_encipherment: true,
+        };
+        let mut builder = CertificateBuilder::new(
+            profile,
+            x509_cert::serial_number::SerialNumber::new(&serial).map_err(|e| bad(&e))?,
+            validity,
+            RdnSequence(rdns),
+            spki,
+            &signer,
+        )
+        .map_err(|e| bad(&e))?;
+        builder
+            .add_extension(&ExtendedKeyUsage(vec![
+                const_oid::db::rfc5280::ID_KP_CLIENT_AUTH,
+            ]))
+            .map_err(|e| bad(&e))?;
+        let cert = builder
+            .build::<p256::ecdsa::DerSignature>()
+            .map_err(|e| bad(&e))?;
+        Ok(Credentials {
+            cert_pem: cert.to_pem(LineEnding::LF).map_err(|e| bad(&e))?,
+            key_pem: key.serialize_pem(),
+        })
     }
 
     fn sign(&self, mut params: CertificateParams) -> Result<Credentials, PkiError> {

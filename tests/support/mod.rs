@@ -105,8 +105,47 @@ impl KelpServer {
         self.kubectl_full(version, args, None, env)
     }
 
+    /// kubectl with another user's kubeconfig.
+    pub fn kubectl_as(&self, kubeconfig: &Path, version: &str, args: &[&str]) -> Output {
+        self.run_kubectl(kubeconfig, version, args, None, &[])
+    }
+
+    /// A kubeconfig for this server with the given `user:` entry (YAML lines indented by
+    /// four spaces; empty for an anonymous user), written to `path`.
+    pub fn write_kubeconfig(&self, path: &Path, user: &str) {
+        let admin = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let ca = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+            .unwrap();
+        let user = if user.is_empty() {
+            "    {}".to_string()
+        } else {
+            user.to_string()
+        };
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: kelp\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: kelp\n  context:\n    cluster: kelp\n    user: u\ncurrent-context: kelp\n",
+                self.url
+            ),
+        )
+        .unwrap();
+    }
+
     fn kubectl_full(
         &self,
+        version: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Output {
+        self.run_kubectl(&self.kubeconfig, version, args, stdin, env)
+    }
+
+    fn run_kubectl(
+        &self,
+        kubeconfig: &Path,
         version: &str,
         args: &[&str],
         stdin: Option<&str>,
@@ -115,7 +154,7 @@ impl KelpServer {
         use std::io::Write;
         let mut child = Command::new(kubectl_dir().join(format!("kubectl.{version}")))
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .args(args)
             .envs(env.iter().copied())
             .env("KUBECACHEDIR", self.cache.path().join(version))

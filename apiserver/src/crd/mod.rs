@@ -236,6 +236,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 delete_finalizers: &[],
                 custom: Some(custom),
                 conversion: None,
+                verbs: crate::registry::VERBS,
             }));
             resource
         })
@@ -768,6 +769,7 @@ async fn write_definition(
     let ctx = crate::handlers::Ctx {
         backend: backend.clone(),
         metrics: None,
+        security: None,
         cache: None,
         crds: None,
     };

@@ -31,6 +31,7 @@ const BASE: Resource = Resource {
     delete_finalizers: &[],
     custom: None,
     conversion: None,
+    verbs: super::VERBS,
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -162,6 +162,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     delete_finalizers: &[],
     custom: None,
     conversion: Some(&CONVERSION),
+    verbs: super::VERBS,
 }];
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ pub static RESOURCES: &[Resource] = &[
         delete_finalizers: &[],
         custom: None,
         conversion: None,
+        verbs: super::VERBS,
     },
     Resource {
         group: "batch",
@@ -136,5 +137,6 @@ pub static RESOURCES: &[Resource] = &[
         delete_finalizers: &[],
         custom: None,
         conversion: None,
+        verbs: super::VERBS,
     },
 ];

@@ -12,6 +12,7 @@ mod defaults;
 mod events;
 mod more;
 mod others;
+pub mod reviews;
 
 use serde_json::Value;
 
@@ -61,6 +62,8 @@ pub struct Resource {
     pub custom: Option<&'static crate::crd::Custom>,
     /// For a kind stored in another's form (events.k8s.io Events as core Events).
     pub conversion: Option<&'static Conversion>,
+    /// The verbs discovery lists (the reviews are create-only).
+    pub verbs: &'static [&'static str],
 }
 
 /// How a kind's objects become their stored form and back.
@@ -161,6 +164,7 @@ pub fn all() -> impl Iterator<Item = &'static Resource> {
         events::RESOURCES,
         more::RESOURCES,
         autoscaling::RESOURCES,
+        reviews::RESOURCES,
     ]
     .into_iter()
     .flatten()

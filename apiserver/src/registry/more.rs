@@ -36,6 +36,7 @@ const BASE: Resource = Resource {
     delete_finalizers: &[],
     custom: None,
     conversion: None,
+    verbs: super::VERBS,
 };
 
 fn count(o: &Value, pointer: &str) -> Value {

@@ -32,6 +32,7 @@ const BASE: Resource = Resource {
     delete_finalizers: &[],
     custom: None,
     conversion: None,
+    verbs: super::VERBS,
 };
 
 fn subjects(o: &Value, kind: &str) -> String {
