@@ -190,7 +190,10 @@ pub async fn serve(
         (&Method::DELETE, Some(_)) if status_subresource => Err(ApiError::method_not_allowed(
             "DELETE is not supported on the status subresource",
         )),
-        (&Method::DELETE, Some(name)) => delete(backend, r, ns, name, query, &body).await,
+        (&Method::DELETE, Some(name)) => {
+            crate::admission::admit_delete(ctx, r, name)?;
+            delete(backend, r, ns, name, query, &body).await
+        }
         (&Method::DELETE, None) => delete_collection(ctx, r, ns, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
@@ -904,11 +907,20 @@ async fn create(
         obj["status"] = json!({});
     }
     (r.defaults)(&mut obj);
+    let admit = crate::admission::Admit {
+        r,
+        ns,
+        subresource: "",
+        old: None,
+        dry_run: dry_run(query),
+    };
+    crate::admission::mutate(ctx, &admit, &mut obj).await?;
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }
     rules(r, &obj)?;
-    crate::security::check_write(ctx, r, ns, None, &obj).await?;
+    let mut warnings = warnings;
+    warnings.extend(crate::admission::validate(ctx, &admit, &obj).await?);
     if let Some(manager) = manager {
         fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
     }
@@ -1258,8 +1270,17 @@ async fn guaranteed_update(
             obj = split_status(r, &current, obj, status);
         }
         (r.on_update)(&current, &mut obj)?;
+        let admit = crate::admission::Admit {
+            r,
+            ns,
+            subresource,
+            old: Some(&current),
+            dry_run: dry_run(query),
+        };
+        crate::admission::mutate(ctx, &admit, &mut obj).await?;
         rules(r, &obj)?;
-        crate::security::check_write(ctx, r, ns, Some(&current), &obj).await?;
+        let mut warnings = warnings;
+        warnings.extend(crate::admission::validate(ctx, &admit, &obj).await?);
         if !matches!(change, Change::Apply { .. }) {
             fieldmanager::update(Some(&current), &mut obj, &w);
         }

@@ -4,6 +4,7 @@
 //! entry of the resource registry the same way (upstream's generic store). Objects travel as
 //! JSON values; their resourceVersion is the storage revision of their last write.
 
+mod admission;
 mod allocator;
 mod cache;
 mod crd;
@@ -707,6 +708,29 @@ pub async fn bootstrap(backend: &Backend) {
             Ok(_) => tracing::info!(namespace = ns, "created"),
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => tracing::warn!(namespace = ns, error = %e.message, "cannot create"),
+        }
+    }
+    let classes = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("priority classes are registered");
+    for (name, value, description) in kelp_admission::pods::SYSTEM_PRIORITY_CLASSES {
+        let body = json!({
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+            "description": description,
+        })
+        .to_string();
+        let target = request::Target {
+            resource: classes,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        match handlers::serve(&ctx, &Method::POST, target, &query, &headers, body.into()).await {
+            Ok(_) => tracing::info!(priority_class = name, "created"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => tracing::warn!(priority_class = name, error = %e.message, "cannot create"),
         }
     }
     let services = registry::lookup("", "v1", "services").expect("services are registered");

@@ -50,8 +50,7 @@ pub fn pod(o: &mut Value) {
     if let Some(spec) = o.get_mut("spec") {
         pod_spec(spec);
         set(spec, "enableServiceLinks", json!(true));
-        set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-        set(spec, "priority", json!(0));
+        // priority and preemptionPolicy come from the Priority admission plugin.
     }
 }
 

@@ -1,0 +1,272 @@
+//! The admission chain, in upstream's order, around every create and update a request makes:
+//! mutating plugins (Priority, DefaultTolerationSeconds) after defaulting, validating ones
+//! (NamespaceLifecycle, PodSecurity, RBAC's escalation checks) after validation. The plugins'
+//! logic is in kelp-admission; this module feeds them the objects they look up.
+
+use std::sync::Arc;
+
+use kelp_admission::{pods, podsecurity, quota};
+use kelp_storage::{KeyRange, RangeRequest, Txn, TxnOutcome};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::handlers::Ctx;
+use crate::registry::{self, Resource};
+
+/// What is being admitted.
+pub struct Admit<'a> {
+    pub r: &'a Resource,
+    pub ns: Option<&'a str>,
+    pub subresource: &'a str,
+    /// The object before an update (None: a create).
+    pub old: Option<&'a Value>,
+    /// A dry run: checked, nothing recorded.
+    pub dry_run: bool,
+}
+
+/// Whether admission runs: behind the security pipeline (the server), not for the API
+/// server's own bootstrap writes or the in-process test router.
+fn enabled(ctx: &Ctx) -> bool {
+    ctx.security.is_some()
+}
+
+fn is_pod(r: &Resource) -> bool {
+    r.group.is_empty() && r.plural == "pods"
+}
+
+/// An object by key: from the watch cache, else storage.
+async fn lookup(ctx: &Ctx, key: String) -> Option<Value> {
+    let cached = ctx.cache.as_ref().and_then(|c| c.get(&key));
+    let kv = match cached {
+        Some(kv) => kv,
+        None => Arc::new(ctx.backend.get(key).await.ok()?.0?),
+    };
+    serde_json::from_slice(&kv.value).ok()
+}
+
+async fn namespace(ctx: &Ctx, ns: &str) -> Option<Value> {
+    lookup(ctx, format!("/registry/namespaces/{ns}")).await
+}
+
+/// Mutating admission.
+pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    if !enabled(ctx) || !is_pod(a.r) || a.old.is_some() || !a.subresource.is_empty() {
+        return Ok(());
+    }
+    let name = crate::object::name(obj).to_string();
+    priority(ctx, obj)
+        .await
+        .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
+    pods::default_toleration_seconds(obj);
+    Ok(())
+}
+
+async fn priority(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
+    let classes = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or("priority classes are not served")?;
+    let read = |c: &Value| {
+        (
+            c.get("value").and_then(Value::as_i64).unwrap_or(0),
+            c.get("preemptionPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        )
+    };
+    let named = pod
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let (class, default) = match named {
+        Some(name) => (
+            lookup(ctx, classes.key(None, &name))
+                .await
+                .map(|c| read(&c)),
+            None,
+        ),
+        None => {
+            let all = ctx
+                .cache
+                .as_ref()
+                .map(|c| c.objects(&classes.key_prefix(None)))
+                .unwrap_or_default();
+            let default = all.iter().find_map(|kv| {
+                let c: Value = serde_json::from_slice(&kv.value).ok()?;
+                (c.get("globalDefault") == Some(&Value::Bool(true))).then(|| {
+                    let (v, p) = read(&c);
+                    (crate::object::name(&c).to_string(), v, p)
+                })
+            });
+            (None, default)
+        }
+    };
+    pods::priority(pod, class, default)
+}
+
+/// Validating admission: the warnings to send, or why the write is refused.
+pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
+    let mut warnings = Vec::new();
+    if !enabled(ctx) {
+        return Ok(warnings);
+    }
+    let name = crate::object::name(obj).to_string();
+    let ns_obj = match a.ns.filter(|_| a.r.namespaced) {
+        Some(ns) => namespace(ctx, ns).await,
+        None => None,
+    };
+    // NamespaceLifecycle: nothing new in a namespace being deleted.
+    if a.old.is_none()
+        && let (Some(ns), Some(n)) = (a.ns, &ns_obj)
+        && n.pointer("/metadata/deletionTimestamp").is_some()
+    {
+        return Err(ApiError::forbidden(
+            a.r.group,
+            a.r.plural,
+            &name,
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ));
+    }
+    pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
+    crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
+    resource_quota(ctx, a, obj, &name).await?;
+    Ok(warnings)
+}
+
+/// ResourceQuota, last: each quota of the namespace that tracks the new object must leave
+/// room for it, and records the usage (compare-and-swap on the quota, so concurrent creators
+/// cannot both take the last of it) before the object is stored.
+async fn resource_quota(ctx: &Ctx, a: &Admit<'_>, obj: &Value, name: &str) -> Result<(), ApiError> {
+    let (Some(ns), None) = (a.ns.filter(|_| a.r.namespaced), a.old) else {
+        return Ok(());
+    };
+    if !a.subresource.is_empty() {
+        return Ok(());
+    }
+    let quotas = registry::lookup("", "v1", "resourcequotas").expect("quotas are served");
+    let listed = ctx
+        .backend
+        .range(RangeRequest::new(KeyRange::prefix(
+            quotas.key_prefix(Some(ns)),
+        )))
+        .await?;
+    if listed.kvs.is_empty() {
+        return Ok(());
+    }
+    let usage = quota::usage(a.r.group, a.r.plural, obj);
+    let refuse = |why: String| ApiError::forbidden(a.r.group, a.r.plural, name, &why);
+    for listed in listed.kvs {
+        let mut kv = listed;
+        loop {
+            let mut q: Value = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("unreadable quota: {e}")))?;
+            let Some(used) =
+                quota::admit(&q, a.r.group, a.r.plural, obj, &usage).map_err(refuse)?
+            else {
+                break;
+            };
+            if a.dry_run {
+                break;
+            }
+            q["status"]["used"] = used;
+            let value = serde_json::to_vec(&q).unwrap_or_default();
+            match ctx
+                .backend
+                .txn(Txn::update(kv.key.clone(), kv.mod_revision, value))
+                .await?
+            {
+                TxnOutcome::Succeeded { .. } => break,
+                TxnOutcome::Failed { current, .. } => match current {
+                    Some(now) => kv = now,
+                    None => break, // the quota is gone
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// NamespaceLifecycle on deletes: the system namespaces stay.
+pub fn admit_delete(ctx: &Ctx, r: &Resource, name: &str) -> Result<(), ApiError> {
+    let immortal = ["default", "kube-system", "kube-public"];
+    if enabled(ctx) && r.group.is_empty() && r.kind == "Namespace" && immortal.contains(&name) {
+        return Err(ApiError::forbidden(
+            "",
+            "namespaces",
+            name,
+            "this namespace may not be deleted",
+        ));
+    }
+    Ok(())
+}
+
+fn labels(obj: Option<&Value>) -> Map<String, Value> {
+    obj.and_then(|o| o.pointer("/metadata/labels"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn pod_security(
+    a: &Admit<'_>,
+    obj: &Value,
+    name: &str,
+    namespace: Option<&Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let r = a.r;
+    if r.group.is_empty() && r.kind == "Namespace" {
+        if !a.subresource.is_empty() {
+            return Ok(());
+        }
+        let errors = podsecurity::label_errors(&labels(Some(obj)));
+        let old_errors = a.old.map(|o| podsecurity::label_errors(&labels(Some(o))));
+        if !errors.is_empty() && old_errors.as_ref() != Some(&errors) {
+            return Err(ApiError::invalid("", "Namespace", name, errors));
+        }
+        return Ok(());
+    }
+    let policy = podsecurity::policy(&labels(namespace));
+    let (meta, spec) = if is_pod(r) {
+        let checked = a.subresource.is_empty() || a.subresource == "ephemeralcontainers";
+        if !checked
+            || a.old
+                .is_some_and(|o| !podsecurity::significant_update(o, obj))
+        {
+            return Ok(());
+        }
+        (obj.get("metadata"), obj.get("spec"))
+    } else if let Some(pointer) = podsecurity::template_pointer(r.group, r.plural) {
+        if !a.subresource.is_empty() {
+            return Ok(());
+        }
+        let template = obj.pointer(pointer);
+        (
+            template.and_then(|t| t.get("metadata")),
+            template.and_then(|t| t.get("spec")),
+        )
+    } else {
+        return Ok(());
+    };
+    let (Some(spec), meta) = (spec, meta.cloned().unwrap_or_default()) else {
+        return Ok(());
+    };
+    if is_pod(r)
+        && let Some(why) = podsecurity::violations(&policy.enforce, &meta, spec)
+    {
+        return Err(ApiError::forbidden(
+            "",
+            "pods",
+            name,
+            &format!("violates PodSecurity {:?}: {why}", policy.enforce.name()),
+        ));
+    }
+    if let Some(why) = podsecurity::violations(&policy.warn, &meta, spec) {
+        warnings.push(format!(
+            "would violate PodSecurity {:?}: {why}",
+            policy.warn.name()
+        ));
+    }
+    Ok(())
+}

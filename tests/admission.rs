@@ -1,0 +1,295 @@
+//! Admission through the real kubectl: PodSecurity by namespace labels, Priority,
+//! DefaultTolerationSeconds and NamespaceLifecycle.
+
+mod support;
+
+use support::KelpServer;
+
+#[test]
+fn admission_plugins_change_and_refuse_what_upstreams_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    for v in ["1.32", "1.33"] {
+        let run = |args: &[&str]| server.kubectl(v, args);
+        let ok = |args: &[&str]| {
+            let out = run(args);
+            assert!(out.ok, "kubectl {v} {args:?}: {}", out.stderr);
+            out
+        };
+        let ns = format!("secure-{}", v.replace('.', "-"));
+        ok(&["create", "namespace", &ns]);
+        ok(&[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]);
+
+        // PodSecurity: a privileged pod is refused with upstream's message...
+        let refused = run(&["run", "p", "--image=nginx", "--privileged", "-n", &ns]);
+        assert!(!refused.ok);
+        assert_eq!(
+            refused.stderr.trim(),
+            "Error from server (Forbidden): pods \"p\" is forbidden: violates PodSecurity \"restricted:latest\": \
+             privileged (container \"p\" must not set securityContext.privileged=true), \
+             allowPrivilegeEscalation != false (container \"p\" must set securityContext.allowPrivilegeEscalation=false), \
+             unrestricted capabilities (container \"p\" must set securityContext.capabilities.drop=[\"ALL\"]), \
+             runAsNonRoot != true (pod or container \"p\" must set securityContext.runAsNonRoot=true), \
+             seccompProfile (pod or container \"p\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+        );
+        // ...a restricted one is admitted...
+        let compliant = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"good"},"spec":{
+            "securityContext":{"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}},
+            "containers":[{"name":"app","image":"nginx","securityContext":{
+                "allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#;
+        let created =
+            server.kubectl_with_stdin(v, &["create", "-n", &ns, "-f", "-"], Some(compliant));
+        assert!(created.ok, "{}", created.stderr);
+        assert_eq!(created.stdout.trim(), "pod/good created");
+        // ...and a deployment whose pods would be refused is created with a warning.
+        let deployment = ok(&["create", "deployment", "web", "--image=nginx", "-n", &ns]);
+        assert_eq!(deployment.stdout.trim(), "deployment.apps/web created");
+        assert!(
+            deployment.stderr.starts_with(
+                "Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"nginx\""
+            ),
+            "{}",
+            deployment.stderr
+        );
+        // An unknown level is refused on the namespace itself.
+        let bad = run(&[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=bogus",
+            "--overwrite",
+        ]);
+        assert!(!bad.ok);
+        assert!(
+            bad.stderr.contains(&format!(
+                "Namespace \"{ns}\" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: \"bogus\": must be one of privileged, baseline, restricted"
+            )),
+            "{}",
+            bad.stderr
+        );
+
+        // DefaultTolerationSeconds and Priority on a plain pod.
+        let pod = format!("plain-{}", v.replace('.', "-"));
+        ok(&["run", &pod, "--image=nginx"]);
+        let spec = ok(&[
+            "get",
+            "pod",
+            &pod,
+            "-o",
+            "jsonpath={range .spec.tolerations[*]}{.key}={.tolerationSeconds} {end}{.spec.priority} {.spec.preemptionPolicy}",
+        ]);
+        assert_eq!(
+            spec.stdout,
+            "node.kubernetes.io/not-ready=300 node.kubernetes.io/unreachable=300 0 PreemptLowerPriority"
+        );
+        let critical = ok(&[
+            "run",
+            &format!("critical-{pod}"),
+            "--image=nginx",
+            "-n",
+            "kube-system",
+            "--overrides={\"spec\":{\"priorityClassName\":\"system-cluster-critical\"}}",
+        ]);
+        assert!(critical.ok);
+        let priority = ok(&[
+            "get",
+            "pod",
+            &format!("critical-{pod}"),
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.priority}",
+        ]);
+        assert_eq!(priority.stdout, "2000000000");
+        let missing = run(&[
+            "run",
+            "nope",
+            "--image=nginx",
+            "--overrides={\"spec\":{\"priorityClassName\":\"nope\"}}",
+        ]);
+        assert_eq!(
+            missing.stderr.trim(),
+            "Error from server (Forbidden): pods \"nope\" is forbidden: no PriorityClass with name nope was found"
+        );
+
+        // NamespaceLifecycle: the system namespaces stay; a terminating one takes nothing new.
+        let kept = run(&["delete", "namespace", "default"]);
+        assert_eq!(
+            kept.stderr.trim(),
+            "Error from server (Forbidden): namespaces \"default\" is forbidden: this namespace may not be deleted"
+        );
+        let doomed = format!("doomed-{}", v.replace('.', "-"));
+        let held = format!(
+            r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{doomed}","finalizers":["example.com/hold"]}}}}"#
+        );
+        assert!(
+            server
+                .kubectl_with_stdin(v, &["create", "-f", "-"], Some(&held))
+                .ok
+        );
+        ok(&["delete", "namespace", &doomed, "--wait=false"]);
+        let late = run(&["create", "configmap", "late", "-n", &doomed]);
+        assert!(!late.ok);
+        assert!(
+            late.stderr.contains(&format!(
+                "configmaps \"late\" is forbidden: unable to create new content in namespace {doomed} because it is being terminated"
+            )),
+            "{}",
+            late.stderr
+        );
+        ok(&[
+            "patch",
+            "namespace",
+            &doomed,
+            "--type=merge",
+            "-p",
+            "{\"metadata\":{\"finalizers\":null}}",
+        ]);
+    }
+}
+
+#[test]
+fn quota_admits_no_more_than_its_hard_limit_even_with_20_concurrent_creators() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let v = "1.33";
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
+        out.stdout
+    };
+    ok(&["create", "namespace", "q"]);
+    ok(&["create", "quota", "cm", "--hard=configmaps=5", "-n", "q"]);
+    // Until the quota's usage is known (the quota controller's job), what it tracks waits.
+    let early = server.kubectl(v, &["create", "configmap", "early", "-n", "q"]);
+    assert!(
+        early.stderr.contains(
+            "configmaps \"early\" is forbidden: status unknown for quota: cm, resources: configmaps"
+        ),
+        "{}",
+        early.stderr
+    );
+    ok(&[
+        "patch",
+        "resourcequota",
+        "cm",
+        "-n",
+        "q",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"hard":{"configmaps":"5"},"used":{"configmaps":"0"}}}"#,
+    ]);
+
+    let outcomes: Vec<support::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    server.kubectl(v, &["create", "configmap", &format!("c{i}"), "-n", "q"])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted = outcomes.iter().filter(|o| o.ok).count();
+    assert_eq!(admitted, 5, "exactly the quota's five are admitted");
+    for refused in outcomes.iter().filter(|o| !o.ok) {
+        assert!(
+            refused.stderr.contains(
+                "is forbidden: exceeded quota: cm, requested: configmaps=1, used: configmaps=5, limited: configmaps=5"
+            ),
+            "{}",
+            refused.stderr
+        );
+    }
+    assert_eq!(
+        ok(&["get", "configmaps", "-n", "q", "-o", "name"])
+            .lines()
+            .filter(|l| l.contains("/c"))
+            .count(),
+        5
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "quota",
+            "cm",
+            "-n",
+            "q",
+            "-o",
+            "jsonpath={.status.used.configmaps}"
+        ]),
+        "5"
+    );
+
+    // Compute quotas need every container to say what it requests.
+    ok(&[
+        "create",
+        "quota",
+        "compute",
+        "--hard=requests.cpu=1",
+        "-n",
+        "q",
+    ]);
+    ok(&[
+        "patch",
+        "resourcequota",
+        "compute",
+        "-n",
+        "q",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"hard":{"requests.cpu":"1"},"used":{"requests.cpu":"0"}}}"#,
+    ]);
+    let bare = server.kubectl(v, &["run", "bare", "--image=nginx", "-n", "q"]);
+    assert!(
+        bare.stderr.contains(
+            "pods \"bare\" is forbidden: failed quota: compute: must specify requests.cpu for: bare"
+        ),
+        "{}",
+        bare.stderr
+    );
+    let pod = |name: &str, cpu: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"containers":[{{"name":"app","image":"nginx","resources":{{"requests":{{"cpu":"{cpu}"}}}}}}]}}}}"#
+        )
+    };
+    assert!(
+        server
+            .kubectl_with_stdin(
+                v,
+                &["create", "-n", "q", "-f", "-"],
+                Some(&pod("small", "600m"))
+            )
+            .ok
+    );
+    let big = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", "q", "-f", "-"],
+        Some(&pod("big", "500m")),
+    );
+    assert!(
+        big.stderr.contains("exceeded quota: compute, requested: requests.cpu=500m, used: requests.cpu=600m, limited: requests.cpu=1"),
+        "{}",
+        big.stderr
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            "q",
+            "-o",
+            "jsonpath={.status.used.requests\\.cpu}"
+        ]),
+        "600m"
+    );
+}
