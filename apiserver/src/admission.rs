@@ -48,17 +48,47 @@ async fn namespace(ctx: &Ctx, ns: &str) -> Option<Value> {
     lookup(ctx, format!("/registry/namespaces/{ns}")).await
 }
 
-/// Mutating admission.
-pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<(), ApiError> {
-    if !enabled(ctx) || !is_pod(a.r) || a.old.is_some() || !a.subresource.is_empty() {
-        return Ok(());
+/// Mutating admission: built-in plugins, then the mutating webhooks. Returns the warnings.
+pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+    if !enabled(ctx) {
+        return Ok(Vec::new());
     }
     let name = crate::object::name(obj).to_string();
-    priority(ctx, obj)
-        .await
-        .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
-    pods::default_toleration_seconds(obj);
-    Ok(())
+    if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
+        priority(ctx, obj)
+            .await
+            .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
+        pods::default_toleration_seconds(obj);
+    }
+    let Some(webhooks) = ctx.webhooks.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let ns_obj = match a.ns.filter(|_| a.r.namespaced) {
+        Some(ns) => namespace(ctx, ns).await,
+        None => None,
+    };
+    let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
+    let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
+    webhooks.mutate(&review, obj).await
+}
+
+fn review<'a>(
+    a: &'a Admit<'a>,
+    name: &'a str,
+    namespace: Option<&'a Value>,
+    user: Option<&'a kelp_auth::UserInfo>,
+) -> crate::webhook::Review<'a> {
+    crate::webhook::Review {
+        r: a.r,
+        ns: a.ns,
+        name,
+        subresource: a.subresource,
+        operation: if a.old.is_some() { "UPDATE" } else { "CREATE" },
+        old: a.old,
+        namespace,
+        user,
+        dry_run: a.dry_run,
+    }
 }
 
 async fn priority(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
@@ -130,6 +160,11 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
     }
     pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
+    if let Some(webhooks) = ctx.webhooks.as_deref() {
+        let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
+        let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
+        warnings.extend(webhooks.validate(&review, obj).await?);
+    }
     resource_quota(ctx, a, obj, &name).await?;
     Ok(warnings)
 }

@@ -832,6 +832,8 @@ pub struct Ctx {
     pub backend: Backend,
     /// Authentication and RBAC (None: every write is the API server's own).
     pub security: Option<std::sync::Arc<crate::security::Security>>,
+    /// The admission webhooks configured in the cluster.
+    pub webhooks: Option<std::sync::Arc<crate::webhook::Webhooks>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     pub cache: Option<std::sync::Arc<crate::cache::WatchCache>>,
     pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,
@@ -914,12 +916,12 @@ async fn create(
         old: None,
         dry_run: dry_run(query),
     };
-    crate::admission::mutate(ctx, &admit, &mut obj).await?;
+    let mut warnings = warnings;
+    warnings.extend(crate::admission::mutate(ctx, &admit, &mut obj).await?);
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }
     rules(r, &obj)?;
-    let mut warnings = warnings;
     warnings.extend(crate::admission::validate(ctx, &admit, &obj).await?);
     if let Some(manager) = manager {
         fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
@@ -1277,9 +1279,9 @@ async fn guaranteed_update(
             old: Some(&current),
             dry_run: dry_run(query),
         };
-        crate::admission::mutate(ctx, &admit, &mut obj).await?;
-        rules(r, &obj)?;
         let mut warnings = warnings;
+        warnings.extend(crate::admission::mutate(ctx, &admit, &mut obj).await?);
+        rules(r, &obj)?;
         warnings.extend(crate::admission::validate(ctx, &admit, &obj).await?);
         if !matches!(change, Change::Apply { .. }) {
             fieldmanager::update(Some(&current), &mut obj, &w);

@@ -24,6 +24,7 @@ mod security;
 mod selector;
 mod table;
 mod typed;
+mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -278,6 +279,9 @@ fn router(
     };
     let ctx = Arc::new(handlers::Ctx {
         backend: backend.clone(),
+        webhooks: security
+            .as_ref()
+            .map(|_| Arc::new(webhook::Webhooks::new(cache.clone()))),
         security: security.clone(),
         metrics: Some(metrics.clone()),
         cache: Some(cache.clone()),
@@ -680,6 +684,7 @@ fn bootstrap_ctx(backend: &Backend) -> handlers::Ctx {
     handlers::Ctx {
         backend: backend.clone(),
         security: None,
+        webhooks: None,
         metrics: None,
         cache: None,
         crds: None,

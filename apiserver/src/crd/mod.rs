@@ -770,6 +770,7 @@ async fn write_definition(
         backend: backend.clone(),
         metrics: None,
         security: None,
+        webhooks: None,
         cache: None,
         crds: None,
     };

@@ -1,0 +1,294 @@
+//! Admission webhooks through the real kubectl, with a webhook server the test runs: a
+//! mutating webhook labels config maps, a validating one refuses some, one that is down
+//! refuses under `failurePolicy: Fail` and is skipped under `Ignore`.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use support::KelpServer;
+
+async fn mutate(body: axum::body::Bytes) -> String {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let uid = review["request"]["uid"].clone();
+    let has_labels = review["request"]["object"]["metadata"]["labels"].is_object();
+    let patch = if has_labels {
+        json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}])
+    } else {
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid,
+            "allowed": true,
+            "patchType": "JSONPatch",
+            "patch": STANDARD.encode(patch.to_string()),
+            "warnings": [format!("mutated by the test for {}", review["request"]["userInfo"]["username"].as_str().unwrap_or("?"))],
+        },
+    })
+    .to_string()
+}
+
+async fn validate(body: axum::body::Bytes) -> String {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let uid = review["request"]["uid"].clone();
+    let forbidden = review["request"]["object"]["data"]
+        .get("forbidden")
+        .is_some();
+    let mut response = json!({"uid": uid, "allowed": !forbidden});
+    if forbidden {
+        response["status"] =
+            json!({"code": 403, "reason": "Forbidden", "message": "no forbidden keys"});
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+        .to_string()
+}
+
+/// Serves the test's webhooks over HTTPS on a free port; returns the port and the CA (PEM).
+fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
+    let pki = kelp_auth::Pki::load_or_create(dir).unwrap();
+    let serving = pki
+        .serving(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let app = axum::Router::new()
+                .route("/mutate", post(mutate))
+                .route("/validate", post(validate));
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+    });
+    (port, pki.ca_pem().to_string())
+}
+
+fn hook(name: &str, url: &str, ca: &str, resources: &[&str], failure: &str) -> Value {
+    json!({
+        "name": name,
+        "clientConfig": {"url": url, "caBundle": STANDARD.encode(ca)},
+        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": resources}],
+        "namespaceSelector": {"matchLabels": {"webhooks": "on"}},
+        "failurePolicy": failure,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    })
+}
+
+#[test]
+fn webhooks_mutate_deny_and_follow_their_failure_policy() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = start_webhooks(&dir.path().join("webhook-ca"));
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let v = "1.33";
+    let create = |obj: &Value| {
+        let out = server.kubectl_with_stdin(v, &["create", "-f", "-"], Some(&obj.to_string()));
+        assert!(out.ok, "{}", out.stderr);
+    };
+    let base = format!("https://127.0.0.1:{port}");
+    let down_url = format!("https://127.0.0.1:{down}/validate");
+    create(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "label-configmaps"},
+        "webhooks": [hook("label.example.com", &format!("{base}/mutate"), &ca, &["configmaps"], "Fail")],
+    }));
+    create(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "checks"},
+        "webhooks": [
+            hook("deny.example.com", &format!("{base}/validate"), &ca, &["configmaps"], "Fail"),
+            hook("down.example.com", &down_url, &ca, &["secrets"], "Fail"),
+            hook("down-ignored.example.com", &down_url, &ca, &["services"], "Ignore"),
+        ],
+    }));
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
+        out
+    };
+    ok(&["create", "namespace", "hooked"]);
+    ok(&["label", "namespace", "hooked", "webhooks=on"]);
+    ok(&["create", "namespace", "plain"]);
+
+    // Give the cache a moment to hand the configurations to the admission chain.
+    let mut created = None;
+    for _ in 0..50 {
+        let out = server.kubectl(
+            v,
+            &[
+                "create",
+                "configmap",
+                "a",
+                "-n",
+                "hooked",
+                "--from-literal=k=v",
+            ],
+        );
+        if out.ok && out.stderr.contains("Warning") {
+            created = Some(out);
+            break;
+        }
+        let _ = server.kubectl(
+            v,
+            &[
+                "delete",
+                "configmap",
+                "a",
+                "-n",
+                "hooked",
+                "--ignore-not-found",
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let created = created.expect("the mutating webhook was called");
+    assert_eq!(created.stdout.trim(), "configmap/a created");
+    assert_eq!(
+        created.stderr.trim(),
+        "Warning: mutated by the test for system:admin"
+    );
+    let labels = ok(&[
+        "get",
+        "configmap",
+        "a",
+        "-n",
+        "hooked",
+        "-o",
+        "jsonpath={.metadata.labels.mutated}",
+    ]);
+    assert_eq!(labels.stdout, "yes");
+
+    // Outside the selected namespaces nothing is called.
+    ok(&[
+        "create",
+        "configmap",
+        "b",
+        "-n",
+        "plain",
+        "--from-literal=forbidden=x",
+    ]);
+    let untouched = ok(&[
+        "get",
+        "configmap",
+        "b",
+        "-n",
+        "plain",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]);
+    assert_eq!(untouched.stdout, "");
+
+    // The validating webhook refuses, with its message and code.
+    let denied = server.kubectl(
+        v,
+        &[
+            "create",
+            "configmap",
+            "bad",
+            "-n",
+            "hooked",
+            "--from-literal=forbidden=x",
+        ],
+    );
+    assert!(!denied.ok);
+    assert!(
+        denied.stderr.contains(
+            "admission webhook \"deny.example.com\" denied the request: no forbidden keys"
+        ),
+        "{}",
+        denied.stderr
+    );
+    assert!(
+        !server
+            .kubectl(v, &["get", "configmap", "bad", "-n", "hooked"])
+            .ok,
+        "nothing was stored"
+    );
+
+    // A webhook that is down: Fail refuses, Ignore lets the request through.
+    let failed = server.kubectl(v, &["create", "secret", "generic", "s", "-n", "hooked"]);
+    assert!(!failed.ok);
+    assert!(
+        failed.stderr.contains(&format!(
+            "Internal error occurred: failed calling webhook \"down.example.com\": failed to call webhook: Post \"{down_url}\""
+        )),
+        "{}",
+        failed.stderr
+    );
+    ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "svc",
+        "--tcp=80",
+        "-n",
+        "hooked",
+    ]);
+
+    // Dry runs reach webhooks without side effects, and are mutated too.
+    let dry = ok(&[
+        "create",
+        "configmap",
+        "dry",
+        "-n",
+        "hooked",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.metadata.labels.mutated}",
+    ]);
+    assert_eq!(dry.stdout, "yes");
+    assert!(
+        !server
+            .kubectl(v, &["get", "configmap", "dry", "-n", "hooked"])
+            .ok
+    );
+}
