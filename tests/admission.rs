@@ -293,3 +293,153 @@ fn quota_admits_no_more_than_its_hard_limit_even_with_20_concurrent_creators() {
         "600m"
     );
 }
+
+#[test]
+fn validating_admission_policies_deny_and_warn_by_their_bindings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let v = "1.33";
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
+        out
+    };
+    let apply = |yaml: &str| {
+        let out = server.kubectl_with_stdin(v, &["create", "-f", "-"], Some(yaml));
+        assert!(out.ok, "{}", out.stderr);
+    };
+    ok(&["create", "namespace", "vap"]);
+    ok(&["label", "namespace", "vap", "env=test"]);
+    ok(&[
+        "create",
+        "configmap",
+        "limits",
+        "-n",
+        "vap",
+        "--from-literal=maxReplicas=2",
+    ]);
+    apply(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: replicas-limit}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [apps], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [deployments]}
+  validations:
+  - expression: "object.spec.replicas <= 5"
+    message: "replicas must be no greater than 5"
+  - expression: "object.metadata.name.startsWith('app-')"
+    messageExpression: "'name ' + object.metadata.name + ' must start with app-'"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: replicas-limit-binding}
+spec:
+  policyName: replicas-limit
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector: {matchLabels: {env: test}}
+    resourceRules:
+    - {apiGroups: [apps], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [deployments]}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: max-from-params}
+spec:
+  paramKind: {apiVersion: v1, kind: ConfigMap}
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [apps], apiVersions: [v1], operations: [CREATE], resources: [deployments]}
+  validations:
+  - expression: "object.spec.replicas <= int(params.data.maxReplicas)"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: max-warn}
+spec:
+  policyName: max-from-params
+  validationActions: [Warn]
+  paramRef: {name: limits, parameterNotFoundAction: Allow}
+"#,
+    );
+    // The policies apply once the watch cache has them.
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = server.kubectl(
+            v,
+            &[
+                "create",
+                "deployment",
+                "app-big",
+                "--image=nginx",
+                "--replicas=7",
+                "-n",
+                "vap",
+            ],
+        );
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        ok(&["delete", "deployment", "app-big", "-n", "vap"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = refused.expect("the policy refused the deployment");
+    assert!(
+        refused.stderr.contains(
+            "ValidatingAdmissionPolicy 'replicas-limit' with binding 'replicas-limit-binding' denied request: replicas must be no greater than 5"
+        ),
+        "{}",
+        refused.stderr
+    );
+    let named = server.kubectl(
+        v,
+        &["create", "deployment", "web", "--image=nginx", "-n", "vap"],
+    );
+    assert!(
+        named
+            .stderr
+            .contains("denied request: name web must start with app-"),
+        "{}",
+        named.stderr
+    );
+    // Outside the binding's namespaces the Deny binding does not apply.
+    ok(&["create", "namespace", "other"]);
+    ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "-n",
+        "other",
+    ]);
+    // The Warn binding reads its limit from the ConfigMap it names.
+    let warned = ok(&[
+        "create",
+        "deployment",
+        "app-three",
+        "--image=nginx",
+        "--replicas=3",
+        "-n",
+        "vap",
+    ]);
+    assert_eq!(warned.stdout.trim(), "deployment.apps/app-three created");
+    assert_eq!(
+        warned.stderr.trim(),
+        "Warning: Validation failed for ValidatingAdmissionPolicy 'max-from-params' with binding 'max-warn': failed expression: object.spec.replicas <= int(params.data.maxReplicas)"
+    );
+    let quiet = ok(&[
+        "create",
+        "deployment",
+        "app-one",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        "vap",
+    ]);
+    assert_eq!(quiet.stderr, "");
+}

@@ -160,9 +160,13 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
     }
     pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
+    let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
+    let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
+    if let Some(policies) = ctx.policies.as_deref() {
+        let params = |kind: Value, reference: Value| params(ctx, kind, reference, a.ns);
+        warnings.extend(policies.validate(&review, obj, params).await?);
+    }
     if let Some(webhooks) = ctx.webhooks.as_deref() {
-        let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
-        let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
         warnings.extend(webhooks.validate(&review, obj).await?);
     }
     resource_quota(ctx, a, obj, &name).await?;
@@ -234,6 +238,29 @@ pub fn admit_delete(ctx: &Ctx, r: &Resource, name: &str) -> Result<(), ApiError>
         ));
     }
     Ok(())
+}
+
+/// A policy binding's parameter object: the paramKind's object the paramRef names (in the
+/// paramRef's namespace, else the request's).
+async fn params(
+    ctx: &Ctx,
+    kind: Value,
+    reference: Value,
+    request_ns: Option<&str>,
+) -> Option<Value> {
+    let api_version = kind.get("apiVersion").and_then(Value::as_str)?;
+    let kind = kind.get("kind").and_then(Value::as_str)?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let r = registry::served(ctx.crds.as_deref())
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)?;
+    let name = reference.get("name").and_then(Value::as_str)?;
+    let ns = reference
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or(request_ns);
+    lookup(ctx, r.key(ns.filter(|_| r.namespaced), name)).await
 }
 
 fn labels(obj: Option<&Value>) -> Map<String, Value> {

@@ -834,6 +834,8 @@ pub struct Ctx {
     pub security: Option<std::sync::Arc<crate::security::Security>>,
     /// The admission webhooks configured in the cluster.
     pub webhooks: Option<std::sync::Arc<crate::webhook::Webhooks>>,
+    /// The ValidatingAdmissionPolicies and their bindings.
+    pub policies: Option<std::sync::Arc<crate::vap::Policies>>,
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     pub cache: Option<std::sync::Arc<crate::cache::WatchCache>>,
     pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,

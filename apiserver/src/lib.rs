@@ -24,6 +24,7 @@ mod security;
 mod selector;
 mod table;
 mod typed;
+mod vap;
 mod webhook;
 
 use std::collections::HashMap;
@@ -282,6 +283,9 @@ fn router(
         webhooks: security
             .as_ref()
             .map(|_| Arc::new(webhook::Webhooks::new(cache.clone()))),
+        policies: security
+            .as_ref()
+            .map(|_| Arc::new(vap::Policies::new(cache.clone()))),
         security: security.clone(),
         metrics: Some(metrics.clone()),
         cache: Some(cache.clone()),
@@ -685,6 +689,7 @@ fn bootstrap_ctx(backend: &Backend) -> handlers::Ctx {
         backend: backend.clone(),
         security: None,
         webhooks: None,
+        policies: None,
         metrics: None,
         cache: None,
         crds: None,

@@ -174,7 +174,7 @@ fn selector_matches(selector: Option<&Value>, obj: Option<&Value>) -> bool {
     }
 }
 
-fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
+pub(crate) fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
     let r = review.r;
     // Webhook configurations are never sent to webhooks (they could lock themselves out).
     if r.group == "admissionregistration.k8s.io" {

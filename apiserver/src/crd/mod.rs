@@ -771,6 +771,7 @@ async fn write_definition(
         metrics: None,
         security: None,
         webhooks: None,
+        policies: None,
         cache: None,
         crds: None,
     };
