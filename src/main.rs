@@ -62,6 +62,9 @@ struct ServerArgs {
     /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// An EncryptionConfiguration: which resources are encrypted at rest, with which keys.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// The issuer (`iss`) of service-account tokens, also their default audience.
     #[arg(long, default_value = kelp_auth::serviceaccount::DEFAULT_ISSUER)]
     service_account_issuer: String,
@@ -163,7 +166,14 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         &args.data_dir,
         &args.service_account_issuer,
     )?;
-    let backend = Backend::open(&endpoint, Options::default()).await?;
+    let mut options = Options::default();
+    if let Some(path) = &args.encryption_provider_config {
+        options.transformer = Some(
+            kelp_apiserver::encryption::Encryption::from_file(path)
+                .map_err(|e| anyhow::anyhow!("--encryption-provider-config: {e}"))?,
+        );
+    }
+    let backend = Backend::open(&endpoint, options).await?;
     let config = kelp_apiserver::Config {
         token_file,
         service_accounts: std::sync::Arc::new(service_accounts),

@@ -9,6 +9,7 @@ mod allocator;
 mod cache;
 mod crd;
 mod discovery;
+pub mod encryption;
 mod error;
 mod fieldmanager;
 mod handlers;

@@ -51,6 +51,10 @@ pub enum StorageError {
     /// The stored data break an invariant (a hole in the revision log, an unknown schema).
     #[error("datastore corrupt: {0}")]
     Corrupt(String),
+    /// A value could not be turned into, or back from, its stored form (a missing or wrong
+    /// encryption key).
+    #[error("{0}")]
+    Transform(String),
     /// The backend was shut down.
     #[error("storage backend closed")]
     Closed,

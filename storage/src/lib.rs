@@ -55,6 +55,19 @@ pub struct Options {
     pub lease_check_interval: Duration,
     /// Read connections per process.
     pub read_connections: u32,
+    /// Changes values on their way to and from the database (encryption at rest).
+    pub transformer: Option<Arc<dyn Transformer>>,
+}
+
+/// Turns values into their stored form and back, by key (upstream's storage value
+/// transformers: encryption of Secrets at rest). Everything above the storage layer sees the
+/// plain value; the database holds what `write_stored` returns.
+pub trait Transformer: Send + Sync + std::fmt::Debug {
+    fn write_stored(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>>;
+    fn read_stored(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>>;
+    /// Whether values of this key are transformed (a rewrite may change what is stored even
+    /// when the value is the same: a new key).
+    fn covers(&self, key: &[u8]) -> bool;
 }
 
 impl Default for Options {
@@ -67,8 +80,17 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             lease_check_interval: Duration::from_millis(500),
             read_connections: 8,
+            transformer: None,
         }
     }
+}
+
+/// A stored value in its plain form (deletes carry no value).
+pub(crate) fn plain(t: &dyn Transformer, mut kv: KeyValue) -> Result<KeyValue> {
+    if !kv.value.is_empty() {
+        kv.value = t.read_stored(&kv.key, std::mem::take(&mut kv.value))?;
+    }
+    Ok(kv)
 }
 
 /// State shared by the handle and the background tasks.
@@ -268,15 +290,32 @@ impl Backend {
     }
 
     /// Runs a single-key transaction. Concurrent calls are committed together.
-    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+    pub async fn txn(&self, mut txn: Txn) -> Result<TxnOutcome> {
         txn.validate()?;
+        let transformer = self.shared().options.transformer.clone();
+        if let (Some(t), Op::Put { value, .. }) = (&transformer, &mut txn.op) {
+            *value = t.write_stored(&txn.key, std::mem::take(value))?;
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .queue
             .send(writer::PendingWrite { txn, reply })
             .await
             .map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        let outcome = rx.await.map_err(|_| StorageError::Closed)??;
+        let Some(t) = transformer else {
+            return Ok(outcome);
+        };
+        Ok(match outcome {
+            TxnOutcome::Succeeded { revision, prev_kv } => TxnOutcome::Succeeded {
+                revision,
+                prev_kv: prev_kv.map(|kv| plain(t.as_ref(), kv)).transpose()?,
+            },
+            TxnOutcome::Failed { current, revision } => TxnOutcome::Failed {
+                current: current.map(|kv| plain(t.as_ref(), kv)).transpose()?,
+                revision,
+            },
+        })
     }
 
     /// Reads one key at the head.
@@ -291,7 +330,7 @@ impl Backend {
         let head: Revision = row.try_get(0)?;
         let found: Option<Vec<u8>> = row.try_get(2)?;
         let kv = match found {
-            Some(_) => Some(sql::decode_kv(&row, 2)?),
+            Some(_) => Some(self.plain(sql::decode_kv(&row, 2)?)?),
             None => None,
         };
         Ok((kv, head))
@@ -368,7 +407,7 @@ impl Backend {
         };
         let mut kvs = rows
             .iter()
-            .map(|r| sql::decode_kv(r, 0))
+            .map(|r| self.plain(sql::decode_kv(r, 0)?))
             .collect::<Result<Vec<_>>>()?;
         let more = req.limit > 0 && kvs.len() as i64 > req.limit;
         let n = if more {
@@ -415,6 +454,24 @@ impl Backend {
             range,
             start,
         ))
+    }
+
+    /// Whether values of `key` are transformed before they are stored (rewriting one stores
+    /// it anew, under the current key, even when it did not change).
+    pub fn transforms(&self, key: &[u8]) -> bool {
+        self.shared()
+            .options
+            .transformer
+            .as_ref()
+            .is_some_and(|t| t.covers(key))
+    }
+
+    /// A value as read from the database, in its plain form.
+    fn plain(&self, kv: KeyValue) -> Result<KeyValue> {
+        match &self.shared().options.transformer {
+            Some(t) => plain(t.as_ref(), kv),
+            None => Ok(kv),
+        }
     }
 
     /// Removes the history below `revision`: reads below it and watches starting below it

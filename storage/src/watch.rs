@@ -64,6 +64,21 @@ pub(crate) fn spawn(
     WatchStream { rx, task, progress }
 }
 
+/// Events with their values in plain form (the storage transformer undone).
+fn plain(shared: &Shared, events: Vec<Event>) -> Result<Vec<Event>> {
+    let Some(t) = shared.options.transformer.as_deref() else {
+        return Ok(events);
+    };
+    events
+        .into_iter()
+        .map(|mut e| {
+            e.kv = crate::plain(t, e.kv)?;
+            e.prev_kv = e.prev_kv.map(|kv| crate::plain(t, kv)).transpose()?;
+            Ok(e)
+        })
+        .collect()
+}
+
 /// Runs until the receiver is dropped (Ok) or the watch fails (Err).
 async fn follow(
     shared: &Shared,
@@ -82,7 +97,7 @@ async fn follow(
                 Some(r) => r + 1,
                 None => published + 1,
             };
-            if !events.events.is_empty() && tx.send(Ok(events.events)).await.is_err() {
+            if !events.events.is_empty() && tx.send(plain(shared, events.events)).await.is_err() {
                 return Ok(());
             }
             progress.send_replace(next - 1);
@@ -100,7 +115,7 @@ async fn follow(
                             .cloned()
                             .collect();
                         next = last + 1;
-                        if !mine.is_empty() && tx.send(Ok(mine)).await.is_err() {
+                        if !mine.is_empty() && tx.send(plain(shared, mine)).await.is_err() {
                             return Ok(());
                         }
                         progress.send_replace(next - 1);

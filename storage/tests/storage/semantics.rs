@@ -551,3 +551,103 @@ async fn compaction_runs_on_a_timer_and_keeps_recent_revisions(db: &mut TestDb) 
         .unwrap();
     assert_eq!(at.kvs.len(), 10);
 }
+
+both_backends!(a_transformer_sees_every_value_on_its_way_in_and_out);
+
+/// Reverses the bytes of values under `/secret/`: the database holds them reversed, every
+/// read, transaction outcome and watch event gives them back as written.
+#[derive(Debug)]
+struct Reverse;
+
+impl kelp_storage::Transformer for Reverse {
+    fn write_stored(&self, key: &[u8], mut value: Vec<u8>) -> kelp_storage::Result<Vec<u8>> {
+        if key.starts_with(b"/secret/") {
+            value.reverse();
+            value.insert(0, b'!');
+        }
+        Ok(value)
+    }
+    fn read_stored(&self, key: &[u8], mut value: Vec<u8>) -> kelp_storage::Result<Vec<u8>> {
+        if !key.starts_with(b"/secret/") {
+            return Ok(value);
+        }
+        if value.first() != Some(&b'!') {
+            return Err(kelp_storage::StorageError::Transform(
+                "not transformed".into(),
+            ));
+        }
+        value.remove(0);
+        value.reverse();
+        Ok(value)
+    }
+    fn covers(&self, key: &[u8]) -> bool {
+        key.starts_with(b"/secret/")
+    }
+}
+
+async fn a_transformer_sees_every_value_on_its_way_in_and_out(db: &mut TestDb) {
+    let plain = db.open().await;
+    let options = kelp_storage::Options {
+        transformer: Some(Arc::new(Reverse)),
+        ..crate::test_options()
+    };
+    let s = crate::open_with(db, options).await;
+    let mut w = s.watch(KeyRange::prefix("/"), 0).await.unwrap();
+    assert!(
+        s.txn(Txn::create("/secret/a", "abc"))
+            .await
+            .unwrap()
+            .succeeded()
+    );
+    assert!(
+        s.txn(Txn::create("/open/b", "xyz"))
+            .await
+            .unwrap()
+            .succeeded()
+    );
+    let (kv, _) = s.get("/secret/a").await.unwrap();
+    let kv = kv.unwrap();
+    assert_eq!(kv.value, b"abc");
+    // Another handle without the transformer sees what is stored.
+    assert_eq!(
+        plain.get("/secret/a").await.unwrap().0.unwrap().value,
+        b"!cba"
+    );
+    assert_eq!(plain.get("/open/b").await.unwrap().0.unwrap().value, b"xyz");
+    let listed = s
+        .range(RangeRequest::new(KeyRange::prefix("/")))
+        .await
+        .unwrap();
+    let values: Vec<&[u8]> = listed.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    assert_eq!(values, [b"xyz".as_slice(), b"abc".as_slice()]);
+    match s
+        .txn(Txn::update("/secret/a", kv.mod_revision, "def"))
+        .await
+        .unwrap()
+    {
+        TxnOutcome::Succeeded { prev_kv, .. } => assert_eq!(prev_kv.unwrap().value, b"abc"),
+        other => panic!("{other:?}"),
+    }
+    match s.txn(Txn::create("/secret/a", "again")).await.unwrap() {
+        TxnOutcome::Failed { current, .. } => assert_eq!(current.unwrap().value, b"def"),
+        other => panic!("{other:?}"),
+    }
+    let head = s.revisions().await.unwrap().0;
+    let events = collect_until(&mut w, head).await;
+    let values: Vec<&[u8]> = events.iter().map(|e| e.kv.value.as_slice()).collect();
+    assert_eq!(values, [b"abc".as_slice(), b"xyz", b"def"]);
+    assert_eq!(events[2].prev_kv.as_ref().unwrap().value, b"abc");
+    assert!(s.transforms(b"/secret/a") && !s.transforms(b"/open/b"));
+    // A value the transformer cannot read back is an error, not garbage.
+    assert!(
+        plain
+            .txn(Txn::create("/secret/raw", "raw"))
+            .await
+            .unwrap()
+            .succeeded()
+    );
+    assert!(matches!(
+        s.get("/secret/raw").await,
+        Err(kelp_storage::StorageError::Transform(_))
+    ));
+}
