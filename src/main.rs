@@ -62,6 +62,12 @@ struct ServerArgs {
     /// Static bearer tokens: CSV lines `token,user,uid[,"group1,group2"]`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// An audit Policy: which requests the audit log records, at which level.
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events go, as JSON lines (`-`: standard output).
+    #[arg(long, requires = "audit_policy_file")]
+    audit_log_path: Option<PathBuf>,
     /// An EncryptionConfiguration: which resources are encrypted at rest, with which keys.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
@@ -174,7 +180,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     let backend = Backend::open(&endpoint, options).await?;
+    let audit = match (&args.audit_policy_file, &args.audit_log_path) {
+        (Some(policy), Some(log)) => Some(std::sync::Arc::new(
+            kelp_apiserver::audit::Audit::open(policy, log)
+                .map_err(|e| anyhow::anyhow!("audit: {e}"))?,
+        )),
+        _ => None,
+    };
     let config = kelp_apiserver::Config {
+        audit,
         token_file,
         service_accounts: std::sync::Arc::new(service_accounts),
         listen: SocketAddr::new(args.bind_address, args.https_listen_port),

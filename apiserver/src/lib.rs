@@ -6,6 +6,7 @@
 
 mod admission;
 mod allocator;
+pub mod audit;
 mod cache;
 mod crd;
 mod discovery;
@@ -74,6 +75,8 @@ pub struct Config {
     pub token_file: Option<kelp_auth::TokenFile>,
     /// Signs and verifies service-account tokens.
     pub service_accounts: Arc<kelp_auth::serviceaccount::ServiceAccountKeys>,
+    /// The audit log (`--audit-policy-file`, `--audit-log-path`).
+    pub audit: Option<Arc<audit::Audit>>,
 }
 
 /// A running API server.
@@ -201,6 +204,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         token_file: config.token_file,
         service_accounts: config.service_accounts,
         client_ca_pem: config.client_ca_pem,
+        audit: config.audit,
     };
     let (app, security) =
         router(backend, local_addr.to_string(), Some(security)).map_err(ServeError::Tls)?;
@@ -233,6 +237,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
                     app,
                     move |mut req: axum::extract::Request<_>| {
                         req.extensions_mut().insert(cert.clone());
+                        req.extensions_mut().insert(security::PeerAddr(peer));
                         req
                     },
                 );

@@ -35,6 +35,8 @@ pub struct SecurityConfig {
     pub service_accounts: Arc<ServiceAccountKeys>,
     /// Client certificates must chain to this CA.
     pub client_ca_pem: String,
+    /// The audit log, when a policy is configured.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// What a connection's TLS handshake learned about its client certificate (once per connection).
@@ -57,6 +59,7 @@ pub struct Security {
     cache: Arc<WatchCache>,
     policy: policy::PolicyCache,
     verifier: Arc<dyn ClientCertVerifier>,
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// Whether RBAC allowed a request, and upstream's reason.
@@ -78,6 +81,7 @@ impl Security {
             backend,
             cache,
             verifier: crate::client_verifier(&config.client_ca_pem)?,
+            audit: config.audit,
         })
     }
 
@@ -475,17 +479,130 @@ pub async fn guard(
             return ApiError::unauthorized().into_response();
         }
     };
-    let user = match security.impersonate(user, req.headers()).await {
-        Ok(user) => user,
-        Err(e) => return e.into_response(),
-    };
     let a = requestinfo::attributes(req.method(), req.uri().path(), req.uri().query());
-    if !security.authorize(&user, &a).await.allowed {
-        return forbidden(&user, &a).into_response();
+    let impersonated = security.impersonate(user.clone(), req.headers()).await;
+    let mut record = security.audit.as_ref().and_then(|audit| {
+        let acting = impersonated.as_ref().ok().filter(|i| **i != user);
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let agent = req
+            .headers()
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+        audit.begin(&user, acting, &a, uri, peer, agent)
+    });
+    let effective = match impersonated {
+        Ok(user) => user,
+        Err(e) => return audited(&security, record, e.into_response()).await,
+    };
+    let decision = security.authorize(&effective, &a).await;
+    if let Some(r) = record.as_mut() {
+        r.annotate(
+            "authorization.k8s.io/decision",
+            if decision.allowed { "allow" } else { "forbid" },
+        );
+        r.annotate("authorization.k8s.io/reason", &decision.reason);
     }
-    req.extensions_mut().insert(Requester(Arc::new(user)));
-    next.run(req).await
+    if !decision.allowed {
+        return audited(&security, record, forbidden(&effective, &a).into_response()).await;
+    }
+    req.extensions_mut().insert(Requester(Arc::new(effective)));
+    let Some(mut r) = record else {
+        return next.run(req).await;
+    };
+    if r.level >= crate::audit::Level::Request && a.verb != "watch" {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, crate::handlers::MAX_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        // As JSON whatever it came as (protobuf, YAML; patches as they are).
+        let decoded = crate::handlers::decode_body(&parts.headers, &bytes)
+            .ok()
+            .or_else(|| serde_json::from_slice::<Value>(&bytes).ok())
+            .or_else(|| serde_saphyr::from_slice::<Value>(&bytes).ok());
+        if let Some(obj) = decoded.filter(|_| !bytes.is_empty()) {
+            r.set("requestObject", obj);
+        }
+        req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let response = next.run(req).await;
+    if a.verb == "watch" {
+        let audit = security.audit.clone();
+        if let Some(audit) = &audit {
+            r.set(
+                "responseStatus",
+                serde_json::json!({"metadata": {}, "code": response.status().as_u16()}),
+            );
+            audit.write(&r, "ResponseStarted");
+        }
+        // ResponseComplete once the stream ends (or the client goes).
+        let done = AuditOnDrop(audit.map(|a| (a, r)));
+        let (parts, body) = response.into_parts();
+        let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+            let _ = &done;
+            chunk
+        });
+        return Response::from_parts(parts, axum::body::Body::from_stream(stream));
+    }
+    audited(&security, Some(r), response).await
 }
+
+/// Writes a watch's ResponseComplete when its stream is dropped.
+struct AuditOnDrop(Option<(Arc<crate::audit::Audit>, crate::audit::Record)>);
+
+impl Drop for AuditOnDrop {
+    fn drop(&mut self) {
+        if let Some((audit, record)) = &self.0 {
+            audit.write(record, "ResponseComplete");
+        }
+    }
+}
+
+/// Finishes a request's audit record with its response (the body too at RequestResponse).
+async fn audited(
+    security: &Security,
+    record: Option<crate::audit::Record>,
+    response: Response,
+) -> Response {
+    let (Some(audit), Some(mut r)) = (security.audit.as_ref(), record) else {
+        return response;
+    };
+    let code = response.status().as_u16();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut status = serde_json::json!({"metadata": {}, "code": code});
+    let response = if json && (code >= 400 || r.level == crate::audit::Level::RequestResponse) {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        if let Ok(obj) = serde_json::from_slice::<Value>(&bytes) {
+            if code >= 400 {
+                for k in ["status", "message", "reason", "details"] {
+                    if let Some(v) = obj.get(k) {
+                        status[k] = v.clone();
+                    }
+                }
+            }
+            if r.level == crate::audit::Level::RequestResponse {
+                r.set("responseObject", obj);
+            }
+        }
+        Response::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        response
+    };
+    r.set("responseStatus", status);
+    audit.write(&r, "ResponseComplete");
+    response
+}
+
+/// The client's address, for the audit log's sourceIPs.
+#[derive(Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 tokio::task_local! {
     /// The user a request's handler runs for (upstream keeps it in the request context);
