@@ -75,6 +75,16 @@ impl Ctx {
         self.request("GET", path, accept, "", Vec::new()).await
     }
 
+    /// A bodiless request as another user (impersonated: the test's client may impersonate).
+    pub async fn request_as(&self, user: &str, method: &str, path: &str) -> anyhow::Result<Raw> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Impersonate-User", user)
+            .header(http::header::ACCEPT, "application/json");
+        self.send(req, Vec::new()).await
+    }
+
     /// Any request on a raw path.
     pub async fn request(
         &self,
@@ -91,11 +101,20 @@ impl Ctx {
         if !content_type.is_empty() {
             req = req.header(http::header::CONTENT_TYPE, content_type);
         }
+        self.send(req, body).await
+    }
+
+    async fn send(&self, req: http::request::Builder, body: Vec<u8>) -> anyhow::Result<Raw> {
+        let what = format!(
+            "{} {}",
+            req.method_ref().map(|m| m.to_string()).unwrap_or_default(),
+            req.uri_ref().map(|u| u.to_string()).unwrap_or_default()
+        );
         let resp = self
             .client
             .send(req.body(kube::client::Body::from(body))?)
             .await
-            .with_context(|| format!("{method} {path}"))?;
+            .with_context(|| what.clone())?;
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()

@@ -2,6 +2,7 @@
 //! ports; assertions follow the original's.
 
 mod apimachinery;
+mod auth;
 mod crd;
 mod node;
 
@@ -21,5 +22,6 @@ pub fn all() -> Vec<Test> {
     all.extend(crd::tests());
     all.extend(crd::discovery_tests());
     all.extend(node::tests());
+    all.extend(auth::tests());
     all
 }
