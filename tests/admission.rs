@@ -443,3 +443,56 @@ spec:
     ]);
     assert_eq!(quiet.stderr, "");
 }
+
+#[test]
+fn limit_ranges_default_and_bound_container_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let v = "1.33";
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(v, args);
+        assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
+        out.stdout
+    };
+    ok(&["create", "namespace", "limited"]);
+    let range = r#"{"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"defaults"},"spec":{"limits":[
+        {"type":"Container","default":{"cpu":"500m","memory":"256Mi"},"defaultRequest":{"cpu":"100m"},"max":{"cpu":"1"}}]}}"#;
+    let created =
+        server.kubectl_with_stdin(v, &["create", "-n", "limited", "-f", "-"], Some(range));
+    assert!(created.ok, "{}", created.stderr);
+    // The cache has the LimitRange once a list shows it.
+    assert!(ok(&["get", "limitrange", "-n", "limited", "-o", "name"]).contains("defaults"));
+    ok(&["run", "web", "--image=nginx", "-n", "limited"]);
+    let resources = ok(&[
+        "get",
+        "pod",
+        "web",
+        "-n",
+        "limited",
+        "-o",
+        "jsonpath={.spec.containers[0].resources.requests.cpu} {.spec.containers[0].resources.limits.cpu} {.spec.containers[0].resources.limits.memory}",
+    ]);
+    assert_eq!(resources, "100m 500m 256Mi");
+    let note = ok(&[
+        "get",
+        "pod",
+        "web",
+        "-n",
+        "limited",
+        "-o",
+        "jsonpath={.metadata.annotations.kubernetes\\.io/limit-ranger}",
+    ]);
+    assert_eq!(
+        note,
+        "LimitRanger plugin set: cpu, memory request for container web; cpu, memory limit for container web"
+    );
+    let big = server.kubectl(v, &["run", "big", "--image=nginx", "-n", "limited", "--overrides={\"spec\":{\"containers\":[{\"name\":\"big\",\"image\":\"nginx\",\"resources\":{\"limits\":{\"cpu\":\"2\"}}}]}}"]);
+    assert!(!big.ok);
+    assert!(
+        big.stderr.contains(
+            "pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"
+        ),
+        "{}",
+        big.stderr
+    );
+}

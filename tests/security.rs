@@ -596,6 +596,57 @@ fn tokens_authenticate_until_they_expire_or_their_pod_is_gone_and_bad_credential
         &["get", "pods", "-n", "dev"],
     ));
 
+    // Bootstrap tokens: a kube-system secret of type bootstrap.kubernetes.io/token.
+    c.admin(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-abcdef",
+        "-n",
+        "kube-system",
+        "--type=bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=abcdef",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=usage-bootstrap-authentication=true",
+        "--from-literal=auth-extra-groups=system:bootstrappers:kubeadm:default-node-token",
+    ]);
+    let joiner = c.token("joiner", "abcdef.0123456789abcdef");
+    let who = c.kubectl(&joiner, v, &["auth", "whoami"]);
+    assert!(who.ok, "{}", who.stderr);
+    assert!(
+        squashed(&who).contains("Username system:bootstrap:abcdef"),
+        "{}",
+        who.stdout
+    );
+    assert!(
+        squashed(&who).contains("[system:bootstrappers system:bootstrappers:kubeadm:default-node-token system:authenticated]"),
+        "{}",
+        who.stdout
+    );
+    unauthorized(&c.kubectl(
+        &c.token("wrong", "abcdef.0000000000000000"),
+        v,
+        &["auth", "whoami"],
+    ));
+    c.admin(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-expire",
+        "-n",
+        "kube-system",
+        "--type=bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=expire",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=usage-bootstrap-authentication=true",
+        "--from-literal=expiration=2020-01-01T00:00:00Z",
+    ]);
+    unauthorized(&c.kubectl(
+        &c.token("late", "expire.0123456789abcdef"),
+        v,
+        &["auth", "whoami"],
+    ));
+
     // The static token file.
     let bob = c.token("bob", "static-token-bob");
     let who = c.kubectl(&bob, v, &["auth", "whoami"]);

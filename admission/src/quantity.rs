@@ -105,6 +105,11 @@ impl Quantity {
         })
     }
 
+    /// The value as a float (for ratios).
+    pub fn as_f64(self) -> f64 {
+        self.nanos as f64 / NANO as f64
+    }
+
     pub fn max(self, other: Quantity) -> Quantity {
         if other.nanos > self.nanos {
             other

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kelp_admission::{pods, podsecurity, quota};
+use kelp_admission::{limitranger, pods, podsecurity, quota};
 use kelp_storage::{KeyRange, RangeRequest, Txn, TxnOutcome};
 use serde_json::{Map, Value};
 
@@ -55,6 +55,7 @@ pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<Str
     }
     let name = crate::object::name(obj).to_string();
     if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
+        limitranger::default_pod(obj, &limit_ranges(ctx, a.ns));
         priority(ctx, obj)
             .await
             .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
@@ -89,6 +90,18 @@ fn review<'a>(
         user,
         dry_run: a.dry_run,
     }
+}
+
+/// The LimitRanges of a namespace, as the cache holds them.
+fn limit_ranges(ctx: &Ctx, ns: Option<&str>) -> Vec<Value> {
+    let (Some(ns), Some(cache)) = (ns, ctx.cache.as_ref()) else {
+        return Vec::new();
+    };
+    cache
+        .objects(&format!("/registry/limitranges/{ns}/"))
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect()
 }
 
 async fn priority(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
@@ -157,6 +170,17 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
                 "unable to create new content in namespace {ns} because it is being terminated"
             ),
         ));
+    }
+    if a.old.is_none() && a.subresource.is_empty() && a.r.group.is_empty() {
+        let errors = limitranger::violations(a.r.plural, obj, &limit_ranges(ctx, a.ns));
+        match errors.len() {
+            0 => {}
+            1 => return Err(ApiError::forbidden("", a.r.plural, &name, &errors[0])),
+            _ => {
+                let all = format!("[{}]", errors.join(", "));
+                return Err(ApiError::forbidden("", a.r.plural, &name, &all));
+            }
+        }
     }
     pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;

@@ -148,6 +148,9 @@ impl Security {
             return Ok(Some(user.clone()));
         }
         let now = jiff::Timestamp::now().as_second();
+        if let Some((id, secret)) = bootstrap_token(token) {
+            return Ok(self.bootstrap_user(id, secret, now).await);
+        }
         let verified = match self.service_accounts.verify(token, now) {
             Ok(v) => v,
             Err(TokenError::NotOurs) => return Ok(None),
@@ -240,6 +243,50 @@ impl Security {
             );
         }
         Ok(Some(user))
+    }
+
+    /// The user of a bootstrap token (upstream's bootstrap authenticator): the kube-system
+    /// Secret `bootstrap-token-<id>` of type `bootstrap.kubernetes.io/token` must hold the
+    /// secret, allow authentication, and not have expired.
+    async fn bootstrap_user(&self, id: &str, secret: &str, now: i64) -> Option<UserInfo> {
+        use base64::Engine;
+        let stored = self
+            .lookup("secrets", "kube-system", &format!("bootstrap-token-{id}"))
+            .await?;
+        if stored.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token")
+            || stored.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            return None;
+        }
+        let data = |k: &str| -> Option<String> {
+            let v = stored
+                .pointer(&format!("/data/{k}"))
+                .and_then(Value::as_str)?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+            String::from_utf8(bytes).ok()
+        };
+        let matches = data("token-id").as_deref() == Some(id)
+            && data("token-secret")
+                .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()))
+            && data("usage-bootstrap-authentication").as_deref() == Some("true");
+        let expired = data("expiration")
+            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| t.as_second() < now);
+        if !matches || expired {
+            return None;
+        }
+        let mut groups = vec!["system:bootstrappers".to_string()];
+        for g in data("auth-extra-groups").unwrap_or_default().split(',') {
+            let g = g.trim();
+            if g.starts_with("system:bootstrappers:") && !groups.iter().any(|x| x == g) {
+                groups.push(g.to_string());
+            }
+        }
+        Some(UserInfo {
+            name: format!("system:bootstrap:{id}"),
+            groups,
+            ..UserInfo::default()
+        })
     }
 
     /// A core object by namespace and name: from the cache, else storage (it may lag).
@@ -410,6 +457,21 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A bootstrap token's id and secret (`[a-z0-9]{6}.[a-z0-9]{16}`), if it is one.
+fn bootstrap_token(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether an object's deletion began more than a minute ago (upstream's leeway: a token
