@@ -5,6 +5,7 @@ mod apimachinery;
 mod auth;
 mod crd;
 mod node;
+mod webhook;
 
 use crate::Test;
 
@@ -23,5 +24,6 @@ pub fn all() -> Vec<Test> {
     all.extend(crd::discovery_tests());
     all.extend(node::tests());
     all.extend(auth::tests());
+    all.extend(webhook::tests());
     all
 }
