@@ -688,3 +688,108 @@ fn tokens_authenticate_until_they_expire_or_their_pod_is_gone_and_bad_credential
     unauthorized(&c.kubectl(&stale, v, &["get", "pods"]));
     assert_eq!(c.admin(&["get", "--raw", "/readyz"]), "ok");
 }
+
+#[test]
+fn kubelets_reach_only_what_their_pods_need_and_write_only_their_own() {
+    let c = Cluster::start();
+    let v = "1.33";
+    let n1 = c.user("system:node:n1", &["system:nodes"]);
+    let node = |name: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}}}}"#)
+    };
+    let create_as = |config: &Path, obj: &str| {
+        let path = c.dir.path().join("obj.json");
+        std::fs::write(&path, obj).unwrap();
+        c.kubectl(config, v, &["create", "-f", path.to_str().unwrap()])
+    };
+    let own = create_as(&n1, &node("n1"));
+    assert!(own.ok, "{}", own.stderr);
+    forbidden(
+        &create_as(&n1, &node("n2")),
+        "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\"",
+    );
+
+    c.admin(&[
+        "create",
+        "secret",
+        "generic",
+        "mounted",
+        "--from-literal=k=v",
+    ]);
+    c.admin(&[
+        "create",
+        "secret",
+        "generic",
+        "elsewhere",
+        "--from-literal=k=v",
+    ]);
+    let pod = |name: &str, node: &str, secret: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"nginx"}}],"volumes":[{{"name":"s","secret":{{"secretName":"{secret}"}}}}]}}}}"#
+        )
+    };
+    let admin = c.server.kubeconfig.clone();
+    assert!(create_as(&admin, &pod("here", "n1", "mounted")).ok);
+    assert!(create_as(&admin, &pod("there", "n2", "elsewhere")).ok);
+
+    let got = c.kubectl(&n1, v, &["get", "secret", "mounted", "-o", "name"]);
+    assert_eq!(got.stdout.trim(), "secret/mounted", "{}", got.stderr);
+    forbidden(
+        &c.kubectl(&n1, v, &["get", "secret", "elsewhere"]),
+        "secrets \"elsewhere\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\"",
+    );
+    forbidden(
+        &c.kubectl(&n1, v, &["get", "secrets"]),
+        "cannot list resource \"secrets\"",
+    );
+    // The system:node rules: pods may be read.
+    let pods = c.kubectl(&n1, v, &["get", "pods", "-o", "name"]);
+    assert!(
+        pods.ok && pods.stdout.contains("pod/here"),
+        "{}",
+        pods.stderr
+    );
+
+    // Its own lease only.
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"kube-node-lease"}},"spec":{{"holderIdentity":"{name}"}}}}"#
+        )
+    };
+    assert!(create_as(&n1, &lease("n1")).ok);
+    forbidden(
+        &create_as(&n1, &lease("n2")),
+        "can only access node lease with the same name as the requesting node",
+    );
+
+    // Only mirror pods, and only the status of its own pods.
+    forbidden(
+        &create_as(&n1, &pod("sneaky", "n1", "mounted")),
+        "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"n1\" can only create mirror pods",
+    );
+    // (kubectl patch --subresource reads pods/status first, which kubelets may not: the
+    // status is replaced, as a kubelet's status manager writes it.)
+    let status = |name: &str| {
+        let current = c.admin(&["get", "pod", name, "-o", "json"]);
+        let mut pod: serde_json::Value = serde_json::from_str(&current).unwrap();
+        pod["status"]["phase"] = json!("Running");
+        let path = c.dir.path().join("status.json");
+        std::fs::write(&path, pod.to_string()).unwrap();
+        c.kubectl(
+            &n1,
+            v,
+            &[
+                "replace",
+                "--subresource=status",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+    let patched = status("here");
+    assert!(patched.ok, "{}", patched.stderr);
+    forbidden(
+        &status("there"),
+        "node \"n1\" can only update pod status for pods with spec.nodeName set to itself",
+    );
+}

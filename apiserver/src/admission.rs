@@ -182,6 +182,17 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
             }
         }
     }
+    if let Ok(user) = crate::security::REQUESTER.try_with(Arc::clone) {
+        crate::security::node::restrict(
+            &user,
+            a.r.group,
+            a.r.plural,
+            a.subresource,
+            a.ns,
+            a.old,
+            obj,
+        )?;
+    }
     pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
     let user = crate::security::REQUESTER.try_with(Arc::clone).ok();

@@ -3,6 +3,7 @@
 //! (system:masters, then RBAC); and the checks RBAC makes on role and binding writes.
 
 mod escalation;
+pub mod node;
 mod policy;
 pub mod reconcile;
 mod requestinfo;
@@ -316,6 +317,14 @@ impl Security {
     /// storage, so a binding just written counts.
     pub async fn authorize(&self, user: &UserInfo, a: &Attributes) -> Decision {
         if user.in_group(kelp_auth::MASTERS) {
+            return Decision {
+                allowed: true,
+                reason: String::new(),
+            };
+        }
+        if let Some(node) = node::node_of(user)
+            && self.node_allows(node, a)
+        {
             return Decision {
                 allowed: true,
                 reason: String::new(),

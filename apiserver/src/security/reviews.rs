@@ -30,7 +30,7 @@ pub async fn serve(
         return match (target.subresource.as_deref(), target.name.as_deref()) {
             (Some("token"), Some(name)) if method == Method::POST => {
                 let ns = target.namespace.as_deref().unwrap_or("default");
-                Some(token_request(security, ns, name, headers, body).await)
+                Some(token_request(security, user, ns, name, headers, body).await)
             }
             _ => None,
         };
@@ -277,6 +277,7 @@ const MAX_EXPIRATION: i64 = 1 << 32;
 
 async fn token_request(
     security: &Security,
+    user: &UserInfo,
     ns: &str,
     name: &str,
     headers: &HeaderMap,
@@ -351,6 +352,10 @@ async fn token_request(
                 ),
             ));
         }
+        if kind == "Pod" {
+            super::node::restrict_token(user, Some(&obj))
+                .map_err(|why| ApiError::forbidden("", "serviceaccounts", name, &why))?;
+        }
         let reference = ObjectRef {
             name: bound_name.to_string(),
             uid,
@@ -360,6 +365,10 @@ async fn token_request(
             "Secret" => secret = Some(reference),
             _ => node = Some(reference),
         }
+    }
+    if pod.is_none() {
+        super::node::restrict_token(user, None)
+            .map_err(|why| ApiError::forbidden("", "serviceaccounts", name, &why))?;
     }
     let now = jiff::Timestamp::now().as_second();
     let (token, exp) = security.service_accounts.issue(&TokenSpec {
