@@ -291,25 +291,21 @@ pub fn restrict(
             }
             _ => {}
         },
-        ("coordination.k8s.io", "leases") => {
-            if ns != Some("kube-node-lease") || name != node {
-                return Err(refuse(
-                    "coordination.k8s.io",
-                    "leases",
-                    name,
-                    "can only access node lease with the same name as the requesting node".into(),
-                ));
-            }
+        ("coordination.k8s.io", "leases") if ns != Some("kube-node-lease") || name != node => {
+            return Err(refuse(
+                "coordination.k8s.io",
+                "leases",
+                name,
+                "can only access node lease with the same name as the requesting node".into(),
+            ));
         }
-        ("storage.k8s.io", "csinodes") => {
-            if name != node {
-                return Err(refuse(
-                    "storage.k8s.io",
-                    "csinodes",
-                    name,
-                    "can only access CSINode with the same name as the requesting node".into(),
-                ));
-            }
+        ("storage.k8s.io", "csinodes") if name != node => {
+            return Err(refuse(
+                "storage.k8s.io",
+                "csinodes",
+                name,
+                "can only access CSINode with the same name as the requesting node".into(),
+            ));
         }
         _ => {}
     }
