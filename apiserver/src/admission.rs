@@ -219,18 +219,28 @@ async fn resource_quota(ctx: &Ctx, a: &Admit<'_>, obj: &Value, name: &str) -> Re
         return Ok(());
     }
     let quotas = registry::lookup("", "v1", "resourcequotas").expect("quotas are served");
-    let listed = ctx
-        .backend
-        .range(RangeRequest::new(KeyRange::prefix(
-            quotas.key_prefix(Some(ns)),
-        )))
-        .await?;
-    if listed.kvs.is_empty() {
+    let prefix = quotas.key_prefix(Some(ns));
+    // The cache's copies are where the compare-and-swap starts (a stale one fails and hands
+    // back the current one), so a namespace without quotas costs no storage read.
+    let listed: Vec<kelp_storage::KeyValue> = match ctx.cache.as_ref() {
+        Some(cache) => cache
+            .objects(&prefix)
+            .iter()
+            .map(|kv| kv.as_ref().clone())
+            .collect(),
+        None => {
+            ctx.backend
+                .range(RangeRequest::new(KeyRange::prefix(prefix)))
+                .await?
+                .kvs
+        }
+    };
+    if listed.is_empty() {
         return Ok(());
     }
     let usage = quota::usage(a.r.group, a.r.plural, obj);
     let refuse = |why: String| ApiError::forbidden(a.r.group, a.r.plural, name, &why);
-    for listed in listed.kvs {
+    for listed in listed {
         let mut kv = listed;
         loop {
             let mut q: Value = serde_json::from_slice(&kv.value)
