@@ -55,7 +55,10 @@ async fn validate(body: axum::body::Bytes) -> String {
 fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
     let pki = kelp_auth::Pki::load_or_create(dir).unwrap();
     let serving = pki
-        .serving(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+        .serving(
+            &["localhost".into(), "webhook-svc.svc-ns.svc".into()],
+            &["127.0.0.1".parse().unwrap()],
+        )
         .unwrap();
     let certs: Vec<_> =
         rustls::pki_types::CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
@@ -272,6 +275,69 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
         "--tcp=80",
         "-n",
         "hooked",
+    ]);
+
+    // A webhook by service reference: the API server goes to the service's endpoints and
+    // checks the certificate for <service>.<namespace>.svc.
+    ok(&["create", "namespace", "svc-ns"]);
+    ok(&["label", "namespace", "svc-ns", "svc=on"]);
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "webhook-svc", "namespace": "svc-ns"},
+        "spec": {"ports": [{"port": 443, "targetPort": port}]},
+    });
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "webhook-svc", "namespace": "svc-ns"},
+        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": port}]}],
+    });
+    create(&service);
+    create(&endpoints);
+    let mut by_service = hook("svc.example.com", "unused", &ca, &["configmaps"], "Fail");
+    by_service["clientConfig"] = json!({
+        "service": {"namespace": "svc-ns", "name": "webhook-svc", "path": "/validate"},
+        "caBundle": STANDARD.encode(&ca),
+    });
+    by_service["namespaceSelector"] = json!({"matchLabels": {"svc": "on"}});
+    create(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "via-service"},
+        "webhooks": [by_service],
+    }));
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = server.kubectl(
+            v,
+            &[
+                "create",
+                "configmap",
+                "bad",
+                "-n",
+                "svc-ns",
+                "--from-literal=forbidden=x",
+            ],
+        );
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        let _ = server.kubectl(v, &["delete", "configmap", "bad", "-n", "svc-ns"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = refused.expect("the service's webhook refused");
+    assert!(
+        refused.stderr.contains(
+            "admission webhook \"svc.example.com\" denied the request: no forbidden keys"
+        ),
+        "{}",
+        refused.stderr
+    );
+    ok(&[
+        "create",
+        "configmap",
+        "fine",
+        "-n",
+        "svc-ns",
+        "--from-literal=k=v",
     ]);
 
     // Dry runs reach webhooks without side effects, and are mutated too.

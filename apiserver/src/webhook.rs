@@ -112,7 +112,7 @@ impl Webhooks {
             if !matches(&hook.spec, review, obj) {
                 continue;
             }
-            let Some(response) = call(hook, review, obj, &mut warnings).await? else {
+            let Some(response) = call(&self.cache, hook, review, obj, &mut warnings).await? else {
                 continue;
             };
             if let Some(patch) = response.get("patch").and_then(Value::as_str) {
@@ -140,7 +140,7 @@ impl Webhooks {
         let mut warnings = Vec::new();
         for hook in &index.validating {
             if matches(&hook.spec, review, obj) {
-                call(hook, review, obj, &mut warnings).await?;
+                call(&self.cache, hook, review, obj, &mut warnings).await?;
             }
         }
         Ok(warnings)
@@ -222,6 +222,7 @@ pub(crate) fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
 /// Calls one webhook. Ok(Some(response)): it allowed the request; Ok(None): the call failed
 /// and its failure policy ignores that. Err: refused.
 async fn call(
+    cache: &WatchCache,
     hook: &Hook,
     review: &Review<'_>,
     obj: &Value,
@@ -297,17 +298,24 @@ async fn call(
             .clamp(1, 30),
     );
     let client = &spec["clientConfig"];
-    let Some(url) = client.get("url").and_then(Value::as_str) else {
-        return fail(
-            "webhooks by service reference are not supported yet; use clientConfig.url".into(),
-        );
+    let (url, server_name) = match (
+        client.get("url").and_then(Value::as_str),
+        client.get("service"),
+    ) {
+        (Some(url), _) => (url.to_string(), None),
+        (None, Some(service)) => match resolve(cache, service) {
+            Ok((url, name)) => (url, Some(name)),
+            Err(e) => return fail(format!("failed to call webhook: {e}")),
+        },
+        (None, None) => return fail("the webhook has neither clientConfig.url nor service".into()),
     };
     let ca = client
         .get("caBundle")
         .and_then(Value::as_str)
         .and_then(|b| STANDARD.decode(b).ok());
     let answer = match post(
-        url,
+        &url,
+        server_name,
         ca.as_deref(),
         serde_json::to_vec(&body).unwrap_or_default(),
         timeout,
@@ -334,6 +342,72 @@ async fn call(
         return Ok(Some(response));
     }
     Err(denied(&hook.name, response.get("status")))
+}
+
+/// Where a webhook's `clientConfig.service` is served: an address of the service's endpoints
+/// at the target port of the named service port, and the name its certificate must carry
+/// (`<service>.<namespace>.svc`). Without a service proxy the API server goes to the
+/// endpoints directly, as upstream's `--enable-aggregator-routing` does.
+fn resolve(cache: &WatchCache, service: &Value) -> Result<(String, String), String> {
+    let text = |k: &str| service.get(k).and_then(Value::as_str).unwrap_or("");
+    let (ns, name) = (text("namespace"), text("name"));
+    let port = service.get("port").and_then(Value::as_i64).unwrap_or(443);
+    let path = match text("path") {
+        "" => "/",
+        p => p,
+    };
+    let read = |plural: &str| -> Option<Value> {
+        let r = crate::registry::lookup("", "v1", plural)?;
+        serde_json::from_slice(&cache.get(&r.key(Some(ns), name))?.value).ok()
+    };
+    let svc = read("services").ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
+    let svc_port = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("port").and_then(Value::as_i64) == Some(port))
+        .ok_or_else(|| format!("service \"{ns}/{name}\" has no port {port}"))?;
+    let port_name = svc_port.get("name").and_then(Value::as_str).unwrap_or("");
+    let endpoints = read("endpoints")
+        .ok_or_else(|| format!("no endpoints available for service \"{name}\""))?;
+    for subset in endpoints
+        .get("subsets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(ip) = subset.pointer("/addresses/0/ip").and_then(Value::as_str) else {
+            continue;
+        };
+        let ports: Vec<&Value> = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        let chosen = ports
+            .iter()
+            .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+            .or(if ports.len() == 1 {
+                ports.first()
+            } else {
+                None
+            })
+            .and_then(|p| p.get("port").and_then(Value::as_i64));
+        if let Some(target) = chosen {
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            return Ok((
+                format!("https://{host}:{target}{path}"),
+                format!("{name}.{ns}.svc"),
+            ));
+        }
+    }
+    Err(format!("no endpoints available for service \"{name}\""))
 }
 
 /// Upstream's ToStatusErr: the webhook's status, its message prefixed with who denied it.
@@ -390,6 +464,7 @@ fn reason(r: &str) -> &'static str {
 /// POSTs JSON over HTTPS, trusting `ca` (PEM) for the server's certificate.
 async fn post(
     url: &str,
+    server_name: Option<String>,
     ca: Option<&[u8]>,
     body: Vec<u8>,
     timeout: Duration,
@@ -413,6 +488,13 @@ async fn post(
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only()
+        .with_server_name_resolver(move |uri: &axum::http::Uri| {
+            let name = server_name
+                .clone()
+                .or_else(|| uri.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .unwrap_or_default();
+            rustls::pki_types::ServerName::try_from(name)
+        })
         .enable_http1()
         .build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
