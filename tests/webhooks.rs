@@ -143,12 +143,21 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
         "metadata": {"name": "label-configmaps"},
         "webhooks": [hook("label.example.com", &format!("{base}/mutate"), &ca, &["configmaps"], "Fail")],
     }));
+    let mut deny = hook(
+        "deny.example.com",
+        &format!("{base}/validate"),
+        &ca,
+        &["configmaps"],
+        "Fail",
+    );
+    deny["matchConditions"] =
+        json!([{"name": "not-exempt", "expression": "object.metadata.name != 'exempt'"}]);
     create(&json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "checks"},
         "webhooks": [
-            hook("deny.example.com", &format!("{base}/validate"), &ca, &["configmaps"], "Fail"),
+            deny,
             hook("down.example.com", &down_url, &ca, &["secrets"], "Fail"),
             hook("down-ignored.example.com", &down_url, &ca, &["services"], "Ignore"),
         ],
@@ -256,6 +265,15 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
             .ok,
         "nothing was stored"
     );
+    // A match condition that does not hold skips the webhook.
+    ok(&[
+        "create",
+        "configmap",
+        "exempt",
+        "-n",
+        "hooked",
+        "--from-literal=forbidden=x",
+    ]);
 
     // A webhook that is down: Fail refuses, Ignore lets the request through.
     let failed = server.kubectl(v, &["create", "secret", "generic", "s", "-n", "hooked"]);

@@ -5,9 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kube_cel::{
-    AdmissionRequest, GroupVersionKind, GroupVersionResource, VapEvaluator, VapExpression,
-};
+use kube_cel::{VapEvaluator, VapExpression};
 use serde_json::Value;
 
 use crate::cache::{Tracker, WatchCache};
@@ -131,29 +129,9 @@ impl Policies {
                 }
                 _ => None,
             };
-            let user = review.user.cloned().unwrap_or_default();
-            let mut builder =
-                VapEvaluator::builder()
-                    .object(obj.clone())
-                    .request(AdmissionRequest {
-                        operation: review.operation.to_string(),
-                        username: user.name.clone(),
-                        uid: user.uid.clone(),
-                        groups: user.groups.clone(),
-                        name: review.name.to_string(),
-                        namespace: review.ns.unwrap_or("").to_string(),
-                        dry_run: review.dry_run,
-                        kind: GroupVersionKind {
-                            group: review.r.group.into(),
-                            version: review.r.version.into(),
-                            kind: review.r.kind.into(),
-                        },
-                        resource: GroupVersionResource {
-                            group: review.r.group.into(),
-                            version: review.r.version.into(),
-                            resource: review.r.plural.into(),
-                        },
-                    });
+            let mut builder = VapEvaluator::builder()
+                .object(obj.clone())
+                .request(crate::webhook::cel_request(review));
             if let Some(old) = review.old {
                 builder = builder.old_object(old.clone());
             }

@@ -109,7 +109,7 @@ impl Webhooks {
         let index = self.index();
         let mut warnings = Vec::new();
         for hook in &index.mutating {
-            if !matches(&hook.spec, review, obj) {
+            if !matches(&hook.spec, review, obj) || !conditions_hold(hook, review, obj)? {
                 continue;
             }
             let Some(response) = call(&self.cache, hook, review, obj, &mut warnings).await? else {
@@ -139,7 +139,7 @@ impl Webhooks {
         let index = self.index();
         let mut warnings = Vec::new();
         for hook in &index.validating {
-            if matches(&hook.spec, review, obj) {
+            if matches(&hook.spec, review, obj) && conditions_hold(hook, review, obj)? {
                 call(&self.cache, hook, review, obj, &mut warnings).await?;
             }
         }
@@ -217,6 +217,80 @@ pub(crate) fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
             .old
             .is_some_and(|o| selector_matches(object_selector, Some(o)));
     namespace_ok && object_ok
+}
+
+/// A request as kube-cel's `request` variable.
+pub(crate) fn cel_request(review: &Review<'_>) -> kube_cel::AdmissionRequest {
+    let user = review.user.cloned().unwrap_or_default();
+    kube_cel::AdmissionRequest {
+        operation: review.operation.to_string(),
+        username: user.name,
+        uid: user.uid,
+        groups: user.groups,
+        name: review.name.to_string(),
+        namespace: review.ns.unwrap_or("").to_string(),
+        dry_run: review.dry_run,
+        kind: kube_cel::GroupVersionKind {
+            group: review.r.group.into(),
+            version: review.r.version.into(),
+            kind: review.r.kind.into(),
+        },
+        resource: kube_cel::GroupVersionResource {
+            group: review.r.group.into(),
+            version: review.r.version.into(),
+            resource: review.r.plural.into(),
+        },
+    }
+}
+
+/// Whether every `matchConditions` CEL expression holds (object, oldObject, request). One
+/// that cannot be evaluated refuses the request under `failurePolicy: Fail`, skips the webhook
+/// under Ignore, as upstream.
+fn conditions_hold(hook: &Hook, review: &Review<'_>, obj: &Value) -> Result<bool, ApiError> {
+    let Some(conditions) = hook.spec.get("matchConditions").and_then(Value::as_array) else {
+        return Ok(true);
+    };
+    let expressions: Vec<kube_cel::VapExpression> = conditions
+        .iter()
+        .map(|c| kube_cel::VapExpression {
+            expression: c
+                .get("expression")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            message: Some(String::new()),
+            message_expression: None,
+        })
+        .collect();
+    let mut evaluator = kube_cel::VapEvaluator::builder()
+        .object(obj.clone())
+        .request(cel_request(review));
+    if let Some(old) = review.old {
+        evaluator = evaluator.old_object(old.clone());
+    }
+    for (result, condition) in evaluator
+        .build()
+        .evaluate(&expressions)
+        .iter()
+        .zip(conditions)
+    {
+        if result.passed {
+            continue;
+        }
+        let message = result.message.clone().unwrap_or_default();
+        if message.is_empty() {
+            return Ok(false);
+        }
+        if hook.spec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore") {
+            return Ok(false);
+        }
+        let name = condition.get("name").and_then(Value::as_str).unwrap_or("");
+        return Err(ApiError::internal(format!(
+            "Internal error occurred: failed calling webhook {:?}: failed to evaluate match condition {name:?}: {message}",
+            hook.name
+        )));
+    }
+    Ok(true)
 }
 
 /// Calls one webhook. Ok(Some(response)): it allowed the request; Ok(None): the call failed
