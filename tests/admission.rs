@@ -328,6 +328,9 @@ spec:
   matchConstraints:
     resourceRules:
     - {apiGroups: [apps], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [deployments]}
+  matchConditions:
+  - name: not-exempt
+    expression: "object.metadata.name != 'app-exempt'"
   validations:
   - expression: "object.spec.replicas <= 5"
     message: "replicas must be no greater than 5"
@@ -407,6 +410,16 @@ spec:
         "{}",
         named.stderr
     );
+    // A match condition that does not hold leaves the object to other policies.
+    ok(&[
+        "create",
+        "deployment",
+        "app-exempt",
+        "--image=nginx",
+        "--replicas=7",
+        "-n",
+        "vap",
+    ]);
     // Outside the binding's namespaces the Deny binding does not apply.
     ok(&["create", "namespace", "other"]);
     ok(&[

@@ -1,7 +1,8 @@
 //! ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1): policies of CEL validations,
 //! bound to what they apply to by ValidatingAdmissionPolicyBindings with Deny, Warn or Audit
 //! actions, evaluated through kube-cel with `object`, `oldObject`, `request`, `params` and
-//! `namespaceObject` bound. Not yet: `variables`, `matchConditions`, `auditAnnotations`.
+//! `namespaceObject` bound, after the policy's `matchConditions`. Not yet: `variables`,
+//! `auditAnnotations`.
 
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +101,10 @@ impl Policies {
                 continue;
             }
             let policy_name = text(policy, "/metadata/name");
+            let what = format!("ValidatingAdmissionPolicy '{policy_name}'");
+            if !crate::webhook::conditions_hold(&policy["spec"], &what, review, obj)? {
+                continue;
+            }
             let binding_name = text(binding, "/metadata/name");
             let fail_open = text(policy, "/spec/failurePolicy") == "Ignore";
             let param = match (

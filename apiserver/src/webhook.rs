@@ -109,7 +109,14 @@ impl Webhooks {
         let index = self.index();
         let mut warnings = Vec::new();
         for hook in &index.mutating {
-            if !matches(&hook.spec, review, obj) || !conditions_hold(hook, review, obj)? {
+            if !matches(&hook.spec, review, obj)
+                || !conditions_hold(
+                    &hook.spec,
+                    &format!("failed calling webhook {:?}", hook.name),
+                    review,
+                    obj,
+                )?
+            {
                 continue;
             }
             let Some(response) = call(&self.cache, hook, review, obj, &mut warnings).await? else {
@@ -139,7 +146,14 @@ impl Webhooks {
         let index = self.index();
         let mut warnings = Vec::new();
         for hook in &index.validating {
-            if matches(&hook.spec, review, obj) && conditions_hold(hook, review, obj)? {
+            if matches(&hook.spec, review, obj)
+                && conditions_hold(
+                    &hook.spec,
+                    &format!("failed calling webhook {:?}", hook.name),
+                    review,
+                    obj,
+                )?
+            {
                 call(&self.cache, hook, review, obj, &mut warnings).await?;
             }
         }
@@ -244,10 +258,15 @@ pub(crate) fn cel_request(review: &Review<'_>) -> kube_cel::AdmissionRequest {
 }
 
 /// Whether every `matchConditions` CEL expression holds (object, oldObject, request). One
-/// that cannot be evaluated refuses the request under `failurePolicy: Fail`, skips the webhook
-/// under Ignore, as upstream.
-fn conditions_hold(hook: &Hook, review: &Review<'_>, obj: &Value) -> Result<bool, ApiError> {
-    let Some(conditions) = hook.spec.get("matchConditions").and_then(Value::as_array) else {
+/// that cannot be evaluated refuses the request unless the failure policy is Ignore (then the
+/// webhook or policy is skipped), as upstream. `what` names the webhook or policy.
+pub(crate) fn conditions_hold(
+    spec: &Value,
+    what: &str,
+    review: &Review<'_>,
+    obj: &Value,
+) -> Result<bool, ApiError> {
+    let Some(conditions) = spec.get("matchConditions").and_then(Value::as_array) else {
         return Ok(true);
     };
     let expressions: Vec<kube_cel::VapExpression> = conditions
@@ -278,16 +297,13 @@ fn conditions_hold(hook: &Hook, review: &Review<'_>, obj: &Value) -> Result<bool
             continue;
         }
         let message = result.message.clone().unwrap_or_default();
-        if message.is_empty() {
-            return Ok(false);
-        }
-        if hook.spec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore") {
+        if message.is_empty() || spec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore")
+        {
             return Ok(false);
         }
         let name = condition.get("name").and_then(Value::as_str).unwrap_or("");
         return Err(ApiError::internal(format!(
-            "Internal error occurred: failed calling webhook {:?}: failed to evaluate match condition {name:?}: {message}",
-            hook.name
+            "Internal error occurred: {what}: failed to evaluate match condition {name:?}: {message}"
         )));
     }
     Ok(true)
