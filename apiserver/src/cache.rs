@@ -77,6 +77,57 @@ impl Tracker {
     }
 }
 
+/// An index built from the cache's objects under some prefixes (the RBAC policy, the
+/// webhook and admission policy configurations), rebuilt on first use after one changes.
+pub struct Derived<T> {
+    cache: Arc<WatchCache>,
+    tracker: Arc<Tracker>,
+    build: fn(&WatchCache) -> T,
+    /// The index and the tracker's count it was built at.
+    built: std::sync::Mutex<(u64, Arc<T>)>,
+}
+
+impl<T: Default> Derived<T> {
+    pub fn new(
+        cache: Arc<WatchCache>,
+        prefixes: &'static [&'static str],
+        build: fn(&WatchCache) -> T,
+    ) -> Derived<T> {
+        Derived {
+            tracker: cache.track(prefixes),
+            cache,
+            build,
+            built: std::sync::Mutex::new((0, Arc::new(T::default()))),
+        }
+    }
+
+    /// The index as of the cache's current state.
+    pub fn current(&self) -> Arc<T> {
+        let changes = self.tracker.changes();
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built.0 != changes {
+            // Counted before reading: a change made while building is seen next time.
+            *built = (changes, Arc::new((self.build)(&self.cache)));
+        }
+        built.1.clone()
+    }
+}
+
+/// The objects under a prefix, parsed (unreadable ones are skipped).
+pub fn parsed<T: serde::de::DeserializeOwned>(cache: &WatchCache, prefix: &str) -> Vec<T> {
+    cache
+        .objects(prefix)
+        .iter()
+        .filter_map(|kv| match serde_json::from_slice(&kv.value) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "unreadable cached object");
+                None
+            }
+        })
+        .collect()
+}
+
 /// The batches the cache applies, as a watch receives them.
 pub type Batches = broadcast::Receiver<Arc<Vec<Event>>>;
 

@@ -4,12 +4,12 @@
 //! `namespaceObject` bound, after the policy's `matchConditions`. Not yet: `variables`,
 //! `auditAnnotations`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kube_cel::{VapEvaluator, VapExpression};
 use serde_json::Value;
 
-use crate::cache::{Tracker, WatchCache};
+use crate::cache::{Derived, WatchCache, parsed};
 use crate::error::ApiError;
 use crate::webhook::Review;
 
@@ -23,48 +23,38 @@ struct Index {
 }
 
 pub struct Policies {
-    cache: Arc<WatchCache>,
-    tracker: Arc<Tracker>,
-    built: Mutex<(u64, Arc<Index>)>,
+    index: Derived<Index>,
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
+/// Each binding with the policy it names (bindings in name order; a binding to a missing
+/// policy binds nothing).
+fn build_index(cache: &WatchCache) -> Index {
+    let policies: Vec<Value> = parsed(cache, POLICIES);
+    let bound = parsed::<Value>(cache, BINDINGS)
+        .into_iter()
+        .filter_map(|b| {
+            let policy = policies
+                .iter()
+                .find(|p| text(p, "/metadata/name") == text(&b, "/spec/policyName"))?;
+            Some((b, policy.clone()))
+        })
+        .collect();
+    Index { bound }
+}
+
 impl Policies {
     pub fn new(cache: Arc<WatchCache>) -> Policies {
         Policies {
-            tracker: cache.track(&[POLICIES, BINDINGS]),
-            cache,
-            built: Mutex::new((0, Arc::new(Index::default()))),
+            index: Derived::new(cache, &[POLICIES, BINDINGS], build_index),
         }
     }
 
     fn index(&self) -> Arc<Index> {
-        let changes = self.tracker.changes();
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if built.0 != changes {
-            let read = |prefix: &str| -> Vec<Value> {
-                self.cache
-                    .objects(prefix)
-                    .iter()
-                    .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-                    .collect()
-            };
-            let policies = read(POLICIES);
-            let bound = read(BINDINGS)
-                .into_iter()
-                .filter_map(|b| {
-                    let policy = policies
-                        .iter()
-                        .find(|p| text(p, "/metadata/name") == text(&b, "/spec/policyName"))?;
-                    Some((b, policy.clone()))
-                })
-                .collect();
-            *built = (changes, Arc::new(Index { bound }));
-        }
-        built.1.clone()
+        self.index.current()
     }
 
     /// Evaluates every bound policy that matches. `params` finds a binding's parameter object

@@ -4,7 +4,7 @@
 //! webhooks answer with JSON patches, applied in order; a refusal, or a failed call under
 //! `failurePolicy: Fail`, refuses the request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::cache::{Tracker, WatchCache};
+use crate::cache::{Derived, WatchCache, parsed};
 use crate::error::ApiError;
 use crate::registry::Resource;
 use crate::selector::LabelSelector;
@@ -37,8 +37,7 @@ struct Index {
 
 pub struct Webhooks {
     cache: Arc<WatchCache>,
-    tracker: Arc<Tracker>,
-    built: Mutex<(u64, Arc<Index>)>,
+    index: Derived<Index>,
 }
 
 /// What a webhook is asked about.
@@ -56,48 +55,44 @@ pub struct Review<'a> {
     pub dry_run: bool,
 }
 
+/// The configured webhooks: configurations in name order (the cache's key order), the
+/// webhooks of each in theirs.
+fn build_index(cache: &WatchCache) -> Index {
+    let hooks = |prefix: &str| -> Vec<Hook> {
+        parsed::<Value>(cache, prefix)
+            .into_iter()
+            .flat_map(|c| {
+                c.get("webhooks")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|spec| Hook {
+                name: spec
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                spec,
+            })
+            .collect()
+    };
+    Index {
+        mutating: hooks(MUTATING),
+        validating: hooks(VALIDATING),
+    }
+}
+
 impl Webhooks {
     pub fn new(cache: Arc<WatchCache>) -> Webhooks {
         Webhooks {
-            tracker: cache.track(&[MUTATING, VALIDATING]),
+            index: Derived::new(cache.clone(), &[MUTATING, VALIDATING], build_index),
             cache,
-            built: Mutex::new((0, Arc::new(Index::default()))),
         }
     }
 
     fn index(&self) -> Arc<Index> {
-        let changes = self.tracker.changes();
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if built.0 != changes {
-            let hooks = |prefix: &str| -> Vec<Hook> {
-                // Configurations in name order (the cache's key order), webhooks in theirs.
-                self.cache
-                    .objects(prefix)
-                    .iter()
-                    .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                    .flat_map(|c| {
-                        c.get("webhooks")
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default()
-                    })
-                    .map(|spec| Hook {
-                        name: spec
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        spec,
-                    })
-                    .collect()
-            };
-            let index = Index {
-                mutating: hooks(MUTATING),
-                validating: hooks(VALIDATING),
-            };
-            *built = (changes, Arc::new(index));
-        }
-        built.1.clone()
+        self.index.current()
     }
 
     /// Runs the mutating webhooks that match, changing `obj` by their patches.

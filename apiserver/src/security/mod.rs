@@ -78,7 +78,7 @@ impl Security {
         Ok(Security {
             tokens: config.token_file,
             service_accounts: config.service_accounts,
-            policy: policy::PolicyCache::new(cache.clone()),
+            policy: policy::cache(cache.clone()),
             backend,
             cache,
             verifier: crate::client_verifier(&config.client_ca_pem)?,
