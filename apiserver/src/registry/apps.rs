@@ -9,29 +9,12 @@ use crate::typed::typed;
 
 const BASE: Resource = Resource {
     group: "apps",
-    version: "v1",
-    kind: "",
-    typed: typed::<apps::Deployment>(),
-    plural: "",
-    singular: "",
     namespaced: true,
-    short_names: &[],
     categories: &["all"],
-    columns: &[AGE],
-    fields: &[],
     status: Status::Subresource,
     scale: true,
     generation: true,
-    storage: None,
-    allocate: None,
-    allocations: super::holds_nothing,
-    on_update: super::any_update,
-    defaults: super::no_defaults,
-    validate: super::no_rules,
-    delete_finalizers: &[],
-    custom: None,
-    conversion: None,
-    verbs: super::VERBS,
+    ..super::base(typed::<apps::Deployment>())
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -9,30 +9,8 @@ use crate::typed::typed;
 
 /// What every core entry shares; entries override what differs.
 const BASE: Resource = Resource {
-    group: "",
-    version: "v1",
-    kind: "",
-    typed: typed::<core::ConfigMap>(),
-    plural: "",
-    singular: "",
     namespaced: true,
-    short_names: &[],
-    categories: &[],
-    columns: &[AGE],
-    fields: &[],
-    status: Status::None,
-    scale: false,
-    generation: false,
-    storage: None,
-    allocate: None,
-    allocations: super::holds_nothing,
-    on_update: super::any_update,
-    defaults: super::no_defaults,
-    validate: super::no_rules,
-    delete_finalizers: &[],
-    custom: None,
-    conversion: None,
-    verbs: super::VERBS,
+    ..super::base(typed::<core::ConfigMap>())
 };
 
 pub static RESOURCES: &[Resource] = &[

@@ -72,6 +72,37 @@ pub struct Conversion {
     pub from_storage: fn(&mut Value),
 }
 
+/// What most kinds share: cluster-scoped core v1, an Age column, no subresources, no rules of
+/// their own, the generic verbs. Each registry file's BASE spreads from this.
+pub const fn base(typed: Typed) -> Resource {
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "",
+        typed,
+        plural: "",
+        singular: "",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        columns: &[cells::AGE],
+        fields: &[],
+        status: Status::None,
+        scale: false,
+        generation: false,
+        storage: None,
+        allocate: None,
+        allocations: holds_nothing,
+        on_update: any_update,
+        defaults: no_defaults,
+        validate: no_rules,
+        delete_finalizers: &[],
+        custom: None,
+        conversion: None,
+        verbs: VERBS,
+    }
+}
+
 /// A label selector at `pointer` as `k=v,...` ("" when empty), as Scale's status shows it.
 pub fn label_selector_string(o: &Value, pointer: &str) -> String {
     let s = cells::selector(o, pointer);

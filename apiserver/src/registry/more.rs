@@ -13,30 +13,7 @@ use super::{Resource, Status};
 use crate::typed::typed;
 
 const BASE: Resource = Resource {
-    group: "",
-    version: "v1",
-    kind: "",
-    typed: typed::<node::v1::RuntimeClass>(),
-    plural: "",
-    singular: "",
-    namespaced: false,
-    short_names: &[],
-    categories: &[],
-    columns: &[AGE],
-    fields: &[],
-    status: Status::None,
-    scale: false,
-    generation: false,
-    storage: None,
-    allocate: None,
-    allocations: super::holds_nothing,
-    on_update: super::any_update,
-    defaults: super::no_defaults,
-    validate: super::no_rules,
-    delete_finalizers: &[],
-    custom: None,
-    conversion: None,
-    verbs: super::VERBS,
+    ..super::base(typed::<node::v1::RuntimeClass>())
 };
 
 fn count(o: &Value, pointer: &str) -> Value {

@@ -9,30 +9,8 @@ use super::{Resource, Status, defaults};
 use crate::typed::typed;
 
 const BASE: Resource = Resource {
-    group: "",
-    version: "v1",
-    kind: "",
-    typed: typed::<rbac::v1::Role>(),
-    plural: "",
-    singular: "",
     namespaced: true,
-    short_names: &[],
-    categories: &[],
-    columns: &[AGE],
-    fields: &[],
-    status: Status::None,
-    scale: false,
-    generation: false,
-    storage: None,
-    allocate: None,
-    allocations: super::holds_nothing,
-    on_update: super::any_update,
-    defaults: super::no_defaults,
-    validate: super::no_rules,
-    delete_finalizers: &[],
-    custom: None,
-    conversion: None,
-    verbs: super::VERBS,
+    ..super::base(typed::<rbac::v1::Role>())
 };
 
 fn subjects(o: &Value, kind: &str) -> String {

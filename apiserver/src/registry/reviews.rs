@@ -3,37 +3,17 @@
 
 use k8s_openapi::api::{authentication, authorization};
 
+use super::Resource;
 use super::cells::CREATED_AT;
-use super::{Resource, Status};
 use crate::typed::typed;
 
 const CREATE: &[&str] = &["create"];
 
 const BASE: Resource = Resource {
     group: "authorization.k8s.io",
-    version: "v1",
-    kind: "",
-    typed: typed::<authorization::v1::SelfSubjectAccessReview>(),
-    plural: "",
-    singular: "",
-    namespaced: false,
-    short_names: &[],
-    categories: &[],
     columns: &[CREATED_AT],
-    fields: &[],
-    status: Status::None,
-    scale: false,
-    generation: false,
-    storage: None,
-    allocate: None,
-    allocations: super::holds_nothing,
-    on_update: super::any_update,
-    defaults: super::no_defaults,
-    validate: super::no_rules,
-    delete_finalizers: &[],
-    custom: None,
-    conversion: None,
     verbs: CREATE,
+    ..super::base(typed::<authorization::v1::SelfSubjectAccessReview>())
 };
 
 pub static RESOURCES: &[Resource] = &[
