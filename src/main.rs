@@ -27,6 +27,18 @@ enum Command {
     Server(ServerArgs),
     /// Print a kubeconfig with a new client certificate (signed by the cluster CA) for a user.
     Kubeconfig(KubeconfigArgs),
+    /// Run the controller-manager alone, against the API server of a kubeconfig.
+    ControllerManager(ControllerManagerArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// Kubeconfig of the controller-manager's identity (system:kube-controller-manager).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// CA bundle published to every namespace as kube-root-ca.crt (default: the kubeconfig's CA).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +86,9 @@ struct ServerArgs {
     /// The issuer (`iss`) of service-account tokens, also their default audience.
     #[arg(long, default_value = kelp_auth::serviceaccount::DEFAULT_ISSUER)]
     service_account_issuer: String,
+    /// Do not run the controller-manager in this process.
+    #[arg(long)]
+    disable_controller_manager: bool,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +111,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => runtime.block_on(server(args)),
         Command::Kubeconfig(args) => kubeconfig(args),
+        Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,25 +127,35 @@ fn hostname() -> Option<String> {
     Some(h.trim().to_string()).filter(|h| !h.is_empty())
 }
 
-/// The admin kubeconfig, written on first start and kept afterwards (with the server URL
-/// brought up to date).
-fn admin_kubeconfig(pki: &Pki, data_dir: &Path, server_url: &str) -> anyhow::Result<PathBuf> {
-    let path = data_dir.join("admin.kubeconfig");
+/// A component's kubeconfig (`DIR/<file>.kubeconfig`, credentials in `DIR/pki/<file>.*`),
+/// written on first start and kept afterwards (with the server URL brought up to date).
+fn component_kubeconfig(
+    pki: &Pki,
+    data_dir: &Path,
+    server_url: &str,
+    file: &str,
+    user: &str,
+    groups: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join(format!("{file}.kubeconfig"));
     let creds_dir = data_dir.join("pki");
-    let (cert, key) = (creds_dir.join("admin.crt"), creds_dir.join("admin.key"));
+    let (cert, key) = (
+        creds_dir.join(format!("{file}.crt")),
+        creds_dir.join(format!("{file}.key")),
+    );
     let creds = match (
         std::fs::read_to_string(&cert),
         std::fs::read_to_string(&key),
     ) {
         (Ok(cert_pem), Ok(key_pem)) => kelp_auth::Credentials { cert_pem, key_pem },
         _ => {
-            let creds = pki.client("system:admin", &["system:masters"])?;
+            let creds = pki.client(user, groups)?;
             std::fs::write(&key, &creds.key_pem).with_context(|| key.display().to_string())?;
             std::fs::write(&cert, &creds.cert_pem).with_context(|| cert.display().to_string())?;
             creds
         }
     };
-    let config = kelp_auth::kubeconfig(server_url, pki.ca_pem(), "admin", &creds);
+    let config = kelp_auth::kubeconfig(server_url, pki.ca_pem(), file, &creds);
     std::fs::write(&path, config).with_context(|| path.display().to_string())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -206,7 +232,35 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         "https://{}",
         SocketAddr::new(host, server.local_addr.port())
     );
-    let kubeconfig = admin_kubeconfig(&pki, &args.data_dir, &url)?;
+    let kubeconfig = component_kubeconfig(
+        &pki,
+        &args.data_dir,
+        &url,
+        "admin",
+        "system:admin",
+        &["system:masters"],
+    )?;
+    // The control loops connect back over HTTPS with their own identities, as they do alone.
+    if !args.disable_controller_manager {
+        let path = component_kubeconfig(
+            &pki,
+            &args.data_dir,
+            &url,
+            "controller-manager",
+            "system:kube-controller-manager",
+            &[],
+        )?;
+        let options = kelp_controllers::Options {
+            config: kelp_client::config_from_file(&path).await?,
+            root_ca_pem: pki.ca_pem().to_string(),
+            identity: kelp_client::identity(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kelp_controllers::run(options).await {
+                tracing::error!(error = %e, "controller-manager stopped");
+            }
+        });
+    }
     println!(
         "kelp: API server ready at {url} (datastore {})",
         backend.endpoint()
@@ -251,6 +305,41 @@ fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
         kelp_auth::kubeconfig(&server, pki.ca_pem(), &args.user, &creds)
     );
     Ok(())
+}
+
+/// `kelp controller-manager`: the controllers alone, until a signal.
+async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let config = kelp_client::config_from_file(&args.kubeconfig).await?;
+    let root_ca_pem = match &args.root_ca_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => pem_bundle(&config.root_cert.clone().unwrap_or_default()),
+    };
+    let options = kelp_controllers::Options {
+        config,
+        root_ca_pem,
+        identity: kelp_client::identity(),
+    };
+    tokio::select! {
+        r = kelp_controllers::run(options) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// DER certificates as a PEM bundle.
+fn pem_bundle(ders: &[Vec<u8>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 async fn shutdown_signal() {

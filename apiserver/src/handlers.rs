@@ -98,34 +98,26 @@ pub async fn serve(
         }
         _ => return Err(ApiError::no_route()),
     };
-    let wants_table = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| {
-            a.split(',')
-                .next()
-                .is_some_and(|first| first.contains("as=Table"))
-        });
+    let output = Output::from_accept(headers);
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if is_true(query.get("watch")) => {
             let encoder = EventEncoder {
                 resource: r,
-                table: wants_table,
+                output,
             };
             let guard = metrics.map(|m| m.watcher(r.group, r.version, r.plural));
             watch(ctx, r, ns, query, encoder, guard).await
         }
         (&Method::GET, None) => {
             let listed = list(ctx, r, ns, query).await?;
-            Ok(if wants_table {
-                table::response(r, &listed.value(r)?)
-            } else if served_as_stored(r) {
-                raw_response(listed.raw(r)?)
-            } else {
-                json_response(StatusCode::OK, &listed.value(r)?)
+            Ok(match output {
+                Output::Table => table::response(r, &listed.value(r)?),
+                Output::Metadata => table::metadata_response(&listed.value(r)?),
+                Output::Object if served_as_stored(r) => raw_response(listed.raw(r)?),
+                Output::Object => json_response(StatusCode::OK, &listed.value(r)?),
             })
         }
-        (&Method::GET, Some(name)) if !wants_table && served_as_stored(r) => {
+        (&Method::GET, Some(name)) if output == Output::Object && served_as_stored(r) => {
             let (kv, _) = backend.get(r.key(ns, name)).await?;
             let kv = kv.ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
             let mut out = Vec::with_capacity(kv.value.len() + 32);
@@ -134,10 +126,10 @@ pub async fn serve(
         }
         (&Method::GET, Some(name)) => {
             let (obj, _) = get(backend, r, ns, name).await?;
-            Ok(if wants_table {
-                table::response(r, &obj)
-            } else {
-                json_response(StatusCode::OK, &obj)
+            Ok(match output {
+                Output::Table => table::response(r, &obj),
+                Output::Metadata => table::metadata_response(&obj),
+                Output::Object => json_response(StatusCode::OK, &obj),
             })
         }
         (&Method::POST, None) => {
@@ -1313,7 +1305,7 @@ async fn guaranteed_update(
             ));
         }
         // An object being deleted goes once its last finalizer is removed.
-        if obj.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&obj) {
+        if goes_on_update(r, &obj) {
             match backend
                 .txn(Txn::delete(r.key(ns, name), current_rev))
                 .await?
@@ -1363,33 +1355,127 @@ async fn guaranteed_update(
     }
 }
 
-/// DeleteOptions' preconditions, from the request body (kubectl sends
-/// `{"propagationPolicy": ...}`; preconditions come from API clients).
-struct Preconditions {
+/// The DeleteOptions of a request, from its body (kubectl and kube-rs send
+/// `{"propagationPolicy": ...}`) or its query (`gracePeriodSeconds`, `propagationPolicy`,
+/// `orphanDependents`), validated as upstream's ValidateDeleteOptions does.
+struct DeleteOptions {
     uid: Option<String>,
     resource_version: Option<String>,
+    grace_period: Option<i64>,
+    propagation: Option<Propagation>,
 }
 
-impl Preconditions {
-    fn from_body(body: &Bytes) -> Result<Self, ApiError> {
-        if body.is_empty() {
-            return Ok(Preconditions {
-                uid: None,
-                resource_version: None,
-            });
-        }
-        let opts: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the DeleteOptions could not be decoded: {e}"))
-        })?;
+/// How a deletion treats the object's dependents (the garbage collector acts on it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    Orphan,
+    Background,
+    Foreground,
+}
+
+impl DeleteOptions {
+    fn parse(body: &Bytes, query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let opts: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("the DeleteOptions could not be decoded: {e}"))
+            })?
+        };
         let get = |k: &str| {
             opts.pointer(&format!("/preconditions/{k}"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
-        Ok(Preconditions {
+        let invalid = |field: &str, message: String| {
+            ApiError::invalid(
+                "meta.k8s.io",
+                "DeleteOptions",
+                "",
+                vec![(field.to_string(), message)],
+            )
+        };
+        let grace_period = match opts.get("gracePeriodSeconds") {
+            Some(Value::Null) | None => match query.get("gracePeriodSeconds") {
+                Some(q) => Some(q.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {q:?}"))
+                })?),
+                None => None,
+            },
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                ApiError::bad_request(
+                    "the DeleteOptions could not be decoded: gracePeriodSeconds is not an integer"
+                        .to_string(),
+                )
+            })?),
+        };
+        let policy = opts
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| query.get("propagationPolicy").cloned());
+        let orphan = opts
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| query.get("orphanDependents").map(|v| v == "true"));
+        let propagation = match (policy.as_deref(), orphan) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "propagationPolicy",
+                    format!(
+                        "Invalid value: {:?}: orphanDependents and deletionPropagation cannot be both set",
+                        policy.unwrap_or_default()
+                    ),
+                ));
+            }
+            (Some("Orphan"), None) => Some(Propagation::Orphan),
+            (Some("Background"), None) => Some(Propagation::Background),
+            (Some("Foreground"), None) => Some(Propagation::Foreground),
+            (Some(other), None) => {
+                return Err(invalid(
+                    "propagationPolicy",
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                    ),
+                ));
+            }
+            (None, Some(true)) => Some(Propagation::Orphan),
+            (None, Some(false)) => Some(Propagation::Background),
+            (None, None) => None,
+        };
+        Ok(DeleteOptions {
             uid: get("uid"),
             resource_version: get("resourceVersion"),
+            grace_period,
+            propagation,
         })
+    }
+
+    /// The grace period an object gets: a pod running on a node gets its
+    /// terminationGracePeriodSeconds (or the request's) for its kubelet to stop it; an
+    /// unscheduled or finished pod, and every other kind, goes at once.
+    fn grace_period(&self, r: &Resource, obj: &Value) -> i64 {
+        if !(r.group.is_empty() && r.plural == "pods") {
+            return 0;
+        }
+        let scheduled = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            obj.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if !scheduled || finished {
+            return 0;
+        }
+        let period = self.grace_period.unwrap_or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
+        });
+        // A negative period means the shortest (upstream's CheckGracefulDelete).
+        if period < 0 { 1 } else { period }
     }
 
     fn check(&self, r: &Resource, name: &str, obj: &Value, rev: Revision) -> Result<(), ApiError> {
@@ -1425,6 +1511,29 @@ impl Preconditions {
     }
 }
 
+/// A namespace waits for its spec.finalizers (the namespace controller empties it first).
+fn namespace_pending(r: &Resource, obj: &Value) -> bool {
+    r.group.is_empty()
+        && r.kind == "Namespace"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+}
+
+/// Whether an update to an object being deleted removes it: its last finalizer is gone and
+/// no grace period is running (upstream's ShouldDeleteDuringUpdate; a namespace also waits
+/// for its spec.finalizers).
+fn goes_on_update(r: &Resource, obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && !has_finalizers(obj)
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g == 0)
+        && !namespace_pending(r, obj)
+}
+
 /// Adds the finalizers a kind's deletion waits for, once each.
 fn add_finalizers(obj: &mut Value, finalizers: &[&str]) {
     for f in finalizers {
@@ -1456,8 +1565,11 @@ pub async fn delete_object(
     delete(backend, r, ns, name, query, &Bytes::new()).await
 }
 
-/// Deletes an object, or, while it has finalizers, marks it with a deletionTimestamp and
-/// returns it (upstream's graceful path): the last finalizer's removal deletes it.
+/// Deletes an object, or marks it with a deletionTimestamp and returns it while something
+/// must happen first (upstream's graceful path): its finalizers are removed (those the
+/// propagation policy adds included), a namespace's content is emptied, a pod's kubelet stops
+/// it within its grace period. A later DELETE can shorten a pod's grace period; a grace
+/// period of 0 with no finalizers left deletes at once.
 async fn delete(
     backend: &Backend,
     r: &Resource,
@@ -1466,29 +1578,60 @@ async fn delete(
     query: &HashMap<String, String>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let preconditions = Preconditions::from_body(body)?;
+    let options = DeleteOptions::parse(body, query)?;
     loop {
         let (mut obj, rev) = get(backend, r, ns, name).await?;
-        preconditions.check(r, name, &obj, rev)?;
-        if obj.pointer("/metadata/deletionTimestamp").is_none() {
-            add_finalizers(&mut obj, r.delete_finalizers);
+        options.check(r, name, &obj, rev)?;
+        let grace = options.grace_period(r, &obj);
+        let mut changed = false;
+        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        if !deleting {
+            let mut finalizers = r.delete_finalizers.to_vec();
+            match options.propagation {
+                Some(Propagation::Orphan) => finalizers.push("orphan"),
+                Some(Propagation::Foreground) => finalizers.push("foregroundDeletion"),
+                _ => {}
+            }
+            add_finalizers(&mut obj, &finalizers);
         }
-        if has_finalizers(&obj) {
-            if obj.pointer("/metadata/deletionTimestamp").is_none() {
+        let pending_grace = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if !deleting || pending_grace.is_some_and(|g| grace < g) {
+            if grace > 0 || has_finalizers(&obj) || namespace_pending(r, &obj) {
+                let at = jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .unwrap_or_else(|_| jiff::Timestamp::now())
+                    + jiff::SignedDuration::from_secs(grace);
                 let meta = object::metadata_mut(&mut obj);
-                meta.insert("deletionTimestamp".into(), json!(object::now()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-                if !dry_run(query) {
-                    match backend
-                        .txn(Txn::update(r.key(ns, name), rev, encode(r, &obj)))
-                        .await?
-                    {
-                        TxnOutcome::Succeeded { revision, .. } => {
-                            object::metadata_mut(&mut obj)
-                                .insert("resourceVersion".into(), json!(revision.to_string()));
-                        }
-                        TxnOutcome::Failed { .. } => continue,
+                meta.insert("deletionTimestamp".into(), json!(at.to_string()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                if namespace_pending(r, &obj) {
+                    obj["status"]["phase"] = json!("Terminating");
+                }
+                changed = true;
+            } else {
+                let meta = object::metadata_mut(&mut obj);
+                meta.remove("deletionGracePeriodSeconds");
+            }
+        }
+        let waits = has_finalizers(&obj)
+            || namespace_pending(r, &obj)
+            || obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .is_some_and(|g| g > 0 && grace > 0);
+        if waits {
+            if changed && !dry_run(query) {
+                match backend
+                    .txn(Txn::update(r.key(ns, name), rev, encode(r, &obj)))
+                    .await?
+                {
+                    TxnOutcome::Succeeded { revision, .. } => {
+                        object::metadata_mut(&mut obj)
+                            .insert("resourceVersion".into(), json!(revision.to_string()));
                     }
+                    TxnOutcome::Failed { .. } => continue,
                 }
             }
             return Ok(json_response(StatusCode::OK, &obj));
@@ -1714,20 +1857,56 @@ async fn watch(
         .unwrap_or_default())
 }
 
-/// Encodes watch events: objects as they are, or as one-row Tables when the watch asked for
-/// `as=Table` (what `kubectl get -w` prints).
+/// What a read returns, by the first type the Accept header asks for: the objects, a Table
+/// (`as=Table`, what `kubectl get` prints) or only their metadata (`as=PartialObjectMetadata`
+/// and `as=PartialObjectMetadataList`, what metadata informers read).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Output {
+    Object,
+    Table,
+    Metadata,
+}
+
+impl Output {
+    fn from_accept(headers: &HeaderMap) -> Output {
+        let first = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split(',').next())
+            .unwrap_or("");
+        let param = |name: &str| {
+            first
+                .split(';')
+                .filter_map(|p| p.trim().split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        };
+        match param("as") {
+            Some("Table") => Output::Table,
+            Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+                if param("g") == Some("meta.k8s.io") =>
+            {
+                Output::Metadata
+            }
+            _ => Output::Object,
+        }
+    }
+}
+
+/// Encodes watch events: objects as they are, as one-row Tables (what `kubectl get -w`
+/// prints) or as their metadata, as the watch asked.
 #[derive(Clone, Copy)]
 struct EventEncoder {
     resource: &'static Resource,
-    table: bool,
+    output: Output,
 }
 
 impl EventEncoder {
     fn line(&self, kind: &str, obj: &Value) -> Bytes {
-        if self.table {
-            event_line(kind, &table::build(self.resource, obj))
-        } else {
-            event_line(kind, obj)
+        match self.output {
+            Output::Table => event_line(kind, &table::build(self.resource, obj)),
+            Output::Metadata => event_line(kind, &table::partial_metadata(obj)),
+            Output::Object => event_line(kind, obj),
         }
     }
 }

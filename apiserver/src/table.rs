@@ -55,8 +55,9 @@ pub fn build(r: &Resource, list_or_object: &Value) -> Value {
     })
 }
 
-/// The row's object: `PartialObjectMetadata`, upstream's default `includeObject=Metadata`.
-fn partial_metadata(o: &Value) -> Value {
+/// An object's `PartialObjectMetadata`: a Table row's object (upstream's default
+/// `includeObject=Metadata`) and what metadata-only reads return.
+pub fn partial_metadata(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"].clone()})
 }
 
@@ -70,5 +71,29 @@ pub fn response(r: &Resource, list_or_object: &Value) -> Response {
         .body(Body::from(
             serde_json::to_vec(&build(r, list_or_object)).unwrap_or_default(),
         ))
+        .unwrap_or_default()
+}
+
+/// A `PartialObjectMetadata` of one object, or a `PartialObjectMetadataList` of a list.
+pub fn metadata_response(list_or_object: &Value) -> Response {
+    let (body, kind) = match list_or_object.get("items").and_then(Value::as_array) {
+        Some(items) => (
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list_or_object["metadata"].clone(),
+                "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+            }),
+            "PartialObjectMetadataList",
+        ),
+        None => (partial_metadata(list_or_object), "PartialObjectMetadata"),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            format!("application/json;as={kind};v=v1;g=meta.k8s.io"),
+        )
+        .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
         .unwrap_or_default()
 }

@@ -1,0 +1,127 @@
+//! Shared informers: one list+watch per resource (kube-rs' watcher and reflector), a cache
+//! every controller reads, and a feed of the objects that changed, deleted ones included
+//! (with their last state), which drives the controllers' work queues.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+/// One resource's shared cache and change feed. Dropping the last handle stops its watch.
+pub struct Informer<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    changes: broadcast::Sender<Arc<K>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Drop for Informer<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K> Informer<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts listing and watching what `api` reaches (with `config`'s selectors).
+    pub fn spawn(api: Api<K>, config: watcher::Config) -> Arc<Self> {
+        let writer = Writer::default();
+        let store = writer.as_reader();
+        let (changes, _) = broadcast::channel(8192);
+        let task = tokio::spawn(feed(api, config, writer, changes.clone())).abort_handle();
+        Arc::new(Informer {
+            store,
+            changes,
+            task,
+        })
+    }
+
+    /// The cache (empty until the first list arrived; see `ready`).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Waits for the first complete list.
+    pub async fn ready(&self) {
+        let _ = self.store.wait_until_ready().await;
+    }
+
+    /// Objects as they change from now on, after every object cached now: the trigger of a
+    /// controller. A reader that falls behind is given the whole cache again, so no change is
+    /// ever lost, only merged.
+    pub fn changes(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        let receiver = self.changes.subscribe();
+        let store = self.store.clone();
+        let initial: Vec<Arc<K>> = store.state();
+        futures::stream::iter(initial.into_iter().map(|o| Ok((*o).clone()))).chain(
+            futures::stream::unfold((receiver, store), |(mut rx, store)| async move {
+                let batch: Vec<Result<K, watcher::Error>> = match rx.recv().await {
+                    Ok(o) => vec![Ok((*o).clone())],
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        store.state().iter().map(|o| Ok((**o).clone())).collect()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((futures::stream::iter(batch), (rx, store)))
+            })
+            .flatten(),
+        )
+    }
+}
+
+/// The watch loop: applies events to the cache, then tells subscribers. A relist's objects
+/// are told once the relist is complete (the cache holds them from then on), with the objects
+/// that disappeared while the watch was down.
+async fn feed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut writer: Writer<K>,
+    changes: broadcast::Sender<Arc<K>>,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let store = writer.as_reader();
+    let mut before: HashMap<ObjectRef<K>, Arc<K>> = HashMap::new();
+    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, kind = %K::kind(&()), "watch failed, retrying");
+                continue;
+            }
+        };
+        if let Event::Init = event {
+            before = store
+                .state()
+                .into_iter()
+                .map(|o| (ObjectRef::from_obj(&*o), o))
+                .collect();
+        }
+        writer.apply_watcher_event(&event);
+        match event {
+            Event::Apply(o) | Event::Delete(o) => {
+                let _ = changes.send(Arc::new(o));
+            }
+            Event::InitDone => {
+                for o in store.state() {
+                    let _ = changes.send(o);
+                }
+                for (key, o) in std::mem::take(&mut before) {
+                    if store.get(&key).is_none() {
+                        let _ = changes.send(o);
+                    }
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+}

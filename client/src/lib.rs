@@ -1,0 +1,32 @@
+//! What Kelp's API clients share: a client from a kubeconfig, shared informers (one watch
+//! per resource, a cache and a change feed for every controller that reads it) and leader
+//! election by Lease. These components reach the cluster only over HTTPS, like upstream's.
+
+pub mod informer;
+pub mod leader;
+
+use std::path::Path;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub use informer::Informer;
+
+/// A client configuration from a kubeconfig file (its current context).
+pub async fn config_from_file(path: &Path) -> anyhow::Result<kube::Config> {
+    let kubeconfig =
+        Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))
+}
+
+/// A name for this process among its peers: host name and a random suffix, as upstream's
+/// leader election identities are.
+pub fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "kelp".into() } else { host };
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}

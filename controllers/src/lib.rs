@@ -1,0 +1,117 @@
+//! Kelp's controller-manager: upstream's controllers as level-based reconcilers on shared
+//! informers (kube-rs' reflectors) with kube-rs' controller runtime as the work queue. Every
+//! controller writes as its own service account, with optimistic concurrency, and retries
+//! with back-off; the set runs only while this process holds the
+//! `kube-system/kube-controller-manager` Lease.
+
+pub mod credentials;
+pub mod deployment;
+pub mod gc;
+pub mod namespace;
+pub mod replicaset;
+pub mod rootca;
+pub mod serviceaccount;
+mod util;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use kelp_client::Informer;
+use kube::Api;
+use kube::runtime::watcher;
+
+pub use util::Error;
+
+/// What the controller-manager is started with.
+#[derive(Clone)]
+pub struct Options {
+    /// The client configuration of the controller-manager's own identity.
+    pub config: kube::Config,
+    /// The CA bundle published as `kube-root-ca.crt` in every namespace (PEM).
+    pub root_ca_pem: String,
+    /// This process among its peers (the Lease's holderIdentity).
+    pub identity: String,
+}
+
+/// The shared informers: one watch per resource for all controllers.
+pub struct Informers {
+    pub namespaces: Arc<Informer<Namespace>>,
+    pub pods: Arc<Informer<Pod>>,
+    pub replicasets: Arc<Informer<ReplicaSet>>,
+    pub deployments: Arc<Informer<Deployment>>,
+    pub serviceaccounts: Arc<Informer<ServiceAccount>>,
+    pub configmaps: Arc<Informer<ConfigMap>>,
+}
+
+impl Informers {
+    fn start(client: &kube::Client) -> Informers {
+        let all = watcher::Config::default();
+        Informers {
+            namespaces: Informer::spawn(Api::all(client.clone()), all.clone()),
+            pods: Informer::spawn(Api::all(client.clone()), all.clone()),
+            replicasets: Informer::spawn(Api::all(client.clone()), all.clone()),
+            deployments: Informer::spawn(Api::all(client.clone()), all.clone()),
+            serviceaccounts: Informer::spawn(
+                Api::all(client.clone()),
+                all.clone().fields("metadata.name=default"),
+            ),
+            configmaps: Informer::spawn(
+                Api::all(client.clone()),
+                all.fields(&format!("metadata.name={}", rootca::NAME)),
+            ),
+        }
+    }
+
+    async fn ready(&self) {
+        self.namespaces.ready().await;
+        self.pods.ready().await;
+        self.replicasets.ready().await;
+        self.deployments.ready().await;
+        self.serviceaccounts.ready().await;
+        self.configmaps.ready().await;
+    }
+}
+
+/// Runs the controller-manager until the process ends: leader election, then the controllers
+/// while leading.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let root = kube::Client::try_from(options.config.clone())?;
+    let election = kelp_client::leader::Election::new("kube-controller-manager", &options.identity);
+    election
+        .run(root.clone(), || lead(root.clone(), options.clone()))
+        .await;
+    Ok(())
+}
+
+/// The controllers, for one term of leadership (dropping it stops them all).
+async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
+    let mut credentials = credentials::Credentials::new(root.clone(), options.config.clone())?;
+    let informers = Arc::new(Informers::start(&root));
+    informers.ready().await;
+    tracing::info!("controller-manager: caches synced, starting controllers");
+    let mut set = tokio::task::JoinSet::new();
+    let client = credentials.client("service-account-controller").await?;
+    set.spawn(serviceaccount::run(client, informers.clone()));
+    let client = credentials.client("root-ca-cert-publisher").await?;
+    set.spawn(rootca::run(
+        client,
+        informers.clone(),
+        options.root_ca_pem.clone(),
+    ));
+    let client = credentials.client("namespace-controller").await?;
+    set.spawn(namespace::run(client, informers.clone()));
+    let client = credentials.client("replicaset-controller").await?;
+    set.spawn(replicaset::run(client, informers.clone()));
+    let client = credentials.client("deployment-controller").await?;
+    set.spawn(deployment::run(client, informers.clone()));
+    let client = credentials.client("generic-garbage-collector").await?;
+    set.spawn(gc::run(client, root.clone()));
+    // The controllers run until leadership ends (this future is then dropped, and the set
+    // with it); one that returns is a bug worth a restart of the term.
+    match set.join_next().await {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("a controller panicked: {e}")),
+        _ => Err(anyhow::anyhow!("a controller stopped")),
+    }
+}

@@ -1,0 +1,178 @@
+//! What the controllers share: their error type, owner references, and the reconcile
+//! runner.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use kube::runtime::controller::{Action, Controller};
+
+/// A reconcile's failure: logged, then retried with back-off.
+#[derive(Debug)]
+pub struct Error(pub anyhow::Error);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Error(e)
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error(e.into())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(e.into())
+    }
+}
+
+/// The back-off of a failed reconcile (the controller runtime's queue retries it).
+pub fn retry<K, C>(_: Arc<K>, e: &Error, _: Arc<C>) -> Action {
+    tracing::debug!(error = %e, "reconcile failed, retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Drives a controller until its streams end, logging failures.
+pub async fn drive<K, C, F, Fut>(
+    name: &'static str,
+    controller: Controller<K>,
+    reconcile: F,
+    ctx: Arc<C>,
+) -> anyhow::Result<()>
+where
+    K: Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + fmt::Debug + Unpin,
+    C: Send + Sync + 'static,
+    F: FnMut(Arc<K>, Arc<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    controller
+        .run(reconcile, retry, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(controller = name, error = %e, "reconcile");
+            }
+        })
+        .await;
+    Err(anyhow::anyhow!("{name}: its watches ended"))
+}
+
+/// A controller reference to `owner` (controller and blockOwnerDeletion set), as upstream's
+/// controllers put on what they make.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    let meta = owner.meta();
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The controller reference of an object, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// Whether a kube error is the API's answer with this HTTP code.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Whether a label selector selects these labels (an empty selector selects everything; a
+/// missing one nothing, as upstream's LabelSelectorAsSelector).
+pub fn selects(
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let empty = std::collections::BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let by_labels = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    by_labels
+        && selector
+            .match_expressions
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .all(|e| {
+                let values = e.values.as_deref().unwrap_or_default();
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+}
+
+/// Whether a pod counts as a replica: not being deleted and not finished.
+pub fn is_active(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// When the pod became Ready, if it is.
+pub fn ready_since(pod: &k8s_openapi::api::core::v1::Pod) -> Option<jiff::Timestamp> {
+    let ready = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(jiff::Timestamp::now),
+    )
+}
+
+/// Whether a pod has been Ready for `min_ready_seconds`; else, when it will be (if Ready).
+pub fn available(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    min_ready_seconds: i32,
+) -> Result<(), Option<Duration>> {
+    let Some(since) = ready_since(pod) else {
+        return Err(None);
+    };
+    if min_ready_seconds <= 0 {
+        return Ok(());
+    }
+    let at = since + jiff::SignedDuration::from_secs(min_ready_seconds as i64);
+    let now = jiff::Timestamp::now();
+    if at <= now {
+        Ok(())
+    } else {
+        Err(Some(at.duration_since(now).unsigned_abs()))
+    }
+}
