@@ -29,6 +29,62 @@ enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Run the controller-manager alone, against the API server of a kubeconfig.
     ControllerManager(ControllerManagerArgs),
+    /// Run simulated nodes (kwok-style): registered, heartbeating, their pods driven to
+    /// Running (or Succeeded/Failed) without containers.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Kubeconfig of an identity that may write nodes, leases and pod status (e.g. admin).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Node names are this prefix and an index.
+    #[arg(long, default_value = "kelp-sim-")]
+    node_prefix: String,
+    /// CPU capacity of each node.
+    #[arg(long, default_value = "32")]
+    cpu: String,
+    /// Memory capacity of each node.
+    #[arg(long, default_value = "256Gi")]
+    memory: String,
+    /// How many pods each node takes.
+    #[arg(long, default_value = "110")]
+    max_pods: String,
+    /// A label every node carries, KEY=VALUE; repeatable.
+    #[arg(long = "node-label", value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+    /// A taint every node carries, KEY[=VALUE]:EFFECT; repeatable.
+    #[arg(long = "node-taint", value_parser = parse_taint)]
+    node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let (kv, effect) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not KEY[=VALUE]:EFFECT"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!("unknown taint effect {effect:?}"));
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (kv, None),
+    };
+    Ok(k8s_openapi::api::core::v1::Taint {
+        key: key.to_string(),
+        value,
+        effect: effect.to_string(),
+        time_added: None,
+    })
 }
 
 #[derive(clap::Args)]
@@ -112,6 +168,7 @@ fn main() -> ExitCode {
         Command::Server(args) => runtime.block_on(server(args)),
         Command::Kubeconfig(args) => kubeconfig(args),
         Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
+        Command::Simulate(args) => runtime.block_on(simulate(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,6 +379,28 @@ async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = kelp_controllers::run(options) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// `kelp simulate`: simulated nodes, until a signal.
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let mut config = kelp_client::config_from_file(&args.kubeconfig).await?;
+    kelp_client::set_user_agent(&mut config, "kelp-simulate");
+    let client = kube::Client::try_from(config)?;
+    let options = kelp_kubelet::simulate::Options {
+        nodes: args.nodes,
+        prefix: args.node_prefix,
+        capacity: kelp_kubelet::node::Capacity {
+            cpu: args.cpu,
+            memory: args.memory,
+            pods: args.max_pods,
+        },
+        labels: args.node_labels.into_iter().collect(),
+        taints: args.node_taints,
+    };
+    tokio::select! {
+        r = kelp_kubelet::simulate::run(client, options) => r,
         _ = shutdown_signal() => Ok(()),
     }
 }

@@ -110,6 +110,16 @@ impl Quantity {
         self.nanos as f64 / NANO as f64
     }
 
+    /// In thousandths, rounded up (upstream's MilliValue, what CPU requests are counted in).
+    pub fn milli_ceil(self) -> i64 {
+        self.nanos.div_euclid(1_000_000) as i64 + i64::from(self.nanos.rem_euclid(1_000_000) != 0)
+    }
+
+    /// In whole units, rounded up (upstream's Value: bytes, counts).
+    pub fn value_ceil(self) -> i64 {
+        self.nanos.div_euclid(NANO) as i64 + i64::from(self.nanos.rem_euclid(NANO) != 0)
+    }
+
     pub fn max(self, other: Quantity) -> Quantity {
         if other.nanos > self.nanos {
             other
@@ -208,5 +218,16 @@ mod tests {
         assert!(q("1Gi") > q("1G"));
         assert!(Quantity::parse("1x").is_none());
         assert!(Quantity::parse("").is_none());
+    }
+
+    #[test]
+    fn integer_views_round_up_as_upstreams() {
+        assert_eq!(q("100m").milli_ceil(), 100);
+        assert_eq!(q("1.5").milli_ceil(), 1500);
+        assert_eq!(q("2").milli_ceil(), 2000);
+        assert_eq!(q("1n").milli_ceil(), 1);
+        assert_eq!(q("1Gi").value_ceil(), 1 << 30);
+        assert_eq!(q("500m").value_ceil(), 1);
+        assert_eq!(q("110").value_ceil(), 110);
     }
 }

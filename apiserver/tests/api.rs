@@ -687,8 +687,15 @@ async fn pods_are_bound_once_and_evicted_only_as_their_budget_allows() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = api.json("GET", &format!("{PODS}/web-1"), "").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A bound pod's eviction is a graceful deletion: it is Terminating until its kubelet
+    // confirms (none runs here).
+    let (status, evicted) = api.json("GET", &format!("{PODS}/web-1"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        evicted["metadata"]["deletionTimestamp"].is_string(),
+        "{evicted}"
+    );
+    assert_eq!(evicted["metadata"]["deletionGracePeriodSeconds"], 30);
     let (_, spent) = api.json("GET", &format!("{PDBS}/web"), "").await;
     assert_eq!(spent["status"]["disruptionsAllowed"], 0);
     let (status, _) = api

@@ -21,6 +21,19 @@ pub async fn config_from_file(path: &Path) -> anyhow::Result<kube::Config> {
         .with_context(|| format!("loading {}", path.display()))
 }
 
+/// Names the component in every request's User-Agent, as upstream's clients do
+/// (`kube-controller-manager/v1.33.0 (linux/amd64) kelp`): the API server takes the part
+/// before the first '/' as the field manager of its writes.
+pub fn set_user_agent(config: &mut kube::Config, component: &str) {
+    let agent = format!("{component}/v1.33.0 (linux/amd64) kelp");
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config
+            .headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+}
+
 /// A name for this process among its peers: host name and a random suffix, as upstream's
 /// leader election identities are.
 pub fn identity() -> String {

@@ -75,7 +75,8 @@ impl Informers {
 
 /// Runs the controller-manager until the process ends: leader election, then the controllers
 /// while leading.
-pub async fn run(options: Options) -> anyhow::Result<()> {
+pub async fn run(mut options: Options) -> anyhow::Result<()> {
+    kelp_client::set_user_agent(&mut options.config, "kube-controller-manager");
     let root = kube::Client::try_from(options.config.clone())?;
     let election = kelp_client::leader::Election::new("kube-controller-manager", &options.identity);
     election

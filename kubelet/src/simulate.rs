@@ -1,0 +1,402 @@
+//! Simulated nodes (kwok-style): N nodes registered with capacity, their Leases kept fresh,
+//! and the pods bound to them driven as a kubelet would report them: Running and Ready at
+//! once; pods that do not restart finish after a moment, Succeeded, or Failed when their
+//! command is `false` or the `kelp.dev/simulate-exit-code` annotation says so; deleted pods
+//! are removed once "stopped". No containers run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, HostIP, Node,
+    Pod, PodCondition, PodIP, Taint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::node::{self, Capacity};
+
+/// The annotation whose value is a finished pod's exit code.
+pub const EXIT_CODE: &str = "kelp.dev/simulate-exit-code";
+/// The annotation whose value is how long (seconds) a pod that does not restart runs.
+pub const DURATION: &str = "kelp.dev/simulate-duration";
+/// The label every simulated node carries.
+pub const SIMULATED: &str = "kelp.dev/simulated";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    pub prefix: String,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+/// What the pod reconciler knows: the simulated nodes by name (with their index, which
+/// places their pod addresses).
+struct Ctx {
+    client: kube::Client,
+    nodes: HashMap<String, usize>,
+}
+
+fn node_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i}")
+}
+
+fn node_ip(i: usize) -> String {
+    format!(
+        "172.{}.{}.{}",
+        16 + (i >> 16) % 16,
+        (i >> 8) & 255,
+        (i & 255).max(1)
+    )
+}
+
+/// Runs the simulated nodes until the process ends.
+pub async fn run(client: kube::Client, options: Options) -> anyhow::Result<()> {
+    let mut nodes = Vec::new();
+    let mut labels = options.labels.clone();
+    labels.insert(SIMULATED.into(), "true".into());
+    let objects: Vec<Node> = (0..options.nodes)
+        .map(|i| {
+            let mut n = node::node_object(
+                &node_name(&options.prefix, i),
+                &node_ip(i),
+                &options.capacity,
+                &labels,
+            );
+            if !options.taints.is_empty() {
+                n.spec.get_or_insert_default().taints = Some(options.taints.clone());
+            }
+            n
+        })
+        .collect();
+    let registered: Vec<anyhow::Result<Node>> = futures::stream::iter(objects.iter())
+        .map(|n| node::register(&client, n))
+        .buffered(32)
+        .collect()
+        .await;
+    for r in registered {
+        nodes.push(r?);
+    }
+    tracing::info!(nodes = nodes.len(), "simulated nodes registered");
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        nodes: (0..options.nodes)
+            .map(|i| (node_name(&options.prefix, i), i))
+            .collect(),
+    });
+    let heartbeats = heartbeat(client.clone(), nodes);
+    let pods =
+        kelp_client::Informer::<Pod>::spawn(Api::all(client.clone()), watcher::Config::default());
+    let controller = Controller::for_stream(pods.changes(), pods.store())
+        .run(
+            reconcile,
+            |_, _, _| Action::requeue(Duration::from_secs(1)),
+            ctx,
+        )
+        .for_each(|_| async {});
+    tokio::select! {
+        r = heartbeats => r,
+        _ = controller => Err(anyhow::anyhow!("the pod watch ended")),
+    }
+}
+
+/// Renews every node's Lease each 10 s, and its Ready condition's heartbeat every 5 min
+/// (upstream's nodeStatusReportFrequency when leases carry the heartbeat).
+async fn heartbeat(client: kube::Client, nodes: Vec<Node>) -> anyhow::Result<()> {
+    let mut tick = 0u64;
+    loop {
+        let renewed: Vec<anyhow::Result<()>> = futures::stream::iter(nodes.iter())
+            .map(|n| node::renew_lease(&client, n))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for r in renewed {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "cannot renew a node lease");
+            }
+        }
+        if tick % 30 == 29 {
+            let api: Api<Node> = Api::all(client.clone());
+            let now = Time(jiff::Timestamp::now());
+            for n in &nodes {
+                let patch = json!({"status": {"conditions": node::conditions(&now)}});
+                let _ = api
+                    .patch_status(
+                        &n.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await;
+            }
+        }
+        tick += 1;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+#[derive(Debug)]
+struct Failed(kube::Error);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let Some(&index) = spec.node_name.as_ref().and_then(|n| ctx.nodes.get(n)) else {
+        return Ok(Action::await_change());
+    };
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = pod.name_any();
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Stopped at once: the kubelet's last word is the deletion with no grace left.
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        return match api.delete(&name, &params).await {
+            Ok(_) => Ok(Action::await_change()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                Ok(Action::await_change())
+            }
+            Err(e) => Err(Failed(e)),
+        };
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let restarts = spec.restart_policy.as_deref().unwrap_or("Always") == "Always";
+    let runs_for = pod
+        .annotations()
+        .get(DURATION)
+        .and_then(|d| d.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    let patch = match status.phase.as_deref() {
+        None | Some("Pending") => running(&pod, index),
+        Some("Running") if !restarts => {
+            let started = status
+                .start_time
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(jiff::Timestamp::now);
+            let ran = jiff::Timestamp::now().duration_since(started).as_secs_f64();
+            if ran < runs_for {
+                return Ok(Action::requeue(Duration::from_secs_f64(
+                    (runs_for - ran).max(0.05),
+                )));
+            }
+            finished(&pod)
+        }
+        _ => return Ok(Action::await_change()),
+    };
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(Failed(e)),
+    }
+    if restarts {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(Duration::from_secs_f64(runs_for.max(0.05))))
+    }
+}
+
+fn condition(type_: &str, status: &str, now: &Time) -> PodCondition {
+    PodCondition {
+        type_: type_.into(),
+        status: status.into(),
+        last_transition_time: Some(now.clone()),
+        ..Default::default()
+    }
+}
+
+fn pod_ip(pod: &Pod, index: usize) -> String {
+    // The uid spreads a node's pods over its /24.
+    let spread = pod
+        .metadata
+        .uid
+        .as_deref()
+        .unwrap_or("")
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    format!(
+        "10.{}.{}.{}",
+        100 + (index >> 8) % 100,
+        index & 255,
+        2 + spread % 250
+    )
+}
+
+/// The status of a pod whose containers all started.
+fn running(pod: &Pod, index: usize) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let containers: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: format!("kelp-simulated://{}", c.image.clone().unwrap_or_default()),
+            container_id: Some(format!("kelp-simulated://{uid}/{}", c.name)),
+            ready: true,
+            started: Some(true),
+            restart_count: 0,
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(now.clone()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let inits: Vec<ContainerStatus> = spec
+        .init_containers
+        .unwrap_or_default()
+        .iter()
+        .map(|c| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: format!("kelp-simulated://{}", c.image.clone().unwrap_or_default()),
+            container_id: Some(format!("kelp-simulated://{uid}/{}", c.name)),
+            ready: true,
+            started: Some(false),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 0,
+                    reason: Some("Completed".into()),
+                    started_at: Some(now.clone()),
+                    finished_at: Some(now.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let host_ip = node_ip(index);
+    let ip = pod_ip(pod, index);
+    json!({"status": {
+        "phase": "Running",
+        "conditions": [
+            condition("PodReadyToStartContainers", "True", &now),
+            condition("Initialized", "True", &now),
+            condition("Ready", "True", &now),
+            condition("ContainersReady", "True", &now),
+            condition("PodScheduled", "True", &now),
+        ],
+        "hostIP": host_ip,
+        "hostIPs": [HostIP { ip: host_ip.clone() }],
+        "podIP": ip,
+        "podIPs": [PodIP { ip: ip.clone() }],
+        "startTime": now,
+        "containerStatuses": containers,
+        "initContainerStatuses": if inits.is_empty() { serde_json::Value::Null } else { json!(inits) },
+    }})
+}
+
+/// The exit code a simulated pod finishes with.
+fn exit_code(pod: &Pod) -> i32 {
+    if let Some(code) = pod
+        .annotations()
+        .get(EXIT_CODE)
+        .and_then(|c| c.parse().ok())
+    {
+        return code;
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let fails = spec.containers.iter().any(|c| {
+        let words: Vec<&str> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(String::as_str)
+            .collect();
+        matches!(words.first(), Some(&"false") | Some(&"/bin/false"))
+            || words.windows(2).any(|w| {
+                w[0] == "-c" && w[1].trim().starts_with("exit ") && w[1].trim() != "exit 0"
+            })
+    });
+    if fails { 1 } else { 0 }
+}
+
+/// The status of a pod whose containers exited.
+fn finished(pod: &Pod) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    let code = exit_code(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or(now.clone());
+    let containers: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: format!("kelp-simulated://{}", c.image.clone().unwrap_or_default()),
+            container_id: Some(format!("kelp-simulated://{uid}/{}", c.name)),
+            ready: false,
+            started: Some(false),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: code,
+                    reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                    started_at: Some(started.clone()),
+                    finished_at: Some(now.clone()),
+                    container_id: Some(format!("kelp-simulated://{uid}/{}", c.name)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let reason = if code == 0 {
+        "PodCompleted"
+    } else {
+        "PodFailed"
+    };
+    let not_ready = |t: &str| {
+        let mut c = condition(t, "False", &now);
+        c.reason = Some(reason.into());
+        c
+    };
+    json!({"status": {
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "conditions": [
+            condition("PodReadyToStartContainers", "False", &now),
+            condition("Initialized", "True", &now),
+            not_ready("Ready"),
+            not_ready("ContainersReady"),
+            condition("PodScheduled", "True", &now),
+        ],
+        "containerStatuses": containers,
+    }})
+}
