@@ -29,6 +29,8 @@ enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Run the controller-manager alone, against the API server of a kubeconfig.
     ControllerManager(ControllerManagerArgs),
+    /// Run the scheduler alone, against the API server of a kubeconfig.
+    Scheduler(SchedulerArgs),
     /// Run simulated nodes (kwok-style): registered, heartbeating, their pods driven to
     /// Running (or Succeeded/Failed) without containers.
     Simulate(SimulateArgs),
@@ -98,6 +100,13 @@ struct ControllerManagerArgs {
 }
 
 #[derive(clap::Args)]
+struct SchedulerArgs {
+    /// Kubeconfig of the scheduler's identity (system:kube-scheduler).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+}
+
+#[derive(clap::Args)]
 struct KubeconfigArgs {
     /// The server's data directory (its CA signs the certificate).
     #[arg(long, default_value = "./kelp-data", env = "KELP_DATA_DIR")]
@@ -145,6 +154,9 @@ struct ServerArgs {
     /// Do not run the controller-manager in this process.
     #[arg(long)]
     disable_controller_manager: bool,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    disable_scheduler: bool,
 }
 
 fn main() -> ExitCode {
@@ -168,6 +180,7 @@ fn main() -> ExitCode {
         Command::Server(args) => runtime.block_on(server(args)),
         Command::Kubeconfig(args) => kubeconfig(args),
         Command::ControllerManager(args) => runtime.block_on(controller_manager(args)),
+        Command::Scheduler(args) => runtime.block_on(scheduler(args)),
         Command::Simulate(args) => runtime.block_on(simulate(args)),
     };
     match result {
@@ -318,6 +331,25 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
+    if !args.disable_scheduler {
+        let path = component_kubeconfig(
+            &pki,
+            &args.data_dir,
+            &url,
+            "scheduler",
+            "system:kube-scheduler",
+            &[],
+        )?;
+        let options = kelp_scheduler::Options {
+            config: kelp_client::config_from_file(&path).await?,
+            identity: kelp_client::identity(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = kelp_scheduler::run(options).await {
+                tracing::error!(error = %e, "scheduler stopped");
+            }
+        });
+    }
     println!(
         "kelp: API server ready at {url} (datastore {})",
         backend.endpoint()
@@ -379,6 +411,18 @@ async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = kelp_controllers::run(options) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// `kelp scheduler`: the scheduler alone, until a signal.
+async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let options = kelp_scheduler::Options {
+        config: kelp_client::config_from_file(&args.kubeconfig).await?,
+        identity: kelp_client::identity(),
+    };
+    tokio::select! {
+        r = kelp_scheduler::run(options) => r,
         _ = shutdown_signal() => Ok(()),
     }
 }

@@ -70,21 +70,51 @@ pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> Str
         .collect()
 }
 
-/// Whether a ReplicaSet's template is the deployment's (its hash label aside).
+/// Whether a ReplicaSet's template is the deployment's, as upstream's semantic equality
+/// sees it: the hash label aside, and Go's non-pointer fields equal whether zero or absent
+/// (a template read back from a ReplicaSet may spell `stdin: false`, another may omit it).
 fn same_template(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
-    let mut theirs = rs
+    let theirs = rs
         .spec
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    if let Some(labels) = theirs.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+    normalized(&theirs) == normalized(template)
+}
+
+/// Fields that are plain values (not pointers) in upstream's Go types, so zero means unset.
+const VALUE_FIELDS: &[&str] = &[
+    "stdin",
+    "stdinOnce",
+    "tty",
+    "hostNetwork",
+    "hostPID",
+    "hostIPC",
+    "readOnly",
+    "generation",
+];
+
+fn normalized(template: &PodTemplateSpec) -> Option<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, v| {
+                    !(VALUE_FIELDS.contains(&k.as_str())
+                        && (v == &serde_json::Value::Bool(false) || v == &serde_json::json!(0)))
+                });
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut t = template.clone();
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(HASH_LABEL);
     }
-    let mut ours = template.clone();
-    if let Some(labels) = ours.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(HASH_LABEL);
-    }
-    serde_json::to_value(&theirs).ok() == serde_json::to_value(&ours).ok()
+    let mut v = serde_json::to_value(&t).ok()?;
+    strip(&mut v);
+    Some(v)
 }
 
 fn revision(rs: &ReplicaSet) -> i64 {
