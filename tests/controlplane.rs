@@ -18,8 +18,19 @@ struct Simulated(Child);
 
 impl Simulated {
     fn start(kubeconfig: &Path, nodes: usize) -> Simulated {
+        Simulated::start_named(kubeconfig, nodes, "kelp-sim-")
+    }
+
+    fn start_named(kubeconfig: &Path, nodes: usize, prefix: &str) -> Simulated {
         let child = Command::new(env!("CARGO_BIN_EXE_kelp"))
-            .args(["simulate", "--nodes", &nodes.to_string(), "--kubeconfig"])
+            .args([
+                "simulate",
+                "--node-prefix",
+                prefix,
+                "--nodes",
+                &nodes.to_string(),
+                "--kubeconfig",
+            ])
             .arg(kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -403,12 +414,12 @@ fn scheduling(k: &Kubectl) {
     assert_eq!(k.running("app=taint", 1), ["kelp-sim-2"]);
 
     // Required anti-affinity: one per node, the fourth waits.
-    let anti = "  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector: {matchLabels: {app: db}}\n        topologyKey: kubernetes.io/hostname\n";
+    let anti = "  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector: {matchLabels: {app: anti}}\n        topologyKey: kubernetes.io/hostname\n";
     for i in 0..4 {
-        k.apply(&pod_yaml(&format!("db-{i}"), "app: db", anti));
+        k.apply(&pod_yaml(&format!("anti-{i}"), "app: anti", anti));
     }
-    wait_for("three db pods running", 60, || {
-        let pods = k.pods("app=db");
+    wait_for("three anti pods running", 60, || {
+        let pods = k.pods("app=anti");
         let mut nodes: Vec<&str> = pods
             .iter()
             .filter(|p| p.1 == "Running")
@@ -422,7 +433,7 @@ fn scheduling(k: &Kubectl) {
         }
     });
     let pending: Vec<String> = k
-        .pods("app=db")
+        .pods("app=anti")
         .into_iter()
         .filter(|p| p.1 == "Pending")
         .map(|p| p.0)
@@ -434,14 +445,14 @@ fn scheduling(k: &Kubectl) {
     );
     // Deleting one makes room for it (a pod deletion requeues the pending).
     let running: Vec<String> = k
-        .pods("app=db")
+        .pods("app=anti")
         .into_iter()
         .filter(|p| p.1 == "Running")
         .map(|p| p.0)
         .collect();
     k.ok(&["delete", "pod", &running[0]]);
-    wait_for("the waiting db pod scheduled", 60, || {
-        let pods = k.pods("app=db");
+    wait_for("the waiting anti pod scheduled", 60, || {
+        let pods = k.pods("app=anti");
         if pods.len() == 3 && pods.iter().all(|p| p.1 == "Running") {
             Ok(())
         } else {
@@ -529,6 +540,346 @@ fn scheduling(k: &Kubectl) {
     assert_eq!(nominated, node);
 }
 
+fn jobs(k: &Kubectl) {
+    k.ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: idx}\nspec:\n  completions: 4\n  parallelism: 2\n  completionMode: Indexed\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sh, -c, exit 0]}]\n",
+    );
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: fails}\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [\"false\"]}]\n",
+    );
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: policy}\nspec:\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: c, operator: In, values: [42]}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sh, -c, exit 42]}]\n",
+    );
+    let out = k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/once",
+        "job/idx",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        out,
+        "job.batch/once condition met\njob.batch/idx condition met\n"
+    );
+    let row = k.ok(&["get", "job", "idx", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["idx", "Complete", "4/4"]
+    );
+    let status = k.ok(&["get", "job", "idx", "-o", "jsonpath={.status.completedIndexes} {.status.succeeded} {.status.conditions[?(@.type==\"Complete\")].reason}"]);
+    assert_eq!(status, "0-3 4 CompletionsReached");
+    let pods = k.ok(&["get", "pods", "-l", "job-name=idx", "--sort-by=.spec.hostname", "-o", "jsonpath={range .items[*]}{.spec.hostname}={.metadata.labels.batch\\.kubernetes\\.io/job-completion-index} {end}"]);
+    assert_eq!(pods, "idx-0=0 idx-1=1 idx-2=2 idx-3=3 ");
+    // Finished pods keep no tracking finalizer.
+    let finalizers = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=idx",
+        "-o",
+        "jsonpath={.items[*].metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers, "");
+    k.ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/fails",
+        "job/policy",
+        "--timeout=60s",
+    ]);
+    let why = |job: &str| {
+        k.ok(&["get", "job", job, "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}: {.status.conditions[?(@.type==\"Failed\")].message}"])
+    };
+    assert_eq!(
+        why("fails"),
+        "BackoffLimitExceeded: Job has reached the specified backoff limit"
+    );
+    let policy = why("policy");
+    assert!(
+        policy.starts_with("PodFailurePolicy: Container c for pod default/policy-")
+            && policy.ends_with(" failed with exit code 42 matching FailJob rule at index 0"),
+        "{policy}"
+    );
+    // ttlSecondsAfterFinished: the finished job and its pods go.
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: brief}\nspec:\n  ttlSecondsAfterFinished: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox}]\n",
+    );
+    k.ok(&["wait", "--for=delete", "job/brief", "--timeout=60s"]);
+    wait_for("brief's pods collected", 30, || {
+        let p = k.pods("job-name=brief");
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+}
+
+fn cronjobs(k: &Kubectl) {
+    k.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=* * * * *",
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    // The next minute's run.
+    let job = wait_for("tick's first job", 75, || {
+        let out = k.ok(&[
+            "get",
+            "jobs",
+            "--no-headers",
+            "-o",
+            "custom-columns=N:.metadata.name,O:.metadata.ownerReferences[0].name",
+        ]);
+        out.lines()
+            .find(|l| l.ends_with(" tick"))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .ok_or(out)
+    });
+    let minutes: i64 = job.strip_prefix("tick-").unwrap().parse().unwrap();
+    k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        &format!("job/{job}"),
+        "--timeout=60s",
+    ]);
+    wait_for("tick's status", 30, || {
+        let s = k.ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastScheduleTime} {.status.lastSuccessfulTime}",
+        ]);
+        let last: jiff::Timestamp = s
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| s.clone())?;
+        if last.as_second() == minutes * 60 && s.split_whitespace().count() == 2 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    let scheduled = k.ok(&[
+        "get",
+        "job",
+        &job,
+        "-o",
+        "jsonpath={.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}",
+    ]);
+    assert_eq!(
+        scheduled.parse::<jiff::Timestamp>().unwrap().as_second(),
+        minutes * 60
+    );
+    // A job made from it by hand.
+    let out = k.ok(&["create", "job", "manual", "--from=cronjob/tick"]);
+    assert_eq!(out, "job.batch/manual created\n");
+    k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/manual",
+        "--timeout=60s",
+    ]);
+    k.ok(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "-p",
+        "{\"spec\":{\"suspend\":true}}",
+    ]);
+}
+
+fn daemonsets_and_statefulsets(k: &Kubectl, server: &KelpServer) {
+    k.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      containers: [{name: c, image: busybox}]\n",
+    );
+    let out = k.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert_eq!(
+        out.lines().last(),
+        Some("daemon set \"agent\" successfully rolled out")
+    );
+    let mut nodes = k.running("app=agent", 3);
+    nodes.sort();
+    assert_eq!(nodes, ["kelp-sim-0", "kelp-sim-1", "kelp-sim-2"]);
+    // A new node gets one; rolling to a new image keeps one per node.
+    let extra = Simulated::start_named(&server.kubeconfig, 1, "extra-");
+    wait_for("the agent on the new node", 60, || {
+        let nodes: Vec<String> = k
+            .pods("app=agent")
+            .into_iter()
+            .filter(|p| p.1 == "Running")
+            .map(|p| p.2)
+            .collect();
+        if nodes.len() == 4 && nodes.contains(&"extra-0".to_string()) {
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    });
+    k.ok(&["set", "image", "daemonset/agent", "c=busybox:2"]);
+    k.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, ["busybox:2"; 4].join(" "));
+    let history = k.ok(&["rollout", "history", "daemonset/agent"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    // The node goes: its pod is collected, the set is back to three.
+    drop(extra);
+    k.ok(&["delete", "node", "extra-0"]);
+    k.running("app=agent", 3);
+
+    // StatefulSet: ordinals in order, each after the one before is Ready; claims per pod.
+    k.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports: [{name: pg, port: 5432, targetPort: pg}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{name: pg, containerPort: 5432}]}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n",
+    );
+    k.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    k.running("app=db", 3);
+    let created = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "--sort-by=.metadata.creationTimestamp",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}/{.spec.hostname}.{.spec.subdomain} {end}",
+    ]);
+    assert_eq!(created, "db-0/db-0.db db-1/db-1.db db-2/db-2.db ");
+    let ready_order = k.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].lastTransitionTime} {end}"]);
+    let mut times: Vec<(String, String)> = ready_order
+        .split_whitespace()
+        .map(|p| {
+            let (n, t) = p.split_once('=').unwrap();
+            (n.to_string(), t.to_string())
+        })
+        .collect();
+    times.sort();
+    assert!(
+        times.windows(2).all(|w| w[0].1 <= w[1].1),
+        "db-0 was Ready before db-1 before db-2: {times:?}"
+    );
+    let claims = k.ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(claims, "data-db-0 data-db-1 data-db-2");
+    // The headless service's endpoints: every pod, by hostname.
+    // (Addresses in IP order, as upstream sorts them.)
+    let hostnames = |k: &Kubectl| {
+        let e = k.ok(&[
+            "get",
+            "endpoints",
+            "db",
+            "-o",
+            "jsonpath={range .subsets[*].addresses[*]}{.hostname} {end}",
+        ]);
+        let mut names: Vec<String> = e.split_whitespace().map(str::to_string).collect();
+        names.sort();
+        names.join(" ")
+    };
+    wait_for("db endpoints", 30, || {
+        let e = hostnames(k);
+        if e == "db-0 db-1 db-2" {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    });
+    let port = k.ok(&[
+        "get",
+        "endpoints",
+        "db",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].name}={.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(port, "pg=5432");
+    let slices = k.ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=db", "-o", "jsonpath={.items[*].endpoints[*].conditions.ready} {.items[0].ports[0].port} {.items[0].metadata.labels.endpointslice\\.kubernetes\\.io/managed-by}"]);
+    assert_eq!(
+        slices,
+        "true true true 5432 endpointslice-controller.k8s.io"
+    );
+    // Scale down removes the highest ordinal; a rolling update replaces from the top.
+    k.ok(&["scale", "statefulset/db", "--replicas=2"]);
+    wait_for("db-2 removed", 60, || {
+        let p: Vec<String> = k.pods("app=db").into_iter().map(|p| p.0).collect();
+        if p == ["db-0", "db-1"] {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+    k.ok(&["set", "image", "statefulset/db", "c=busybox:2"]);
+    let out = k.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    assert!(
+        out.ends_with("partitioned roll out complete: 2 new pods have been updated...\n"),
+        "{out}"
+    );
+    let images = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "busybox:2 busybox:2");
+    wait_for("db endpoints after the scale-down", 30, || {
+        let e = hostnames(k);
+        if e == "db-0 db-1" { Ok(()) } else { Err(e) }
+    });
+    // The service goes: its endpoints and slices go with it.
+    k.ok(&["delete", "service", "db"]);
+    wait_for("db's endpoints and slices gone", 30, || {
+        let e = k.server.kubectl(V, &["get", "endpoints", "db"]);
+        let s = k.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=db",
+            "--no-headers",
+        ]);
+        if !e.ok && s.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} {s}", e.stdout))
+        }
+    });
+    k.ok(&["delete", "statefulset", "db"]);
+    wait_for("db's pods gone", 60, || {
+        let p = k.pods("app=db");
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+}
+
 fn cluster(server: &KelpServer) {
     let k = Kubectl { server };
     let _nodes = Simulated::start(&server.kubeconfig, 3);
@@ -548,6 +899,9 @@ fn cluster(server: &KelpServer) {
     deployments(&k);
     garbage_collection(&k);
     namespaces(&k);
+    jobs(&k);
+    cronjobs(&k);
+    daemonsets_and_statefulsets(&k, server);
     scheduling(&k);
 }
 

@@ -139,7 +139,7 @@ fn status_of(rs: &ReplicaSet) -> (i32, i32, i32) {
 
 /// An IntOrString as a count of `total` (percentages round up for surge, down for
 /// unavailability, as upstream's ResolveFenceposts).
-fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, default: i32) -> i32 {
+pub(crate) fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, default: i32) -> i32 {
     match v {
         None => default,
         Some(IntOrString::Int(i)) => *i,

@@ -5,18 +5,30 @@
 //! `kube-system/kube-controller-manager` Lease.
 
 pub mod credentials;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod podgc;
 pub mod replicaset;
+pub mod revisions;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod ttl;
 mod util;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kelp_client::Informer;
 use kube::Api;
 use kube::runtime::watcher;
@@ -42,6 +54,15 @@ pub struct Informers {
     pub deployments: Arc<Informer<Deployment>>,
     pub serviceaccounts: Arc<Informer<ServiceAccount>>,
     pub configmaps: Arc<Informer<ConfigMap>>,
+    pub jobs: Arc<Informer<Job>>,
+    pub cronjobs: Arc<Informer<CronJob>>,
+    pub daemonsets: Arc<Informer<DaemonSet>>,
+    pub statefulsets: Arc<Informer<StatefulSet>>,
+    pub nodes: Arc<Informer<Node>>,
+    pub services: Arc<Informer<Service>>,
+    pub endpoints: Arc<Informer<Endpoints>>,
+    /// The slices the endpointslice controller manages.
+    pub endpointslices: Arc<Informer<EndpointSlice>>,
 }
 
 impl Informers {
@@ -58,7 +79,23 @@ impl Informers {
             ),
             configmaps: Informer::spawn(
                 Api::all(client.clone()),
-                all.fields(&format!("metadata.name={}", rootca::NAME)),
+                all.clone()
+                    .fields(&format!("metadata.name={}", rootca::NAME)),
+            ),
+            jobs: Informer::spawn(Api::all(client.clone()), all.clone()),
+            cronjobs: Informer::spawn(Api::all(client.clone()), all.clone()),
+            daemonsets: Informer::spawn(Api::all(client.clone()), all.clone()),
+            statefulsets: Informer::spawn(Api::all(client.clone()), all.clone()),
+            nodes: Informer::spawn(Api::all(client.clone()), all.clone()),
+            services: Informer::spawn(Api::all(client.clone()), all.clone()),
+            endpoints: Informer::spawn(Api::all(client.clone()), all.clone()),
+            endpointslices: Informer::spawn(
+                Api::all(client.clone()),
+                all.labels(&format!(
+                    "{}={}",
+                    endpoints::MANAGED_BY_LABEL,
+                    endpoints::MANAGED_BY
+                )),
             ),
         }
     }
@@ -70,6 +107,14 @@ impl Informers {
         self.deployments.ready().await;
         self.serviceaccounts.ready().await;
         self.configmaps.ready().await;
+        self.jobs.ready().await;
+        self.cronjobs.ready().await;
+        self.daemonsets.ready().await;
+        self.statefulsets.ready().await;
+        self.nodes.ready().await;
+        self.services.ready().await;
+        self.endpoints.ready().await;
+        self.endpointslices.ready().await;
     }
 }
 
@@ -106,6 +151,25 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     set.spawn(replicaset::run(client, informers.clone()));
     let client = credentials.client("deployment-controller").await?;
     set.spawn(deployment::run(client, informers.clone()));
+    let client = credentials.client("job-controller").await?;
+    set.spawn(job::run(client, informers.clone()));
+    let client = credentials.client("cronjob-controller").await?;
+    set.spawn(cronjob::run(client, informers.clone()));
+    let client = credentials.client("ttl-after-finished-controller").await?;
+    set.spawn(ttl::run(client, informers.clone()));
+    let client = credentials.client("daemon-set-controller").await?;
+    set.spawn(daemonset::run(client, informers.clone()));
+    let client = credentials.client("statefulset-controller").await?;
+    set.spawn(statefulset::run(client, informers.clone()));
+    let endpoints_client = credentials.client("endpoint-controller").await?;
+    let slices_client = credentials.client("endpointslice-controller").await?;
+    set.spawn(endpoints::run(
+        endpoints_client,
+        slices_client,
+        informers.clone(),
+    ));
+    let client = credentials.client("pod-garbage-collector").await?;
+    set.spawn(podgc::run(client, informers.clone()));
     let client = credentials.client("generic-garbage-collector").await?;
     set.spawn(gc::run(client, root.clone()));
     // The controllers run until leadership ends (this future is then dropped, and the set

@@ -327,20 +327,29 @@ fn exit_code(pod: &Pod) -> i32 {
         return code;
     }
     let spec = pod.spec.clone().unwrap_or_default();
-    let fails = spec.containers.iter().any(|c| {
-        let words: Vec<&str> = c
-            .command
-            .iter()
-            .flatten()
-            .chain(c.args.iter().flatten())
-            .map(String::as_str)
-            .collect();
-        matches!(words.first(), Some(&"false") | Some(&"/bin/false"))
-            || words.windows(2).any(|w| {
-                w[0] == "-c" && w[1].trim().starts_with("exit ") && w[1].trim() != "exit 0"
-            })
-    });
-    if fails { 1 } else { 0 }
+    spec.containers
+        .iter()
+        .map(|c| {
+            let words: Vec<&str> = c
+                .command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .map(String::as_str)
+                .collect();
+            if matches!(words.first(), Some(&"false") | Some(&"/bin/false")) {
+                return 1;
+            }
+            // `sh -c "exit N"`: N (a script that is not a plain exit succeeds).
+            words
+                .windows(2)
+                .filter(|w| w[0] == "-c")
+                .find_map(|w| w[1].trim().strip_prefix("exit "))
+                .map(|n| n.trim().parse::<i32>().unwrap_or(1))
+                .unwrap_or(0)
+        })
+        .find(|code| *code != 0)
+        .unwrap_or(0)
 }
 
 /// The status of a pod whose containers exited.

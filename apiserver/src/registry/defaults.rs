@@ -138,6 +138,39 @@ pub fn job(o: &mut Value) {
     if spec.get("completions").is_none() && spec.get("parallelism") == Some(&json!(1)) {
         spec["completions"] = json!(1);
     }
+    // Upstream's generateSelector: unless the user manages the selector, the job selects its
+    // pods by its uid, and its template carries the labels (the legacy ones too).
+    let uid = o
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let name = o
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let manual = o.pointer("/spec/manualSelector") == Some(&json!(true));
+    if let (Some(uid), Some(name), false, None) = (uid, name, manual, o.pointer("/spec/selector")) {
+        o["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        let template = &mut o["spec"]["template"];
+        if !template.is_object() {
+            *template = json!({});
+        }
+        if !template.get("metadata").is_some_and(Value::is_object) {
+            template["metadata"] = json!({});
+        }
+        let meta = &mut template["metadata"];
+        if !meta.get("labels").is_some_and(Value::is_object) {
+            meta["labels"] = json!({});
+        }
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            meta["labels"][k] = json!(v);
+        }
+    }
 }
 
 pub fn cron_job(o: &mut Value) {
