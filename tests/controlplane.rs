@@ -22,6 +22,10 @@ impl Simulated {
     }
 
     fn start_named(kubeconfig: &Path, nodes: usize, prefix: &str) -> Simulated {
+        Simulated::start_with(kubeconfig, nodes, prefix, &[])
+    }
+
+    fn start_with(kubeconfig: &Path, nodes: usize, prefix: &str, extra: &[&str]) -> Simulated {
         let child = Command::new(env!("CARGO_BIN_EXE_kelp"))
             .args([
                 "simulate",
@@ -32,6 +36,7 @@ impl Simulated {
                 "--kubeconfig",
             ])
             .arg(kubeconfig)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -989,4 +994,210 @@ fn a_second_server_takes_over_leadership_on_postgres() {
     assert_eq!(k.pods("app=after").len(), 3);
     let rs = k.ok(&["get", "rs", "-l", "app=after", "--no-headers"]);
     assert_eq!(rs.lines().count(), 1, "{rs}");
+}
+
+#[test]
+fn silent_nodes_are_tainted_budgets_hold_and_quotas_recount() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    let k = Kubectl { server: &server };
+    let _nodes = Simulated::start(&server.kubeconfig, 2);
+    // Tainted, so that only the pods meant for it go there.
+    let doomed = Simulated::start_with(
+        &server.kubeconfig,
+        1,
+        "doomed-",
+        &["--node-taint", "dedicated=doomed:NoSchedule"],
+    );
+    wait_for("three Ready nodes", 30, || {
+        let out = k.ok(&["get", "nodes", "--no-headers"]);
+        if out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+            .count()
+            == 3
+        {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let pinned = |name: &str, toleration: &str| {
+        pod_yaml(
+            name,
+            "app: pinned",
+            &format!(
+                "  nodeSelector: {{kubernetes.io/hostname: doomed-0}}\n  tolerations: [{toleration}, {{key: dedicated, operator: Exists}}]\n"
+            ),
+        )
+    };
+    k.apply(&pinned("brief", "{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 5}"));
+    k.apply(&pinned(
+        "forever",
+        "{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}",
+    ));
+    k.running("app=pinned", 2);
+    // The node stops renewing its Lease.
+    let silent = Instant::now();
+    drop(doomed);
+
+    // Meanwhile: a budget that allows one disruption of three pods.
+    for i in 0..3 {
+        k.apply(&pod_yaml(
+            &format!("guarded-{i}"),
+            "app: guarded",
+            "  nodeSelector: {kubernetes.io/hostname: kelp-sim-0}\n",
+        ));
+    }
+    k.running("app=guarded", 3);
+    k.ok(&[
+        "create",
+        "pdb",
+        "guard",
+        "--selector=app=guarded",
+        "--min-available=2",
+    ]);
+    wait_for("the budget's status", 30, || {
+        let s = k.ok(&["get", "pdb", "guard", "-o", "jsonpath={.status.expectedPods} {.status.currentHealthy} {.status.desiredHealthy} {.status.disruptionsAllowed}"]);
+        if s == "3 3 2 1" { Ok(()) } else { Err(s) }
+    });
+    let row = k.ok(&["get", "pdb", "guard", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["guard", "2", "N/A", "1"]
+    );
+    let evict = |pod: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
+        );
+        server.kubectl_with_stdin(
+            V,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+                "-f",
+                "-",
+            ],
+            Some(&body),
+        )
+    };
+    let first = evict("guarded-0");
+    assert!(first.ok, "{}", first.stderr);
+    let second = evict("guarded-1");
+    assert!(!second.ok);
+    assert_eq!(
+        second.stderr.trim(),
+        "Error from server (TooManyRequests): Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    wait_for("the budget spent", 30, || {
+        let s = k.ok(&["get", "pdb", "guard", "-o", "jsonpath={.status.currentHealthy} {.status.disruptionsAllowed} {.status.conditions[0].reason}"]);
+        if s == "2 0 InsufficientPods" {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+
+    // A quota's usage is recounted when objects go.
+    k.ok(&["create", "namespace", "limited"]);
+    k.ok(&[
+        "create",
+        "quota",
+        "q",
+        "-n",
+        "limited",
+        "--hard=pods=5,configmaps=5,count/deployments.apps=2",
+    ]);
+    // Until the controller has counted, admission refuses what the quota tracks (upstream's
+    // "status unknown for quota").
+    wait_for("the quota counted", 30, || {
+        let h = k.ok(&[
+            "get",
+            "quota",
+            "q",
+            "-n",
+            "limited",
+            "-o",
+            "jsonpath={.status.hard.pods}",
+        ]);
+        if h == "5" { Ok(()) } else { Err(h) }
+    });
+    k.ok(&["create", "configmap", "a", "-n", "limited"]);
+    k.ok(&["create", "configmap", "b", "-n", "limited"]);
+    k.ok(&[
+        "create",
+        "deployment",
+        "d",
+        "-n",
+        "limited",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    let used = |k: &Kubectl| {
+        k.ok(&["get", "quota", "q", "-n", "limited", "-o", "jsonpath={.status.used.configmaps} {.status.used.pods} {.status.used.count/deployments\\.apps}"])
+    };
+    // kube-root-ca.crt is a configmap too.
+    wait_for("the quota's usage", 30, || {
+        let u = used(&k);
+        if u == "3 2 1" { Ok(()) } else { Err(u) }
+    });
+    k.ok(&["delete", "configmap", "a", "-n", "limited"]);
+    k.ok(&["scale", "deployment", "d", "-n", "limited", "--replicas=0"]);
+    wait_for("the usage recounted", 30, || {
+        let u = used(&k);
+        if u == "2 0 1" { Ok(()) } else { Err(u) }
+    });
+
+    // 50 s without a renewal: NotReady (Unknown), tainted unreachable.
+    wait_for("doomed-0 NotReady", 80, || {
+        let out = k.ok(&["get", "node", "doomed-0", "--no-headers"]);
+        if out.split_whitespace().nth(1) == Some("NotReady") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let after = silent.elapsed();
+    assert!(
+        after >= Duration::from_secs(45),
+        "NotReady after only {after:?}"
+    );
+    let ready = k.ok(&["get", "node", "doomed-0", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].message}"]);
+    assert_eq!(ready, "Unknown Kubelet stopped posting node status.");
+    let taints = wait_for("the unreachable taints", 15, || {
+        let t = k.ok(&[
+            "get",
+            "node",
+            "doomed-0",
+            "-o",
+            "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+        ]);
+        if t.contains("NoExecute") {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    });
+    assert_eq!(
+        taints,
+        "dedicated:NoSchedule node.kubernetes.io/unreachable:NoSchedule node.kubernetes.io/unreachable:NoExecute "
+    );
+    // The pod tolerating it for 5 s is evicted; the one tolerating it forever stays.
+    wait_for("brief evicted", 30, || {
+        let d = k.ok(&["get", "pod", "brief", "-o", "jsonpath={.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"]);
+        if d.ends_with(" DeletionByTaintManager") {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    });
+    let forever = k.ok(&[
+        "get",
+        "pod",
+        "forever",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert_eq!(forever, "");
 }

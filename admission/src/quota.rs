@@ -126,7 +126,7 @@ pub fn usage(group: &str, plural: &str, obj: &Value) -> Usage {
 
 /// Whether a quota's scopes select a pod (Terminating, NotTerminating, BestEffort,
 /// NotBestEffort); quotas with other scopes are left to later work and select nothing.
-fn in_scope(quota: &Value, plural: &str, obj: &Value) -> bool {
+pub fn in_scope(quota: &Value, plural: &str, obj: &Value) -> bool {
     let scopes: Vec<&str> = quota
         .pointer("/spec/scopes")
         .and_then(Value::as_array)

@@ -8,12 +8,15 @@ pub mod credentials;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod revisions;
 pub mod rootca;
 pub mod serviceaccount;
@@ -25,10 +28,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, Pod, ResourceQuota, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kelp_client::Informer;
 use kube::Api;
 use kube::runtime::watcher;
@@ -63,6 +68,10 @@ pub struct Informers {
     pub endpoints: Arc<Informer<Endpoints>>,
     /// The slices the endpointslice controller manages.
     pub endpointslices: Arc<Informer<EndpointSlice>>,
+    /// The nodes' Leases (kube-node-lease).
+    pub node_leases: Arc<Informer<Lease>>,
+    pub pdbs: Arc<Informer<PodDisruptionBudget>>,
+    pub quotas: Arc<Informer<ResourceQuota>>,
 }
 
 impl Informers {
@@ -89,6 +98,12 @@ impl Informers {
             nodes: Informer::spawn(Api::all(client.clone()), all.clone()),
             services: Informer::spawn(Api::all(client.clone()), all.clone()),
             endpoints: Informer::spawn(Api::all(client.clone()), all.clone()),
+            pdbs: Informer::spawn(Api::all(client.clone()), all.clone()),
+            quotas: Informer::spawn(Api::all(client.clone()), all.clone()),
+            node_leases: Informer::spawn(
+                Api::namespaced(client.clone(), "kube-node-lease"),
+                all.clone(),
+            ),
             endpointslices: Informer::spawn(
                 Api::all(client.clone()),
                 all.labels(&format!(
@@ -115,6 +130,9 @@ impl Informers {
         self.services.ready().await;
         self.endpoints.ready().await;
         self.endpointslices.ready().await;
+        self.node_leases.ready().await;
+        self.pdbs.ready().await;
+        self.quotas.ready().await;
     }
 }
 
@@ -168,6 +186,12 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
         slices_client,
         informers.clone(),
     ));
+    let client = credentials.client("disruption-controller").await?;
+    set.spawn(disruption::run(client, informers.clone()));
+    let client = credentials.client("resourcequota-controller").await?;
+    set.spawn(resourcequota::run(client, informers.clone()));
+    let client = credentials.client("node-controller").await?;
+    set.spawn(nodelifecycle::run(client, informers.clone()));
     let client = credentials.client("pod-garbage-collector").await?;
     set.spawn(podgc::run(client, informers.clone()));
     let client = credentials.client("generic-garbage-collector").await?;

@@ -149,25 +149,95 @@ pub const WORKLOAD_WIDE: [Column; 3] = [
     }),
 ];
 
-/// Upstream's pod Status column: the pod's reason, else the first waiting or terminated
-/// container's reason, else the phase; `Terminating` once deletion started.
+/// Upstream's pod Status column (printPod): the phase or the pod's reason; while
+/// initializing `Init:<reason>` or `Init:N/M`; then the reason of the first container that
+/// is waiting or terminated (`Completed` back to `Running` while another still runs);
+/// `Terminating` once deletion started on a pod that has not finished.
 pub fn pod_status(o: &Value) -> String {
-    if o.pointer("/metadata/deletionTimestamp").is_some() {
-        return "Terminating".into();
+    let mut reason = text(o, "/status/phase");
+    let pod_reason = text(o, "/status/reason");
+    if !pod_reason.is_empty() {
+        reason = pod_reason.clone();
     }
-    let reason = text(o, "/status/reason");
-    if !reason.is_empty() {
-        return reason;
+    let conditions = list(o, "/status/conditions");
+    if conditions
+        .iter()
+        .any(|c| text(c, "/type") == "PodScheduled" && text(c, "/reason") == "SchedulingGated")
+    {
+        reason = "SchedulingGated".into();
     }
-    for c in list(o, "/status/containerStatuses") {
-        for state in ["/state/waiting/reason", "/state/terminated/reason"] {
-            let r = text(c, state);
-            if !r.is_empty() && r != "Completed" {
-                return r;
+    let init_specs = list(o, "/spec/initContainers");
+    let restartable = |name: &str| {
+        init_specs
+            .iter()
+            .any(|c| text(c, "/name") == name && text(c, "/restartPolicy") == "Always")
+    };
+    let inits = list(o, "/status/initContainerStatuses");
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let terminated = c.pointer("/state/terminated");
+        let waiting = text(c, "/state/waiting/reason");
+        if terminated.is_some() && int(c, "/state/terminated/exitCode") == 0 {
+            continue;
+        }
+        if restartable(&text(c, "/name")) && c.get("started") == Some(&json!(true)) {
+            continue;
+        }
+        initializing = true;
+        reason = if terminated.is_some() {
+            let r = text(c, "/state/terminated/reason");
+            if !r.is_empty() {
+                format!("Init:{r}")
+            } else if int(c, "/state/terminated/signal") != 0 {
+                format!("Init:Signal:{}", int(c, "/state/terminated/signal"))
+            } else {
+                format!("Init:ExitCode:{}", int(c, "/state/terminated/exitCode"))
+            }
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{}", init_specs.len())
+        };
+        break;
+    }
+    let initialized = conditions
+        .iter()
+        .any(|c| text(c, "/type") == "Initialized" && text(c, "/status") == "True");
+    if !initializing || initialized {
+        let mut running = false;
+        for c in list(o, "/status/containerStatuses").iter().rev() {
+            let waiting = text(c, "/state/waiting/reason");
+            let terminated = c.pointer("/state/terminated");
+            let terminated_reason = text(c, "/state/terminated/reason");
+            if !waiting.is_empty() {
+                reason = waiting;
+            } else if terminated.is_some() && !terminated_reason.is_empty() {
+                reason = terminated_reason;
+            } else if terminated.is_some() {
+                reason = match int(c, "/state/terminated/signal") {
+                    0 => format!("ExitCode:{}", int(c, "/state/terminated/exitCode")),
+                    signal => format!("Signal:{signal}"),
+                };
+            } else if c.get("ready") == Some(&json!(true)) && c.pointer("/state/running").is_some()
+            {
+                running = true;
             }
         }
+        if reason == "Completed" && running {
+            let ready = conditions
+                .iter()
+                .any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True");
+            reason = if ready { "Running" } else { "NotReady" }.into();
+        }
     }
-    or_unknown(text(o, "/status/phase"))
+    let deleting = o.pointer("/metadata/deletionTimestamp").is_some();
+    let phase = text(o, "/status/phase");
+    if deleting && pod_reason == "NodeLost" {
+        reason = "Unknown".into();
+    } else if deleting && !matches!(phase.as_str(), "Succeeded" | "Failed") {
+        reason = "Terminating".into();
+    }
+    or_unknown(reason)
 }
 
 fn or_unknown(s: String) -> String {
@@ -218,8 +288,9 @@ pub fn node_status(o: &Value) -> String {
         .map(|c| text(c, "/status"));
     let mut s = match ready.as_deref() {
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        // False and Unknown alike (upstream's printNode); no condition at all is Unknown.
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
         s.push_str(",SchedulingDisabled");
@@ -457,5 +528,40 @@ mod tests {
             (node_status(&node), node_roles(&node)),
             ("Ready,SchedulingDisabled".into(), "control-plane".into())
         );
+    }
+
+    #[test]
+    fn pod_and_node_status_as_kubectl_prints_them() {
+        let pod = |status: Value, deleting: bool| {
+            let mut p =
+                json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}, "status": status});
+            if deleting {
+                p["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
+            }
+            p
+        };
+        let done = json!({"phase": "Succeeded", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]});
+        assert_eq!(pod_status(&pod(done.clone(), false)), "Completed");
+        assert_eq!(pod_status(&pod(done, true)), "Completed");
+        let one_left = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+            {"name": "b", "ready": true, "state": {"running": {}}}]});
+        assert_eq!(pod_status(&pod(one_left, false)), "NotReady");
+        let crashing = json!({"phase": "Running", "containerStatuses": [
+            {"name": "a", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]});
+        assert_eq!(
+            pod_status(&pod(crashing.clone(), false)),
+            "CrashLoopBackOff"
+        );
+        assert_eq!(pod_status(&pod(crashing, true)), "Terminating");
+        let init = json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i", "state": {"waiting": {"reason": "PodInitializing"}}}]});
+        let mut p = pod(init, false);
+        p["spec"]["initContainers"] = json!([{"name": "i"}]);
+        assert_eq!(pod_status(&p), "Init:0/1");
+        let unknown = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}});
+        assert_eq!(node_status(&unknown), "NotReady");
+        assert_eq!(node_status(&json!({})), "Unknown");
     }
 }
