@@ -37,7 +37,7 @@ pub struct Args {
     kelp: Option<PathBuf>,
 }
 
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -48,7 +48,7 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-async fn closed_loop<F, Fut>(
+pub(crate) async fn closed_loop<F, Fut>(
     clients: usize,
     duration: Duration,
     op: F,

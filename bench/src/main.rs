@@ -3,6 +3,7 @@
 //! Results are recorded in BENCHMARKS.md with the command, machine shape and date.
 
 mod api;
+mod control;
 mod etcd;
 mod stats;
 mod storage;
@@ -25,6 +26,12 @@ enum Suite {
     /// `kelp server` over HTTPS: ready time, idle RSS, creates and gets at 64 clients
     /// (against the storage layer's creates in the same run), lists of 10k pods.
     Api(api::Args),
+    /// The scheduler: 10,000 pods onto 5,000 and onto 500 nodes registered through the API,
+    /// pods/s from creation to bound.
+    Scheduler(control::SchedulerArgs),
+    /// Deployments scaled up and down on simulated nodes: pod changes/s and API latency
+    /// meanwhile, then the server's RSS with 10,000 pods.
+    Churn(control::ChurnArgs),
 }
 
 #[tokio::main]
@@ -32,5 +39,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Storage(args) => storage::run(args).await,
         Suite::Api(args) => api::run(args).await,
+        Suite::Scheduler(args) => control::scheduler(args).await,
+        Suite::Churn(args) => control::churn(args).await,
     }
 }
