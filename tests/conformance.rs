@@ -11,12 +11,34 @@ async fn the_ported_conformance_tests_pass_against_kelp() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let server = KelpServer::start(dir.path(), &[]);
-    let config = kube::Config::from_custom_kubeconfig(
+    // Nodes for the workload tests: kelp simulate's.
+    let mut nodes = std::process::Command::new(env!("CARGO_BIN_EXE_kelp"))
+        .args(["simulate", "--nodes", "2", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .kubectl("1.33", &["get", "nodes", "--no-headers"])
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" Ready "))
+        .count()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "no simulated nodes");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&server.kubeconfig).unwrap(),
         &KubeConfigOptions::default(),
     )
     .await
     .unwrap();
+    // As client-go: a 429 without Retry-After (a PDB refusing an eviction) is an answer.
+    config.default_retry = false;
     let client = kube::Client::try_from(config).unwrap();
     let focus = std::env::var("KELP_CONFORMANCE_FOCUS")
         .ok()
@@ -27,5 +49,7 @@ async fn the_ported_conformance_tests_pass_against_kelp() {
     println!("{}", report.summary());
     println!("{}", report.json());
     assert!(report.total() >= 30, "only {} tests ran", report.total());
+    let _ = nodes.kill();
+    let _ = nodes.wait();
     assert_eq!(report.failed(), 0, "{}", report.summary());
 }

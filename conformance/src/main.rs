@@ -30,11 +30,16 @@ struct Args {
 /// A `kelp server` on a temporary data dir, stopped when dropped.
 struct Started {
     child: Child,
+    nodes: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
+        if let Some(n) = self.nodes.as_mut() {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,10 +59,24 @@ fn start_kelp(binary: Option<PathBuf>) -> anyhow::Result<(Started, PathBuf)> {
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let started = Started { child, _dir: dir };
+    let mut started = Started {
+        child,
+        nodes: None,
+        _dir: dir,
+    };
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if let Some(path) = line.strip_prefix("kelp: kubeconfig written to ") {
+            // The workload tests need nodes: simulated ones.
+            started.nodes = Some(
+                Command::new(&binary)
+                    .args(["simulate", "--nodes", "2", "--kubeconfig", path])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting kelp simulate")?,
+            );
+            std::thread::sleep(std::time::Duration::from_secs(2));
             return Ok((started, PathBuf::from(path)));
         }
     }
@@ -75,11 +94,13 @@ async fn main() -> anyhow::Result<()> {
             (Some(server), k)
         }
     };
-    let config = kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&kubeconfig)?,
         &KubeConfigOptions::default(),
     )
     .await?;
+    // As client-go: a 429 without Retry-After (a PDB refusing an eviction) is an answer.
+    config.default_retry = false;
     let client = kube::Client::try_from(config)?;
     let focus = args.focus.as_deref().map(regex::Regex::new).transpose()?;
     let report = kelp_conformance::run(client, focus.as_ref()).await;

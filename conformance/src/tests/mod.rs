@@ -2,6 +2,7 @@
 //! ports; assertions follow the original's.
 
 mod apimachinery;
+mod apps;
 mod auth;
 mod crd;
 mod node;
@@ -25,5 +26,6 @@ pub fn all() -> Vec<Test> {
     all.extend(node::tests());
     all.extend(auth::tests());
     all.extend(webhook::tests());
+    all.extend(apps::tests());
     all
 }
