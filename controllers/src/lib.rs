@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod resourcequota;
 pub mod revisions;
 pub mod rootca;
@@ -30,7 +31,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -72,6 +74,7 @@ pub struct Informers {
     pub node_leases: Arc<Informer<Lease>>,
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
     pub quotas: Arc<Informer<ResourceQuota>>,
+    pub replicationcontrollers: Arc<Informer<ReplicationController>>,
 }
 
 impl Informers {
@@ -100,6 +103,7 @@ impl Informers {
             endpoints: Informer::spawn(Api::all(client.clone()), all.clone()),
             pdbs: Informer::spawn(Api::all(client.clone()), all.clone()),
             quotas: Informer::spawn(Api::all(client.clone()), all.clone()),
+            replicationcontrollers: Informer::spawn(Api::all(client.clone()), all.clone()),
             node_leases: Informer::spawn(
                 Api::namespaced(client.clone(), "kube-node-lease"),
                 all.clone(),
@@ -133,6 +137,7 @@ impl Informers {
         self.node_leases.ready().await;
         self.pdbs.ready().await;
         self.quotas.ready().await;
+        self.replicationcontrollers.ready().await;
     }
 }
 
@@ -167,6 +172,8 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     set.spawn(namespace::run(client, informers.clone()));
     let client = credentials.client("replicaset-controller").await?;
     set.spawn(replicaset::run(client, informers.clone()));
+    let client = credentials.client("replication-controller").await?;
+    set.spawn(replicationcontroller::run(client, informers.clone()));
     let client = credentials.client("deployment-controller").await?;
     set.spawn(deployment::run(client, informers.clone()));
     let client = credentials.client("job-controller").await?;

@@ -94,6 +94,88 @@ impl Expectations {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let owner = Owner::ReplicaSet(rs.clone());
+    sync(rs, owner, &ctx.client, &ctx.informers, &ctx.expectations).await
+}
+
+/// What owns the pods: a ReplicaSet, or a ReplicationController seen as one (the same
+/// controller logic, upstream shares it too).
+pub(crate) enum Owner {
+    ReplicaSet(Arc<ReplicaSet>),
+    ReplicationController(Arc<k8s_openapi::api::core::v1::ReplicationController>),
+}
+
+impl Owner {
+    fn reference(&self) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        match self {
+            Owner::ReplicaSet(rs) => util::controller_ref(&**rs),
+            Owner::ReplicationController(rc) => util::controller_ref(&**rc),
+        }
+    }
+
+    /// Writes the counts; a conflict or a vanished owner is left to the next event.
+    async fn write_status(
+        &self,
+        client: &kube::Client,
+        status: ReplicaSetStatus,
+    ) -> anyhow::Result<()> {
+        let result = match self {
+            Owner::ReplicaSet(rs) => {
+                let api: Api<ReplicaSet> =
+                    Api::namespaced(client.clone(), &rs.namespace().unwrap_or_default());
+                let mut updated = (**rs).clone();
+                updated.status = Some(status);
+                api.replace_status(&rs.name_any(), &PostParams::default(), &updated)
+                    .await
+                    .map(|_| ())
+            }
+            Owner::ReplicationController(rc) => {
+                use k8s_openapi::api::core::v1::{
+                    ReplicationController, ReplicationControllerCondition,
+                    ReplicationControllerStatus,
+                };
+                let api: Api<ReplicationController> =
+                    Api::namespaced(client.clone(), &rc.namespace().unwrap_or_default());
+                let mut updated = (**rc).clone();
+                updated.status = Some(ReplicationControllerStatus {
+                    replicas: status.replicas,
+                    fully_labeled_replicas: status.fully_labeled_replicas,
+                    ready_replicas: status.ready_replicas,
+                    available_replicas: status.available_replicas,
+                    observed_generation: status.observed_generation,
+                    conditions: status.conditions.map(|cs| {
+                        cs.into_iter()
+                            .map(|c| ReplicationControllerCondition {
+                                type_: c.type_,
+                                status: c.status,
+                                reason: c.reason,
+                                message: c.message,
+                                last_transition_time: c.last_transition_time,
+                            })
+                            .collect()
+                    }),
+                });
+                api.replace_status(&rc.name_any(), &PostParams::default(), &updated)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 409) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// One owner's reconcile; `rs` is the owner as a ReplicaSet.
+pub(crate) async fn sync(
+    rs: Arc<ReplicaSet>,
+    owner: Owner,
+    client: &kube::Client,
+    informers: &Informers,
+    expectations: &Expectations,
+) -> Result<Action, Error> {
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -101,8 +183,8 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let key = format!("{ns}/{}", rs.name_any());
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let store = ctx.informers.pods.store();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let store = informers.pods.store();
     let mut owned: Vec<Arc<Pod>> = Vec::new();
     for pod in store.state() {
         if pod.metadata.namespace.as_deref() != Some(&ns) {
@@ -117,7 +199,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                     release(&pods_api, &pod, &uid).await?;
                 }
             }
-            None if matches && util::is_active(&pod) && adopt(&pods_api, &pod, &rs).await? => {
+            None if matches && util::is_active(&pod) && adopt(&pods_api, &pod, &owner).await? => {
                 owned.push(pod);
             }
             _ => {}
@@ -126,7 +208,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| util::is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let mut failure = None;
-    if ctx.expectations.satisfied(&key, &ns, &store) {
+    if expectations.satisfied(&key, &ns, &store) {
         if active.len() < want {
             let template = spec.template.clone().unwrap_or_default();
             let pod = Pod {
@@ -138,7 +220,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                         .metadata
                         .as_ref()
                         .and_then(|m| m.annotations.clone()),
-                    owner_references: Some(vec![util::controller_ref(&*rs)]),
+                    owner_references: Some(vec![owner.reference()]),
                     ..Default::default()
                 },
                 spec: template.spec.clone(),
@@ -157,7 +239,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                     Err(e) => failure = Some(e.to_string()),
                 }
             }
-            ctx.expectations.expect(&key, made, vec![]);
+            expectations.expect(&key, made, vec![]);
         } else if active.len() > want {
             let mut doomed = active.clone();
             doomed.sort_by_key(|p| deletion_rank(p));
@@ -178,15 +260,15 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                     failure = Some(e.to_string());
                 }
             }
-            ctx.expectations.expect(&key, vec![], names);
+            expectations.expect(&key, vec![], names);
         }
     }
-    let next = update_status(&ctx.client, &rs, &active, failure.as_deref()).await?;
+    let next = update_status(client, &rs, &owner, &active, failure.as_deref()).await?;
     if failure.is_some() {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     Ok(next.map(Action::requeue).unwrap_or_else(|| {
-        if ctx.expectations.satisfied(&key, &ns, &store) {
+        if expectations.satisfied(&key, &ns, &store) {
             Action::await_change()
         } else {
             Action::requeue(Duration::from_secs(1))
@@ -217,9 +299,9 @@ fn deletion_rank(pod: &Pod) -> (bool, u8, bool, std::cmp::Reverse<Option<jiff::T
 }
 
 /// Takes an orphan the selector matches (upstream's ClaimPods), unless the owner is going.
-async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> anyhow::Result<bool> {
+async fn adopt(api: &Api<Pod>, pod: &Pod, owner: &Owner) -> anyhow::Result<bool> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(util::controller_ref(rs));
+    refs.push(owner.reference());
     let patch = json!({"metadata": {
         "ownerReferences": refs,
         "uid": pod.metadata.uid,
@@ -273,6 +355,7 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> anyhow::Result<()> {
 async fn update_status(
     client: &kube::Client,
     rs: &ReplicaSet,
+    owner: &Owner,
     active: &[&Arc<Pod>],
     failure: Option<&str>,
 ) -> anyhow::Result<Option<Duration>> {
@@ -349,19 +432,7 @@ async fn update_status(
             && a.conditions.as_ref().map(Vec::len) == b.conditions.as_ref().map(Vec::len)
     };
     if !same(&old, &status) {
-        let api: Api<ReplicaSet> =
-            Api::namespaced(client.clone(), &rs.namespace().unwrap_or_default());
-        let mut updated = rs.clone();
-        updated.status = Some(status);
-        match api
-            .replace_status(&rs.name_any(), &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => {}
-            // A newer version is on its way to the cache; its event brings us back.
-            Err(e) if is_status(&e, 409) || is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        owner.write_status(client, status).await?;
     }
     Ok(next)
 }

@@ -10,7 +10,9 @@ use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ResourceQuota, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Node, Pod, ReplicationController, ResourceQuota, Secret,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
@@ -26,6 +28,8 @@ pub fn tests() -> Vec<Test> {
         "[sig-apps] Deployment RecreateDeployment should delete old pods and create new ones" => recreate_deployment,
         "[sig-apps] ReplicaSet should adopt matching pods on creation and release no longer matching pods" => replicaset_adopt_release,
         "[sig-apps] ReplicaSet Replicaset should have a working scale subresource" => replicaset_scale,
+        "[sig-apps] ReplicationController should adopt matching pods on creation" => rc_adopt,
+        "[sig-apps] ReplicationController should release no longer matching pods" => rc_release,
         "[sig-apps] Job should delete a job" => job_delete,
         "[sig-apps] Job should create pods for an Indexed job with completion indexes and specified hostname" => job_indexed,
         "[sig-apps] CronJob should support CronJob API operations" => cronjob_api,
@@ -36,6 +40,8 @@ pub fn tests() -> Vec<Test> {
         "[sig-apps] DisruptionController should block an eviction until the PDB is updated to allow it" => pdb_blocks_eviction,
         "[sig-api-machinery] Garbage collector should delete RS created by deployment when not orphaning" => gc_deployment_cascade,
         "[sig-api-machinery] Garbage collector should orphan RS created by deployment when deleteOptions.PropagationPolicy is Orphan" => gc_deployment_orphan,
+        "[sig-api-machinery] Garbage collector should delete pods created by rc when not orphaning" => gc_rc_cascade,
+        "[sig-api-machinery] Garbage collector should orphan pods created by rc if delete options say so" => gc_rc_orphan,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a configMap." => quota_configmap,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a secret." => quota_secret,
         "[sig-scheduling] SchedulerPredicates [Serial] validates that NodeSelector is respected if not matching" => selector_not_matching,
@@ -913,4 +919,133 @@ async fn selector_matching(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await;
     result
+}
+
+fn rc(
+    name: &str,
+    replicas: i32,
+    labels: serde_json::Value,
+) -> anyhow::Result<ReplicationController> {
+    from(json!({"metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": labels, "template": template(labels.clone(), "httpd:2.4")}}))
+}
+
+/// test/e2e/apps/rc.go testRCAdoptMatchingOrphans
+async fn rc_adopt(ctx: Ctx) -> anyhow::Result<()> {
+    let pods: Api<Pod> = ctx.namespaced();
+    pods.create(
+        &PostParams::default(),
+        &from(json!({
+            "metadata": {"name": "pod-adoption", "labels": {"name": "pod-adoption"}},
+            "spec": {"containers": [{"name": "pod-adoption", "image": "httpd:2.4"}]}
+        }))?,
+    )
+    .await?;
+    running(&ctx, "name=pod-adoption", 1).await?;
+    let rcs: Api<ReplicationController> = ctx.namespaced();
+    rcs.create(
+        &PostParams::default(),
+        &rc("pod-adoption", 1, json!({"name": "pod-adoption"}))?,
+    )
+    .await?;
+    let uid = rcs.get("pod-adoption").await?.uid().unwrap_or_default();
+    eventually(WAIT, "the orphan adopted", || async {
+        let p = pods.get("pod-adoption").await?;
+        Ok(p.owner_references()
+            .iter()
+            .any(|o| {
+                o.uid == uid && o.kind == "ReplicationController" && o.controller == Some(true)
+            })
+            .then_some(()))
+    })
+    .await?;
+    // Adopted, it is the one replica: no other pod is made.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        pods_with(&ctx, "name=pod-adoption").await?.len() == 1,
+        "a second pod was made"
+    );
+    Ok(())
+}
+
+/// test/e2e/apps/rc.go testRCReleaseControlledNotMatching
+async fn rc_release(ctx: Ctx) -> anyhow::Result<()> {
+    let rcs: Api<ReplicationController> = ctx.namespaced();
+    rcs.create(
+        &PostParams::default(),
+        &rc("pod-release", 1, json!({"name": "pod-release"}))?,
+    )
+    .await?;
+    let pod = running(&ctx, "name=pod-release", 1).await?.remove(0);
+    let uid = rcs.get("pod-release").await?.uid().unwrap_or_default();
+    let pods: Api<Pod> = ctx.namespaced();
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"metadata": {"labels": {"name": "not-matching-name"}}})),
+    )
+    .await?;
+    eventually(WAIT, "the pod released", || async {
+        let p = pods.get(&pod.name_any()).await?;
+        Ok(p.owner_references()
+            .iter()
+            .all(|o| o.uid != uid)
+            .then_some(()))
+    })
+    .await?;
+    running(&ctx, "name=pod-release", 1).await?;
+    eventually(WAIT, "the controller's status", || async {
+        let s = rcs.get("pod-release").await?.status.unwrap_or_default();
+        Ok((s.replicas == 1 && s.ready_replicas == Some(1)).then_some(()))
+    })
+    .await
+}
+
+/// test/e2e/apimachinery/garbage_collector.go "should delete pods created by rc when not
+/// orphaning"
+async fn gc_rc_cascade(ctx: Ctx) -> anyhow::Result<()> {
+    let rcs: Api<ReplicationController> = ctx.namespaced();
+    rcs.create(
+        &PostParams::default(),
+        &rc("simpletest.rc", 2, json!({"app": "gc-test"}))?,
+    )
+    .await?;
+    running(&ctx, "app=gc-test", 2).await?;
+    rcs.delete("simpletest.rc", &DeleteParams::background())
+        .await?;
+    eventually(WAIT, "the rc's pods collected", || async {
+        Ok(pods_with(&ctx, "app=gc-test")
+            .await?
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}
+
+/// test/e2e/apimachinery/garbage_collector.go "should orphan pods created by rc if delete
+/// options say so"
+async fn gc_rc_orphan(ctx: Ctx) -> anyhow::Result<()> {
+    let rcs: Api<ReplicationController> = ctx.namespaced();
+    rcs.create(
+        &PostParams::default(),
+        &rc("simpletest.rc", 2, json!({"app": "gc-test"}))?,
+    )
+    .await?;
+    running(&ctx, "app=gc-test", 2).await?;
+    rcs.delete("simpletest.rc", &DeleteParams::orphan()).await?;
+    eventually(WAIT, "the rc gone", || async {
+        Ok(rcs.get_opt("simpletest.rc").await?.is_none().then_some(()))
+    })
+    .await?;
+    eventually(WAIT, "the pods orphaned", || async {
+        let pods = pods_with(&ctx, "app=gc-test").await?;
+        Ok((pods.len() == 2 && pods.iter().all(|p| p.owner_references().is_empty())).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        pods_with(&ctx, "app=gc-test").await?.len() == 2,
+        "orphaned pods were collected"
+    );
+    Ok(())
 }
