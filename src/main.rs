@@ -97,6 +97,12 @@ struct ControllerManagerArgs {
     /// CA bundle published to every namespace as kube-root-ca.crt (default: the kubeconfig's CA).
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// The CA certificate that signs approved CertificateSigningRequests (with the key below).
+    #[arg(long, requires = "cluster_signing_key_file")]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// The CA key that signs approved CertificateSigningRequests.
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    cluster_signing_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -324,6 +330,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             config: kelp_client::config_from_file(&path).await?,
             root_ca_pem: pki.ca_pem().to_string(),
             identity: kelp_client::identity(),
+            signing: Some(kelp_controllers::certificates::SigningCa {
+                cert_pem: pki.ca_pem().to_string(),
+                key_pem: read_file(&args.data_dir.join("pki").join("ca.key"))?,
+            }),
         };
         tokio::spawn(async move {
             if let Err(e) = kelp_controllers::run(options).await {
@@ -396,6 +406,10 @@ fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn read_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// `kelp controller-manager`: the controllers alone, until a signal.
 async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
     let config = kelp_client::config_from_file(&args.kubeconfig).await?;
@@ -404,10 +418,21 @@ async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => pem_bundle(&config.root_cert.clone().unwrap_or_default()),
     };
+    let signing = match (
+        &args.cluster_signing_cert_file,
+        &args.cluster_signing_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(kelp_controllers::certificates::SigningCa {
+            cert_pem: read_file(cert)?,
+            key_pem: read_file(key)?,
+        }),
+        _ => None,
+    };
     let options = kelp_controllers::Options {
         config,
         root_ca_pem,
         identity: kelp_client::identity(),
+        signing,
     };
     tokio::select! {
         r = kelp_controllers::run(options) => r,

@@ -1201,3 +1201,174 @@ fn silent_nodes_are_tainted_budgets_hold_and_quotas_recount() {
     ]);
     assert_eq!(forever, "");
 }
+
+/// A PEM certificate request for CN=`cn`, O=`org`, and its key.
+fn certificate_request(cn: &str, org: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, org);
+    let csr = params.serialize_request(&key).unwrap();
+    (csr.pem().unwrap(), key.serialize_pem())
+}
+
+fn csr_yaml(name: &str, pem: &str, signer: &str, usages: &str) -> String {
+    use base64::Engine;
+    let request = base64::engine::general_purpose::STANDARD.encode(pem);
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: {signer}\n  expirationSeconds: 86400\n  usages: [{usages}]\n"
+    )
+}
+
+#[test]
+fn certificate_requests_are_approved_and_signed_by_the_cluster_ca() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    let k = Kubectl { server: &server };
+    // A user's client certificate: pending until approved, then issued by the cluster CA.
+    let (pem, key) = certificate_request("carol", "dev");
+    k.apply(&csr_yaml(
+        "carol",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        "client auth",
+    ));
+    let row = k.ok(&["get", "csr", "carol", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().skip(2).collect::<Vec<_>>(),
+        [
+            "kubernetes.io/kube-apiserver-client",
+            "system:admin",
+            "24h",
+            "Pending"
+        ]
+    );
+    let out = k.ok(&["certificate", "approve", "carol"]);
+    assert_eq!(
+        out,
+        "certificatesigningrequest.certificates.k8s.io/carol approved\n"
+    );
+    let cert = wait_for("carol's certificate", 30, || {
+        let c = k.ok(&[
+            "get",
+            "csr",
+            "carol",
+            "-o",
+            "jsonpath={.status.certificate}",
+        ]);
+        if c.is_empty() { Err(c) } else { Ok(c) }
+    });
+    let row = k.ok(&["get", "csr", "carol", "--no-headers"]);
+    assert_eq!(row.split_whitespace().last(), Some("Approved,Issued"));
+    let cert = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(cert)
+            .unwrap(),
+    )
+    .unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kubeconfig = dir.path().join("carol.kubeconfig");
+    server.write_kubeconfig(
+        &kubeconfig,
+        &format!(
+            "    client-certificate-data: {}\n    client-key-data: {}",
+            b64(&cert),
+            b64(&key)
+        ),
+    );
+    let who = server.kubectl_as(&kubeconfig, V, &["auth", "whoami"]);
+    assert!(who.ok, "{}", who.stderr);
+    let who: Vec<String> = who
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            "ATTRIBUTE VALUE",
+            "Username carol",
+            "Groups [dev system:authenticated]"
+        ]
+    );
+
+    // A kubelet's client certificate requested with a bootstrap token: approved by the
+    // controller (the requestor may create nodeclient requests), then signed.
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-abcdef",
+        "-n",
+        "kube-system",
+        "--type=bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=abcdef",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=usage-bootstrap-authentication=true",
+    ]);
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "kubelet-bootstrap",
+        "--clusterrole=system:node-bootstrapper",
+        "--group=system:bootstrappers",
+    ]);
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "node-autoapprove",
+        "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        "--group=system:bootstrappers",
+    ]);
+    let joiner = dir.path().join("joiner.kubeconfig");
+    server.write_kubeconfig(&joiner, "    token: abcdef.0123456789abcdef");
+    let (pem, _) = certificate_request("system:node:worker-1", "system:nodes");
+    let out = server.run_kubectl_stdin(
+        &joiner,
+        &["apply", "-f", "-"],
+        &csr_yaml(
+            "node-csr",
+            &pem,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            "digital signature, client auth",
+        ),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    wait_for("the node's certificate", 30, || {
+        let s = k.ok(&[
+            "get",
+            "csr",
+            "node-csr",
+            "-o",
+            "jsonpath={.spec.username} {.status.conditions[0].reason} {.status.certificate}",
+        ]);
+        if s.starts_with("system:bootstrap:abcdef AutoApproved ") && s.len() > 40 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    // A user may not get a kubelet's certificate under another identity: the signer refuses.
+    let (pem, _) = certificate_request("mallory", "system:masters");
+    k.apply(&csr_yaml(
+        "bad",
+        &pem,
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        "client auth",
+    ));
+    k.ok(&["certificate", "approve", "bad"]);
+    wait_for("the request failed", 30, || {
+        let s = k.ok(&["get", "csr", "bad", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}: {.status.conditions[?(@.type==\"Failed\")].message}"]);
+        if s == "SignerValidationFailure: subject organization is not system:nodes" {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+}

@@ -82,6 +82,15 @@ fn subresources(r: &Resource) -> Vec<Subresource> {
         out.push(("binding", "", "v1", "Binding", &["create"][..]));
         out.push(("eviction", "policy", "v1", "Eviction", &["create"][..]));
     }
+    if r.kind == "CertificateSigningRequest" {
+        out.push((
+            "approval",
+            r.group,
+            r.version,
+            r.kind,
+            &["get", "patch", "update"][..],
+        ));
+    }
     if r.plural == "serviceaccounts" && r.group.is_empty() {
         out.push((
             "token",

@@ -93,6 +93,44 @@ pub async fn serve(
             };
             return partial_update(ctx, target, query, patch, &requested).await;
         }
+        // A CertificateSigningRequest's approval (upstream's approvalStrategy): only its
+        // status.conditions change, through PUT .../approval (`kubectl certificate approve`).
+        (Some("approval"), Some(name))
+            if r.kind == "CertificateSigningRequest" && method == Method::PUT =>
+        {
+            let requested = read_body(r, headers, &body)?;
+            let conditions = requested
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            for c in conditions.as_array().into_iter().flatten() {
+                let kind = c.get("type").and_then(Value::as_str).unwrap_or("");
+                if !["Approved", "Denied", "Failed"].contains(&kind) {
+                    return Err(ApiError::invalid(
+                        "certificates.k8s.io",
+                        "CertificateSigningRequest",
+                        name,
+                        vec![(
+                            "status.conditions[0].type".into(),
+                            format!(
+                                "Unsupported value: \"{kind}\": supported values: \"Approved\", \"Denied\", \"Failed\""
+                            ),
+                        )],
+                    ));
+                }
+            }
+            let patch = json!({"status": {"conditions": conditions}});
+            let manager = fieldmanager::manager(query, headers);
+            let target = UpdateTarget {
+                r,
+                ns,
+                name,
+                // The status strategy: status changes, the spec stays.
+                subresource: "status",
+                manager: &manager,
+            };
+            return partial_update(ctx, target, query, patch, &requested).await;
+        }
         (Some("scale"), Some(name)) if r.scale => {
             return scale(ctx, r, ns, name, method, query, headers, &body).await;
         }
@@ -903,6 +941,28 @@ async fn create(
         obj["status"] = json!({});
     }
     (r.defaults)(&mut obj);
+    // A CertificateSigningRequest records who asked (upstream's PrepareForCreate).
+    if r.kind == "CertificateSigningRequest"
+        && let Ok(user) = crate::security::REQUESTER.try_with(std::sync::Arc::clone)
+        && obj.get("spec").is_some_and(Value::is_object)
+    {
+        let spec = &mut obj["spec"];
+        spec["username"] = json!(user.name);
+        spec["uid"] = if user.uid.is_empty() {
+            Value::Null
+        } else {
+            json!(user.uid)
+        };
+        spec["groups"] = json!(user.groups);
+        spec["extra"] = if user.extra.is_empty() {
+            Value::Null
+        } else {
+            json!(user.extra)
+        };
+        if let Some(m) = spec.as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+    }
     let admit = crate::admission::Admit {
         r,
         ns,

@@ -4,6 +4,7 @@
 //! with back-off; the set runs only while this process holds the
 //! `kube-system/kube-controller-manager` Lease.
 
+pub mod certificates;
 pub mod credentials;
 pub mod cronjob;
 pub mod daemonset;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
@@ -51,6 +53,8 @@ pub struct Options {
     pub root_ca_pem: String,
     /// This process among its peers (the Lease's holderIdentity).
     pub identity: String,
+    /// The CA that signs approved CertificateSigningRequests (none: no signing).
+    pub signing: Option<certificates::SigningCa>,
 }
 
 /// The shared informers: one watch per resource for all controllers.
@@ -75,6 +79,7 @@ pub struct Informers {
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
     pub quotas: Arc<Informer<ResourceQuota>>,
     pub replicationcontrollers: Arc<Informer<ReplicationController>>,
+    pub csrs: Arc<Informer<CertificateSigningRequest>>,
 }
 
 impl Informers {
@@ -104,6 +109,7 @@ impl Informers {
             pdbs: Informer::spawn(Api::all(client.clone()), all.clone()),
             quotas: Informer::spawn(Api::all(client.clone()), all.clone()),
             replicationcontrollers: Informer::spawn(Api::all(client.clone()), all.clone()),
+            csrs: Informer::spawn(Api::all(client.clone()), all.clone()),
             node_leases: Informer::spawn(
                 Api::namespaced(client.clone(), "kube-node-lease"),
                 all.clone(),
@@ -138,6 +144,7 @@ impl Informers {
         self.pdbs.ready().await;
         self.quotas.ready().await;
         self.replicationcontrollers.ready().await;
+        self.csrs.ready().await;
     }
 }
 
@@ -201,6 +208,15 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     set.spawn(nodelifecycle::run(client, informers.clone()));
     let client = credentials.client("pod-garbage-collector").await?;
     set.spawn(podgc::run(client, informers.clone()));
+    if let Some(ca) = options.signing.clone() {
+        let client = credentials.client("certificate-controller").await?;
+        set.spawn(certificates::run(
+            client.clone(),
+            client,
+            informers.clone(),
+            ca,
+        ));
+    }
     let client = credentials.client("generic-garbage-collector").await?;
     set.spawn(gc::run(client, root.clone()));
     // The controllers run until leadership ends (this future is then dropped, and the set

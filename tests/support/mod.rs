@@ -110,6 +110,11 @@ impl KelpServer {
         self.run_kubectl(kubeconfig, version, args, None, &[])
     }
 
+    /// kubectl with another user's kubeconfig and a standard input.
+    pub fn run_kubectl_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+        self.run_kubectl(kubeconfig, "1.33", args, Some(stdin), &[])
+    }
+
     /// A kubeconfig for this server with the given `user:` entry (YAML lines indented by
     /// four spaces; empty for an anonymous user), written to `path`.
     pub fn write_kubeconfig(&self, path: &Path, user: &str) {
