@@ -83,15 +83,16 @@ pub async fn serve(
                 .cloned()
                 .unwrap_or_else(|| json!([]));
             let patch = json!({"spec": {"finalizers": finalizers}});
-            let manager = fieldmanager::manager(query, headers);
-            let target = UpdateTarget {
-                r,
-                ns,
-                name,
-                subresource: "finalize",
-                manager: &manager,
-            };
-            return partial_update(ctx, target, query, patch, &requested).await;
+            return subresource_write(
+                ctx,
+                (r, ns, name),
+                "finalize",
+                query,
+                headers,
+                patch,
+                &requested,
+            )
+            .await;
         }
         // A CertificateSigningRequest's approval (upstream's approvalStrategy): only its
         // status.conditions change, through PUT .../approval (`kubectl certificate approve`).
@@ -120,16 +121,17 @@ pub async fn serve(
                 }
             }
             let patch = json!({"status": {"conditions": conditions}});
-            let manager = fieldmanager::manager(query, headers);
-            let target = UpdateTarget {
-                r,
-                ns,
-                name,
-                // The status strategy: status changes, the spec stays.
-                subresource: "status",
-                manager: &manager,
-            };
-            return partial_update(ctx, target, query, patch, &requested).await;
+            // The status strategy: status changes, the spec stays.
+            return subresource_write(
+                ctx,
+                (r, ns, name),
+                "status",
+                query,
+                headers,
+                patch,
+                &requested,
+            )
+            .await;
         }
         (Some("scale"), Some(name)) if r.scale => {
             return scale(ctx, r, ns, name, method, query, headers, &body).await;
@@ -1150,6 +1152,27 @@ async fn scale(
 
 /// An update by a subresource that writes part of the object (finalize, scale): `patch`
 /// merged into it, with the requested object's resourceVersion as the precondition.
+/// A write through a subresource that changes only the fields of `patch` (a merge patch).
+async fn subresource_write(
+    ctx: &Ctx,
+    (r, ns, name): (&'static Resource, Option<&str>, &str),
+    subresource: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    patch: Value,
+    requested: &Value,
+) -> Result<Response, ApiError> {
+    let manager = fieldmanager::manager(query, headers);
+    let target = UpdateTarget {
+        r,
+        ns,
+        name,
+        subresource,
+        manager: &manager,
+    };
+    partial_update(ctx, target, query, patch, requested).await
+}
+
 async fn partial_update(
     ctx: &Ctx,
     target: UpdateTarget<'_>,
