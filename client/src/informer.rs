@@ -1,6 +1,7 @@
 //! Shared informers: one list+watch per resource (kube-rs' watcher and reflector), a cache
 //! every controller reads, and a feed of the objects that changed, deleted ones included
-//! (with their last state), which drives the controllers' work queues.
+//! (with their last state), which drives the controllers' work queues. Cached objects carry
+//! no managedFields.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -92,13 +93,21 @@ async fn feed<K>(
     let mut before: HashMap<ObjectRef<K>, Arc<K>> = HashMap::new();
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(event) = events.next().await {
-        let event = match event {
+        let mut event = match event {
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!(error = %e, kind = %K::kind(&()), "watch failed, retrying");
                 continue;
             }
         };
+        // No controller reads managedFields: the caches go without them (a large part of an
+        // object that several writers touched).
+        match &mut event {
+            Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => {
+                o.meta_mut().managed_fields = None;
+            }
+            Event::Init | Event::InitDone => {}
+        }
         if let Event::Init = event {
             before = store
                 .state()
