@@ -44,6 +44,8 @@ pub fn tests() -> Vec<Test> {
         "[sig-api-machinery] Garbage collector should orphan pods created by rc if delete options say so" => gc_rc_orphan,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a configMap." => quota_configmap,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a secret." => quota_secret,
+        "[sig-api-machinery] Namespaces [Serial] should ensure that all pods are removed when a namespace is deleted" => namespace_removes_pods,
+        "[sig-api-machinery] Namespaces [Serial] should ensure that all services are removed when a namespace is deleted" => namespace_removes_services,
         "[sig-scheduling] SchedulerPredicates [Serial] validates that NodeSelector is respected if not matching" => selector_not_matching,
         "[sig-scheduling] SchedulerPredicates [Serial] validates that NodeSelector is respected if matching" => selector_matching,
     ]
@@ -1047,5 +1049,84 @@ async fn gc_rc_orphan(ctx: Ctx) -> anyhow::Result<()> {
         pods_with(&ctx, "app=gc-test").await?.len() == 2,
         "orphaned pods were collected"
     );
+    Ok(())
+}
+
+/// A namespace of the test's own making (upstream's CreateNamespace "nsdeletetest"), gone
+/// once deleted with its content.
+async fn doomed_namespace(ctx: &Ctx) -> anyhow::Result<String> {
+    let name = ctx.unique("nsdeletetest");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = ctx.all();
+    namespaces
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": name}}))?,
+        )
+        .await?;
+    Ok(name)
+}
+
+async fn delete_namespace(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = ctx.all();
+    namespaces.delete(name, &DeleteParams::default()).await?;
+    eventually(WAIT, "the namespace removed", || async {
+        Ok(namespaces.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+/// test/e2e/apimachinery/namespace.go ensurePodsAreRemovedWhenNamespaceIsDeleted
+async fn namespace_removes_pods(ctx: Ctx) -> anyhow::Result<()> {
+    let ns = doomed_namespace(&ctx).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &from(json!({
+            "metadata": {"name": "test-pod"},
+            "spec": {"containers": [{"name": "nginx", "image": "pause"}]}
+        }))?,
+    )
+    .await?;
+    eventually(WAIT, "the pod running", || async {
+        Ok((phase(&pods.get("test-pod").await?) == "Running").then_some(()))
+    })
+    .await?;
+    delete_namespace(&ctx, &ns).await?;
+    // Recreated, the namespace is empty.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = ctx.all();
+    namespaces
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let left = pods.list(&ListParams::default()).await?.items.len();
+    delete_namespace(&ctx, &ns).await?;
+    ensure!(left == 0, "{left} pods survived the namespace");
+    Ok(())
+}
+
+/// test/e2e/apimachinery/namespace.go ensureServicesAreRemovedWhenNamespaceIsDeleted
+async fn namespace_removes_services(ctx: Ctx) -> anyhow::Result<()> {
+    let ns = doomed_namespace(&ctx).await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(ctx.client.clone(), &ns);
+    services
+        .create(&PostParams::default(), &from(json!({
+            "metadata": {"name": "test-service"},
+            "spec": {"selector": {"foo": "bar", "baz": "blah"}, "ports": [{"port": 80, "targetPort": 80}]}
+        }))?)
+        .await?;
+    delete_namespace(&ctx, &ns).await?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = ctx.all();
+    namespaces
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let left = services.get_opt("test-service").await?;
+    delete_namespace(&ctx, &ns).await?;
+    ensure!(left.is_none(), "the service survived the namespace");
     Ok(())
 }
