@@ -252,10 +252,7 @@ async fn replicaset_scale(ctx: Ctx) -> anyhow::Result<()> {
         scale.spec.as_ref().and_then(|s| s.replicas) == Some(1),
         "scale {scale:?}"
     );
-    let mut update = scale.clone();
-    update.spec.get_or_insert_default().replicas = Some(2);
-    rss.replace_scale(name, &PostParams::default(), &update)
-        .await?;
+    update_scale(&rss, name).await?;
     let rs = rss.get(name).await?;
     ensure!(
         rs.spec.and_then(|s| s.replicas) == Some(2),
@@ -274,6 +271,27 @@ async fn replicaset_scale(ctx: Ctx) -> anyhow::Result<()> {
     );
     running(&ctx, "name=sample-pod", 4).await?;
     Ok(())
+}
+
+/// Sets the scale to 2 replicas, retrying on conflict (a status write may land between the
+/// read and the update).
+async fn update_scale<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..5 {
+        let mut scale = api.get_scale(name).await?;
+        scale.spec.get_or_insert_default().replicas = Some(2);
+        match api
+            .replace_scale(name, &PostParams::default(), &scale)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("the scale update kept conflicting")
 }
 
 fn job(name: &str, extra: serde_json::Value) -> anyhow::Result<Job> {
@@ -560,15 +578,18 @@ async fn statefulset_scale(ctx: Ctx) -> anyhow::Result<()> {
     }))?)
     .await?;
     running(&ctx, "foo=bar", 1).await?;
+    // Upstream's WaitForStatusReadyReplicas: the controller's status write is in.
+    eventually(WAIT, "the set's ready replicas", || async {
+        let s = api.get("ss").await?.status.unwrap_or_default();
+        Ok((s.ready_replicas == Some(1)).then_some(()))
+    })
+    .await?;
     let scale: Scale = api.get_scale("ss").await?;
     ensure!(
         scale.spec.as_ref().and_then(|s| s.replicas) == Some(1),
         "scale {scale:?}"
     );
-    let mut update = scale.clone();
-    update.spec.get_or_insert_default().replicas = Some(2);
-    api.replace_scale("ss", &PostParams::default(), &update)
-        .await?;
+    update_scale(&api, "ss").await?;
     ensure!(
         api.get("ss").await?.spec.and_then(|s| s.replicas) == Some(2),
         "not scaled"
