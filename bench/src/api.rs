@@ -86,18 +86,7 @@ fn configmap(name: String) -> ConfigMap {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kelp = args.kelp.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("kelp")))
-            .unwrap_or_default()
-    });
-    if !kelp.exists() {
-        bail!(
-            "{} not found: build it with cargo build --release",
-            kelp.display()
-        );
-    }
+    let kelp = crate::control::kelp_binary(&args.kelp)?;
     let duration = Duration::from_secs_f64(args.duration);
     let dir = tempfile::Builder::new()
         .prefix("kelp-bench-api-")

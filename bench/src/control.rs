@@ -65,7 +65,8 @@ pub struct ChurnArgs {
     kelp: Option<PathBuf>,
 }
 
-fn kelp_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The kelp binary to run: the one given, else target/release/kelp beside this one.
+pub(crate) fn kelp_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let kelp = given.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
