@@ -206,12 +206,29 @@ impl WatchCache {
         self.read().objects.contains_key(key.as_bytes())
     }
 
+    /// Whether the cache reaches `at_least` in time.
+    pub async fn reach(&self, at_least: Revision) -> bool {
+        if *self.revision.borrow() >= at_least {
+            return true;
+        }
+        let mut rx = self.revision.subscribe();
+        let reached = tokio::time::timeout(CATCH_UP, rx.wait_for(|r| *r >= at_least.max(0)));
+        matches!(reached.await, Ok(Ok(_)))
+    }
+
+    /// One object (None: there is none) once the cache has reached `at_least`; None if it
+    /// does not get there in time (the caller reads storage).
+    pub async fn get_at(&self, key: &[u8], at_least: Revision) -> Option<Option<Arc<KeyValue>>> {
+        if !self.reach(at_least).await {
+            return None;
+        }
+        Some(self.read().objects.get(key).cloned())
+    }
+
     /// The objects in `[start, end)` once the cache has reached `at_least`; None if it does
     /// not get there in time (the caller reads storage).
     pub async fn snapshot(&self, start: &[u8], end: &[u8], at_least: Revision) -> Option<Snapshot> {
-        let mut rx = self.revision.subscribe();
-        let reached = tokio::time::timeout(CATCH_UP, rx.wait_for(|r| *r >= at_least.max(0)));
-        if !matches!(reached.await, Ok(Ok(_))) {
+        if !self.reach(at_least).await {
             return None;
         }
         let state = self.read();

@@ -158,7 +158,7 @@ pub async fn serve(
             })
         }
         (&Method::GET, Some(name)) if output == Output::Object && served_as_stored(r) => {
-            let (kv, _) = backend.get(r.key(ns, name)).await?;
+            let kv = get_stored(ctx, &r.key(ns, name), query).await?;
             let kv = kv.ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
             let mut out = Vec::with_capacity(kv.value.len() + 32);
             raw_object(&kv, &mut out)?;
@@ -288,6 +288,27 @@ async fn get(
     }
 }
 
+/// A stored object as a GET asks for it: from the watch cache once it has reached the
+/// head (no resourceVersion: a consistent read) or the revision asked for (`0`: whatever it
+/// holds), else from storage.
+async fn get_stored(
+    ctx: &Ctx,
+    key: &str,
+    query: &HashMap<String, String>,
+) -> Result<Option<std::sync::Arc<KeyValue>>, ApiError> {
+    if let Some(cache) = &ctx.cache {
+        let at_least = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+            Some(v) => parse_rv(v)?,
+            None => ctx.backend.head().await?,
+        };
+        if let Some(found) = cache.get_at(key.as_bytes(), at_least).await {
+            return Ok(found);
+        }
+    }
+    let (kv, _) = ctx.backend.get(key).await?;
+    Ok(kv.map(std::sync::Arc::new))
+}
+
 /// Continue tokens as upstream writes them (`storage/continue.go`): base64url of
 /// `{"v":"meta.k8s.io/v1","rv":R,"start":"<key after the prefix>\u0000"}`.
 fn encode_continue(rv: Revision, start: &str) -> String {
@@ -371,11 +392,30 @@ fn raw_object(kv: &KeyValue, out: &mut Vec<u8>) -> Result<(), ApiError> {
     let top: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
         serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    let rv = kv.mod_revision.to_string();
+    // Stored objects carry no resourceVersion (the revision says it), so it is spliced in
+    // as the metadata's first member, and the rest is copied as stored.
+    if let Some(meta) = top.get("metadata").map(|m| m.get())
+        && meta.starts_with('{')
+        && !meta.contains("\"resourceVersion\"")
+    {
+        let offset = meta.as_ptr() as usize - kv.value.as_ptr() as usize;
+        let (head, rest) = kv.value.split_at(offset + 1);
+        out.extend_from_slice(head);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(rv.as_bytes());
+        out.push(b'"');
+        if meta[1..].trim_start() != "}" {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        return Ok(());
+    }
     let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
         Some(m) => serde_json::from_str(m.get()).map_err(internal)?,
         None => serde_json::Map::new(),
     };
-    meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    meta.insert("resourceVersion".into(), json!(rv));
     let mut members: Vec<(&str, Option<&serde_json::value::RawValue>)> =
         top.iter().map(|(k, v)| (*k, Some(*v))).collect();
     if !top.contains_key("metadata") {
@@ -440,6 +480,12 @@ async fn list(
             metadata: json!({"resourceVersion": snap.revision.to_string()}),
         });
     }
+    if limit > 0
+        && let Some(page) =
+            first_page_cached(ctx, r, ns, query, limit, &selected, selectors.is_empty()).await?
+    {
+        return Ok(page);
+    }
     let (start, mut at) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             if rv.is_some() {
@@ -456,7 +502,7 @@ async fn list(
                 Some(v) if exact || (limit > 0 && v != "0") => parse_rv(v)?,
                 Some(v) => {
                     let n = parse_rv(v)?;
-                    let (head, _) = backend.revisions().await?;
+                    let head = backend.head().await?;
                     if n > head {
                         return Err(ApiError::from(kelp_storage::StorageError::FutureRevision {
                             requested: n,
@@ -546,6 +592,57 @@ fn from_cache(query: &HashMap<String, String>) -> bool {
         && (rv.is_none() && limit <= 0 || rv == Some("0"))
 }
 
+/// The first page of a consistent list (a limit, no resourceVersion, no continue), from the
+/// watch cache once it has reached the head, as upstream's cacher serves it: `limit`
+/// matches, and a continue token at the cache's revision when more follow (later pages
+/// are read from storage at that revision).
+async fn first_page_cached(
+    ctx: &Ctx,
+    r: &Resource,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+    limit: i64,
+    selected: &(dyn Fn(&KeyValue) -> Result<bool, ApiError> + Sync),
+    unfiltered: bool,
+) -> Result<Option<Listed>, ApiError> {
+    let Some(cache) = &ctx.cache else {
+        return Ok(None);
+    };
+    if query.get("continue").is_some_and(|c| !c.is_empty())
+        || query.get("resourceVersion").is_some_and(|v| !v.is_empty())
+        || query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty())
+    {
+        return Ok(None);
+    }
+    let head = ctx.backend.head().await?;
+    let prefix = r.key_prefix(ns);
+    let end = kelp_storage::prefix_end(prefix.as_bytes());
+    let Some(snap) = cache.snapshot(prefix.as_bytes(), &end, head).await else {
+        return Ok(None);
+    };
+    let total = snap.kvs.len();
+    let mut kvs = Vec::with_capacity((limit as usize).min(total));
+    let mut more = false;
+    for kv in snap.kvs {
+        if selected(&kv)? {
+            if kvs.len() as i64 == limit {
+                more = true;
+                break;
+            }
+            kvs.push(kv);
+        }
+    }
+    let mut metadata = json!({"resourceVersion": snap.revision.to_string()});
+    if more && let Some(last) = kvs.last() {
+        let last = String::from_utf8_lossy(&last.key[prefix.len()..]).into_owned();
+        metadata["continue"] = json!(encode_continue(snap.revision, &format!("{last}\u{0}")));
+        if unfiltered {
+            metadata["remainingItemCount"] = json!((total - kvs.len()) as i64);
+        }
+    }
+    Ok(Some(Listed { kvs, metadata }))
+}
+
 /// The cache's snapshot of a list, once it has reached what the list asks for.
 async fn cached(
     ctx: &Ctx,
@@ -561,7 +658,7 @@ async fn cached(
     }
     let at_least = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
         Some(_) => 0,
-        None => ctx.backend.revisions().await?.0,
+        None => ctx.backend.head().await?,
     };
     let prefix = r.key_prefix(ns);
     let end = kelp_storage::prefix_end(prefix.as_bytes());
@@ -1816,7 +1913,7 @@ async fn watch(
         Some(v) if !send_initial => (Vec::new(), parse_rv(v)? + 1),
         _ => {
             // The current state, from the watch cache when it has caught up with the head.
-            let (head, _) = backend.revisions().await?;
+            let head = backend.head().await?;
             let wanted = match rv {
                 Some(v) => parse_rv(v)?,
                 None => head,
@@ -2041,6 +2138,35 @@ fn watch_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_objects_gain_their_resource_version() {
+        let kv = |value: &str| KeyValue {
+            key: b"/registry/configmaps/default/a".to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 3,
+            mod_revision: 7,
+            version: 1,
+            lease: 0,
+        };
+        let served = |value: &str| {
+            let mut out = Vec::new();
+            raw_object(&kv(value), &mut out).unwrap();
+            serde_json::from_slice::<Value>(&out).unwrap()
+        };
+        let obj = served(r#"{"kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#);
+        assert_eq!(
+            obj,
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "7"}, "data": {"k": "v"}})
+        );
+        assert_eq!(served(r#"{"metadata": { }}"#), json!({"metadata": {"resourceVersion": "7"}}));
+        // No metadata, or one that (unexpectedly) has a resourceVersion: written afresh.
+        assert_eq!(served(r#"{"kind":"X"}"#), json!({"kind": "X", "metadata": {"resourceVersion": "7"}}));
+        assert_eq!(
+            served(r#"{"metadata":{"resourceVersion":"1","name":"a"}}"#),
+            json!({"metadata": {"name": "a", "resourceVersion": "7"}})
+        );
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_refuse_tampering() {

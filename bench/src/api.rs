@@ -1,6 +1,9 @@
 //! `kelp-bench api`: `kelp server` (release build, SQLite) over HTTPS with kube-rs clients:
 //! start-up to ready, idle RSS, creates/gets at 64 clients, and lists of 10k pods, with the
-//! storage layer's creates/s in the same run as the reference (target: API ≥ 0.6 of it).
+//! storage layer's creates/s in the same run as the reference (target: API ≥ 0.6 of it),
+//! and idle watches (HTTP/2 streams as Go clients hold them, and HTTP/1.1 connections as
+//! kube-rs does). The server runs without its in-process scheduler and controller-manager;
+//! the whole control plane's idle RSS is read separately.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -95,6 +98,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut child = Command::new(&kelp)
         .args(["server", "--https-listen-port", "0", "--data-dir"])
         .arg(dir.path().join("server"))
+        // The API server alone, as upstream's kube-apiserver is measured: the in-process
+        // scheduler would otherwise be scheduling (and writing events for) the 10k pods of
+        // the list workload, which have no nodes, while the lists and watches are timed.
+        .args(["--disable-controller-manager", "--disable-scheduler"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -194,42 +201,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.pods
     );
 
-    // Idle watches: each its own stream, from the current revision (no initial events),
-    // spread over connections as many clients would open them; the server's RSS growth.
-    let (watch_config, rv) = {
-        let kubeconfig = Kubeconfig::read_from(dir.path().join("server/admin.kubeconfig"))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        let list = cms.list(&ListParams::default().limit(1)).await?;
-        (config, list.metadata.resource_version.unwrap_or_default())
-    };
-    let before_watches = rss_mib(child.id());
-    let mut watches = Vec::with_capacity(args.watches);
-    let per_connection = 100;
-    for chunk in 0..args.watches.div_ceil(per_connection) {
-        let client = kube::Client::try_from(watch_config.clone())?;
-        let api: Api<ConfigMap> = Api::namespaced(client, "default");
-        let n = per_connection.min(args.watches - chunk * per_connection);
-        let opened = futures::future::try_join_all((0..n).map(|_| {
-            let api = api.clone();
-            let rv = rv.clone();
-            async move {
-                api.watch(&kube::api::WatchParams::default().timeout(290), &rv)
-                    .await
-            }
-        }))
-        .await?;
-        watches.extend(opened);
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_watches_mib = rss_mib(child.id()) - before_watches;
-    eprintln!(
-        "[api] {} idle watches: +{idle_watches_mib:.1} MiB RSS",
-        watches.len()
-    );
-    drop(watches);
     let _ = child.kill();
     let _ = child.wait();
+
+    // Idle watches, each from the current revision (no initial events), on a fresh API server
+    // each time (an allocator reuses what earlier workloads freed, which would hide growth):
+    // first as client-go's informers hold them, HTTP/2 streams over few connections (100
+    // streams each); then as kube-rs holds them, HTTP/1.1, a TLS connection per watch.
+    let idle_watches_mib = idle_watches(&kelp, args.watches, Transport::Http2).await?;
+    let idle_watches_http1_mib = idle_watches(&kelp, args.watches, Transport::Http1).await?;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The whole control plane idle (API server, scheduler and controller-manager in one
+    // process, as `kelp server` runs by default), once its loops have synced.
+    let rss_idle_control_plane = {
+        let server = crate::control::start_server(&kelp, &[]).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rss_mib(server.child.id())
+    };
+    eprintln!("[api] kelp server with its control loops idle: {rss_idle_control_plane:.1} MiB RSS");
 
     // The reference: the storage layer's creates on the same backend, in this process.
     let storage_dir = tempfile::Builder::new()
@@ -267,6 +258,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("metric                      value");
     println!("ready_ms                    {ready_ms:.0}");
     println!("rss_idle_mib                {rss_idle:.1}");
+    println!("rss_idle_control_plane_mib  {rss_idle_control_plane:.1}");
     println!("api_creates_per_s           {creates:.0}");
     println!("storage_creates_per_s       {storage_creates:.0}");
     println!("api_vs_storage_creates      {ratio:.2}");
@@ -279,6 +271,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.watches
     );
     println!(
+        "idle_watches_{}_http1_mib {idle_watches_http1_mib:.1}",
+        args.watches
+    );
+    println!(
         "{}",
         json!({
             "suite": "api", "clients": args.clients,
@@ -287,8 +283,162 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "create_p99_ms": create_lat.quantile_ms(0.99), "get_per_s": gets.round(), "get_p99_ms": get_lat.quantile_ms(0.99),
             "list_10k_ms": list_ms, "page_500_ms": page_ms,
             "idle_watches_10k_mib": (idle_watches_mib * 10.0).round() / 10.0,
-            "rss_idle_mib": (rss_idle * 10.0).round() / 10.0, "ready_ms": ready_ms.round(),
+            "idle_watches_10k_http1_mib": (idle_watches_http1_mib * 10.0).round() / 10.0,
+            "rss_idle_mib": (rss_idle * 10.0).round() / 10.0,
+            "rss_idle_control_plane_mib": (rss_idle_control_plane * 10.0).round() / 10.0, "ready_ms": ready_ms.round(),
         })
     );
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Http2,
+    Http1,
+}
+
+/// The RSS a fresh API server gains holding `n` idle watches on configmaps.
+async fn idle_watches(kelp: &std::path::Path, n: usize, transport: Transport) -> anyhow::Result<f64> {
+    let server = crate::control::start_server(
+        kelp,
+        &["--disable-controller-manager", "--disable-scheduler"],
+    )
+    .await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&server.kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    let rv = cms
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_mib(server.child.id());
+    let mut h2 = None;
+    let mut http1 = Vec::with_capacity(n);
+    match transport {
+        Transport::Http2 => h2 = Some(h2_watches(&config, &rv, n, 100).await?),
+        Transport::Http1 => {
+            let per_batch = 100;
+            for chunk in 0..n.div_ceil(per_batch) {
+                let client = kube::Client::try_from(config.clone())?;
+                let api: Api<ConfigMap> = Api::namespaced(client, "default");
+                let batch = per_batch.min(n - chunk * per_batch);
+                let opened = futures::future::try_join_all((0..batch).map(|_| {
+                    let (api, rv) = (api.clone(), rv.clone());
+                    async move {
+                        api.watch(&kube::api::WatchParams::default().timeout(290), &rv)
+                            .await
+                    }
+                }))
+                .await?;
+                http1.extend(opened);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_mib(server.child.id()) - before;
+    eprintln!("[api] {n} idle watches over {transport:?}: +{grown:.1} MiB RSS");
+    drop((h2, http1));
+    Ok(grown)
+}
+
+#[derive(clap::Args)]
+pub struct WatchesArgs {
+    /// The server's kubeconfig.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Watches to open (HTTP/2, 100 streams per connection).
+    #[arg(long, default_value_t = 10_000)]
+    watches: usize,
+    /// Seconds to hold them.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+/// Opens idle watches on a running server and holds them (no measurement of its own: for
+/// a profiler attached to the server).
+pub async fn hold_watches(args: WatchesArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = kube::Client::try_from(config.clone())?;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let rv = cms
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let held = h2_watches(&config, &rv, args.watches, 100).await?;
+    eprintln!("holding {} watches", held.streams.len());
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    Ok(())
+}
+
+/// Watches held open as HTTP/2 streams, and the connections that carry them.
+struct H2Watches {
+    connections: Vec<hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+    streams: Vec<hyper::Response<hyper::body::Incoming>>,
+}
+
+/// Opens `n` watches of configmaps in default from `rv`, `per_connection` streams on each
+/// HTTP/2 connection (what Go clients do: one connection, many streams), with the
+/// kubeconfig's TLS identity.
+async fn h2_watches(
+    config: &kube::Config,
+    rv: &str,
+    n: usize,
+    per_connection: usize,
+) -> anyhow::Result<H2Watches> {
+    use kube::client::ConfigExt;
+    let mut tls = config.rustls_client_config()?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let authority = config
+        .cluster_url
+        .authority()
+        .context("server URL has no host")?
+        .clone();
+    let host = authority.host().trim_matches(['[', ']']).to_string();
+    let addr = format!("{host}:{}", authority.port_u16().unwrap_or(443));
+    let server_name = rustls::pki_types::ServerName::try_from(host)?;
+    let mut out = H2Watches {
+        connections: Vec::new(),
+        streams: Vec::with_capacity(n),
+    };
+    while out.streams.len() < n {
+        let tcp = tokio::net::TcpStream::connect(&addr).await?;
+        let stream = connector.connect(server_name.clone(), tcp).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await?;
+        tokio::spawn(conn);
+        let authority = &authority;
+        let batch = per_connection.min(n - out.streams.len());
+        let opened = futures::future::try_join_all((0..batch).map(|_| {
+            let mut sender = sender.clone();
+            let uri = format!(
+                "https://{authority}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=290"
+            );
+            async move {
+                sender.ready().await?;
+                let req = hyper::Request::get(uri).body(http_body_util::Empty::new())?;
+                let resp = sender.send_request(req).await?;
+                anyhow::ensure!(resp.status() == 200, "watch answered {}", resp.status());
+                anyhow::Ok(resp)
+            }
+        }))
+        .await?;
+        out.streams.extend(opened);
+        out.connections.push(sender);
+    }
+    Ok(out)
 }

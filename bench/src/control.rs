@@ -83,10 +83,10 @@ pub(crate) fn kelp_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// A `kelp server` child, killed on drop.
-struct Server {
-    child: Child,
-    client: kube::Client,
-    kubeconfig: PathBuf,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) client: kube::Client,
+    pub(crate) kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -97,7 +97,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_server(kelp: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+pub(crate) async fn start_server(kelp: &Path, extra: &[&str]) -> anyhow::Result<Server> {
     let dir = tempfile::Builder::new()
         .prefix("kelp-bench-control-")
         .tempdir()?;

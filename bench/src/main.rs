@@ -32,6 +32,8 @@ enum Suite {
     /// Deployments scaled up and down on simulated nodes: pod changes/s and API latency
     /// meanwhile, then the server's RSS with 10,000 pods.
     Churn(control::ChurnArgs),
+    /// Holds idle watches open against a running server, for profiling its memory.
+    Watches(api::WatchesArgs),
 }
 
 #[tokio::main]
@@ -41,5 +43,6 @@ async fn main() -> anyhow::Result<()> {
         Suite::Api(args) => api::run(args).await,
         Suite::Scheduler(args) => control::scheduler(args).await,
         Suite::Churn(args) => control::churn(args).await,
+        Suite::Watches(args) => api::hold_watches(args).await,
     }
 }

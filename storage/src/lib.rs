@@ -57,6 +57,11 @@ pub struct Options {
     pub read_connections: u32,
     /// Changes values on their way to and from the database (encryption at rest).
     pub transformer: Option<Arc<dyn Transformer>>,
+    /// SQLite only: hold the datastore's lock (`<file>.lock`), so that this backend is the
+    /// file's only writer and knows the head without reading it ([`Backend::head`]); an open
+    /// fails while another backend holds it. Off, several backends may share one file
+    /// (SQLite's own locking) and the head is read from the database.
+    pub exclusive: bool,
 }
 
 /// Turns values into their stored form and back, by key (upstream's storage value
@@ -80,6 +85,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             lease_check_interval: Duration::from_millis(500),
             read_connections: 8,
+            exclusive: true,
             transformer: None,
         }
     }
@@ -100,6 +106,9 @@ pub(crate) struct Shared {
     /// One connection: this process's writer (group commit) and compactor.
     pub(crate) write: AnyPool,
     pub(crate) options: Options,
+    /// The newest revision this process's writer has committed, kept only where that is
+    /// the head of the database: an SQLite file this process holds the lock of.
+    pub(crate) committed: Option<std::sync::atomic::AtomicI64>,
 }
 
 /// A handle on the store. Cheap to clone; the background tasks stop when the last handle
@@ -115,6 +124,8 @@ struct Inner {
     queue: mpsc::Sender<writer::PendingWrite>,
     shutdown: tokio_watch::Sender<bool>,
     endpoint: Endpoint,
+    /// An SQLite datastore's lock file, held while the backend is open.
+    lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl Drop for Inner {
@@ -129,6 +140,10 @@ impl Backend {
     /// reached it logs why and retries, up to `options.connect_timeout`.
     pub async fn open(endpoint: &Endpoint, options: Options) -> Result<Backend> {
         sqlx::any::install_default_drivers();
+        let lock = match endpoint {
+            Endpoint::Sqlite { path, .. } if options.exclusive => Some(lock_sqlite(path).await?),
+            Endpoint::Sqlite { .. } | Endpoint::Postgres { .. } => None,
+        };
         let (dialect, url, synchronous) = match endpoint {
             Endpoint::Sqlite { path, synchronous } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -213,6 +228,9 @@ impl Backend {
             read,
             write,
             options: options.clone(),
+            committed: lock
+                .is_some()
+                .then(|| std::sync::atomic::AtomicI64::new(head)),
         });
         let hub = Arc::new(Hub::new(head));
         let (shutdown, shutdown_rx) = tokio_watch::channel(false);
@@ -239,6 +257,7 @@ impl Backend {
                 queue,
                 shutdown,
                 endpoint: endpoint.clone(),
+                lock: std::sync::Mutex::new(lock),
             }),
         };
         if let Some(interval) = options.compact_interval {
@@ -272,6 +291,7 @@ impl Backend {
         let _ = self.inner.shutdown.send(true);
         self.inner.shared.read.close().await;
         self.inner.shared.write.close().await;
+        drop(self.inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     fn downgrade(&self) -> std::sync::Weak<Inner> {
@@ -280,6 +300,16 @@ impl Backend {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// The head revision: from memory where this process is the database's only writer (an
+    /// SQLite file it holds the lock of), else read from the database. Every write
+    /// acknowledged before the call is at or below it.
+    pub async fn head(&self) -> Result<Revision> {
+        match &self.shared().committed {
+            Some(c) => Ok(c.load(std::sync::atomic::Ordering::Acquire)),
+            None => Ok(self.revisions().await?.0),
+        }
     }
 
     /// The head revision and the compact revision, read from the database.
@@ -561,4 +591,49 @@ async fn prepare(dialect: Dialect, pool: &AnyPool) -> Result<()> {
         other => StorageError::Corrupt(format!("schema migration: {other}")),
     })?;
     Ok(())
+}
+
+/// Takes the exclusive lock of an SQLite datastore (`<file>.lock` beside it), so that this
+/// process is its only writer and knows its head without reading it. A lock still held
+/// by a backend being shut down is waited for, briefly; one held by another process is an
+/// error naming the file.
+async fn lock_sqlite(path: &std::path::Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StorageError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Unavailable(format!(
+                    "{} is in use by another process (its lock {} is held)",
+                    path.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StorageError::Unavailable(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        }
+    }
 }

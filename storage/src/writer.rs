@@ -39,6 +39,12 @@ pub(crate) async fn run(
         let result = commit_batch(&shared, &txns).await;
         match result {
             Ok(batch) => {
+                if let (Some(c), Some(last)) =
+                    (&shared.committed, batch.events.last().map(Event::revision))
+                {
+                    // Before any reply: a write acknowledged is at or below the head.
+                    c.fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+                }
                 if let Some(first) = batch.events.first().map(Event::revision) {
                     // The follower publishes it to watchers; a closed follower means shutdown.
                     let _ = committed.send(CommittedBatch {

@@ -336,8 +336,8 @@ impl Security {
                 reason,
             };
         }
-        if let Ok((head, _)) = self.backend.revisions().await
-            && self.cache.snapshot(b"", b"", head).await.is_some()
+        if let Ok(head) = self.backend.head().await
+            && self.cache.reach(head).await
             && let Some(reason) = self.policy.current().authorize(user, a)
         {
             return Decision {

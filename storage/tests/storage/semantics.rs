@@ -21,6 +21,7 @@ both_backends!(
     reads_at_a_revision_equal_the_log_folded_up_to_it,
     leases_expire_and_delete_their_keys,
     state_survives_reopening,
+    the_head_is_every_acknowledged_write,
 );
 
 async fn create_update_delete_follow_etcd(db: &mut TestDb) {
@@ -586,10 +587,15 @@ impl kelp_storage::Transformer for Reverse {
 }
 
 async fn a_transformer_sees_every_value_on_its_way_in_and_out(db: &mut TestDb) {
-    let plain = db.open().await;
+    // Two backends on one database at once: on SQLite, neither holds the file's lock.
+    let shared = kelp_storage::Options {
+        exclusive: false,
+        ..crate::test_options()
+    };
+    let plain = crate::open_with(db, shared.clone()).await;
     let options = kelp_storage::Options {
         transformer: Some(Arc::new(Reverse)),
-        ..crate::test_options()
+        ..shared
     };
     let s = crate::open_with(db, options).await;
     let mut w = s.watch(KeyRange::prefix("/"), 0).await.unwrap();
@@ -650,4 +656,52 @@ async fn a_transformer_sees_every_value_on_its_way_in_and_out(db: &mut TestDb) {
         s.get("/secret/raw").await,
         Err(kelp_storage::StorageError::Transform(_))
     ));
+}
+
+async fn the_head_is_every_acknowledged_write(db: &mut TestDb) {
+    let s = db.open().await;
+    assert_eq!(s.head().await.unwrap(), 0);
+    let writes = (0..50).map(|i| {
+        let s = s.clone();
+        async move {
+            let rev = s
+                .txn(Txn::create(format!("/head/{i}"), "v"))
+                .await
+                .unwrap()
+                .revision()
+                .unwrap();
+            // Whatever else commits meanwhile, the head covers this acknowledged write.
+            assert!(s.head().await.unwrap() >= rev);
+            rev
+        }
+    });
+    let revs = futures::future::join_all(writes).await;
+    let head = s.head().await.unwrap();
+    assert_eq!(head, *revs.iter().max().unwrap());
+    assert_eq!(head, s.revisions().await.unwrap().0);
+    // A failed compare commits nothing and leaves the head.
+    assert!(!s.txn(Txn::create("/head/0", "again")).await.unwrap().succeeded());
+    assert_eq!(s.head().await.unwrap(), head);
+}
+
+/// An SQLite file is one backend's at a time: a second open fails with a clear error while
+/// the first holds it, and succeeds once it is closed.
+#[tokio::test]
+async fn an_sqlite_file_has_one_exclusive_backend() {
+    let db = TestDb::sqlite();
+    let first = db.open().await;
+    first.txn(Txn::create("/one", "v")).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = kelp_storage::Backend::open(&db.endpoint(), crate::test_options())
+        .await
+        .err()
+        .expect("a second exclusive open must fail");
+    assert!(started.elapsed() >= Duration::from_secs(4), "it waits for a closing holder first");
+    assert!(
+        matches!(&e, StorageError::Unavailable(m) if m.contains("in use by another process")),
+        "{e}"
+    );
+    first.close().await;
+    let second = db.open().await;
+    assert_eq!(second.head().await.unwrap(), 1);
 }
