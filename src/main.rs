@@ -103,6 +103,10 @@ struct ControllerManagerArgs {
     /// The CA key that signs approved CertificateSigningRequests.
     #[arg(long, requires = "cluster_signing_cert_file")]
     cluster_signing_key_file: Option<PathBuf>,
+    /// The service-account signing key (the server's `<data-dir>/pki/sa.key`): with it, secrets
+    /// of type kubernetes.io/service-account-token are filled with tokens.
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -274,6 +278,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         &args.data_dir,
         &args.service_account_issuer,
     )?;
+    let service_account_key_pem = service_accounts.private_pem.clone();
     let mut options = Options::default();
     if let Some(path) = &args.encryption_provider_config {
         options.transformer = Some(
@@ -334,6 +339,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 cert_pem: pki.ca_pem().to_string(),
                 key_pem: read_file(&args.data_dir.join("pki").join("ca.key"))?,
             }),
+            service_account_key_pem: Some(service_account_key_pem),
         };
         tokio::spawn(async move {
             if let Err(e) = kelp_controllers::run(options).await {
@@ -428,11 +434,16 @@ async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    let service_account_key_pem = match &args.service_account_private_key_file {
+        Some(path) => Some(read_file(path)?),
+        None => None,
+    };
     let options = kelp_controllers::Options {
         config,
         root_ca_pem,
         identity: kelp_client::identity(),
         signing,
+        service_account_key_pem,
     };
     tokio::select! {
         r = kelp_controllers::run(options) => r,

@@ -793,3 +793,162 @@ fn kubelets_reach_only_what_their_pods_need_and_write_only_their_own() {
         "node \"n1\" can only update pod status for pods with spec.nodeName set to itself",
     );
 }
+
+/// Polls kubectl until `done` accepts its output (20 s at most).
+fn wait_for(c: &Cluster, args: &[&str], what: &str, done: impl Fn(&Output) -> bool) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = c.server.kubectl("1.33", args);
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pods_run_as_service_accounts_with_mounted_tokens_and_token_secrets_are_filled() {
+    let c = Cluster::start();
+    let v = "1.33";
+    c.admin(&["create", "namespace", "team"]);
+    // ServiceAccount admission: the default account and the projected token volume.
+    c.admin(&["run", "app", "--image=busybox", "-n", "team"]);
+    let pod: serde_json::Value =
+        serde_json::from_str(&c.admin(&["get", "pod", "app", "-n", "team", "-o", "json"])).unwrap();
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    let volume = &pod["spec"]["volumes"][0];
+    let volume_name = volume["name"].as_str().unwrap();
+    assert!(
+        volume_name.starts_with("kube-api-access-") && volume_name.len() == 21,
+        "{volume}"
+    );
+    assert_eq!(
+        volume["projected"]["sources"],
+        json!([
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ])
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"],
+        json!([{"name": volume_name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}])
+    );
+    // A missing account refuses the pod, as upstream words it.
+    let ghost = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "haunted", "namespace": "team"},
+        "spec": {"serviceAccountName": "ghost", "containers": [{"name": "c", "image": "busybox"}]},
+    });
+    let out = c
+        .server
+        .kubectl_with_stdin(v, &["create", "-f", "-"], Some(&ghost.to_string()));
+    forbidden(
+        &out,
+        "pods \"haunted\" is forbidden: error looking up service account team/ghost: serviceaccount \"ghost\" not found",
+    );
+    // Mountable secrets, when the account enforces them.
+    c.admin(&["create", "serviceaccount", "strict", "-n", "team"]);
+    c.admin(&[
+        "annotate",
+        "serviceaccount",
+        "strict",
+        "-n",
+        "team",
+        "kubernetes.io/enforce-mountable-secrets=true",
+    ]);
+    let mut leaky = ghost.clone();
+    leaky["metadata"]["name"] = json!("leaky");
+    leaky["spec"]["serviceAccountName"] = json!("strict");
+    leaky["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "other"}}]);
+    let out = c
+        .server
+        .kubectl_with_stdin(v, &["create", "-f", "-"], Some(&leaky.to_string()));
+    forbidden(
+        &out,
+        "pods \"leaky\" is forbidden: volume with secret.secretName=\"other\" is not allowed because service account strict does not reference that secret",
+    );
+
+    // A token secret must name its account.
+    let unnamed = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "unnamed", "namespace": "team"},
+    });
+    let out = c
+        .server
+        .kubectl_with_stdin(v, &["create", "-f", "-"], Some(&unnamed.to_string()));
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("metadata.annotations[kubernetes.io/service-account.name]: Required value"),
+        "{}",
+        out.stderr
+    );
+
+    // The tokens controller fills a token secret; the token authenticates as the account.
+    c.admin(&["create", "serviceaccount", "builder", "-n", "team"]);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "builder-token", "namespace": "team",
+                     "annotations": {"kubernetes.io/service-account.name": "builder"}},
+    });
+    let out = c
+        .server
+        .kubectl_with_stdin(v, &["create", "-f", "-"], Some(&secret.to_string()));
+    assert!(out.ok, "{}", out.stderr);
+    let filled = wait_for(
+        &c,
+        &["get", "secret", "builder-token", "-n", "team", "-o", "json"],
+        "the token secret to be filled",
+        |out| out.stdout.contains("\"token\""),
+    );
+    let filled: serde_json::Value = serde_json::from_str(&filled.stdout).unwrap();
+    let decode = |key: &str| {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(filled["data"][key].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    assert_eq!(decode("namespace"), "team");
+    assert_eq!(
+        decode("ca.crt"),
+        std::fs::read_to_string(c.data().join("pki/ca.crt")).unwrap()
+    );
+    let sa_uid = c.admin(&[
+        "get",
+        "sa",
+        "builder",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    assert_eq!(
+        filled["metadata"]["annotations"]["kubernetes.io/service-account.uid"],
+        json!(sa_uid)
+    );
+    let legacy = c.token("legacy", &decode("token"));
+    let who = c.kubectl(&legacy, v, &["auth", "whoami"]);
+    assert!(who.ok, "{}", who.stderr);
+    assert!(
+        squashed(&who).contains("Username system:serviceaccount:team:builder"),
+        "{}",
+        who.stdout
+    );
+    // The account deleted: its token secret goes, and the token stops working.
+    c.admin(&["delete", "serviceaccount", "builder", "-n", "team"]);
+    wait_for(
+        &c,
+        &["get", "secret", "builder-token", "-n", "team"],
+        "the token secret to be deleted",
+        |out| out.stderr.contains("NotFound"),
+    );
+    unauthorized(&c.kubectl(&legacy, v, &["auth", "whoami"]));
+}

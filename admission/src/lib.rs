@@ -6,3 +6,4 @@ pub mod pods;
 pub mod podsecurity;
 pub mod quantity;
 pub mod quota;
+pub mod serviceaccount;

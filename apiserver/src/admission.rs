@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kelp_admission::{limitranger, pods, podsecurity, quota};
+use kelp_admission::{limitranger, pods, podsecurity, quota, serviceaccount};
 use kelp_storage::{KeyRange, RangeRequest, Txn, TxnOutcome};
 use serde_json::{Map, Value};
 
@@ -56,6 +56,11 @@ pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<Str
     let name = crate::object::name(obj).to_string();
     if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
         limitranger::default_pod(obj, &limit_ranges(ctx, a.ns));
+        if let Some(account) = serviceaccount::account_name(obj) {
+            let found = service_account(ctx, a.ns.unwrap_or(""), &account, &name).await?;
+            let suffix = crate::handlers::random_suffix();
+            serviceaccount::admit(obj, &found, &suffix);
+        }
         priority(ctx, obj)
             .await
             .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
@@ -102,6 +107,40 @@ fn limit_ranges(ctx: &Ctx, ns: Option<&str>) -> Vec<Value> {
         .iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
         .collect()
+}
+
+/// A new pod's service account, as the ServiceAccount plugin finds it: from the cache, else
+/// storage, where the `default` account is looked for up to ten times (its controller may
+/// not have made it yet in a new namespace). Not found is a 403 naming it, as upstream.
+async fn service_account(ctx: &Ctx, ns: &str, account: &str, pod: &str) -> Result<Value, ApiError> {
+    let key = format!("/registry/serviceaccounts/{ns}/{account}");
+    let cached = ctx.cache.as_ref().and_then(|c| c.get(&key));
+    if let Some(sa) = cached.and_then(|kv| serde_json::from_slice(&kv.value).ok()) {
+        return Ok(sa);
+    }
+    let attempts = if account == serviceaccount::DEFAULT_SERVICE_ACCOUNT {
+        10
+    } else {
+        1
+    };
+    let pause = std::time::Duration::from_millis(100 + rand::random::<u64>() % 100);
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        if let (Some(kv), _) = ctx.backend.get(key.clone()).await? {
+            return serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("unreadable service account: {e}")));
+        }
+    }
+    Err(ApiError::forbidden(
+        "",
+        "pods",
+        pod,
+        &format!(
+            "error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found"
+        ),
+    ))
 }
 
 async fn priority(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
@@ -180,6 +219,16 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
                 let all = format!("[{}]", errors.join(", "));
                 return Err(ApiError::forbidden("", a.r.plural, &name, &all));
             }
+        }
+    }
+    if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
+        let mut pod = obj.clone();
+        let account = match serviceaccount::account_name(&mut pod) {
+            Some(account) => Some(service_account(ctx, a.ns.unwrap_or(""), &account, &name).await?),
+            None => None,
+        };
+        if let Some(why) = serviceaccount::validate(obj, account.as_ref()) {
+            return Err(ApiError::forbidden("", "pods", &name, &why));
         }
     }
     if let Ok(user) = crate::security::REQUESTER.try_with(Arc::clone) {

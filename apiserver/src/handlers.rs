@@ -610,7 +610,9 @@ async fn first_page_cached(
     };
     if query.get("continue").is_some_and(|c| !c.is_empty())
         || query.get("resourceVersion").is_some_and(|v| !v.is_empty())
-        || query.get("resourceVersionMatch").is_some_and(|m| !m.is_empty())
+        || query
+            .get("resourceVersionMatch")
+            .is_some_and(|m| !m.is_empty())
     {
         return Ok(None);
     }
@@ -970,18 +972,20 @@ pub struct Ctx {
     pub crds: Option<std::sync::Arc<crate::crd::CustomResources>>,
 }
 
-fn generate_name(base: &str) -> String {
-    // Upstream's alphabet: no vowels, no look-alike characters.
+/// Five random characters of upstream's name alphabet (no vowels, no look-alikes).
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let uuid = uuid::Uuid::new_v4();
-    let suffix: String = uuid
-        .as_bytes()
+    uuid.as_bytes()
         .iter()
         .take(5)
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect();
+        .collect()
+}
+
+fn generate_name(base: &str) -> String {
     let base: String = base.chars().take(63 - 5).collect();
-    format!("{base}{suffix}")
+    format!("{base}{}", random_suffix())
 }
 
 /// Creates an object. `manager` records the write in the managed fields; None when they are
@@ -2159,9 +2163,15 @@ mod tests {
             obj,
             json!({"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "7"}, "data": {"k": "v"}})
         );
-        assert_eq!(served(r#"{"metadata": { }}"#), json!({"metadata": {"resourceVersion": "7"}}));
+        assert_eq!(
+            served(r#"{"metadata": { }}"#),
+            json!({"metadata": {"resourceVersion": "7"}})
+        );
         // No metadata, or one that (unexpectedly) has a resourceVersion: written afresh.
-        assert_eq!(served(r#"{"kind":"X"}"#), json!({"kind": "X", "metadata": {"resourceVersion": "7"}}));
+        assert_eq!(
+            served(r#"{"kind":"X"}"#),
+            json!({"kind": "X", "metadata": {"resourceVersion": "7"}})
+        );
         assert_eq!(
             served(r#"{"metadata":{"resourceVersion":"1","name":"a"}}"#),
             json!({"metadata": {"name": "a", "resourceVersion": "7"}})

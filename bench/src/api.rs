@@ -119,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     let client = kube::Client::try_from(config)?;
+    crate::control::default_service_account(&client).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     let (creates, mut create_lat) = closed_loop(args.clients, duration, {
@@ -298,7 +299,11 @@ enum Transport {
 }
 
 /// The RSS a fresh API server gains holding `n` idle watches on configmaps.
-async fn idle_watches(kelp: &std::path::Path, n: usize, transport: Transport) -> anyhow::Result<f64> {
+async fn idle_watches(
+    kelp: &std::path::Path,
+    n: usize,
+    transport: Transport,
+) -> anyhow::Result<f64> {
     let server = crate::control::start_server(
         kelp,
         &["--disable-controller-manager", "--disable-scheduler"],
@@ -415,11 +420,10 @@ async fn h2_watches(
     while out.streams.len() < n {
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let stream = connector.connect(server_name.clone(), tcp).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .handshake(hyper_util::rt::TokioIo::new(stream))
-        .await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
         tokio::spawn(conn);
         let authority = &authority;
         let batch = per_connection.min(n - out.streams.len());

@@ -121,12 +121,29 @@ pub(crate) async fn start_server(kelp: &Path, extra: &[&str]) -> anyhow::Result<
     )
     .await?;
     let client = kube::Client::try_from(config)?;
+    if extra.contains(&"--disable-controller-manager") {
+        default_service_account(&client).await?;
+    }
     Ok(Server {
         child,
         client,
         kubeconfig,
         _dir: dir,
     })
+}
+
+/// The `default` ServiceAccount of the `default` namespace, which pods there run as (the
+/// ServiceAccount admission plugin refuses them without it), made as the controller-manager's
+/// serviceaccount controller would when it is not running.
+pub(crate) async fn default_service_account(client: &kube::Client) -> anyhow::Result<()> {
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    let sa = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match sas.create(&PostParams::default(), &sa).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs `work(i)` for i in 0..n with `clients` at a time.

@@ -23,6 +23,7 @@ pub mod revisions;
 pub mod rootca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokens;
 pub mod ttl;
 mod util;
 
@@ -33,8 +34,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
-    ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
+    Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -55,6 +56,9 @@ pub struct Options {
     pub identity: String,
     /// The CA that signs approved CertificateSigningRequests (none: no signing).
     pub signing: Option<certificates::SigningCa>,
+    /// The service-account signing key (PEM) the tokens controller signs legacy token
+    /// secrets with (none: that controller does not run).
+    pub service_account_key_pem: Option<String>,
 }
 
 /// The shared informers: one watch per resource for all controllers.
@@ -80,6 +84,8 @@ pub struct Informers {
     pub quotas: Arc<Informer<ResourceQuota>>,
     pub replicationcontrollers: Arc<Informer<ReplicationController>>,
     pub csrs: Arc<Informer<CertificateSigningRequest>>,
+    /// Secrets of type `kubernetes.io/service-account-token`.
+    pub token_secrets: Arc<Informer<Secret>>,
 }
 
 impl Informers {
@@ -90,9 +96,10 @@ impl Informers {
             pods: Informer::spawn(Api::all(client.clone()), all.clone()),
             replicasets: Informer::spawn(Api::all(client.clone()), all.clone()),
             deployments: Informer::spawn(Api::all(client.clone()), all.clone()),
-            serviceaccounts: Informer::spawn(
+            serviceaccounts: Informer::spawn(Api::all(client.clone()), all.clone()),
+            token_secrets: Informer::spawn(
                 Api::all(client.clone()),
-                all.clone().fields("metadata.name=default"),
+                all.clone().fields(&format!("type={}", tokens::SECRET_TYPE)),
             ),
             configmaps: Informer::spawn(
                 Api::all(client.clone()),
@@ -145,6 +152,7 @@ impl Informers {
         self.quotas.ready().await;
         self.replicationcontrollers.ready().await;
         self.csrs.ready().await;
+        self.token_secrets.ready().await;
     }
 }
 
@@ -167,6 +175,19 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     informers.ready().await;
     tracing::info!("controller-manager: caches synced, starting controllers");
     let mut set = tokio::task::JoinSet::new();
+    if let Some(pem) = &options.service_account_key_pem {
+        // As upstream, with the controller-manager's own credentials: it mints the tokens.
+        let keys = kelp_auth::serviceaccount::ServiceAccountKeys::from_pem(
+            pem,
+            kelp_auth::serviceaccount::LEGACY_ISSUER,
+        )?;
+        set.spawn(tokens::run(
+            root.clone(),
+            informers.clone(),
+            keys,
+            options.root_ca_pem.clone(),
+        ));
+    }
     let client = credentials.client("service-account-controller").await?;
     set.spawn(serviceaccount::run(client, informers.clone()));
     let client = credentials.client("root-ca-cert-publisher").await?;

@@ -291,7 +291,13 @@ impl Backend {
         let _ = self.inner.shutdown.send(true);
         self.inner.shared.read.close().await;
         self.inner.shared.write.close().await;
-        drop(self.inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     fn downgrade(&self) -> std::sync::Weak<Inner> {

@@ -63,8 +63,46 @@ pub fn configmap_keys(o: &Value) -> Vec<(String, String)> {
     keys_of(o, &["data", "binaryData"])
 }
 
+/// The keys, and what each built-in secret type requires (upstream's ValidateSecret).
 pub fn secret_keys(o: &Value) -> Vec<(String, String)> {
-    keys_of(o, &["data"])
+    let mut causes = keys_of(o, &["data"]);
+    let has = |key: &str| o.get("data").and_then(|d| d.get(key)).is_some();
+    let required = |field: String| (field, "Required value".to_string());
+    match o.get("type").and_then(Value::as_str).unwrap_or("") {
+        "kubernetes.io/service-account-token" => {
+            let annotation = "kubernetes.io/service-account.name";
+            let named = o
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(annotation))
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !named {
+                causes.push(required(format!("metadata.annotations[{annotation}]")));
+            }
+        }
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => {
+            causes.push(required("data[.dockercfg]".into()))
+        }
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            causes.push(required("data[.dockerconfigjson]".into()))
+        }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            causes.push(required("data[username]".into()));
+            causes.push(required("data[password]".into()));
+        }
+        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => {
+            causes.push(required("data[ssh-privatekey]".into()))
+        }
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !has(key) {
+                    causes.push(required(format!("data[{key}]")));
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
 }
 
 /// Once `immutable` is true, the contents and the flag stay as they are.
@@ -109,7 +147,20 @@ pub fn configmap_update(current: &Value, new: &mut Value) -> Result<(), ApiError
 }
 
 pub fn secret_update(current: &Value, new: &mut Value) -> Result<(), ApiError> {
-    immutable_update(current, new, "Secret", &["data"])
+    immutable_update(current, new, "Secret", &["data"])?;
+    let kind = |o: &Value| o.get("type").cloned().unwrap_or(Value::Null);
+    if kind(new) != kind(current) {
+        return Err(ApiError::invalid(
+            "",
+            "Secret",
+            crate::object::name(new),
+            vec![(
+                "type".into(),
+                format!("Invalid value: {}: field is immutable", kind(new)),
+            )],
+        ));
+    }
+    Ok(())
 }
 
 /// `type` defaults to Opaque; `stringData` is written into `data`, overwriting (upstream's

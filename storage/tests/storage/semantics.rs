@@ -680,7 +680,12 @@ async fn the_head_is_every_acknowledged_write(db: &mut TestDb) {
     assert_eq!(head, *revs.iter().max().unwrap());
     assert_eq!(head, s.revisions().await.unwrap().0);
     // A failed compare commits nothing and leaves the head.
-    assert!(!s.txn(Txn::create("/head/0", "again")).await.unwrap().succeeded());
+    assert!(
+        !s.txn(Txn::create("/head/0", "again"))
+            .await
+            .unwrap()
+            .succeeded()
+    );
     assert_eq!(s.head().await.unwrap(), head);
 }
 
@@ -696,7 +701,10 @@ async fn an_sqlite_file_has_one_exclusive_backend() {
         .await
         .err()
         .expect("a second exclusive open must fail");
-    assert!(started.elapsed() >= Duration::from_secs(4), "it waits for a closing holder first");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waits for a closing holder first"
+    );
     assert!(
         matches!(&e, StorageError::Unavailable(m) if m.contains("in use by another process")),
         "{e}"
