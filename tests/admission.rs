@@ -460,6 +460,84 @@ spec:
         "vap",
     ]);
     assert_eq!(quiet.stderr, "");
+
+    // Deletes are admitted too: the object is null, the one deleted is oldObject; variables
+    // build on each other.
+    apply(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: keep-protected}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [DELETE], resources: [configmaps]}
+  variables:
+  - name: labels
+    expression: "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"
+  - name: protected
+    expression: "object == null && 'protected' in variables.labels && variables.labels['protected'] == 'true'"
+  validations:
+  - expression: "!variables.protected"
+    messageExpression: "'configmap ' + oldObject.metadata.name + ' is protected'"
+    reason: Forbidden
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: keep-protected-binding}
+spec:
+  policyName: keep-protected
+  validationActions: [Deny]
+"#,
+    );
+    ok(&["create", "configmap", "precious", "-n", "vap"]);
+    ok(&[
+        "label",
+        "configmap",
+        "precious",
+        "-n",
+        "vap",
+        "protected=true",
+    ]);
+    ok(&["create", "configmap", "plain", "-n", "vap"]);
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = server.kubectl(v, &["delete", "configmap", "precious", "-n", "vap"]);
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        ok(&["create", "configmap", "precious", "-n", "vap"]);
+        ok(&[
+            "label",
+            "configmap",
+            "precious",
+            "-n",
+            "vap",
+            "protected=true",
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = refused.expect("the policy refused the delete");
+    assert!(
+        refused.stderr.contains("(Forbidden)")
+            && refused.stderr.contains(
+                "ValidatingAdmissionPolicy 'keep-protected' with binding 'keep-protected-binding' denied request: configmap precious is protected"
+            ),
+        "{}",
+        refused.stderr
+    );
+    ok(&["get", "configmap", "precious", "-n", "vap"]);
+    // Deleting them all (one by one, as kubectl does) spares it.
+    let all = server.kubectl(v, &["delete", "configmaps", "--all", "-n", "vap"]);
+    assert!(
+        !all.ok && all.stderr.contains("configmap precious is protected"),
+        "{}",
+        all.stderr
+    );
+    ok(&["get", "configmap", "precious", "-n", "vap"]);
+    ok(&["label", "configmap", "precious", "-n", "vap", "protected-"]);
+    ok(&["delete", "configmap", "precious", "-n", "vap"]);
 }
 
 #[test]

@@ -320,6 +320,50 @@ async fn resource_quota(ctx: &Ctx, a: &Admit<'_>, obj: &Value, name: &str) -> Re
     Ok(())
 }
 
+/// Admission of a delete (upstream's AdmissionToValidateObjectDeleteFunc): the object being
+/// deleted is the old object, the new one is null; mutating webhooks may only refuse, then
+/// ValidatingAdmissionPolicies and validating webhooks decide. Called with the object as
+/// read, before anything is written.
+pub async fn delete(
+    ctx: &Ctx,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    current: &Value,
+    dry_run: bool,
+) -> Result<Vec<String>, ApiError> {
+    if !enabled(ctx) {
+        return Ok(Vec::new());
+    }
+    let a = Admit {
+        r,
+        ns,
+        subresource: "",
+        old: Some(current),
+        dry_run,
+    };
+    let ns_obj = match ns.filter(|_| r.namespaced) {
+        Some(ns) => namespace(ctx, ns).await,
+        None => None,
+    };
+    let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
+    let mut review = review(&a, name, ns_obj.as_ref(), user.as_deref());
+    review.operation = "DELETE";
+    let mut none = Value::Null;
+    let mut warnings = Vec::new();
+    if let Some(webhooks) = ctx.webhooks.as_deref() {
+        warnings.extend(webhooks.mutate(&review, &mut none).await?);
+    }
+    if let Some(policies) = ctx.policies.as_deref() {
+        let params = |kind: Value, reference: Value| params(ctx, kind, reference, ns);
+        warnings.extend(policies.validate(&review, &none, params).await?);
+    }
+    if let Some(webhooks) = ctx.webhooks.as_deref() {
+        warnings.extend(webhooks.validate(&review, &none).await?);
+    }
+    Ok(warnings)
+}
+
 /// NamespaceLifecycle on deletes: the system namespaces stay.
 pub fn admit_delete(ctx: &Ctx, r: &Resource, name: &str) -> Result<(), ApiError> {
     let immortal = ["default", "kube-system", "kube-public"];

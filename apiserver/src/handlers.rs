@@ -224,7 +224,7 @@ pub async fn serve(
         )),
         (&Method::DELETE, Some(name)) => {
             crate::admission::admit_delete(ctx, r, name)?;
-            delete(backend, r, ns, name, query, &body).await
+            delete(&ctx.backend, Some(ctx), r, ns, name, query, &body).await
         }
         (&Method::DELETE, None) => delete_collection(ctx, r, ns, query).await,
         _ => Err(ApiError::method_not_allowed(format!(
@@ -1738,7 +1738,8 @@ fn has_finalizers(obj: &Value) -> bool {
         .is_some_and(|f| !f.is_empty())
 }
 
-/// Deletes an object as a DELETE without options would (for eviction).
+/// Deletes an object as a DELETE without options would, without admission (for eviction,
+/// as upstream's eviction deletes with ValidateAllObjectFunc).
 pub async fn delete_object(
     backend: &Backend,
     r: &Resource,
@@ -1746,7 +1747,7 @@ pub async fn delete_object(
     name: &str,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    delete(backend, r, ns, name, query, &Bytes::new()).await
+    delete(backend, None, r, ns, name, query, &Bytes::new()).await
 }
 
 /// Deletes an object, or marks it with a deletionTimestamp and returns it while something
@@ -1756,6 +1757,7 @@ pub async fn delete_object(
 /// period of 0 with no finalizers left deletes at once.
 async fn delete(
     backend: &Backend,
+    admission: Option<&Ctx>,
     r: &Resource,
     ns: Option<&str>,
     name: &str,
@@ -1766,6 +1768,9 @@ async fn delete(
     loop {
         let (mut obj, rev) = get(backend, r, ns, name).await?;
         options.check(r, name, &obj, rev)?;
+        if let Some(ctx) = admission {
+            crate::admission::delete(ctx, r, ns, name, &obj, dry_run(query)).await?;
+        }
         let grace = options.grace_period(r, &obj);
         let mut changed = false;
         let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
@@ -1866,7 +1871,17 @@ async fn delete_collection(
     {
         let name = object::name(item).to_string();
         let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
-        match delete(backend, r, item_ns.or(ns), &name, query, &Bytes::new()).await {
+        match delete(
+            backend,
+            Some(ctx),
+            r,
+            item_ns.or(ns),
+            &name,
+            query,
+            &Bytes::new(),
+        )
+        .await
+        {
             Ok(_) => deleted.push(item.clone()),
             Err(e) if e.reason == "NotFound" => {}
             Err(e) => return Err(e),

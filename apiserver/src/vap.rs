@@ -1,12 +1,15 @@
 //! ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1): policies of CEL validations,
 //! bound to what they apply to by ValidatingAdmissionPolicyBindings with Deny, Warn or Audit
 //! actions, evaluated through kube-cel with `object`, `oldObject`, `request`, `params` and
-//! `namespaceObject` bound, after the policy's `matchConditions`. Not yet: `variables`,
-//! `auditAnnotations`.
+//! `namespaceObject` bound, and the policy's `variables` (`variables.<name>`), after the
+//! policy's `matchConditions`; Audit actions and `auditAnnotations` go to the audit log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use kube_cel::{VapEvaluator, VapExpression};
+use kube_cel::KubeCelExt;
+use kube_cel::cel::objects::{Key, Map};
+use kube_cel::cel::{Context, Program, Value as CelValue};
 use serde_json::Value;
 
 use crate::cache::{Derived, WatchCache, parsed};
@@ -124,54 +127,30 @@ impl Policies {
                 }
                 _ => None,
             };
-            let mut builder = VapEvaluator::builder()
-                .object(obj.clone())
-                .request(crate::webhook::cel_request(review));
-            if let Some(old) = review.old {
-                builder = builder.old_object(old.clone());
-            }
-            if let Some(p) = param {
-                builder = builder.params(p);
-            }
-            if let Some(ns) = review.namespace {
-                builder = builder.namespace_object(ns.clone());
-            }
-            let evaluator = builder.build();
-            let validations: Vec<&Value> = policy
-                .pointer("/spec/validations")
-                .and_then(Value::as_array)
-                .map(|v| v.iter().collect())
-                .unwrap_or_default();
-            let expressions: Vec<VapExpression> = validations
-                .iter()
-                .map(|v| VapExpression {
-                    expression: text(v, "/expression").to_string(),
-                    message: v
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .or_else(|| Some(format!("failed expression: {}", text(v, "/expression")))),
-                    message_expression: v
-                        .get("messageExpression")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                })
-                .collect();
+            let ctx = activation(review, obj, param.as_ref(), &policy["spec"]);
             let actions: Vec<&str> = binding
                 .pointer("/spec/validationActions")
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            for (result, validation) in evaluator.evaluate(&expressions).iter().zip(&validations) {
-                if result.passed {
-                    continue;
-                }
-                let message = result.message.clone().unwrap_or_default();
-                let evaluation_error = message.starts_with("evaluation error")
-                    || message.starts_with("failed to compile")
-                    || message.starts_with("expression returned non-boolean");
-                if evaluation_error && fail_open {
-                    continue;
+            let validations = policy
+                .pointer("/spec/validations")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut audit_failures = Vec::new();
+            for (index, validation) in validations.iter().enumerate() {
+                let message = match check(&ctx, validation) {
+                    Outcome::Passed => continue,
+                    Outcome::Failed(message) => message,
+                    Outcome::Error(_) if fail_open => continue,
+                    Outcome::Error(message) => message,
+                };
+                if actions.contains(&"Audit") {
+                    audit_failures.push(serde_json::json!({
+                        "message": message, "policy": policy_name, "binding": binding_name,
+                        "expressionIndex": index, "validationActions": actions,
+                    }));
                 }
                 if actions.contains(&"Warn") {
                     warnings.push(format!(
@@ -180,7 +159,6 @@ impl Policies {
                 }
                 if actions.contains(&"Deny") {
                     let reason = match text(validation, "/reason") {
-                        "" | "Invalid" => "Invalid",
                         "Forbidden" => "Forbidden",
                         "Unauthorized" => "Unauthorized",
                         "RequestEntityTooLarge" => "RequestEntityTooLarge",
@@ -201,7 +179,160 @@ impl Policies {
                     return Err(e);
                 }
             }
+            if !audit_failures.is_empty() {
+                crate::security::audit_annotate(
+                    "validation.policy.admission.k8s.io/validation_failure",
+                    &Value::Array(audit_failures).to_string(),
+                );
+            }
+            for annotation in policy
+                .pointer("/spec/auditAnnotations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let expression = text(annotation, "/valueExpression");
+                if let Ok(CelValue::String(value)) = evaluate(&ctx, expression) {
+                    let key = format!("{policy_name}/{}", text(annotation, "/key"));
+                    crate::security::audit_annotate(&key, &value);
+                }
+            }
         }
         Ok(warnings)
+    }
+}
+
+/// The CEL activation of one admission under one policy: `object`, `oldObject`, `request`,
+/// `params`, `namespaceObject` (null where there is none), and `variables`, each variable
+/// evaluated once, in order, with the ones before it in scope. A variable that fails stays
+/// unset, so only the expressions that use it fail (upstream evaluates them lazily, to the
+/// same effect).
+fn activation(
+    review: &Review<'_>,
+    obj: &Value,
+    params: Option<&Value>,
+    spec: &Value,
+) -> Context<'static> {
+    let mut ctx = Context::default();
+    ctx.register_all();
+    let null = Value::Null;
+    ctx.add_variable_from_value("object", to_cel(obj));
+    ctx.add_variable_from_value("oldObject", to_cel(review.old.unwrap_or(&null)));
+    ctx.add_variable_from_value("request", to_cel(&request(review)));
+    ctx.add_variable_from_value("params", to_cel(params.unwrap_or(&null)));
+    ctx.add_variable_from_value("namespaceObject", to_cel(review.namespace.unwrap_or(&null)));
+    let mut variables: HashMap<Key, CelValue> = HashMap::new();
+    let bind = |ctx: &mut Context<'static>, vars: &HashMap<Key, CelValue>| {
+        ctx.add_variable_from_value(
+            "variables",
+            CelValue::Map(Map {
+                map: Arc::new(vars.clone()),
+            }),
+        );
+    };
+    bind(&mut ctx, &variables);
+    for variable in spec
+        .get("variables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(value) = evaluate(&ctx, text(variable, "/expression")) {
+            variables.insert(
+                Key::String(Arc::new(text(variable, "/name").to_string())),
+                value,
+            );
+            bind(&mut ctx, &variables);
+        }
+    }
+    ctx
+}
+
+/// A JSON value as CEL sees it: integers are `int` (JSON has no unsigned type; serde would
+/// make positive ones `uint`, which CEL does not mix with `int`).
+fn to_cel(v: &Value) -> CelValue {
+    match v {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => CelValue::Int(i),
+            (None, Some(u)) => CelValue::UInt(u),
+            _ => CelValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => CelValue::String(Arc::new(s.clone())),
+        Value::Array(items) => CelValue::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(members) => CelValue::Map(Map {
+            map: Arc::new(
+                members
+                    .iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
+                    .collect(),
+            ),
+        }),
+    }
+}
+
+/// The `request` variable: the admission request's attributes as an AdmissionReview has them.
+fn request(review: &Review<'_>) -> Value {
+    let user = review.user.cloned().unwrap_or_default();
+    let (g, v, r) = (review.r.group, review.r.version, review.r.plural);
+    serde_json::json!({
+        "kind": {"group": g, "version": v, "kind": review.r.kind},
+        "resource": {"group": g, "version": v, "resource": r},
+        "subResource": review.subresource,
+        "requestKind": {"group": g, "version": v, "kind": review.r.kind},
+        "requestResource": {"group": g, "version": v, "resource": r},
+        "requestSubResource": review.subresource,
+        "name": review.name,
+        "namespace": review.ns.unwrap_or(""),
+        "operation": review.operation,
+        "userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups, "extra": user.extra},
+        "dryRun": review.dry_run,
+    })
+}
+
+fn evaluate(ctx: &Context<'static>, expression: &str) -> Result<CelValue, String> {
+    let program = Program::compile(expression).map_err(|e| format!("compilation failed: {e}"))?;
+    program
+        .execute(ctx)
+        .map_err(|e| format!("expression '{expression}' resulted in error: {e}"))
+}
+
+enum Outcome {
+    Passed,
+    /// The expression was false: the validation's message.
+    Failed(String),
+    /// The expression could not be evaluated (the failure policy decides).
+    Error(String),
+}
+
+/// One validation: its expression, then (if false) its message as upstream picks it: the
+/// messageExpression's non-empty result, else the message, else the expression quoted.
+fn check(ctx: &Context<'static>, validation: &Value) -> Outcome {
+    let expression = text(validation, "/expression");
+    match evaluate(ctx, expression) {
+        Ok(CelValue::Bool(true)) => Outcome::Passed,
+        Ok(CelValue::Bool(false)) => {
+            let computed = validation
+                .get("messageExpression")
+                .and_then(Value::as_str)
+                .and_then(|m| match evaluate(ctx, m) {
+                    Ok(CelValue::String(s)) if !s.trim().is_empty() => Some(s.to_string()),
+                    _ => None,
+                });
+            let message = computed
+                .or_else(|| {
+                    validation
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("failed expression: {expression}"));
+            Outcome::Failed(message)
+        }
+        Ok(other) => Outcome::Error(format!(
+            "expression '{expression}' resulted in error: expected a bool, got {other:?}"
+        )),
+        Err(e) => Outcome::Error(e),
     }
 }

@@ -117,7 +117,12 @@ impl Webhooks {
             let Some(response) = call(&self.cache, hook, review, obj, &mut warnings).await? else {
                 continue;
             };
-            if let Some(patch) = response.get("patch").and_then(Value::as_str) {
+            // A delete has no object to patch: its mutating webhooks can only refuse.
+            if let Some(patch) = response
+                .get("patch")
+                .and_then(Value::as_str)
+                .filter(|_| review.operation != "DELETE")
+            {
                 let bytes = STANDARD.decode(patch).map_err(|e| {
                     ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch is not base64: {e}", hook.name))
                 })?;
@@ -212,7 +217,12 @@ pub(crate) fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
         return false;
     }
     let namespace_labels = if r.group.is_empty() && r.kind == "Namespace" {
-        Some(obj)
+        // A namespace being deleted is matched by its own labels (the old object).
+        Some(if obj.is_null() {
+            review.old.unwrap_or(obj)
+        } else {
+            obj
+        })
     } else if r.namespaced {
         review.namespace
     } else {
@@ -349,10 +359,10 @@ async fn call(
     let r = review.r;
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let gvr = json!({"group": r.group, "version": r.version, "resource": r.plural});
-    let options_kind = if review.operation == "CREATE" {
-        "CreateOptions"
-    } else {
-        "UpdateOptions"
+    let options_kind = match review.operation {
+        "CREATE" => "CreateOptions",
+        "DELETE" => "DeleteOptions",
+        _ => "UpdateOptions",
     };
     let mut request = json!({
         "uid": uid,

@@ -597,7 +597,11 @@ pub async fn guard(
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
-    let response = next.run(req).await;
+    let notes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let response = AUDIT_ANNOTATIONS.scope(notes.clone(), next.run(req)).await;
+    for (key, value) in notes.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        r.annotate(&key, &value);
+    }
     if a.verb == "watch" {
         let audit = security.audit.clone();
         if let Some(audit) = &audit {
@@ -679,4 +683,17 @@ tokio::task_local! {
     /// The user a request's handler runs for (upstream keeps it in the request context);
     /// writes made outside a request (bootstrap, controllers in the server) have none.
     pub static REQUESTER: Arc<UserInfo>;
+    /// Annotations admission adds to the request's audit event (set only when it is audited).
+    static AUDIT_ANNOTATIONS: Arc<std::sync::Mutex<Vec<(String, String)>>>;
+}
+
+/// Adds an annotation to the audit event of the request being served (nothing when it is
+/// not audited).
+pub fn audit_annotate(key: &str, value: &str) {
+    let _ = AUDIT_ANNOTATIONS.try_with(|notes| {
+        notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key.to_string(), value.to_string()));
+    });
 }

@@ -6,6 +6,7 @@ mod apps;
 mod auth;
 mod crd;
 mod node;
+mod serviceaccounts;
 mod webhook;
 
 use crate::Test;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Test> {
     all.extend(crd::discovery_tests());
     all.extend(node::tests());
     all.extend(auth::tests());
+    all.extend(serviceaccounts::tests());
     all.extend(webhook::tests());
     all.extend(apps::tests());
     all
