@@ -40,6 +40,41 @@ fn requests_are_audited_at_their_policy_level() {
         let out = server.kubectl(v, args);
         assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
     };
+    // A policy that only audits (and warns, which tells when it is in force).
+    let policy = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: color-audit}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+  validations:
+  - expression: "!has(object.data) || !('color' in object.data)"
+    message: colors are audited
+  auditAnnotations:
+  - key: color
+    valueExpression: "has(object.data) && 'color' in object.data ? object.data.color : null"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: color-audit}
+spec:
+  policyName: color-audit
+  validationActions: [Warn, Audit]
+"#;
+    let out = server.kubectl_with_stdin(v, &["create", "-f", "-"], Some(policy));
+    assert!(out.ok, "{}", out.stderr);
+    let in_force = (0..50).any(|i| {
+        let name = format!("probe-{i}");
+        let out = server.kubectl(
+            v,
+            &["create", "configmap", &name, "--from-literal=color=red"],
+        );
+        assert!(out.ok, "{}", out.stderr);
+        out.stderr.contains("colors are audited")
+    });
+    assert!(in_force, "the policy never warned");
     ok(&[
         "create",
         "configmap",
@@ -82,7 +117,10 @@ fn requests_are_audited_at_their_policy_level() {
             .find(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
             .unwrap_or_else(|| panic!("no {verb} {resource} event in {text}"))
     };
-    let cm = find("create", "configmaps");
+    let cm = events
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["name"] == "settings")
+        .expect("the settings configmap's event");
     assert_eq!(cm["level"], "RequestResponse");
     assert_eq!(cm["stage"], "ResponseComplete");
     assert_eq!(cm["user"]["username"], "system:admin");
@@ -94,6 +132,18 @@ fn requests_are_audited_at_their_policy_level() {
     assert_eq!(cm["responseStatus"]["code"], 201);
     assert_eq!(cm["annotations"]["authorization.k8s.io/decision"], "allow");
     assert!(cm["auditID"].as_str().is_some_and(|id| id.len() == 36));
+    // The policy's audit annotation and its Audit action's failure record.
+    assert_eq!(cm["annotations"]["color-audit/color"], "blue");
+    let failures: Value = serde_json::from_str(
+        cm["annotations"]["validation.policy.admission.k8s.io/validation_failure"]
+            .as_str()
+            .expect("a validation failure annotation"),
+    )
+    .unwrap();
+    assert_eq!(
+        failures,
+        serde_json::json!([{"message": "colors are audited", "policy": "color-audit", "binding": "color-audit", "expressionIndex": 0, "validationActions": ["Warn", "Audit"]}])
+    );
     let secret = find("create", "secrets");
     assert_eq!(secret["level"], "Metadata");
     assert!(secret.get("requestObject").is_none() && secret.get("responseObject").is_none());

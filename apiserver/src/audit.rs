@@ -249,6 +249,21 @@ impl Record {
     pub fn set(&mut self, key: &str, value: Value) {
         self.event[key] = value;
     }
+
+    /// Records the request's object, and names the object reference from it where the URL
+    /// did not (a create), as upstream's LogRequestObject does.
+    pub fn request_object(&mut self, obj: Value) {
+        if let Some(reference) = self
+            .event
+            .get_mut("objectRef")
+            .and_then(Value::as_object_mut)
+            && reference.get("name").is_none_or(|n| n.as_str() == Some(""))
+            && let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str)
+        {
+            reference.insert("name".into(), Value::String(name.to_string()));
+        }
+        self.event["requestObject"] = obj;
+    }
 }
 
 fn now() -> String {

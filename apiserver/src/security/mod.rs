@@ -593,7 +593,7 @@ pub async fn guard(
             .or_else(|| serde_json::from_slice::<Value>(&bytes).ok())
             .or_else(|| serde_saphyr::from_slice::<Value>(&bytes).ok());
         if let Some(obj) = decoded.filter(|_| !bytes.is_empty()) {
-            r.set("requestObject", obj);
+            r.request_object(obj);
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
