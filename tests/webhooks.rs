@@ -51,6 +51,62 @@ async fn validate(body: axum::body::Bytes) -> String {
         .to_string()
 }
 
+fn patched(review: &Value, patch: Value) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": review["request"]["uid"],
+            "allowed": true,
+            "patchType": "JSONPatch",
+            "patch": STANDARD.encode(patch.to_string()),
+        },
+    })
+    .to_string()
+}
+
+/// Annotates what label `b` says when it is called (reinvoked if it changes after).
+async fn copy_b(body: axum::body::Bytes) -> String {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let saw = review["request"]["object"]["metadata"]["labels"]["b"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    let op = if review["request"]["object"]["metadata"]["annotations"].is_object() {
+        json!([{"op": "add", "path": "/metadata/annotations/a-saw", "value": saw}])
+    } else {
+        json!([{"op": "add", "path": "/metadata/annotations", "value": {"a-saw": saw}}])
+    };
+    patched(&review, op)
+}
+
+/// Sets label `b`.
+async fn set_b(body: axum::body::Bytes) -> String {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let op = if review["request"]["object"]["metadata"]["labels"].is_object() {
+        json!([{"op": "add", "path": "/metadata/labels/b", "value": "set"}])
+    } else {
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"b": "set"}}])
+    };
+    patched(&review, op)
+}
+
+/// Refuses deleting what is labelled keep=true (the object of a DELETE is null; the one
+/// deleted is oldObject).
+async fn guard_delete(body: axum::body::Bytes) -> String {
+    let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let request = &review["request"];
+    let kept = request["operation"] == "DELETE"
+        && request["object"].is_null()
+        && request["oldObject"]["metadata"]["labels"]["keep"] == "true";
+    let mut response = json!({"uid": request["uid"], "allowed": !kept});
+    if kept {
+        response["status"] = json!({"code": 403, "reason": "Forbidden", "message": format!("{} is kept", request["name"].as_str().unwrap_or(""))});
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+        .to_string()
+}
+
 /// Serves the test's webhooks over HTTPS on a free port; returns the port and the CA (PEM).
 fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
     let pki = kelp_auth::Pki::load_or_create(dir).unwrap();
@@ -82,7 +138,10 @@ fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
         runtime.block_on(async move {
             let app = axum::Router::new()
                 .route("/mutate", post(mutate))
-                .route("/validate", post(validate));
+                .route("/validate", post(validate))
+                .route("/copy-b", post(copy_b))
+                .route("/set-b", post(set_b))
+                .route("/guard-delete", post(guard_delete));
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -375,4 +434,93 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
             .kubectl(v, &["get", "configmap", "dry", "-n", "hooked"])
             .ok
     );
+
+    // Reinvocation: a webhook with reinvocationPolicy IfNeeded is called again when a later
+    // one changed the object after it; deletes reach webhooks registered for DELETE.
+    ok(&["create", "namespace", "again"]);
+    ok(&["label", "namespace", "again", "reinvoke=on"]);
+    let mut copy = hook(
+        "copy-b.example.com",
+        &format!("{base}/copy-b"),
+        &ca,
+        &["configmaps"],
+        "Fail",
+    );
+    copy["reinvocationPolicy"] = json!("IfNeeded");
+    copy["namespaceSelector"] = json!({"matchLabels": {"reinvoke": "on"}});
+    let mut set = hook(
+        "set-b.example.com",
+        &format!("{base}/set-b"),
+        &ca,
+        &["configmaps"],
+        "Fail",
+    );
+    set["namespaceSelector"] = json!({"matchLabels": {"reinvoke": "on"}});
+    create(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "reinvoked"},
+        "webhooks": [copy, set],
+    }));
+    let mut guard = hook(
+        "guard.example.com",
+        &format!("{base}/guard-delete"),
+        &ca,
+        &["configmaps"],
+        "Fail",
+    );
+    guard["rules"][0]["operations"] = json!(["DELETE"]);
+    guard["namespaceSelector"] = json!({"matchLabels": {"reinvoke": "on"}});
+    create(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "guard-deletes"},
+        "webhooks": [guard],
+    }));
+    let mut saw = String::new();
+    for i in 0..50 {
+        let name = format!("c{i}");
+        ok(&["create", "configmap", &name, "-n", "again"]);
+        saw = ok(&[
+            "get",
+            "configmap",
+            &name,
+            "-n",
+            "again",
+            "-o",
+            "jsonpath={.metadata.annotations.a-saw}",
+        ])
+        .stdout;
+        if !saw.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        saw, "set",
+        "the IfNeeded webhook saw the later webhook's label on its second call"
+    );
+    ok(&["create", "configmap", "kept", "-n", "again"]);
+    ok(&["label", "configmap", "kept", "-n", "again", "keep=true"]);
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = server.kubectl(v, &["delete", "configmap", "kept", "-n", "again"]);
+        if !out.ok {
+            refused = Some(out);
+            break;
+        }
+        ok(&["create", "configmap", "kept", "-n", "again"]);
+        ok(&["label", "configmap", "kept", "-n", "again", "keep=true"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = refused.expect("the delete webhook refused");
+    assert!(
+        refused
+            .stderr
+            .contains("admission webhook \"guard.example.com\" denied the request: kept is kept"),
+        "{}",
+        refused.stderr
+    );
+    ok(&["label", "configmap", "kept", "-n", "again", "keep-"]);
+    ok(&["delete", "configmap", "kept", "-n", "again"]);
 }

@@ -103,38 +103,65 @@ impl Webhooks {
     ) -> Result<Vec<String>, ApiError> {
         let index = self.index();
         let mut warnings = Vec::new();
+        // The object as each IfNeeded webhook left it: one changed after it by a later
+        // webhook is called once more (upstream's reinvocation; at most one more round).
+        let mut left: Vec<(&Hook, Value)> = Vec::new();
         for hook in &index.mutating {
-            if !matches(&hook.spec, review, obj)
-                || !conditions_hold(
-                    &hook.spec,
-                    &format!("failed calling webhook {:?}", hook.name),
-                    review,
-                    obj,
-                )?
+            if self.mutate_with(hook, review, obj, &mut warnings).await?
+                && hook.spec.get("reinvocationPolicy").and_then(Value::as_str) == Some("IfNeeded")
             {
-                continue;
-            }
-            let Some(response) = call(&self.cache, hook, review, obj, &mut warnings).await? else {
-                continue;
-            };
-            // A delete has no object to patch: its mutating webhooks can only refuse.
-            if let Some(patch) = response
-                .get("patch")
-                .and_then(Value::as_str)
-                .filter(|_| review.operation != "DELETE")
-            {
-                let bytes = STANDARD.decode(patch).map_err(|e| {
-                    ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch is not base64: {e}", hook.name))
-                })?;
-                let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
-                    ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch is not a JSON patch: {e}", hook.name))
-                })?;
-                json_patch::patch(obj, &patch).map_err(|e| {
-                    ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch does not apply: {e}", hook.name))
-                })?;
+                left.push((hook, obj.clone()));
             }
         }
+        let changed_since: Vec<&Hook> = left
+            .iter()
+            .filter(|(_, after)| after != obj)
+            .map(|(hook, _)| *hook)
+            .collect();
+        for hook in changed_since {
+            self.mutate_with(hook, review, obj, &mut warnings).await?;
+        }
         Ok(warnings)
+    }
+
+    /// Calls one mutating webhook if it matches, applying its patch. Whether it was called.
+    async fn mutate_with(
+        &self,
+        hook: &Hook,
+        review: &Review<'_>,
+        obj: &mut Value,
+        warnings: &mut Vec<String>,
+    ) -> Result<bool, ApiError> {
+        if !matches(&hook.spec, review, obj)
+            || !conditions_hold(
+                &hook.spec,
+                &format!("failed calling webhook {:?}", hook.name),
+                review,
+                obj,
+            )?
+        {
+            return Ok(false);
+        }
+        let Some(response) = call(&self.cache, hook, review, obj, warnings).await? else {
+            return Ok(true);
+        };
+        // A delete has no object to patch: its mutating webhooks can only refuse.
+        if let Some(patch) = response
+            .get("patch")
+            .and_then(Value::as_str)
+            .filter(|_| review.operation != "DELETE")
+        {
+            let bytes = STANDARD.decode(patch).map_err(|e| {
+                ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch is not base64: {e}", hook.name))
+            })?;
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch is not a JSON patch: {e}", hook.name))
+            })?;
+            json_patch::patch(obj, &patch).map_err(|e| {
+                ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch does not apply: {e}", hook.name))
+            })?;
+        }
+        Ok(true)
     }
 
     /// Runs the validating webhooks that match.
