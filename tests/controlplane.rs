@@ -1371,4 +1371,62 @@ fn certificate_requests_are_approved_and_signed_by_the_cluster_ca() {
             Err(s)
         }
     });
+
+    // CertificateSubjectRestriction: no system:masters through the client signer.
+    let out = server.kubectl_with_stdin(
+        V,
+        &["create", "-f", "-"],
+        Some(&csr_yaml(
+            "masters",
+            &pem,
+            "kubernetes.io/kube-apiserver-client",
+            "client auth",
+        )),
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("certificatesigningrequests.certificates.k8s.io \"masters\" is forbidden: use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"),
+        "{}",
+        out.stderr
+    );
+    // CertificateApproval: updating the approval subresource is not enough, approving takes
+    // the approve verb on the signer (by name or by its domain's wildcard).
+    k.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-updater}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [get, list, watch]}\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/approval], verbs: [update]}\n",
+    );
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "dave-csr",
+        "--clusterrole=csr-updater",
+        "--user=dave",
+    ]);
+    let (pem, _) = certificate_request("erin", "dev");
+    k.apply(&csr_yaml(
+        "erin",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        "client auth",
+    ));
+    let out = server.kubectl(V, &["certificate", "approve", "erin", "--as=dave"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+        "{}",
+        out.stderr
+    );
+    k.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: kubernetes-signers-approver}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [signers], resourceNames: [kubernetes.io/*], verbs: [approve]}\n",
+    );
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "dave-approve",
+        "--clusterrole=kubernetes-signers-approver",
+        "--user=dave",
+    ]);
+    wait_for("dave to approve", 10, || {
+        let out = server.kubectl(V, &["certificate", "approve", "erin", "--as=dave"]);
+        if out.ok { Ok(()) } else { Err(out.stderr) }
+    });
 }

@@ -242,6 +242,9 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
             obj,
         )?;
     }
+    if a.r.group == "certificates.k8s.io" && a.r.kind == "CertificateSigningRequest" {
+        certificates(ctx, a, obj, &name).await?;
+    }
     pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
     let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
@@ -255,6 +258,91 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
     }
     resource_quota(ctx, a, obj, &name).await?;
     Ok(warnings)
+}
+
+/// The certificate plugins: CertificateApproval (approving or denying takes the `approve`
+/// verb on the request's signer), CertificateSigning (issuing a certificate through status
+/// takes `sign`), and CertificateSubjectRestriction (no `system:masters` through the
+/// kube-apiserver-client signer), as upstream's plugin/pkg/admission/certificates.
+async fn certificates(ctx: &Ctx, a: &Admit<'_>, csr: &Value, name: &str) -> Result<(), ApiError> {
+    let signer = csr
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let refuse = |why: String| {
+        ApiError::forbidden(
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            name,
+            &why,
+        )
+    };
+    match (a.subresource, a.old) {
+        ("approval", Some(_)) => {
+            if !authorized_for_signer(ctx, "approve", signer).await {
+                return Err(refuse(format!(
+                    "user not permitted to approve requests with signerName {signer:?}"
+                )));
+            }
+        }
+        ("status", Some(old)) => {
+            let certificate = |o: &Value| o.pointer("/status/certificate").cloned();
+            if certificate(old) != certificate(csr)
+                && !authorized_for_signer(ctx, "sign", signer).await
+            {
+                return Err(refuse(format!(
+                    "user not permitted to sign requests with signerName {signer:?}"
+                )));
+            }
+        }
+        ("", None) if signer == "kubernetes.io/kube-apiserver-client" => {
+            let request = csr
+                .pointer("/spec/request")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, request)
+                .unwrap_or_default();
+            let masters = kelp_auth::request_organizations(&pem)
+                .is_ok_and(|orgs| orgs.iter().any(|o| o == kelp_auth::MASTERS));
+            if masters {
+                return Err(refuse(format!(
+                    "use of {signer} signer with {} group is not allowed",
+                    kelp_auth::MASTERS
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Upstream's IsAuthorizedForSignerName: the verb on `signers` named for the signer, or for
+/// its domain's wildcard (`example.com/*`).
+async fn authorized_for_signer(ctx: &Ctx, verb: &str, signer: &str) -> bool {
+    let (Some(security), Ok(user)) = (
+        ctx.security.as_deref(),
+        crate::security::REQUESTER.try_with(Arc::clone),
+    ) else {
+        return true;
+    };
+    let mut names = vec![signer.to_string()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for name in names {
+        let a = kelp_auth::rbac::Attributes {
+            verb: verb.into(),
+            api_group: "certificates.k8s.io".into(),
+            resource: "signers".into(),
+            name,
+            resource_request: true,
+            ..Default::default()
+        };
+        if security.authorize(&user, &a).await.allowed {
+            return true;
+        }
+    }
+    false
 }
 
 /// ResourceQuota, last: each quota of the namespace that tracks the new object must leave

@@ -125,7 +125,7 @@ pub async fn serve(
             return subresource_write(
                 ctx,
                 (r, ns, name),
-                "status",
+                "approval",
                 query,
                 headers,
                 patch,
@@ -1400,7 +1400,8 @@ async fn guaranteed_update(
         subresource,
         manager,
     } = target;
-    let status = subresource == "status";
+    // A CSR's approval is a status write (upstream's approval strategy).
+    let status = matches!(subresource, "status" | "approval");
     let api_version = r.api_version();
     let w = writer(r, manager, subresource, &api_version);
     if let Change::Apply { config, .. } = &change {

@@ -16,4 +16,4 @@ pub use kubeconfig::kubeconfig;
 pub use pki::{Credentials, Pki, PkiError};
 pub use tokenfile::TokenFile;
 pub use user::*;
-pub use x509::user_from_certificate;
+pub use x509::{request_organizations, user_from_certificate};

@@ -29,6 +29,27 @@ pub fn user_from_certificate(der: &[u8]) -> Result<UserInfo, String> {
     })
 }
 
+/// The organizations (O) of a PEM certificate request's subject, every one of them.
+pub fn request_organizations(pem: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    if block.label != "CERTIFICATE REQUEST" {
+        return Err(format!(
+            "PEM block type must be CERTIFICATE REQUEST, not {}",
+            block.label
+        ));
+    }
+    let (_, request) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
+            .map_err(|e| format!("not a certificate request: {e}"))?;
+    Ok(request
+        .certification_request_info
+        .subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
