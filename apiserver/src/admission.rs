@@ -277,41 +277,37 @@ async fn certificates(ctx: &Ctx, a: &Admit<'_>, csr: &Value, name: &str) -> Resu
             &why,
         )
     };
-    match (a.subresource, a.old) {
-        ("approval", Some(_)) => {
-            if !authorized_for_signer(ctx, "approve", signer).await {
-                return Err(refuse(format!(
-                    "user not permitted to approve requests with signerName {signer:?}"
-                )));
-            }
+    let certificate = |o: &Value| o.pointer("/status/certificate").cloned();
+    let needs = match (a.subresource, a.old) {
+        ("approval", Some(_)) => Some("approve"),
+        ("status", Some(old)) if certificate(old) != certificate(csr) => Some("sign"),
+        _ => None,
+    };
+    if let Some(verb) = needs
+        && !authorized_for_signer(ctx, verb, signer).await
+    {
+        return Err(refuse(format!(
+            "user not permitted to {verb} requests with signerName {signer:?}"
+        )));
+    }
+    if a.subresource.is_empty()
+        && a.old.is_none()
+        && signer == "kubernetes.io/kube-apiserver-client"
+    {
+        let request = csr
+            .pointer("/spec/request")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, request)
+            .unwrap_or_default();
+        let masters = kelp_auth::request_organizations(&pem)
+            .is_ok_and(|orgs| orgs.iter().any(|o| o == kelp_auth::MASTERS));
+        if masters {
+            return Err(refuse(format!(
+                "use of {signer} signer with {} group is not allowed",
+                kelp_auth::MASTERS
+            )));
         }
-        ("status", Some(old)) => {
-            let certificate = |o: &Value| o.pointer("/status/certificate").cloned();
-            if certificate(old) != certificate(csr)
-                && !authorized_for_signer(ctx, "sign", signer).await
-            {
-                return Err(refuse(format!(
-                    "user not permitted to sign requests with signerName {signer:?}"
-                )));
-            }
-        }
-        ("", None) if signer == "kubernetes.io/kube-apiserver-client" => {
-            let request = csr
-                .pointer("/spec/request")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, request)
-                .unwrap_or_default();
-            let masters = kelp_auth::request_organizations(&pem)
-                .is_ok_and(|orgs| orgs.iter().any(|o| o == kelp_auth::MASTERS));
-            if masters {
-                return Err(refuse(format!(
-                    "use of {signer} signer with {} group is not allowed",
-                    kelp_auth::MASTERS
-                )));
-            }
-        }
-        _ => {}
     }
     Ok(())
 }
