@@ -118,6 +118,14 @@ impl ApiError {
             ),
         )
     }
+    /// 406: none of the representations the Accept header lists can be served here.
+    pub fn not_acceptable() -> Self {
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf".to_string(),
+        )
+    }
     pub fn too_large() -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -61,6 +61,9 @@ pub async fn serve(
     let status_subresource = match (target.subresource.as_deref(), target.name.as_deref()) {
         (None, _) => false,
         (Some("status"), Some(_)) if r.status != Status::None => true,
+        // A CertificateSigningRequest's approval (upstream's approvalStrategy): a status
+        // write of its conditions alone (`kubectl certificate approve`).
+        (Some("approval"), Some(_)) if r.kind == "CertificateSigningRequest" => true,
         // Pod-only subresources (upstream's BindingREST and EvictionREST).
         (Some("binding"), Some(name))
             if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
@@ -87,45 +90,6 @@ pub async fn serve(
                 ctx,
                 (r, ns, name),
                 "finalize",
-                query,
-                headers,
-                patch,
-                &requested,
-            )
-            .await;
-        }
-        // A CertificateSigningRequest's approval (upstream's approvalStrategy): only its
-        // status.conditions change, through PUT .../approval (`kubectl certificate approve`).
-        (Some("approval"), Some(name))
-            if r.kind == "CertificateSigningRequest" && method == Method::PUT =>
-        {
-            let requested = read_body(r, headers, &body)?;
-            let conditions = requested
-                .pointer("/status/conditions")
-                .cloned()
-                .unwrap_or_else(|| json!([]));
-            for c in conditions.as_array().into_iter().flatten() {
-                let kind = c.get("type").and_then(Value::as_str).unwrap_or("");
-                if !["Approved", "Denied", "Failed"].contains(&kind) {
-                    return Err(ApiError::invalid(
-                        "certificates.k8s.io",
-                        "CertificateSigningRequest",
-                        name,
-                        vec![(
-                            "status.conditions[0].type".into(),
-                            format!(
-                                "Unsupported value: \"{kind}\": supported values: \"Approved\", \"Denied\", \"Failed\""
-                            ),
-                        )],
-                    ));
-                }
-            }
-            let patch = json!({"status": {"conditions": conditions}});
-            // The status strategy: status changes, the spec stays.
-            return subresource_write(
-                ctx,
-                (r, ns, name),
-                "approval",
                 query,
                 headers,
                 patch,
@@ -186,7 +150,11 @@ pub async fn serve(
                 r,
                 ns,
                 name,
-                subresource: if status_subresource { "status" } else { "" },
+                subresource: if status_subresource {
+                    target.subresource.as_deref().unwrap_or("status")
+                } else {
+                    ""
+                },
                 manager: &manager,
             };
             guaranteed_update(ctx, target, query, Change::Replace(obj)).await
@@ -207,7 +175,11 @@ pub async fn serve(
                 r,
                 ns,
                 name,
-                subresource: if status_subresource { "status" } else { "" },
+                subresource: if status_subresource {
+                    target.subresource.as_deref().unwrap_or("status")
+                } else {
+                    ""
+                },
                 manager: &manager,
             };
             let change = match kind {
@@ -1450,6 +1422,9 @@ async fn guaranteed_update(
         if r.status != Status::None {
             obj = split_status(r, &current, obj, status);
         }
+        if r.kind == "CertificateSigningRequest" {
+            crate::registry::more::csr_prepare_update(subresource, &current, &mut obj);
+        }
         (r.on_update)(&current, &mut obj)?;
         let admit = crate::admission::Admit {
             r,
@@ -2091,6 +2066,28 @@ impl Output {
             _ => Output::Object,
         }
     }
+}
+
+/// Whether the Accept header takes a plain object (some type without `as=`, or any type):
+/// what endpoints that have no Table or metadata form (the reviews) require, else 406.
+pub(crate) fn accepts_plain_object(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    accept.split(',').any(|t| {
+        let mut parts = t.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let conversion = parts.any(|p| p.starts_with("as="));
+        !conversion
+            && matches!(
+                media,
+                "" | "*/*"
+                    | "application/*"
+                    | "application/json"
+                    | "application/yaml"
+                    | "application/vnd.kubernetes.protobuf"
+            )
+    })
 }
 
 /// Encodes watch events: objects as they are, as one-row Tables (what `kubectl get -w`

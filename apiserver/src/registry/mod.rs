@@ -10,7 +10,7 @@ mod config;
 mod core;
 mod defaults;
 mod events;
-mod more;
+pub(crate) mod more;
 mod others;
 pub mod reviews;
 

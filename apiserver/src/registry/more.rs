@@ -90,6 +90,8 @@ pub static RESOURCES: &[Resource] = &[
             }),
         ],
         status: Status::Subresource,
+        fields: &["spec.signerName"],
+        validate: csr_conditions,
         ..BASE
     },
     Resource {
@@ -319,3 +321,127 @@ pub static RESOURCES: &[Resource] = &[
         ..BASE
     },
 ];
+
+/// A CertificateSigningRequest's conditions as upstream validates them (validateConditions):
+/// a type and a True/False/Unknown status each, no type twice, Approved and Denied never
+/// together and only True.
+fn csr_conditions(o: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let (mut approved, mut denied) = (false, false);
+    let conditions = o.pointer("/status/conditions").and_then(Value::as_array);
+    for (i, c) in conditions.into_iter().flatten().enumerate() {
+        let at = |field: &str| format!("status.conditions[{i}].{field}");
+        let (kind, status) = (text(c, "/type"), text(c, "/status"));
+        let (kind, status) = (kind.as_str(), status.as_str());
+        if kind.is_empty() {
+            causes.push((at("type"), "Required value".into()));
+        }
+        match status {
+            "" => causes.push((at("status"), "Required value".into())),
+            "True" | "False" | "Unknown" => {}
+            other => causes.push((
+                at("status"),
+                format!("Unsupported value: {other:?}: supported values: \"False\", \"True\", \"Unknown\""),
+            )),
+        }
+        let other = match kind {
+            "Approved" => {
+                approved = true;
+                Some(denied)
+            }
+            "Denied" => {
+                denied = true;
+                Some(approved)
+            }
+            _ => None,
+        };
+        if let Some(other_seen) = other {
+            if other_seen {
+                causes.push((
+                    at("type"),
+                    format!("Invalid value: {kind:?}: Approved and Denied conditions are mutually exclusive"),
+                ));
+            }
+            if status != "True" {
+                causes.push((
+                    at("status"),
+                    format!(
+                        "Invalid value: {status:?}: {kind} condition may only have status=True"
+                    ),
+                ));
+            }
+        }
+        if !kind.is_empty() && !seen.insert(kind.to_string()) {
+            causes.push((at("type"), format!("Duplicate value: {kind:?}")));
+        }
+    }
+    causes
+}
+
+/// What an update through each of a CSR's endpoints may change (upstream's strategies): the
+/// spec never; `/approval` the conditions alone (the certificate stays); `/status` anything
+/// but the Approved and Denied conditions, which stay as they were. Condition times are
+/// stamped when a condition is new or changes.
+pub(crate) fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
+    if subresource.is_empty() {
+        return;
+    }
+    if let Some(spec) = current.get("spec") {
+        new["spec"] = spec.clone();
+    }
+    let old_conditions: Vec<Value> = current
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match subresource {
+        "approval" => match current.pointer("/status/certificate") {
+            Some(c) => new["status"]["certificate"] = c.clone(),
+            None => {
+                if let Some(status) = new.get_mut("status").and_then(Value::as_object_mut) {
+                    status.remove("certificate");
+                }
+            }
+        },
+        "status" => {
+            let kept = |c: &Value| matches!(text(c, "/type").as_str(), "Approved" | "Denied");
+            let mut conditions: Vec<Value> = new
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| !kept(c));
+            let mut preserved: Vec<Value> =
+                old_conditions.iter().filter(|c| kept(c)).cloned().collect();
+            preserved.extend(conditions);
+            if !preserved.is_empty() || new.pointer("/status/conditions").is_some() {
+                new["status"]["conditions"] = Value::Array(preserved);
+            }
+        }
+        _ => {}
+    }
+    let now = crate::object::now();
+    if let Some(conditions) = new
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
+        for c in conditions {
+            let before = old_conditions
+                .iter()
+                .find(|o| text(o, "/type") == text(c, "/type"));
+            if c.get("lastUpdateTime").is_none_or(Value::is_null) {
+                c["lastUpdateTime"] = json!(now);
+            }
+            let transition = match before {
+                Some(b) if text(b, "/status") == text(c, "/status") => {
+                    b.get("lastTransitionTime").cloned()
+                }
+                _ => None,
+            };
+            if c.get("lastTransitionTime").is_none_or(Value::is_null) {
+                c["lastTransitionTime"] = transition.unwrap_or_else(|| json!(now));
+            }
+        }
+    }
+}

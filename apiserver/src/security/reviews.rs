@@ -44,6 +44,9 @@ pub async fn serve(
             r.plural
         ))));
     }
+    if !crate::handlers::accepts_plain_object(headers) {
+        return Some(Err(ApiError::not_acceptable()));
+    }
     let review = match read_body(r, headers, body) {
         Ok(v) => v,
         Err(e) => return Some(Err(e)),

@@ -21,7 +21,33 @@ pub fn tests() -> Vec<Test> {
         "[sig-api-machinery] Watchers should observe an object deletion if it stops meeting the requirements of the selector" => watch_selector_transitions,
         "[sig-api-machinery] Watchers should receive events on concurrent watches in same order" => watch_concurrent_order,
         "[sig-api-machinery] Servers with support for API chunking should return chunks of results for list calls" => chunking,
+        "[sig-api-machinery] Servers with support for Table transformation should return a 406 for a backend which does not implement metadata" => table_406,
     ]
+}
+
+/// test/e2e/apimachinery/table_conversion.go: a SelfSubjectAccessReview has no Table form.
+async fn table_406(ctx: Ctx) -> anyhow::Result<()> {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"nonResourceAttributes": {"path": "/", "verb": "get"}},
+    });
+    let answer = ctx
+        .request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+            "application/json",
+            serde_json::to_vec(&review)?,
+        )
+        .await?;
+    ensure!(
+        answer.status == 406,
+        "expected 406, got {} {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    Ok(())
 }
 
 /// test/e2e/apimachinery/server_version.go

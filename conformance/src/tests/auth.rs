@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Test> {
         "[sig-auth] SubjectReview should support SubjectReview API operations" => subject_review,
         "[sig-api-machinery] ResourceQuota should be able to update and delete ResourceQuota." => quota_update_delete,
         "[sig-api-machinery] ValidatingAdmissionPolicy [Privileged:ClusterAdmin] should validate against a Deployment" => vap_deployment,
+        "[sig-auth] Certificates API [Privileged:ClusterAdmin] should support CSR API operations" => csr_api,
     ]
 }
 
@@ -229,4 +230,274 @@ async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
         .delete(&policy_name, &DeleteParams::default())
         .await;
     Ok(())
+}
+
+/// test/e2e/auth/certificates.go: discovery, CRUD, watch, and the /approval and /status
+/// subresources of CertificateSigningRequests, with a signer of the test's own (so no
+/// controller acts on them).
+async fn csr_api(ctx: Ctx) -> anyhow::Result<()> {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    use kube::api::{ListParams, WatchParams};
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["e2e.example.com".to_string()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e.example.com");
+    let request = params.serialize_request(&key)?.pem()?;
+    let certificate = params.self_signed(&key)?.pem();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let signer = format!("example.com/e2e-{}", ctx.namespace);
+    let template: CertificateSigningRequest = from(json!({
+        "metadata": {"generateName": "e2e-example-csr-"},
+        "spec": {
+            "request": b64(&request),
+            "signerName": signer,
+            "expirationSeconds": 3600,
+            "usages": ["digital signature", "key encipherment", "server auth"],
+        },
+    }))?;
+
+    // Discovery.
+    let groups: serde_json::Value = ctx.get_json("/apis").await?;
+    let group = groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "certificates.k8s.io")
+        .context("certificates.k8s.io is not in /apis")?;
+    ensure!(
+        group["preferredVersion"]["version"] == "v1",
+        "preferred {}",
+        group["preferredVersion"]
+    );
+    let group: serde_json::Value = ctx.get_json("/apis/certificates.k8s.io").await?;
+    ensure!(
+        group["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["version"] == "v1"),
+        "v1 is not among {}",
+        group["versions"]
+    );
+    let resources: serde_json::Value = ctx.get_json("/apis/certificates.k8s.io/v1").await?;
+    for wanted in [
+        "certificatesigningrequests",
+        "certificatesigningrequests/approval",
+        "certificatesigningrequests/status",
+    ] {
+        ensure!(
+            resources["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["name"] == wanted),
+            "{wanted} is not discovered"
+        );
+    }
+
+    // Create, get, list, watch, patch, update.
+    let csrs = ctx.cluster::<CertificateSigningRequest>();
+    let pp = PostParams::default();
+    csrs.create(&pp, &template).await?;
+    csrs.create(&pp, &template).await?;
+    let created = csrs.create(&pp, &template).await?;
+    let name = created.metadata.name.clone().context("no name generated")?;
+    let gotten = csrs.get(&name).await?;
+    ensure!(gotten.metadata.uid == created.metadata.uid, "another uid");
+    ensure!(
+        gotten.spec.expiration_seconds == Some(3600),
+        "expirationSeconds {:?}",
+        gotten.spec.expiration_seconds
+    );
+    let by_signer = ListParams::default().fields(&format!("spec.signerName={signer}"));
+    let listed = csrs.list(&by_signer).await?;
+    ensure!(
+        listed.items.len() == 3,
+        "filtered list has {} items",
+        listed.items.len()
+    );
+    let rv = listed.metadata.resource_version.clone().unwrap_or_default();
+    let mut events = Box::pin(
+        csrs.watch(
+            &WatchParams::default().fields(&format!("metadata.name={name}")),
+            &rv,
+        )
+        .await?,
+    );
+    let patched = csrs
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"patched": "true"}}})),
+        )
+        .await?;
+    ensure!(
+        annotation(&patched.metadata, "patched") == Some("true"),
+        "patched annotation missing"
+    );
+    let mut update = patched.clone();
+    update
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("updated".into(), "true".into());
+    let updated = csrs.replace(&name, &pp, &update).await?;
+    ensure!(
+        annotation(&updated.metadata, "updated") == Some("true"),
+        "updated annotation missing"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut events))
+            .await
+            .context("timed out waiting for the watch event")?
+            .context("the watch closed")??;
+        match event {
+            kube::api::WatchEvent::Modified(o)
+                if annotation(&o.metadata, "patched") == Some("true") =>
+            {
+                break;
+            }
+            kube::api::WatchEvent::Modified(_) => {}
+            other => anyhow::bail!("expected MODIFIED, got {other:?}"),
+        }
+    }
+
+    // The /approval subresource.
+    let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}");
+    let approval: serde_json::Value = ctx.get_json(&format!("{path}/approval")).await?;
+    ensure!(
+        approval["kind"] == "CertificateSigningRequest"
+            && approval["apiVersion"] == "certificates.k8s.io/v1",
+        "GET /approval: {} {}",
+        approval["apiVersion"],
+        approval["kind"]
+    );
+    ensure!(
+        approval["metadata"]["uid"] == json!(created.metadata.uid),
+        "GET /approval: another uid"
+    );
+    let patched = csrs
+        .patch_subresource(
+            "approval",
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"patchedapproval": "true"}}, "status": {"conditions": [{"type": "ApprovalPatch", "status": "True", "reason": "e2e"}]}})),
+        )
+        .await?;
+    let conditions = patched
+        .status
+        .clone()
+        .unwrap_or_default()
+        .conditions
+        .unwrap_or_default();
+    ensure!(
+        conditions.len() == 1 && conditions[0].type_ == "ApprovalPatch",
+        "patched conditions {conditions:?}"
+    );
+    ensure!(
+        annotation(&patched.metadata, "patchedapproval") == Some("true"),
+        "approval patch annotation missing"
+    );
+    let mut approve = serde_json::to_value(&patched)?;
+    approve["status"]["conditions"]
+        .as_array_mut()
+        .context("no conditions")?
+        .push(json!({"type": "Approved", "status": "True", "reason": "E2E", "message": "Set from an e2e test"}));
+    let approved: CertificateSigningRequest = serde_json::from_slice(
+        &ctx.request(
+            "PUT",
+            &format!("{path}/approval"),
+            "application/json",
+            "application/json",
+            serde_json::to_vec(&approve)?,
+        )
+        .await?
+        .body,
+    )
+    .context("the approval update's answer")?;
+    let conditions = approved
+        .status
+        .clone()
+        .unwrap_or_default()
+        .conditions
+        .unwrap_or_default();
+    ensure!(
+        conditions.len() == 2 && conditions[1].type_ == "Approved",
+        "approved conditions {conditions:?}"
+    );
+
+    // The /status subresource.
+    let status: serde_json::Value = ctx.get_json(&format!("{path}/status")).await?;
+    ensure!(
+        status["metadata"]["uid"] == json!(created.metadata.uid),
+        "GET /status: another uid"
+    );
+    let patched = csrs
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"patchedstatus": "true"}}, "status": {"certificate": b64(&certificate)}})),
+        )
+        .await?;
+    let issued = patched
+        .status
+        .clone()
+        .unwrap_or_default()
+        .certificate
+        .map(|c| c.0);
+    ensure!(
+        issued.as_deref() == Some(certificate.as_bytes()),
+        "the patched certificate differs"
+    );
+    ensure!(
+        annotation(&patched.metadata, "patchedstatus") == Some("true"),
+        "status patch annotation missing"
+    );
+    let mut with_condition = serde_json::to_value(&patched)?;
+    with_condition["status"]["conditions"]
+        .as_array_mut()
+        .context("no conditions")?
+        .push(json!({"type": "StatusUpdate", "status": "True", "reason": "E2E", "message": "Set from an e2e test"}));
+    let updated = csrs
+        .replace_status(&name, &pp, &from(with_condition)?)
+        .await?;
+    let conditions = updated
+        .status
+        .unwrap_or_default()
+        .conditions
+        .unwrap_or_default();
+    ensure!(
+        conditions.len() == 3 && conditions[2].type_ == "StatusUpdate",
+        "status-updated conditions {conditions:?}"
+    );
+
+    // Delete, then the collection.
+    csrs.delete(&name, &DeleteParams::default()).await?;
+    let gone = api_error(csrs.get(&name).await)?;
+    ensure!(gone.code == 404, "a deleted CSR answers {}", gone.code);
+    let listed = csrs.list(&by_signer).await?;
+    ensure!(
+        listed.items.len() == 2,
+        "filtered list has {} items",
+        listed.items.len()
+    );
+    csrs.delete_collection(&DeleteParams::default(), &by_signer)
+        .await?;
+    let listed = csrs.list(&by_signer).await?;
+    ensure!(
+        listed.items.is_empty(),
+        "filtered list has {} items",
+        listed.items.len()
+    );
+    Ok(())
+}
+
+fn annotation<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
