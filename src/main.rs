@@ -366,19 +366,28 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    println!(
+    // What the server says on stdout is for whoever started it; a reader that went away
+    // (a closed pipe) must not stop the server.
+    let say = |line: String| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    say(format!(
         "kelp: API server ready at {url} (datastore {})",
         backend.endpoint()
-    );
-    println!("kelp: kubeconfig written to {}", kubeconfig.display());
-    println!(
+    ));
+    say(format!(
+        "kelp: kubeconfig written to {}",
+        kubeconfig.display()
+    ));
+    say(format!(
         "kelp: try: kubectl --kubeconfig {} get namespaces",
         kubeconfig.display()
-    );
+    ));
     shutdown_signal().await;
     server.stop().await;
     backend.close().await;
-    println!("kelp: stopped");
+    say("kelp: stopped".to_string());
     Ok(())
 }
 

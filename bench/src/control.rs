@@ -114,6 +114,8 @@ pub(crate) async fn start_server(kelp: &Path, extra: &[&str]) -> anyhow::Result<
     ));
     let ready = lines.next().context("kelp server printed nothing")??;
     eprintln!("[control] {ready}");
+    // Whatever else it prints is read (a closed pipe would fail the server's next print).
+    std::thread::spawn(move || lines.for_each(drop));
     let kubeconfig = dir.path().join("admin.kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(&kubeconfig)?,
