@@ -89,6 +89,15 @@ spec:
         "--from-literal=password=audit-must-not-hold-this",
     ]);
     ok(&["get", "pods"]);
+    // PodSecurity's audit mode: the violation goes to the audit log, the pod is admitted.
+    ok(&["create", "namespace", "audited"]);
+    ok(&[
+        "label",
+        "namespace",
+        "audited",
+        "pod-security.kubernetes.io/audit=restricted",
+    ]);
+    ok(&["run", "loose", "--image=busybox", "-n", "audited"]);
     let refused = server.kubectl(v, &["create", "namespace", "nope", "--as=mallory"]);
     assert!(!refused.ok);
     server.stop();
@@ -153,7 +162,27 @@ spec:
             .any(|e| e["verb"] == "list" && e["objectRef"]["resource"] == "pods"),
         "level None"
     );
-    let denied = find("create", "namespaces");
+    let loose = events
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "pods")
+        .expect("the pod's create event");
+    assert_eq!(
+        loose["annotations"]["pod-security.kubernetes.io/enforce-policy"],
+        "privileged:latest"
+    );
+    let violations = loose["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .expect("an audit-violations annotation");
+    assert!(
+        violations.starts_with(
+            "would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{violations}"
+    );
+    let denied = events
+        .iter()
+        .find(|e| e["verb"] == "create" && e["impersonatedUser"]["username"] == "mallory")
+        .expect("the refused impersonated create");
     assert_eq!(denied["impersonatedUser"]["username"], "mallory");
     assert_eq!(denied["responseStatus"]["code"], 403);
     assert_eq!(denied["responseStatus"]["reason"], "Forbidden");

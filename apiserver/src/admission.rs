@@ -536,15 +536,26 @@ fn pod_security(
     let (Some(spec), meta) = (spec, meta.cloned().unwrap_or_default()) else {
         return Ok(());
     };
-    if is_pod(r)
-        && let Some(why) = podsecurity::violations(&policy.enforce, &meta, spec)
-    {
-        return Err(ApiError::forbidden(
-            "",
-            "pods",
-            name,
-            &format!("violates PodSecurity {:?}: {why}", policy.enforce.name()),
-        ));
+    if is_pod(r) {
+        // Upstream annotates the audit event with the level a pod was held to.
+        crate::security::audit_annotate(
+            "pod-security.kubernetes.io/enforce-policy",
+            &policy.enforce.name(),
+        );
+        if let Some(why) = podsecurity::violations(&policy.enforce, &meta, spec) {
+            return Err(ApiError::forbidden(
+                "",
+                "pods",
+                name,
+                &format!("violates PodSecurity {:?}: {why}", policy.enforce.name()),
+            ));
+        }
+    }
+    if let Some(why) = podsecurity::violations(&policy.audit, &meta, spec) {
+        crate::security::audit_annotate(
+            "pod-security.kubernetes.io/audit-violations",
+            &format!("would violate PodSecurity {:?}: {why}", policy.audit.name()),
+        );
     }
     if let Some(why) = podsecurity::violations(&policy.warn, &meta, spec) {
         warnings.push(format!(
