@@ -46,6 +46,32 @@ fn server_starts_on_a_fresh_data_dir_and_restarts_on_the_same_state() {
         out.stdout,
         "namespace/default\nnamespace/kube-node-lease\nnamespace/kube-public\nnamespace/kube-system\n"
     );
+    // What a fresh cluster registers for its own group versions, served locally.
+    let out = second.kubectl("1.33", &["get", "apiservices"]);
+    let rows: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    for row in [
+        "NAME SERVICE AVAILABLE",
+        "v1. Local True",
+        "v1.apiregistration.k8s.io Local True",
+        "v1.apps Local True",
+        "v2.autoscaling Local True",
+        "v1.flowcontrol.apiserver.k8s.io Local True",
+    ] {
+        assert!(
+            rows.iter().any(|r| r == row),
+            "{row:?} not in {}",
+            out.stdout
+        );
+    }
+    let apps = second.kubectl(
+        "1.33",
+        &["get", "apiservice", "v1.apps", "-o", "jsonpath={.spec.groupPriorityMinimum} {.spec.versionPriority} {.status.conditions[0].reason}"],
+    );
+    assert_eq!(apps.stdout, "17800 15 Local");
 }
 
 #[test]

@@ -847,8 +847,9 @@ fn validate_name(r: &Resource, name: &str) -> Option<String> {
             && !s.starts_with('-')
             && !s.ends_with('-')
     };
-    if r.group == "rbac.authorization.k8s.io" {
-        // RBAC names are path segments (upstream's ValidateRBACName): `system:` names too.
+    if r.group == "rbac.authorization.k8s.io" || r.group == "apiregistration.k8s.io" {
+        // RBAC names are path segments (upstream's ValidateRBACName): `system:` names too;
+        // so are APIServices' (`v1.` is the core group's).
         let why = match name {
             "." => Some("may not be '.'"),
             ".." => Some("may not be '..'"),

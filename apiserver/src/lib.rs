@@ -702,6 +702,59 @@ fn bootstrap_ctx(backend: &Backend) -> handlers::Ctx {
     }
 }
 
+/// The local APIServices (upstream's autoregistration): one per served built-in group version
+/// upstream registers, Available since this server serves it.
+async fn bootstrap_api_services(
+    ctx: &handlers::Ctx,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) {
+    let Some(api_services) = registry::lookup("apiregistration.k8s.io", "v1", "apiservices") else {
+        return;
+    };
+    let served = registry::group_versions(&registry::all().collect::<Vec<_>>());
+    // All at once: the writes share group commits.
+    let registrations = registry::more::LOCAL_API_SERVICES
+        .iter()
+        .filter(|(group, version, ..)| served.contains(&(*group, *version)))
+        .map(|(group, version, group_priority, version_priority)| async move {
+            let name = format!("{version}.{group}");
+            let target = |subresource: Option<&str>| request::Target {
+                resource: api_services,
+                namespace: None,
+                name: subresource.map(|_| name.clone()),
+                subresource: subresource.map(str::to_string),
+            };
+            let mut object = json!({
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": name, "labels": {"kube-aggregator.kubernetes.io/automanaged": "onstart"}},
+                "spec": {"group": group, "version": version, "groupPriorityMinimum": group_priority, "versionPriority": version_priority},
+            });
+            let created = handlers::serve(ctx, &Method::POST, target(None), query, headers, object.to_string().into());
+            match created.await {
+                Ok(_) => {}
+                Err(ApiError { reason: "AlreadyExists", .. }) => return,
+                Err(e) => {
+                    tracing::warn!(api_service = %name, error = %e.message, "cannot create");
+                    return;
+                }
+            }
+            object["status"] = json!({"conditions": [{
+                "type": "Available",
+                "status": "True",
+                "lastTransitionTime": object::now(),
+                "reason": "Local",
+                "message": "Local APIServices are always available",
+            }]});
+            let status = handlers::serve(ctx, &Method::PUT, target(Some("status")), query, headers, object.to_string().into());
+            if let Err(e) = status.await {
+                tracing::warn!(api_service = %name, error = %e.message, "cannot mark available");
+            }
+        });
+    futures::future::join_all(registrations).await;
+}
+
 pub async fn bootstrap(backend: &Backend) {
     let ctx = bootstrap_ctx(backend);
     let namespaces = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
@@ -749,6 +802,7 @@ pub async fn bootstrap(backend: &Backend) {
             Err(e) => tracing::warn!(priority_class = name, error = %e.message, "cannot create"),
         }
     }
+    bootstrap_api_services(&ctx, &query, &headers).await;
     let services = registry::lookup("", "v1", "services").expect("services are registered");
     let kubernetes = json!({
         "apiVersion": "v1",

@@ -189,6 +189,7 @@ impl Resource {
 pub fn all() -> impl Iterator<Item = &'static Resource> {
     [
         core::RESOURCES,
+        more::APIREGISTRATION,
         apps::RESOURCES,
         batch::RESOURCES,
         others::RESOURCES,

@@ -1,11 +1,12 @@
 //! The remaining GA groups: autoscaling, certificates, node, storage drivers and attachments,
-//! admission registration, API extensions (the definitions; `crd` serves what they define)
-//! and flow control.
+//! admission registration, API extensions (the definitions; `crd` serves what they define),
+//! flow control, and API registration (the APIServices of the groups served here).
 
 use k8s_openapi::api::{
     admissionregistration, autoscaling, certificates, flowcontrol, node, storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apiregistration;
 use serde_json::{Value, json};
 
 use super::cells::{self, AGE, CREATED_AT, col, int, or_none, text};
@@ -15,6 +16,89 @@ use crate::typed::typed;
 const BASE: Resource = Resource {
     ..super::base(typed::<node::v1::RuntimeClass>())
 };
+
+/// apiregistration.k8s.io, listed first among the groups as upstream's aggregator lists it.
+pub const APIREGISTRATION: &[Resource] = &[Resource {
+    group: "apiregistration.k8s.io",
+    kind: "APIService",
+    typed: typed::<apiregistration::APIService>(),
+    plural: "apiservices",
+    singular: "apiservice",
+    columns: &[
+        col(
+            "Service",
+            "The service that serves the group version (Local: this server).",
+            |o| {
+                json!(match o.pointer("/spec/service") {
+                    Some(svc) if !svc.is_null() =>
+                        format!("{}/{}", text(svc, "/namespace"), text(svc, "/name")),
+                    _ => "Local".to_string(),
+                })
+            },
+        ),
+        col(
+            "Available",
+            "Whether the group version can be reached.",
+            |o| {
+                let available = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|c| text(c, "/type") == "Available");
+                json!(match available {
+                    Some(c) if text(c, "/status") == "True" => "True".to_string(),
+                    Some(c) => format!("{} ({})", text(c, "/status"), text(c, "/reason")),
+                    None => "Unknown".to_string(),
+                })
+            },
+        ),
+        AGE,
+    ],
+    status: Status::Subresource,
+    validate: api_service_name,
+    ..BASE
+}];
+
+/// An APIService is named for what it serves: `<version>.<group>`.
+fn api_service_name(o: &Value) -> Vec<(String, String)> {
+    let required = format!("{}.{}", text(o, "/spec/version"), text(o, "/spec/group"));
+    let name = text(o, "/metadata/name");
+    if name == required {
+        return Vec::new();
+    }
+    vec![(
+        "metadata.name".into(),
+        format!("Invalid value: {name:?}: must be `spec.version+\".\"+spec.group`: {required:?}"),
+    )]
+}
+
+/// The APIServices upstream registers for its own group versions (name `<version>.<group>`),
+/// with its discovery priorities: (group, version, groupPriorityMinimum, versionPriority).
+/// Group versions not listed get none, as upstream's makeAPIService skips them.
+pub const LOCAL_API_SERVICES: &[(&str, &str, i64, i64)] = &[
+    ("", "v1", 18000, 1),
+    ("apiregistration.k8s.io", "v1", 18000, 15),
+    ("apps", "v1", 17800, 15),
+    ("events.k8s.io", "v1", 17750, 15),
+    ("authentication.k8s.io", "v1", 17700, 15),
+    ("authorization.k8s.io", "v1", 17600, 15),
+    ("autoscaling", "v2", 17500, 30),
+    ("autoscaling", "v1", 17500, 15),
+    ("batch", "v1", 17400, 15),
+    ("certificates.k8s.io", "v1", 17300, 15),
+    ("networking.k8s.io", "v1", 17200, 15),
+    ("policy", "v1", 17100, 15),
+    ("rbac.authorization.k8s.io", "v1", 17000, 15),
+    ("storage.k8s.io", "v1", 16800, 15),
+    ("apiextensions.k8s.io", "v1", 16700, 15),
+    ("admissionregistration.k8s.io", "v1", 16700, 15),
+    ("scheduling.k8s.io", "v1", 16600, 15),
+    ("coordination.k8s.io", "v1", 16500, 15),
+    ("node.k8s.io", "v1", 16300, 15),
+    ("discovery.k8s.io", "v1", 16200, 15),
+    ("flowcontrol.apiserver.k8s.io", "v1", 16100, 21),
+];
 
 fn count(o: &Value, pointer: &str) -> Value {
     json!(

@@ -527,6 +527,7 @@ pub(super) fn discovery_tests() -> Vec<Test> {
         "[sig-api-machinery] AggregatedDiscovery should support raw aggregated discovery request for CRDs" => aggregated_raw_crd,
         "[sig-api-machinery] AggregatedDiscovery should support aggregated discovery interface for CRDs" => aggregated_interface_crd,
         "[sig-api-machinery] Discovery should validate PreferredVersion for each APIGroup" => preferred_versions,
+        "[sig-api-machinery] Discovery should locate the groupVersion and a resource within each APIGroup" => group_version_resources,
     ]
 }
 
@@ -671,6 +672,79 @@ async fn aggregated_interface_crd(ctx: Ctx) -> anyhow::Result<()> {
     });
     delete_group_crd(&ctx, &crd).await?;
     result
+}
+
+/// Each listed group version's resource list names itself and holds the resource.
+async fn group_version_resources(ctx: Ctx) -> anyhow::Result<()> {
+    let cases = [
+        ("/api", "", "v1", "namespaces"),
+        (
+            "/apis",
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingwebhookconfigurations",
+        ),
+        (
+            "/apis",
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+        ),
+        ("/apis", "apiregistration.k8s.io", "v1", "apiservices"),
+        ("/apis", "apps", "v1", "deployments"),
+        ("/apis", "authentication.k8s.io", "v1", "tokenreviews"),
+        (
+            "/apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ),
+        ("/apis", "autoscaling", "v1", "horizontalpodautoscalers"),
+        ("/apis", "autoscaling", "v2", "horizontalpodautoscalers"),
+        ("/apis", "batch", "v1", "jobs"),
+        (
+            "/apis",
+            "certificates.k8s.io",
+            "v1",
+            "certificatesigningrequests",
+        ),
+        ("/apis", "coordination.k8s.io", "v1", "leases"),
+        ("/apis", "discovery.k8s.io", "v1", "endpointslices"),
+        ("/apis", "events.k8s.io", "v1", "events"),
+        ("/apis", "networking.k8s.io", "v1", "ingresses"),
+        ("/apis", "node.k8s.io", "v1", "runtimeclasses"),
+        ("/apis", "policy", "v1", "poddisruptionbudgets"),
+        ("/apis", "scheduling.k8s.io", "v1", "priorityclasses"),
+        ("/apis", "storage.k8s.io", "v1", "csinodes"),
+    ];
+    for (base, group, version, resource) in cases {
+        let path = if group.is_empty() {
+            format!("{base}/{version}")
+        } else {
+            format!("{base}/{group}/{version}")
+        };
+        let list: serde_json::Value = ctx.get_json(&path).await?;
+        let group_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        ensure!(
+            list["groupVersion"] == group_version.as_str(),
+            "{path}: groupVersion {}",
+            list["groupVersion"]
+        );
+        let found = list["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == resource);
+        ensure!(
+            found,
+            "Resource {resource:?} was not found inside of {path}"
+        );
+    }
+    Ok(())
 }
 
 async fn preferred_versions(ctx: Ctx) -> anyhow::Result<()> {
