@@ -9,7 +9,7 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authorization::v1::{LocalSubjectAccessReview, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Test> {
         "[sig-auth] SubjectReview should support SubjectReview API operations" => subject_review,
         "[sig-api-machinery] ResourceQuota should be able to update and delete ResourceQuota." => quota_update_delete,
         "[sig-api-machinery] ValidatingAdmissionPolicy [Privileged:ClusterAdmin] should validate against a Deployment" => vap_deployment,
+        "[sig-api-machinery] ValidatingAdmissionPolicy [Privileged:ClusterAdmin] should allow expressions to refer variables." => vap_variables,
         "[sig-auth] Certificates API [Privileged:ClusterAdmin] should support CSR API operations" => csr_api,
     ]
 }
@@ -131,9 +132,15 @@ async fn quota_update_delete(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
+/// The test's ValidatingAdmissionPolicy over Deployments in its own namespace (matched by a
+/// label unique to it) with these `variables` and `validations`, bound with Deny: upstream's
+/// newValidatingAdmissionPolicyBuilder(...).MatchUniqueNamespace(...) and createBinding.
+/// Returns the policy's and the binding's names.
+async fn deployment_policy(
+    ctx: &Ctx,
+    rules: serde_json::Value,
+) -> anyhow::Result<(String, String)> {
     let unique = ctx.namespace.clone();
-    // Match only this test's namespace, by a label unique to it.
     ctx.cluster::<Namespace>()
         .patch(
             &unique,
@@ -141,54 +148,86 @@ async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
             &Patch::Merge(json!({"metadata": {"labels": {unique.clone(): "true"}}})),
         )
         .await?;
-    let policy_name = format!("{unique}.policy.example.com");
-    let policies = ctx.cluster::<ValidatingAdmissionPolicy>();
-    policies
+    let names = (
+        format!("{unique}.policy.example.com"),
+        format!("{unique}.binding.example.com"),
+    );
+    let mut spec = json!({
+        "matchConstraints": {
+            "namespaceSelector": {"matchLabels": {unique.clone(): "true"}},
+            "resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}],
+        },
+    });
+    for part in ["variables", "validations"] {
+        if let Some(v) = rules.get(part) {
+            spec[part] = v.clone();
+        }
+    }
+    ctx.cluster::<ValidatingAdmissionPolicy>()
         .create(
             &PostParams::default(),
-            &from(json!({
-                "metadata": {"name": policy_name},
-                "spec": {
-                    "matchConstraints": {
-                        "namespaceSelector": {"matchLabels": {unique.clone(): "true"}},
-                        "resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}],
-                    },
-                    "validations": [
-                        {"expression": "object.spec.replicas > 1", "messageExpression": "'wants replicas > 1, got ' + string(object.spec.replicas)"},
-                        {"expression": format!("namespaceObject.metadata.name == '{unique}'"), "message": "Internal error! Other namespace should not be allowed."},
-                    ],
-                },
-            }))?,
+            &from(json!({"metadata": {"name": names.0}, "spec": spec}))?,
         )
         .await?;
-    let bindings = ctx.cluster::<ValidatingAdmissionPolicyBinding>();
-    bindings
+    ctx.cluster::<ValidatingAdmissionPolicyBinding>()
         .create(
             &PostParams::default(),
             &from(json!({
-                "metadata": {"name": format!("{unique}.binding.example.com")},
+                "metadata": {"name": names.1},
                 "spec": {
-                    "policyName": policy_name,
+                    "policyName": names.0,
                     "validationActions": ["Deny"],
-                    "matchResources": {"namespaceSelector": {"matchLabels": {unique.clone(): "true"}}},
+                    "matchResources": {"namespaceSelector": {"matchLabels": {unique: "true"}}},
                 },
             }))?,
         )
         .await?;
+    Ok(names)
+}
+
+async fn remove_policy(ctx: &Ctx, (policy, binding): &(String, String)) {
+    let _ = ctx
+        .cluster::<ValidatingAdmissionPolicyBinding>()
+        .delete(binding, &DeleteParams::default())
+        .await;
+    let _ = ctx
+        .cluster::<ValidatingAdmissionPolicy>()
+        .delete(policy, &DeleteParams::default())
+        .await;
+}
+
+/// Upstream's basicDeployment: `replicas` nginx pods labelled app=<name>.
+pub(super) fn basic_deployment(name: &str, replicas: i32) -> anyhow::Result<Deployment> {
+    from(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}},
+        },
+    }))
+}
+
+async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
+    let unique = ctx.namespace.clone();
+    let names = deployment_policy(
+        &ctx,
+        json!({"validations": [
+            {"expression": "object.spec.replicas > 1", "messageExpression": "'wants replicas > 1, got ' + string(object.spec.replicas)"},
+            {"expression": format!("namespaceObject.metadata.name == '{unique}'"), "message": "Internal error! Other namespace should not be allowed."},
+        ]}),
+    )
+    .await?;
+    let result = vap_deployment_checks(&ctx).await;
+    remove_policy(&ctx, &names).await;
+    result
+}
+
+async fn vap_deployment_checks(ctx: &Ctx) -> anyhow::Result<()> {
     let deployments = ctx.namespaced::<Deployment>();
-    let deployment = |name: &str, replicas: i32| {
-        from::<Deployment>(json!({
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}},
-            },
-        }))
-    };
     // Until the policy is in force, a marker goes through (and is removed).
     let denial = eventually(Duration::from_secs(30), "the policy to deny", || async {
-        let marker = deployment("marker", 1)?;
+        let marker = basic_deployment("marker", 1)?;
         Ok(
             match deployments.create(&PostParams::default(), &marker).await {
                 Err(kube::Error::Api(e)) => Some(e),
@@ -207,12 +246,12 @@ async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
         denial.message
     );
     deployments
-        .create(&PostParams::default(), &deployment("replicated", 2)?)
+        .create(&PostParams::default(), &basic_deployment("replicated", 2)?)
         .await
         .context("a replicated Deployment is allowed")?;
     let denied = api_error(
         deployments
-            .create(&PostParams::default(), &deployment("single", 1)?)
+            .create(&PostParams::default(), &basic_deployment("single", 1)?)
             .await,
     )?;
     ensure!(
@@ -220,16 +259,27 @@ async fn vap_deployment(ctx: Ctx) -> anyhow::Result<()> {
         "denied with {:?}",
         denied.message
     );
-    let _ = bindings
-        .delete(
-            &format!("{unique}.binding.example.com"),
-            &DeleteParams::default(),
-        )
-        .await;
-    let _ = policies
-        .delete(&policy_name, &DeleteParams::default())
-        .await;
     Ok(())
+}
+
+async fn vap_variables(ctx: Ctx) -> anyhow::Result<()> {
+    let names = deployment_policy(
+        &ctx,
+        json!({
+            "variables": [
+                {"name": "replicas", "expression": "object.spec.replicas"},
+                {"name": "oddReplicas", "expression": "variables.replicas % 2 == 1"},
+            ],
+            "validations": [
+                {"expression": "variables.replicas > 1"},
+                {"expression": "variables.oddReplicas"},
+            ],
+        }),
+    )
+    .await?;
+    let result = vap_variables_checks(&ctx).await;
+    remove_policy(&ctx, &names).await;
+    result
 }
 
 /// test/e2e/auth/certificates.go: discovery, CRUD, watch, and the /approval and /status
@@ -500,4 +550,54 @@ fn annotation<'a>(
     key: &str,
 ) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+async fn vap_variables_checks(ctx: &Ctx) -> anyhow::Result<()> {
+    let deployments = ctx.namespaced::<Deployment>();
+    let pp = PostParams::default();
+    // The marker is denied (Invalid) once the policy is in force.
+    eventually(
+        Duration::from_secs(30),
+        "the marker to be denied",
+        || async {
+            let marker = basic_deployment("marker-deployment", 1)?;
+            match deployments.create(&pp, &marker).await {
+                Err(kube::Error::Api(e)) if e.code == 422 => Ok(Some(())),
+                Err(e) => Err(e.into()),
+                Ok(_) => {
+                    let _ = deployments
+                        .delete("marker-deployment", &DeleteParams::default())
+                        .await;
+                    Ok(None)
+                }
+            }
+        },
+    )
+    .await?;
+    deployments
+        .create(&pp, &basic_deployment("replicated", 3)?)
+        .await
+        .context("a replicated Deployment (3, odd) is allowed")?;
+    let even = api_error(deployments.create(&pp, &basic_deployment("even", 2)?).await)?;
+    ensure!(
+        even.code == 422
+            && even
+                .message
+                .contains("failed expression: variables.oddReplicas"),
+        "an even Deployment: {} {:?}",
+        even.code,
+        even.message
+    );
+    // The policy matches deployments only.
+    ctx.namespaced::<ReplicaSet>()
+        .create(
+            &pp,
+            &from(json!({
+                "metadata": {"name": "non-replicated"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "non-replicated"}}, "template": {"metadata": {"labels": {"app": "non-replicated"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
+            }))?,
+        )
+        .await
+        .context("a non-replicated ReplicaSet is not denied")?;
+    Ok(())
 }

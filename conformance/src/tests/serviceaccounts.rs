@@ -1,22 +1,17 @@
 //! sig-auth's ServiceAccounts (test/e2e/auth/service_accounts.go): automount opt-out, token
-//! issuance reviewed by TokenReview, the root-CA ConfigMap, and issuer discovery; and
-//! ValidatingAdmissionPolicy variables (test/e2e/apimachinery/validatingadmissionpolicy.go).
+//! issuance reviewed by TokenReview, the root-CA ConfigMap, and issuer discovery.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{api_error, eventually};
+use crate::framework::eventually;
 use crate::{Ctx, Test};
 
 const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -28,7 +23,6 @@ pub fn tests() -> Vec<Test> {
         "[sig-auth] ServiceAccounts should create a serviceAccountToken and ensure a successful TokenReview" => token_review,
         "[sig-auth] ServiceAccounts should guarantee kube-root-ca.crt exist in any namespace" => root_ca_configmap,
         "[sig-auth] ServiceAccounts ServiceAccountIssuerDiscovery should support OIDC discovery of service account issuer" => oidc_discovery,
-        "[sig-api-machinery] ValidatingAdmissionPolicy [Privileged:ClusterAdmin] should allow expressions to refer variables." => vap_variables,
     ]
 }
 
@@ -295,120 +289,5 @@ async fn oidc_checks(ctx: &Ctx) -> anyhow::Result<()> {
     if claims["sub"] != json!(user) {
         bail!("the token's subject is {}", claims["sub"]);
     }
-    Ok(())
-}
-
-async fn vap_variables(ctx: Ctx) -> anyhow::Result<()> {
-    let unique = ctx.namespace.clone();
-    ctx.cluster::<Namespace>()
-        .patch(
-            &unique,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {unique.clone(): "true"}}})),
-        )
-        .await?;
-    let policy_name = format!("{unique}.policy.example.com");
-    let binding_name = format!("{unique}.binding.example.com");
-    let policies = ctx.cluster::<ValidatingAdmissionPolicy>();
-    policies
-        .create(
-            &PostParams::default(),
-            &from(json!({
-                "metadata": {"name": policy_name},
-                "spec": {
-                    "matchConstraints": {
-                        "namespaceSelector": {"matchLabels": {unique.clone(): "true"}},
-                        "resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}],
-                    },
-                    "variables": [
-                        {"name": "replicas", "expression": "object.spec.replicas"},
-                        {"name": "oddReplicas", "expression": "variables.replicas % 2 == 1"},
-                    ],
-                    "validations": [
-                        {"expression": "variables.replicas > 1"},
-                        {"expression": "variables.oddReplicas"},
-                    ],
-                },
-            }))?,
-        )
-        .await?;
-    let bindings = ctx.cluster::<ValidatingAdmissionPolicyBinding>();
-    bindings
-        .create(
-            &PostParams::default(),
-            &from(json!({
-                "metadata": {"name": binding_name},
-                "spec": {
-                    "policyName": policy_name,
-                    "validationActions": ["Deny"],
-                    "matchResources": {"namespaceSelector": {"matchLabels": {unique.clone(): "true"}}},
-                },
-            }))?,
-        )
-        .await?;
-    let result = vap_variables_checks(&ctx).await;
-    let _ = bindings
-        .delete(&binding_name, &DeleteParams::default())
-        .await;
-    let _ = policies
-        .delete(&policy_name, &DeleteParams::default())
-        .await;
-    result
-}
-
-async fn vap_variables_checks(ctx: &Ctx) -> anyhow::Result<()> {
-    let deployments = ctx.namespaced::<Deployment>();
-    let pp = PostParams::default();
-    let template = |name: &str| json!({"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
-    let deployment = |name: &str, replicas: i32| {
-        from::<Deployment>(json!({
-            "metadata": {"name": name},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template(name)},
-        }))
-    };
-    // The marker is denied (Invalid) once the policy is in force.
-    eventually(
-        Duration::from_secs(30),
-        "the marker to be denied",
-        || async {
-            let marker = deployment("marker-deployment", 1)?;
-            match deployments.create(&pp, &marker).await {
-                Err(kube::Error::Api(e)) if e.code == 422 => Ok(Some(())),
-                Err(e) => Err(e.into()),
-                Ok(_) => {
-                    let _ = deployments
-                        .delete("marker-deployment", &DeleteParams::default())
-                        .await;
-                    Ok(None)
-                }
-            }
-        },
-    )
-    .await?;
-    deployments
-        .create(&pp, &deployment("replicated", 3)?)
-        .await
-        .context("a replicated Deployment (3, odd) is allowed")?;
-    let even = api_error(deployments.create(&pp, &deployment("even", 2)?).await)?;
-    ensure!(
-        even.code == 422
-            && even
-                .message
-                .contains("failed expression: variables.oddReplicas"),
-        "an even Deployment: {} {:?}",
-        even.code,
-        even.message
-    );
-    // The policy matches deployments only.
-    ctx.namespaced::<ReplicaSet>()
-        .create(
-            &pp,
-            &from(json!({
-                "metadata": {"name": "non-replicated"},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "non-replicated"}}, "template": template("non-replicated")},
-            }))?,
-        )
-        .await
-        .context("a non-replicated ReplicaSet is not denied")?;
     Ok(())
 }
