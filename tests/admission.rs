@@ -538,6 +538,44 @@ spec:
     ok(&["get", "configmap", "precious", "-n", "vap"]);
     ok(&["label", "configmap", "precious", "-n", "vap", "protected-"]);
     ok(&["delete", "configmap", "precious", "-n", "vap"]);
+
+    // A delete's warnings reach kubectl.
+    apply(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: warn-noisy}
+spec:
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: [v1], operations: [DELETE], resources: [configmaps]}
+  validations:
+  - expression: "oldObject.metadata.name != 'noisy'"
+    message: noisy is going
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: warn-noisy}
+spec:
+  policyName: warn-noisy
+  validationActions: [Warn]
+"#,
+    );
+    let mut warned = None;
+    for _ in 0..50 {
+        ok(&["create", "configmap", "noisy", "-n", "vap"]);
+        let out = ok(&["delete", "configmap", "noisy", "-n", "vap"]);
+        if !out.stderr.is_empty() {
+            warned = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let warned = warned.expect("the delete was warned about");
+    assert_eq!(
+        warned.stderr.trim(),
+        "Warning: Validation failed for ValidatingAdmissionPolicy 'warn-noisy' with binding 'warn-noisy': noisy is going"
+    );
 }
 
 #[test]

@@ -1741,12 +1741,28 @@ async fn delete(
     query: &HashMap<String, String>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let mut warnings = Vec::new();
+    let admission = admission.map(|ctx| (ctx, &mut warnings));
+    let response = delete_admitted(backend, admission, r, ns, name, query, body).await?;
+    Ok(with_warnings(response, &warnings))
+}
+
+/// [`delete`], with the warnings of its admission (when admitted) left in the vector.
+async fn delete_admitted(
+    backend: &Backend,
+    mut admission: Option<(&Ctx, &mut Vec<String>)>,
+    r: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    query: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let options = DeleteOptions::parse(body, query)?;
     loop {
         let (mut obj, rev) = get(backend, r, ns, name).await?;
         options.check(r, name, &obj, rev)?;
-        if let Some(ctx) = admission {
-            crate::admission::delete(ctx, r, ns, name, &obj, dry_run(query)).await?;
+        if let Some((ctx, warnings)) = admission.as_mut() {
+            **warnings = crate::admission::delete(ctx, r, ns, name, &obj, dry_run(query)).await?;
         }
         let grace = options.grace_period(r, &obj);
         let mut changed = false;
