@@ -25,26 +25,30 @@ pub fn is_mirror_pod(pod: &Value) -> bool {
         .is_some_and(|a| a.contains_key(MIRROR_POD))
 }
 
-/// The service account a pod runs as (set to `default` when it names none; None for mirror
-/// pods, which run as none).
-pub fn account_name(pod: &mut Value) -> Option<String> {
+/// The service account a pod runs as: the one it names, else `default`; None for mirror
+/// pods, which run as none.
+pub fn account_name(pod: &Value) -> Option<&str> {
     if is_mirror_pod(pod) {
         return None;
     }
-    let spec = pod.get_mut("spec")?.as_object_mut()?;
-    let name = spec
-        .get("serviceAccountName")
+    let named = pod
+        .pointer("/spec/serviceAccountName")
         .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
-        .to_string();
-    spec.insert("serviceAccountName".into(), json!(name));
-    Some(name)
+        .filter(|n| !n.is_empty());
+    Some(named.unwrap_or(DEFAULT_SERVICE_ACCOUNT))
 }
 
-/// The mutations of admission for a pod that runs as `account`: the token volume and mounts
-/// (`suffix` names a new volume), and the account's image pull secrets when the pod has none.
+/// The mutations of admission for a pod that runs as `account`: the account's name in the
+/// spec, the token volume and mounts (`suffix` names a new volume), and the account's image
+/// pull secrets when the pod has none.
 pub fn admit(pod: &mut Value, account: &Value, suffix: &str) {
+    if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+        let name = account
+            .pointer("/metadata/name")
+            .cloned()
+            .unwrap_or(json!(DEFAULT_SERVICE_ACCOUNT));
+        spec.insert("serviceAccountName".into(), name);
+    }
     if should_automount(account, pod) {
         mount_token(pod, suffix);
     }
@@ -357,9 +361,9 @@ mod tests {
     #[test]
     fn pods_run_as_default_and_get_the_token_volume_in_every_container() {
         let mut p = pod();
-        assert_eq!(account_name(&mut p).as_deref(), Some("default"));
-        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(account_name(&p), Some("default"));
         admit(&mut p, &json!({"metadata": {"name": "default"}}), "x7k2q");
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
         let mount = json!({"name": "kube-api-access-x7k2q", "readOnly": true, "mountPath": API_TOKEN_MOUNT_PATH});
         assert_eq!(
             p["spec"]["initContainers"][0]["volumeMounts"],
@@ -433,7 +437,7 @@ mod tests {
     fn mirror_pods_reference_no_accounts_or_secrets() {
         let mut p = pod();
         p["metadata"]["annotations"] = json!({MIRROR_POD: "abc"});
-        assert_eq!(account_name(&mut p), None);
+        assert_eq!(account_name(&p), None);
         assert_eq!(validate(&p, None), None);
         p["spec"]["serviceAccountName"] = json!("builder");
         assert_eq!(

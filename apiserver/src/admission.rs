@@ -56,7 +56,7 @@ pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<Str
     let name = crate::object::name(obj).to_string();
     if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
         limitranger::default_pod(obj, &limit_ranges(ctx, a.ns));
-        if let Some(account) = serviceaccount::account_name(obj) {
+        if let Some(account) = serviceaccount::account_name(obj).map(str::to_string) {
             let found = service_account(ctx, a.ns.unwrap_or(""), &account, &name).await?;
             let suffix = crate::handlers::random_suffix();
             serviceaccount::admit(obj, &found, &suffix);
@@ -222,9 +222,8 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
         }
     }
     if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
-        let mut pod = obj.clone();
-        let account = match serviceaccount::account_name(&mut pod) {
-            Some(account) => Some(service_account(ctx, a.ns.unwrap_or(""), &account, &name).await?),
+        let account = match serviceaccount::account_name(obj) {
+            Some(account) => Some(service_account(ctx, a.ns.unwrap_or(""), account, &name).await?),
             None => None,
         };
         if let Some(why) = serviceaccount::validate(obj, account.as_ref()) {

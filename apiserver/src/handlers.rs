@@ -1423,9 +1423,7 @@ async fn guaranteed_update(
         if r.status != Status::None {
             obj = split_status(r, &current, obj, status);
         }
-        if r.kind == "CertificateSigningRequest" {
-            crate::registry::more::csr_prepare_update(subresource, &current, &mut obj);
-        }
+        (r.prepare_update)(subresource, &current, &mut obj);
         (r.on_update)(&current, &mut obj)?;
         let admit = crate::admission::Admit {
             r,
@@ -1741,28 +1739,13 @@ async fn delete(
     query: &HashMap<String, String>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    let mut warnings = Vec::new();
-    let admission = admission.map(|ctx| (ctx, &mut warnings));
-    let response = delete_admitted(backend, admission, r, ns, name, query, body).await?;
-    Ok(with_warnings(response, &warnings))
-}
-
-/// [`delete`], with the warnings of its admission (when admitted) left in the vector.
-async fn delete_admitted(
-    backend: &Backend,
-    mut admission: Option<(&Ctx, &mut Vec<String>)>,
-    r: &Resource,
-    ns: Option<&str>,
-    name: &str,
-    query: &HashMap<String, String>,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
     let options = DeleteOptions::parse(body, query)?;
-    loop {
+    let mut warnings = Vec::new();
+    let response = loop {
         let (mut obj, rev) = get(backend, r, ns, name).await?;
         options.check(r, name, &obj, rev)?;
-        if let Some((ctx, warnings)) = admission.as_mut() {
-            **warnings = crate::admission::delete(ctx, r, ns, name, &obj, dry_run(query)).await?;
+        if let Some(ctx) = admission {
+            warnings = crate::admission::delete(ctx, r, ns, name, &obj, dry_run(query)).await?;
         }
         let grace = options.grace_period(r, &obj);
         let mut changed = false;
@@ -1816,22 +1799,21 @@ async fn delete_admitted(
                     TxnOutcome::Failed { .. } => continue,
                 }
             }
-            return Ok(json_response(StatusCode::OK, &obj));
+            break json_response(StatusCode::OK, &obj);
         }
         if dry_run(query) {
-            return Ok(json_response(StatusCode::OK, &obj));
+            break json_response(StatusCode::OK, &obj);
         }
         match backend.txn(Txn::delete(r.key(ns, name), rev)).await? {
             TxnOutcome::Succeeded { .. } => {
                 crate::allocator::release(backend, &(r.allocations)(&obj)).await;
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &deleted_status(r, name, &obj),
-                ));
+                break json_response(StatusCode::OK, &deleted_status(r, name, &obj));
             }
             TxnOutcome::Failed { .. } => continue,
         }
-    }
+    };
+    // A delete's admission may warn (kubectl prints the Warning headers).
+    Ok(with_warnings(response, &warnings))
 }
 
 fn deleted_status(r: &Resource, name: &str, obj: &Value) -> Value {

@@ -207,7 +207,7 @@ impl Policies {
 /// evaluated once, in order, with the ones before it in scope. A variable that fails stays
 /// unset, so only the expressions that use it fail (upstream evaluates them lazily, to the
 /// same effect).
-fn activation(
+pub(crate) fn activation(
     review: &Review<'_>,
     obj: &Value,
     params: Option<&Value>,
@@ -291,7 +291,7 @@ fn request(review: &Review<'_>) -> Value {
     })
 }
 
-fn evaluate(ctx: &Context<'static>, expression: &str) -> Result<CelValue, String> {
+pub(crate) fn evaluate(ctx: &Context<'static>, expression: &str) -> Result<CelValue, String> {
     let program = Program::compile(expression).map_err(|e| format!("compilation failed: {e}"))?;
     program
         .execute(ctx)

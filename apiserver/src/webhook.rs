@@ -265,32 +265,9 @@ pub(crate) fn matches(spec: &Value, review: &Review<'_>, obj: &Value) -> bool {
     namespace_ok && object_ok
 }
 
-/// A request as kube-cel's `request` variable.
-pub(crate) fn cel_request(review: &Review<'_>) -> kube_cel::AdmissionRequest {
-    let user = review.user.cloned().unwrap_or_default();
-    kube_cel::AdmissionRequest {
-        operation: review.operation.to_string(),
-        username: user.name,
-        uid: user.uid,
-        groups: user.groups,
-        name: review.name.to_string(),
-        namespace: review.ns.unwrap_or("").to_string(),
-        dry_run: review.dry_run,
-        kind: kube_cel::GroupVersionKind {
-            group: review.r.group.into(),
-            version: review.r.version.into(),
-            kind: review.r.kind.into(),
-        },
-        resource: kube_cel::GroupVersionResource {
-            group: review.r.group.into(),
-            version: review.r.version.into(),
-            resource: review.r.plural.into(),
-        },
-    }
-}
-
-/// Whether every `matchConditions` CEL expression holds (object, oldObject, request). One
-/// that cannot be evaluated refuses the request unless the failure policy is Ignore (then the
+/// Whether every `matchConditions` CEL expression holds (object, oldObject, request, over
+/// the same activation as ValidatingAdmissionPolicy's, without params or variables). One that
+/// cannot be evaluated refuses the request unless the failure policy is Ignore (then the
 /// webhook or policy is skipped), as upstream. `what` names the webhook or policy.
 pub(crate) fn conditions_hold(
     spec: &Value,
@@ -301,36 +278,21 @@ pub(crate) fn conditions_hold(
     let Some(conditions) = spec.get("matchConditions").and_then(Value::as_array) else {
         return Ok(true);
     };
-    let expressions: Vec<kube_cel::VapExpression> = conditions
-        .iter()
-        .map(|c| kube_cel::VapExpression {
-            expression: c
-                .get("expression")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            message: Some(String::new()),
-            message_expression: None,
-        })
-        .collect();
-    let mut evaluator = kube_cel::VapEvaluator::builder()
-        .object(obj.clone())
-        .request(cel_request(review));
-    if let Some(old) = review.old {
-        evaluator = evaluator.old_object(old.clone());
-    }
-    for (result, condition) in evaluator
-        .build()
-        .evaluate(&expressions)
-        .iter()
-        .zip(conditions)
-    {
-        if result.passed {
-            continue;
-        }
-        let message = result.message.clone().unwrap_or_default();
-        if message.is_empty() || spec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore")
-        {
+    let ctx = crate::vap::activation(review, obj, None, &Value::Null);
+    for condition in conditions {
+        let expression = condition
+            .get("expression")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let message = match crate::vap::evaluate(&ctx, expression) {
+            Ok(kube_cel::cel::Value::Bool(true)) => continue,
+            Ok(kube_cel::cel::Value::Bool(false)) => return Ok(false),
+            Ok(other) => format!(
+                "expression '{expression}' resulted in error: expected a bool, got {other:?}"
+            ),
+            Err(e) => e,
+        };
+        if spec.get("failurePolicy").and_then(Value::as_str) == Some("Ignore") {
             return Ok(false);
         }
         let name = condition.get("name").and_then(Value::as_str).unwrap_or("");

@@ -231,6 +231,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 allocate: None,
                 allocations: registry::holds_nothing,
                 on_update: registry::any_update,
+                prepare_update: registry::prepare_nothing,
                 defaults: registry::no_defaults,
                 validate: registry::no_rules,
                 delete_finalizers: &[],

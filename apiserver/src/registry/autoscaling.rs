@@ -157,6 +157,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
+    prepare_update: super::prepare_nothing,
     defaults: |o| super::defaults::set(&mut o["spec"], "minReplicas", json!(1)),
     validate: super::no_rules,
     delete_finalizers: &[],

@@ -91,6 +91,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     allocate: None,
     allocations: super::holds_nothing,
     on_update: super::any_update,
+    prepare_update: super::prepare_nothing,
     defaults: super::no_defaults,
     validate: super::no_rules,
     delete_finalizers: &[],

@@ -52,6 +52,9 @@ pub struct Resource {
     pub allocations: fn(&Value) -> crate::allocator::Allocated,
     /// Checks and completes an update from the current object (immutable fields).
     pub on_update: fn(&Value, &mut Value) -> Result<(), crate::error::ApiError>,
+    /// What a write through a subresource ("" for the object itself) keeps from the current
+    /// object (upstream's per-subresource PrepareForUpdate, e.g. a CSR's approval).
+    pub prepare_update: fn(&str, &Value, &mut Value),
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
     /// The kind's own validation of a defaulted object: (field, message) per invalid field.
@@ -94,6 +97,7 @@ pub const fn base(typed: Typed) -> Resource {
         allocate: None,
         allocations: holds_nothing,
         on_update: any_update,
+        prepare_update: prepare_nothing,
         defaults: no_defaults,
         validate: no_rules,
         delete_finalizers: &[],
@@ -102,6 +106,8 @@ pub const fn base(typed: Typed) -> Resource {
         verbs: VERBS,
     }
 }
+
+pub(crate) fn prepare_nothing(_: &str, _: &Value, _: &mut Value) {}
 
 /// A label selector at `pointer` as `k=v,...` ("" when empty), as Scale's status shows it.
 pub fn label_selector_string(o: &Value, pointer: &str) -> String {

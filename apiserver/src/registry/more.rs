@@ -176,6 +176,7 @@ pub static RESOURCES: &[Resource] = &[
         status: Status::Subresource,
         fields: &["spec.signerName"],
         validate: csr_conditions,
+        prepare_update: csr_prepare_update,
         ..BASE
     },
     Resource {
@@ -467,7 +468,7 @@ fn csr_conditions(o: &Value) -> Vec<(String, String)> {
 /// spec never; `/approval` the conditions alone (the certificate stays); `/status` anything
 /// but the Approved and Denied conditions, which stay as they were. Condition times are
 /// stamped when a condition is new or changes.
-pub(crate) fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
+fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
     if subresource.is_empty() {
         return;
     }
