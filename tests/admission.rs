@@ -299,6 +299,18 @@ fn quota_admits_no_more_than_its_hard_limit_even_with_20_concurrent_creators() {
     );
 }
 
+/// Repeats `attempt` (50 times, 100 ms apart) until it gives something: what a policy does
+/// once the watch cache has handed it to admission.
+fn in_force<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..50 {
+        if let Some(done) = attempt() {
+            return done;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out: {what}");
+}
+
 #[test]
 fn validating_admission_policies_deny_and_warn_by_their_bindings() {
     let dir = tempfile::tempdir().unwrap();
@@ -375,8 +387,7 @@ spec:
 "#,
     );
     // The policies apply once the watch cache has them.
-    let mut refused = None;
-    for _ in 0..50 {
+    let refused = in_force("the policy refused the deployment", || {
         let out = server.kubectl(
             v,
             &[
@@ -390,13 +401,11 @@ spec:
             ],
         );
         if !out.ok {
-            refused = Some(out);
-            break;
+            return Some(out);
         }
         ok(&["delete", "deployment", "app-big", "-n", "vap"]);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let refused = refused.expect("the policy refused the deployment");
+        None
+    });
     assert!(
         refused.stderr.contains(
             "ValidatingAdmissionPolicy 'replicas-limit' with binding 'replicas-limit-binding' denied request: replicas must be no greater than 5"
@@ -500,12 +509,10 @@ spec:
         "protected=true",
     ]);
     ok(&["create", "configmap", "plain", "-n", "vap"]);
-    let mut refused = None;
-    for _ in 0..50 {
+    let refused = in_force("the policy refused the delete", || {
         let out = server.kubectl(v, &["delete", "configmap", "precious", "-n", "vap"]);
         if !out.ok {
-            refused = Some(out);
-            break;
+            return Some(out);
         }
         ok(&["create", "configmap", "precious", "-n", "vap"]);
         ok(&[
@@ -516,9 +523,8 @@ spec:
             "vap",
             "protected=true",
         ]);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let refused = refused.expect("the policy refused the delete");
+        None
+    });
     assert!(
         refused.stderr.contains("(Forbidden)")
             && refused.stderr.contains(
@@ -561,17 +567,11 @@ spec:
   validationActions: [Warn]
 "#,
     );
-    let mut warned = None;
-    for _ in 0..50 {
+    let warned = in_force("the delete was warned about", || {
         ok(&["create", "configmap", "noisy", "-n", "vap"]);
         let out = ok(&["delete", "configmap", "noisy", "-n", "vap"]);
-        if !out.stderr.is_empty() {
-            warned = Some(out);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let warned = warned.expect("the delete was warned about");
+        (!out.stderr.is_empty()).then_some(out)
+    });
     assert_eq!(
         warned.stderr.trim(),
         "Warning: Validation failed for ValidatingAdmissionPolicy 'warn-noisy' with binding 'warn-noisy': noisy is going"

@@ -314,13 +314,7 @@ async fn idle_watches(
         &KubeConfigOptions::default(),
     )
     .await?;
-    let cms: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
-    let rv = cms
-        .list(&ListParams::default().limit(1))
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let rv = configmaps_revision(&server.client).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_mib(server.child.id());
     let mut h2 = None;
@@ -372,18 +366,18 @@ pub async fn hold_watches(args: WatchesArgs) -> anyhow::Result<()> {
     let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config.clone())?;
-    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let rv = cms
-        .list(&ListParams::default().limit(1))
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let rv = configmaps_revision(&kube::Client::try_from(config.clone())?).await?;
     let held = h2_watches(&config, &rv, args.watches, 100).await?;
     eprintln!("holding {} watches", held.streams.len());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     Ok(())
+}
+
+/// The revision a watch of default's configmaps starts from to see no initial events.
+async fn configmaps_revision(client: &kube::Client) -> anyhow::Result<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let listed = cms.list(&ListParams::default().limit(1)).await?;
+    Ok(listed.metadata.resource_version.unwrap_or_default())
 }
 
 /// Watches held open as HTTP/2 streams, and the connections that carry them.
