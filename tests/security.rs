@@ -952,3 +952,134 @@ fn pods_run_as_service_accounts_with_mounted_tokens_and_token_secrets_are_filled
     );
     unauthorized(&c.kubectl(&legacy, v, &["auth", "whoami"]));
 }
+
+#[test]
+fn bootstrap_roles_aggregate_and_survive_restarts_without_losing_user_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = KelpServer::start(&data, &[]);
+    let ok = |server: &KelpServer, args: &[&str]| {
+        let out = server.kubectl("1.33", args);
+        assert!(out.ok, "kubectl {args:?}: {}", out.stderr);
+        out.stdout
+    };
+    let apply = |server: &KelpServer, yaml: &str| {
+        let out = server.kubectl_with_stdin("1.33", &["apply", "-f", "-"], Some(yaml));
+        assert!(out.ok, "{}", out.stderr);
+    };
+    // Aggregation: a role labelled aggregate-to-edit lends its rules to `edit`, and whoever
+    // holds edit may do what it grants.
+    apply(
+        &server,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widgets-edit\n  labels: {rbac.authorization.k8s.io/aggregate-to-edit: \"true\"}\nrules:\n- {apiGroups: [example.com], resources: [widgets], verbs: [get, list]}\n",
+    );
+    ok(&server, &["create", "namespace", "dev"]);
+    ok(
+        &server,
+        &[
+            "create",
+            "rolebinding",
+            "alice-edit",
+            "--clusterrole=edit",
+            "--user=alice",
+            "-n",
+            "dev",
+        ],
+    );
+    // (kubectl's can-i sends a resource it cannot discover without its group: ask directly.)
+    let review = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"alice","resourceAttributes":{"namespace":"dev","verb":"list","group":"example.com","resource":"widgets"}}}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let allowed = server.kubectl_with_stdin(
+            "1.33",
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            Some(review),
+        );
+        if allowed.stdout.trim() == "true" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edit never aggregated widgets-edit: {} {}",
+            allowed.stdout,
+            allowed.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let edit = ok(&server, &["get", "clusterrole", "edit", "-o", "json"]);
+    assert!(edit.contains("\"widgets\""), "{edit}");
+
+    // User edits to bootstrap roles: an added rule stays; a role marked autoupdate=false
+    // keeps what the user left; a deleted bootstrap role comes back at the next start.
+    ok(
+        &server,
+        &[
+            "patch",
+            "clusterrole",
+            "system:basic-user",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/rules/-","value":{"apiGroups":[""],"resources":["configmaps"],"verbs":["get"]}}]"#,
+        ],
+    );
+    ok(
+        &server,
+        &[
+            "annotate",
+            "--overwrite",
+            "clusterrole",
+            "system:public-info-viewer",
+            "rbac.authorization.kubernetes.io/autoupdate=false",
+        ],
+    );
+    ok(
+        &server,
+        &[
+            "patch",
+            "clusterrole",
+            "system:public-info-viewer",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/rules","value":[{"nonResourceURLs":["/version"],"verbs":["get"]}]}]"#,
+        ],
+    );
+    ok(&server, &["delete", "clusterrole", "system:heapster"]);
+    server.stop();
+    let server = KelpServer::start(&data, &[]);
+    let basic: serde_json::Value = serde_json::from_str(&ok(
+        &server,
+        &["get", "clusterrole", "system:basic-user", "-o", "json"],
+    ))
+    .unwrap();
+    let rules = basic["rules"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["resources"] == json!(["configmaps"])),
+        "the user's rule was dropped: {rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["resources"]
+                == json!(["selfsubjectaccessreviews", "selfsubjectrulesreviews"])),
+        "the bootstrap rule is missing: {rules:?}"
+    );
+    let info: serde_json::Value = serde_json::from_str(&ok(
+        &server,
+        &[
+            "get",
+            "clusterrole",
+            "system:public-info-viewer",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        info["rules"],
+        json!([{"nonResourceURLs": ["/version"], "verbs": ["get"]}]),
+        "autoupdate=false is left as the user made it"
+    );
+    ok(&server, &["get", "clusterrole", "system:heapster"]);
+}
