@@ -277,3 +277,303 @@ async fn kube_rs_applies_server_side() {
         .unwrap();
     assert_eq!(controller.subresource.as_deref(), Some("status"));
 }
+
+/// A raw request's status, message (or body) and `Warning` header texts.
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, Vec<String>) {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(kube::client::Body::from(body.as_bytes().to_vec()))
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    let status = resp.status().as_u16();
+    // `299 - "text"`, the text quoted with Go's escapes.
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| {
+            let v = v.to_str().unwrap();
+            let quoted = v.strip_prefix("299 - ").unwrap();
+            serde_json::from_str::<String>(quoted).unwrap()
+        })
+        .collect();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let message = body["message"].as_str().unwrap_or("").to_string();
+    (status, message, warnings)
+}
+
+/// Field validation of repeated and unknown fields (upstream's
+/// test/integration/apiserver/field_validation_test.go bodies and expected messages): JSON and
+/// YAML creates, patches, server-side apply and a custom resource with an embedded object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_validation_reports_repeated_and_unknown_fields_as_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    let client = client(&server).await;
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let invalid_json = |name: &str| {
+        format!(
+            r#"{{"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {{"name": "dupename", "name": "{name}", "labels": {{"app": "nginx"}},
+                          "unknownMeta": "metaVal"}},
+            "spec": {{"unknown1": "val1", "unknownDupe": "valDupe", "unknownDupe": "valDupe2",
+                "paused": true, "paused": false,
+                "selector": {{"matchLabels": {{"app": "nginx"}}}},
+                "template": {{"metadata": {{"labels": {{"app": "nginx"}}}},
+                    "spec": {{"containers": [{{"name": "nginx", "image": "nginx:latest",
+                        "unknownNested": "val1", "imagePullPolicy": "Always",
+                        "imagePullPolicy": "Never"}}]}}}}}}}}"#
+        )
+    };
+    let typed_json = [
+        r#"duplicate field "metadata.name""#,
+        r#"unknown field "metadata.unknownMeta""#,
+        r#"unknown field "spec.unknown1""#,
+        r#"unknown field "spec.unknownDupe""#,
+        r#"duplicate field "spec.paused""#,
+        r#"unknown field "spec.template.spec.containers[0].unknownNested""#,
+        r#"duplicate field "spec.template.spec.containers[0].imagePullPolicy""#,
+    ];
+
+    // JSON: Strict refuses in document order and stores nothing; Warn (the default) creates
+    // with the last of each repeated key and sends every message as a warning.
+    let (status, message, _) = raw(
+        &client,
+        "POST",
+        &format!("{deployments}?fieldValidation=Strict"),
+        "application/json",
+        &invalid_json("strict"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        message,
+        format!(
+            "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: {}",
+            typed_json.join(", ")
+        )
+    );
+    let (status, _, _) = raw(&client, "GET", &format!("{deployments}/strict"), "", "").await;
+    assert_eq!(status, 404, "a refused create stores nothing");
+    let (status, _, warnings) = raw(
+        &client,
+        "POST",
+        deployments,
+        "application/json",
+        &invalid_json("warned"),
+    )
+    .await;
+    assert_eq!(
+        (status, warnings),
+        (201, typed_json.map(String::from).to_vec())
+    );
+    let stored: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let warned = stored.get("warned").await.unwrap();
+    let spec = warned.spec.unwrap();
+    assert_eq!(spec.paused, Some(false));
+    assert_eq!(
+        spec.template.spec.unwrap().containers[0]
+            .image_pull_policy
+            .as_deref(),
+        Some("Never")
+    );
+    let (status, _, warnings) = raw(
+        &client,
+        "POST",
+        &format!("{deployments}?fieldValidation=Ignore"),
+        "application/json",
+        &invalid_json("ignored"),
+    )
+    .await;
+    assert_eq!((status, warnings.len()), (201, 0));
+
+    // YAML: the repeated keys are one yaml.v2 error (a warning per line), then the unknown fields.
+    let invalid_yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: dupename\n  name: yaml\n  unknownMeta: metaVal\n  labels:\n    app: nginx\nspec:\n  unknown1: val1\n  unknownDupe: valDupe\n  unknownDupe: valDupe2\n  paused: true\n  paused: false\n  selector:\n    matchLabels:\n      app: nginx\n  template:\n    metadata:\n      labels:\n        app: nginx\n    spec:\n      containers:\n      - name: nginx\n        image: nginx:latest\n        unknownNested: val1\n        imagePullPolicy: Always\n        imagePullPolicy: Never";
+    let (status, message, _) = raw(
+        &client,
+        "POST",
+        &format!("{deployments}?fieldValidation=Strict"),
+        "application/yaml",
+        invalid_yaml,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        message.ends_with("strict decoding error: yaml: unmarshal errors:\n  line 5: key \"name\" already set in map\n  line 12: key \"unknownDupe\" already set in map\n  line 14: key \"paused\" already set in map\n  line 28: key \"imagePullPolicy\" already set in map, unknown field \"metadata.unknownMeta\", unknown field \"spec.template.spec.containers[0].unknownNested\", unknown field \"spec.unknown1\", unknown field \"spec.unknownDupe\""),
+        "{message}"
+    );
+    let (status, _, warnings) = raw(
+        &client,
+        "POST",
+        deployments,
+        "application/yaml",
+        invalid_yaml,
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(warnings[0], "line 5: key \"name\" already set in map");
+    assert_eq!(warnings.len(), 8, "{warnings:?}");
+
+    // Patches: the patch's repeated keys first, then the patched object's unknown fields.
+    let merge = r#"{"spec": {"unknown1": "val1", "unknownDupe": "valDupe", "unknownDupe": "valDupe2",
+        "paused": true, "paused": false}}"#;
+    let (status, message, _) = raw(
+        &client,
+        "PATCH",
+        &format!("{deployments}/warned?fieldValidation=Strict"),
+        "application/merge-patch+json",
+        merge,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        message.ends_with(r#"strict decoding error: duplicate field "spec.unknownDupe", duplicate field "spec.paused", unknown field "spec.unknown1", unknown field "spec.unknownDupe""#),
+        "{message}"
+    );
+    let json_patch = r#"[{"op": "add", "path": "/spec/unknown1", "value": "val1", "foo": "bar"},
+        {"op": "add", "path": "/spec/unknown2", "path": "/spec/unknown3", "value": "val1"}]"#;
+    let (status, _, warnings) = raw(
+        &client,
+        "PATCH",
+        &format!("{deployments}/warned"),
+        "application/json-patch+json",
+        json_patch,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        warnings,
+        [
+            r#"json patch unknown field "[0].foo""#,
+            r#"json patch duplicate field "[1].path""#,
+            r#"unknown field "spec.unknown1""#,
+            r#"unknown field "spec.unknown3""#,
+        ]
+    );
+
+    // Server-side apply: upstream's own error after the apply, a warning per line.
+    let apply = r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": {"name": "applied", "labels": {"app": "nginx"}},
+		"spec": {
+			"paused": false,
+			"paused": true,
+			"selector": {"matchLabels": {"app": "nginx"}},
+			"template": {
+				"metadata": {"labels": {"app": "nginx"}},
+				"spec": {"containers": [{"name": "nginx", "image": "nginx:latest",
+					"imagePullPolicy": "Never", "imagePullPolicy": "Always"}]}}}}"#;
+    let (status, message, _) = raw(
+        &client,
+        "PATCH",
+        &format!("{deployments}/applied?fieldManager=mgr&fieldValidation=Strict"),
+        "application/apply-patch+yaml",
+        apply,
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str()),
+        (
+            400,
+            "error strict decoding YAML: error converting YAML to JSON: yaml: unmarshal errors:\n  line 5: key \"paused\" already set in map\n  line 10: key \"imagePullPolicy\" already set in map"
+        )
+    );
+    let (status, _, warnings) = raw(
+        &client,
+        "PATCH",
+        &format!("{deployments}/applied?fieldManager=mgr"),
+        "application/apply-patch+yaml",
+        apply,
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        warnings,
+        [
+            "line 5: key \"paused\" already set in map",
+            "line 10: key \"imagePullPolicy\" already set in map"
+        ]
+    );
+
+    // A custom resource: the repeated keys first, then the unknown fields, those of an embedded
+    // resource's metadata last.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "metadata": {"name": "noxus.schema.example.com"},
+        "spec": {"group": "schema.example.com", "scope": "Namespaced",
+            "names": {"plural": "noxus", "singular": "noxu", "kind": "Noxu", "listKind": "NoxuList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                    "knownField1": {"type": "string"},
+                    "embeddedObj": {"type": "object", "x-kubernetes-embedded-resource": true,
+                        "properties": {"apiversion": {"type": "string"}, "kind": {"type": "string"},
+                                       "metadata": {"type": "object"}}},
+                    "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["containerPort", "protocol"],
+                        "items": {"type": "object", "required": ["containerPort", "protocol"],
+                            "properties": {"containerPort": {"type": "integer", "format": "int32"},
+                                "hostPort": {"type": "integer", "format": "int32"},
+                                "name": {"type": "string"}, "protocol": {"type": "string"}}}}}}}}}}]}
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let cr = r#"{"apiVersion": "schema.example.com/v1", "kind": "Noxu",
+        "metadata": {"name": "dupename", "name": "cr", "unknownMeta": "metaVal"},
+        "spec": {"unknown1": "val1", "unknownDupe": "valDupe", "unknownDupe": "valDupe2",
+            "knownField1": "val1", "knownField1": "val2",
+            "ports": [{"name": "portName", "containerPort": 8080, "protocol": "TCP",
+                "hostPort": 8081, "hostPort": 8082, "unknownNested": "val"}],
+            "embeddedObj": {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "my-cm", "namespace": "my-ns", "unknownEmbeddedMeta": "foo"}}}}"#;
+    let noxus = "/apis/schema.example.com/v1/namespaces/default/noxus";
+    let mut answer = (0, String::new(), Vec::new());
+    for _ in 0..50 {
+        answer = raw(
+            &client,
+            "POST",
+            &format!("{noxus}?fieldValidation=Strict"),
+            "application/json",
+            cr,
+        )
+        .await;
+        if answer.0 != 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer.0, 400, "{}", answer.1);
+    assert!(
+        answer.1.ends_with(r#"strict decoding error: duplicate field "metadata.name", duplicate field "spec.unknownDupe", duplicate field "spec.knownField1", duplicate field "spec.ports[0].hostPort", unknown field "metadata.unknownMeta", unknown field "spec.ports[0].unknownNested", unknown field "spec.unknown1", unknown field "spec.unknownDupe", unknown field "spec.embeddedObj.metadata.unknownEmbeddedMeta""#),
+        "{}",
+        answer.1
+    );
+    let (status, _, warnings) = raw(&client, "POST", noxus, "application/json", cr).await;
+    assert_eq!((status, warnings.len()), (201, 9), "{warnings:?}");
+    let resource = kube::api::ApiResource {
+        group: "schema.example.com".into(),
+        version: "v1".into(),
+        api_version: "schema.example.com/v1".into(),
+        kind: "Noxu".into(),
+        plural: "noxus".into(),
+    };
+    let noxus: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &resource);
+    let stored = noxus.get("cr").await.unwrap();
+    assert_eq!(stored.data["spec"]["knownField1"], "val2");
+    assert_eq!(stored.data["spec"]["ports"][0]["hostPort"], 8082);
+    assert_eq!(
+        stored.data["spec"]["embeddedObj"]["metadata"],
+        json!({"name": "my-cm", "namespace": "my-ns"}),
+        "an embedded resource's metadata is pruned to ObjectMeta"
+    );
+}

@@ -22,6 +22,7 @@ use crate::patch::{self, PatchType};
 use crate::registry::{Resource, Status};
 use crate::request::Target;
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::strict::Repeated;
 use crate::table;
 use crate::typed::FieldValidation;
 
@@ -138,13 +139,13 @@ pub async fn serve(
         }
         (&Method::POST, None) => {
             fieldmanager::check_options(query, "CreateOptions", false)?;
-            let obj = read_body(r, headers, &body)?;
+            let (obj, repeated) = read_object(r, headers, &body)?;
             let manager = fieldmanager::manager(query, headers);
-            create(ctx, r, ns, query, obj, Some(&manager)).await
+            create(ctx, r, ns, query, obj, Some(&manager), &repeated).await
         }
         (&Method::PUT, Some(name)) => {
             fieldmanager::check_options(query, "UpdateOptions", false)?;
-            let obj = read_body(r, headers, &body)?;
+            let (obj, repeated) = read_object(r, headers, &body)?;
             let manager = fieldmanager::manager(query, headers);
             let target = UpdateTarget {
                 r,
@@ -157,7 +158,7 @@ pub async fn serve(
                 },
                 manager: &manager,
             };
-            guaranteed_update(ctx, target, query, Change::Replace(obj)).await
+            guaranteed_update(ctx, target, query, Change::Replace(obj, repeated)).await
         }
         (&Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -183,11 +184,18 @@ pub async fn serve(
                 manager: &manager,
             };
             let change = match kind {
-                PatchType::Apply => Change::Apply {
-                    config: read_apply_body(r, name, &body)?,
-                    force: is_true(query.get("force")),
-                },
-                kind => Change::Patch(kind, &body),
+                PatchType::Apply => {
+                    let (config, dups) = read_apply_body(r, name, &body)?;
+                    Change::Apply {
+                        config,
+                        force: is_true(query.get("force")),
+                        repeated: Repeated::Apply(dups),
+                    }
+                }
+                kind => {
+                    let (patch, repeated) = patch::decode(kind, &body)?;
+                    Change::Patch(kind, patch, repeated)
+                }
             };
             guaranteed_update(ctx, target, query, change).await
         }
@@ -672,6 +680,21 @@ pub(crate) fn read_body(
 
 /// A request body as JSON, from JSON, YAML or protobuf by its Content-Type.
 pub(crate) fn decode_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    decode_repeated(headers, body).map(|(obj, _)| obj)
+}
+
+/// A body to write, checked as [`read_body`] does, and the keys it repeated.
+fn read_object(
+    r: &Resource,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, Repeated), ApiError> {
+    let (obj, repeated) = decode_repeated(headers, body)?;
+    Ok((check_kind(r, obj)?, repeated))
+}
+
+/// [`decode_body`], and the keys the body repeated (the last one wins, as in Go's decoders).
+fn decode_repeated(headers: &HeaderMap, body: &Bytes) -> Result<(Value, Repeated), ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::too_large());
     }
@@ -680,30 +703,47 @@ pub(crate) fn decode_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Ap
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    let obj: Value = match media {
-        "application/json" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body of the request could not be decoded as JSON: {e}"
-            ))
-        })?,
-        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)?,
-        "application/yaml" => serde_saphyr::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body of the request could not be decoded as YAML: {e}"
-            ))
-        })?,
+    Ok(match media {
+        "application/json" => {
+            let (obj, dups) = crate::strict::json(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as JSON: {e}"
+                ))
+            })?;
+            let repeated = if dups.is_empty() {
+                Repeated::None
+            } else {
+                Repeated::Json {
+                    body: body.clone(),
+                    dups,
+                }
+            };
+            (obj, repeated)
+        }
+        "application/vnd.kubernetes.protobuf" => (crate::protobuf::decode(body)?, Repeated::None),
+        "application/yaml" => {
+            let (obj, dups) = crate::strict::yaml(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as YAML: {e}"
+                ))
+            })?;
+            (obj, Repeated::Yaml(dups))
+        }
         _ => return Err(ApiError::unsupported_media_type(content_type)),
-    };
-    Ok(obj)
+    })
 }
 
 /// An apply configuration (`application/apply-patch+yaml`; kubectl sends JSON, which is YAML):
-/// an object of the kind, named as the URL names it.
-fn read_apply_body(r: &Resource, name: &str, body: &Bytes) -> Result<Value, ApiError> {
+/// an object of the kind, named as the URL names it, and the keys it repeated.
+fn read_apply_body(
+    r: &Resource,
+    name: &str,
+    body: &Bytes,
+) -> Result<(Value, Vec<crate::strict::Dup>), ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::too_large());
     }
-    let mut obj: Value = serde_saphyr::from_slice(body).map_err(|e| {
+    let (mut obj, dups) = crate::strict::yaml(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request could not be decoded as YAML: {e}"
         ))
@@ -729,7 +769,7 @@ fn read_apply_body(r: &Resource, name: &str, body: &Bytes) -> Result<Value, ApiE
     {
         meta.insert("name".into(), json!(name));
     }
-    Ok(obj)
+    Ok((obj, dups))
 }
 
 /// Refuses a body that is not an object of the resource's kind and version.
@@ -763,12 +803,13 @@ fn check_fields(
     obj: Value,
     old: Option<&Value>,
     query: &HashMap<String, String>,
+    repeated: &Repeated,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::from_query(query.get("fieldValidation").map(String::as_str))?;
     match r.custom {
-        Some(c) => crate::crd::check(r, c, obj, old, mode),
+        Some(c) => crate::crd::check(r, c, obj, old, repeated, mode),
         // Upstream names the version alone: `Deployment in version "v1"`.
-        None => crate::typed::validate(&r.typed, r.kind, r.version, &obj, mode),
+        None => crate::typed::validate(&r.typed, r.kind, r.version, &obj, repeated, mode),
     }
 }
 
@@ -785,11 +826,7 @@ fn apply_unknown_fields(
         return Ok(());
     }
     let unknown = match r.custom {
-        Some(c) => c
-            .schema
-            .as_ref()
-            .map(|s| crate::crd::schema::prune(s, &mut config.clone()))
-            .unwrap_or_default(),
+        Some(c) => crate::crd::unknown_fields(c, &mut config.clone()).unwrap_or_default(),
         // A partial configuration may not read as the whole type; the merged object is
         // checked then.
         None => (r.typed.check)(config).map(|(_, u)| u).unwrap_or_default(),
@@ -970,6 +1007,7 @@ async fn create(
     query: &HashMap<String, String>,
     mut obj: Value,
     manager: Option<&str>,
+    repeated: &Repeated,
 ) -> Result<Response, ApiError> {
     let backend = &ctx.backend;
     let meta = object::metadata_mut(&mut obj);
@@ -1012,7 +1050,7 @@ async fn create(
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(object::now()));
     prepare(r, ns, &mut obj)?;
-    let (mut obj, warnings) = check_fields(r, obj, None, query)?;
+    let (mut obj, warnings) = check_fields(r, obj, None, query, repeated)?;
     if r.status == Status::Subresource {
         obj["status"] = json!({});
     }
@@ -1177,10 +1215,11 @@ async fn scale(
             }
             let mut unversioned = current_scale.clone();
             object::metadata_mut(&mut unversioned).remove("resourceVersion");
+            let (body, _) = patch::decode(kind, body)?;
             patch::apply(
                 kind,
                 &unversioned,
-                body,
+                &body,
                 patch::definition("autoscaling/v1", "Scale"),
             )?
         }
@@ -1257,12 +1296,11 @@ async fn partial_update(
     if let Some(rv) = object::resource_version(requested) {
         patch["metadata"] = json!({"resourceVersion": rv});
     }
-    let patch = patch.to_string();
     guaranteed_update(
         ctx,
         target,
         query,
-        Change::Patch(PatchType::Merge, patch.as_bytes()),
+        Change::Patch(PatchType::Merge, patch, Repeated::None),
     )
     .await
 }
@@ -1324,10 +1362,24 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
 
 /// What an update makes of the current object: a replacement (PUT), a patch of it, or a
 /// server-side apply of a configuration to it.
-enum Change<'a> {
-    Replace(Value),
-    Patch(PatchType, &'a [u8]),
-    Apply { config: Value, force: bool },
+enum Change {
+    Replace(Value, Repeated),
+    Patch(PatchType, Value, Repeated),
+    Apply {
+        config: Value,
+        force: bool,
+        repeated: Repeated,
+    },
+}
+
+impl Change {
+    /// What the request body repeated, for strict field validation.
+    fn repeated(&self) -> &Repeated {
+        match self {
+            Change::Replace(_, r) | Change::Patch(_, _, r) => r,
+            Change::Apply { repeated, .. } => repeated,
+        }
+    }
 }
 
 /// The object an update is for, the subresource it came through ("", "status" or "scale")
@@ -1363,7 +1415,7 @@ async fn guaranteed_update(
     ctx: &Ctx,
     target: UpdateTarget<'_>,
     query: &HashMap<String, String>,
-    change: Change<'_>,
+    change: Change,
 ) -> Result<Response, ApiError> {
     let backend = &ctx.backend;
     let UpdateTarget {
@@ -1383,10 +1435,10 @@ async fn guaranteed_update(
     loop {
         let (mut current, current_rev) = match get(backend, r, ns, name).await {
             Err(e) if e.reason == "NotFound" => {
-                if let Change::Apply { config, force } = &change {
+                if let Change::Apply { config, force, .. } = &change {
                     // An apply to a missing object creates it.
                     let obj = fieldmanager::apply(None, config, &w, *force)?;
-                    return create(ctx, r, ns, query, obj, None).await;
+                    return create(ctx, r, ns, query, obj, None, change.repeated()).await;
                 }
                 return Err(e);
             }
@@ -1394,12 +1446,12 @@ async fn guaranteed_update(
         };
         let stored = encode(r, &current);
         let mut obj = match &change {
-            Change::Replace(obj) => obj.clone(),
-            Change::Apply { config, force } => {
+            Change::Replace(obj, _) => obj.clone(),
+            Change::Apply { config, force, .. } => {
                 object::metadata_mut(&mut current).remove("resourceVersion");
                 fieldmanager::apply(Some(&current), config, &w, *force)?
             }
-            Change::Patch(kind, body) => {
+            Change::Patch(kind, body, _) => {
                 // Without its resourceVersion, so that one in the result came from the patch.
                 object::metadata_mut(&mut current).remove("resourceVersion");
                 patch::apply(
@@ -1417,7 +1469,7 @@ async fn guaranteed_update(
             )));
         }
         prepare(r, ns, &mut obj)?;
-        let (mut obj, warnings) = check_fields(r, obj, Some(&current), query)?;
+        let (mut obj, warnings) = check_fields(r, obj, Some(&current), query, change.repeated())?;
         (r.defaults)(&mut obj);
         let precondition = object::resource_version(&obj).map(str::to_string);
         if r.status != Status::None {

@@ -24,6 +24,7 @@ mod registry;
 mod request;
 mod security;
 mod selector;
+mod strict;
 mod table;
 mod typed;
 mod vap;

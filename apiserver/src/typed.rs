@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::strict::Repeated;
 
 /// The object as its type reads it and the paths of the fields it did not know, or why the
 /// object does not fit the type.
@@ -29,20 +30,32 @@ pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
 
 fn check<T: Serialize + DeserializeOwned>(v: &Value) -> Checked {
     let mut unknown = Vec::new();
-    // serde_ignored marks options with `?` segments; upstream's paths have none.
-    let parsed: T = serde_ignored::deserialize(v, |path| {
-        unknown.push(
-            path.to_string()
-                .split('.')
-                .filter(|s| *s != "?")
-                .collect::<Vec<_>>()
-                .join("."),
-        )
-    })
-    .map_err(|e| e.to_string())?;
+    let parsed: T = serde_ignored::deserialize(v, |path| unknown.push(field_path(&path)))
+        .map_err(|e| e.to_string())?;
     let mut normalized = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
     integral_floats(&mut normalized);
     Ok((normalized, unknown))
+}
+
+/// Upstream's path of a field: `spec.containers[0].name` (serde_ignored also marks options
+/// and newtypes, which upstream's paths do not show).
+fn field_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 /// Go writes a float64 of 10 as `10`; serde writes `10.0`. Whole floats become integers, so
@@ -85,11 +98,13 @@ impl FieldValidation {
 }
 
 /// Checks an object against its type; returns it as the type reads it, plus warnings.
+/// `repeated` is what the request body repeated.
 pub fn validate(
     typed: &Typed,
     kind: &str,
     version: &str,
     obj: &Value,
+    repeated: &Repeated,
     mode: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let (normalized, unknown) = (typed.check)(obj).map_err(|e| {
@@ -97,28 +112,36 @@ pub fn validate(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}"
         ))
     })?;
-    let warnings = unknown_fields(kind, version, &unknown, mode)?;
+    let warnings = strict_decoding(kind, version, &unknown, repeated, true, mode)?;
     Ok((normalized, warnings))
 }
 
-/// What the validation mode makes of unknown fields: Strict refuses them, Warn returns the
-/// warnings to send, Ignore nothing.
-pub fn unknown_fields(
+/// What the validation mode makes of unknown and repeated fields (`typed`: a built-in kind,
+/// whose messages come in document order): Strict refuses them, Warn returns the warnings to
+/// send, Ignore nothing.
+pub fn strict_decoding(
     kind: &str,
     version: &str,
     unknown: &[String],
+    repeated: &Repeated,
+    typed: bool,
     mode: FieldValidation,
 ) -> Result<Vec<String>, ApiError> {
-    let messages: Vec<String> = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
+    if mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    if let (Repeated::Apply(dups), FieldValidation::Strict) = (repeated, mode)
+        && let Some(error) = crate::strict::apply_error(dups)
+    {
+        return Err(ApiError::bad_request(error));
+    }
+    let (errors, warnings) = crate::strict::messages(repeated, unknown, typed);
     match mode {
-        FieldValidation::Strict if !messages.is_empty() => Err(ApiError::bad_request(format!(
+        FieldValidation::Strict if !errors.is_empty() => Err(ApiError::bad_request(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-            messages.join(", ")
+            errors.join(", ")
         ))),
-        FieldValidation::Warn => Ok(messages),
+        FieldValidation::Warn => Ok(warnings),
         _ => Ok(Vec::new()),
     }
 }
@@ -134,21 +157,43 @@ mod tests {
     #[test]
     fn unknown_fields_follow_the_validation_mode() {
         let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labelz": {}}, "data": {"a": "1"}, "dta": {}});
-        let strict = validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Strict).unwrap_err();
+        let strict = validate(
+            &CM,
+            "ConfigMap",
+            "v1",
+            &obj,
+            &Repeated::None,
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
         assert_eq!(
             strict.message,
             "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\", unknown field \"metadata.labelz\""
         );
-        let (pruned, warnings) =
-            validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Warn).unwrap();
+        let (pruned, warnings) = validate(
+            &CM,
+            "ConfigMap",
+            "v1",
+            &obj,
+            &Repeated::None,
+            FieldValidation::Warn,
+        )
+        .unwrap();
         assert_eq!(warnings.len(), 2);
         assert!(pruned.get("dta").is_none() && pruned.pointer("/metadata/labelz").is_none());
         assert_eq!(pruned["data"]["a"], "1");
         assert!(
-            validate(&CM, "ConfigMap", "v1", &obj, FieldValidation::Ignore)
-                .unwrap()
-                .1
-                .is_empty()
+            validate(
+                &CM,
+                "ConfigMap",
+                "v1",
+                &obj,
+                &Repeated::None,
+                FieldValidation::Ignore
+            )
+            .unwrap()
+            .1
+            .is_empty()
         );
     }
 
@@ -159,6 +204,7 @@ mod tests {
             "ConfigMap",
             "v1",
             &json!({"metadata": {"name": "x"}, "data": 5}),
+            &Repeated::None,
             FieldValidation::Ignore,
         )
         .unwrap_err();

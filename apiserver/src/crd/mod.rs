@@ -244,35 +244,46 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
         .collect()
 }
 
-/// Prunes, defaults and validates a custom resource (upstream's CR strategy and the
-/// unstructured decoder): metadata as ObjectMeta reads it, the rest by the schema.
-pub fn check(
-    r: &Resource,
-    c: &Custom,
-    mut obj: Value,
-    old: Option<&Value>,
-    mode: FieldValidation,
-) -> Result<(Value, Vec<String>), ApiError> {
-    let version = r.version;
+/// A custom resource's fields that neither ObjectMeta nor the schema declares, dropped from it:
+/// the root metadata's first, then the schema's (embedded resources' metadata last).
+pub fn unknown_fields(c: &Custom, obj: &mut Value) -> Result<Vec<String>, String> {
     const META: crate::typed::Typed =
         crate::typed::typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let (meta, meta_unknown) = (META.check)(&meta).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
-            kind = r.kind
-        ))
-    })?;
+    let (meta, meta_unknown) = (META.check)(&meta)?;
     obj["metadata"] = meta;
     let mut unknown: Vec<String> = meta_unknown
         .into_iter()
         .map(|f| format!("metadata.{f}"))
         .collect();
     if let Some(s) = &c.schema {
-        unknown.extend(schema::prune(s, &mut obj));
+        unknown.extend(schema::prune(s, obj));
+    }
+    Ok(unknown)
+}
+
+/// Prunes, defaults and validates a custom resource (upstream's CR strategy and the
+/// unstructured decoder): metadata as ObjectMeta reads it, the rest by the schema.
+/// `repeated` is what the request body repeated.
+pub fn check(
+    r: &Resource,
+    c: &Custom,
+    mut obj: Value,
+    old: Option<&Value>,
+    repeated: &crate::strict::Repeated,
+    mode: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let version = r.version;
+    let unknown = unknown_fields(c, &mut obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = r.kind
+        ))
+    })?;
+    if let Some(s) = &c.schema {
         schema::default(s, &mut obj);
     }
-    let warnings = crate::typed::unknown_fields(r.kind, version, &unknown, mode)?;
+    let warnings = crate::typed::strict_decoding(r.kind, version, &unknown, repeated, false, mode)?;
     if let Some(s) = &c.schema {
         let mut causes = schema::validate(s, &obj);
         if causes.is_empty()

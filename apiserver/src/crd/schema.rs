@@ -15,14 +15,38 @@ fn flag(schema: &Value, name: &str) -> bool {
 
 /// Drops the fields the schema does not declare (unless it preserves unknown fields) and
 /// returns their paths (`spec.foo`), as upstream's pruning does for every write and read.
-/// `metadata` of the root and of embedded resources is left to ObjectMeta's own checks.
+/// `metadata` of the root is left to ObjectMeta's own checks; that of embedded resources is
+/// pruned to ObjectMeta here, its unknown fields listed last as upstream lists them.
 pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
     let mut unknown = Vec::new();
-    prune_at(schema, obj, "", true, &mut unknown);
+    let mut embedded_meta = Vec::new();
+    prune_at(schema, obj, "", true, &mut unknown, &mut embedded_meta);
+    unknown.extend(embedded_meta);
     unknown
 }
 
-fn prune_at(schema: &Value, v: &mut Value, path: &str, root: bool, unknown: &mut Vec<String>) {
+/// An embedded resource's metadata as ObjectMeta reads it; the unknown fields' paths.
+fn prune_meta(meta: &mut Value, path: &str) -> Vec<String> {
+    const META: crate::typed::Typed =
+        crate::typed::typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    match (META.check)(meta) {
+        Ok((normalized, unknown)) => {
+            *meta = normalized;
+            unknown.into_iter().map(|f| format!("{path}.{f}")).collect()
+        }
+        // Not ObjectMeta at all: the schema's validation says so.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn prune_at(
+    schema: &Value,
+    v: &mut Value,
+    path: &str,
+    root: bool,
+    unknown: &mut Vec<String>,
+    embedded_meta: &mut Vec<String>,
+) {
     let join = |k: &str| {
         if path.is_empty() {
             k.to_string()
@@ -39,6 +63,12 @@ fn prune_at(schema: &Value, v: &mut Value, path: &str, root: bool, unknown: &mut
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
                 if embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    if !root
+                        && k == "metadata"
+                        && let Some(meta) = m.get_mut("metadata")
+                    {
+                        embedded_meta.extend(prune_meta(meta, &join("metadata")));
+                    }
                     continue;
                 }
                 let child_schema = match (props.and_then(|p| p.get(&k)), additional) {
@@ -53,14 +83,15 @@ fn prune_at(schema: &Value, v: &mut Value, path: &str, root: bool, unknown: &mut
                     }
                 };
                 if let (Some(s), Some(child)) = (child_schema, m.get_mut(&k)) {
-                    prune_at(s, child, &join(&k), false, unknown);
+                    prune_at(s, child, &join(&k), false, unknown, embedded_meta);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
-                    prune_at(item_schema, item, &format!("{path}[{i}]"), false, unknown);
+                    let at = format!("{path}[{i}]");
+                    prune_at(item_schema, item, &at, false, unknown, embedded_meta);
                 }
             }
         }

@@ -28,6 +28,9 @@ pub fn tests() -> Vec<Test> {
         "[sig-api-machinery] FieldValidation should create/apply a valid CR for CRD with validation schema" => valid_cr_with_schema,
         "[sig-api-machinery] FieldValidation should create/apply an invalid CR with extra properties for CRD with validation schema" => extra_properties_with_schema,
         "[sig-api-machinery] FieldValidation should detect unknown metadata fields of a typed object" => unknown_metadata_typed,
+        "[sig-api-machinery] FieldValidation should detect unknown and duplicate fields of a typed object" => unknown_and_duplicate_typed,
+        "[sig-api-machinery] FieldValidation should detect unknown metadata fields in both the root and embedded object of a CR" => unknown_metadata_cr,
+        "[sig-api-machinery] FieldValidation should detect duplicates in a CR when preserving unknown fields" => duplicates_preserving_unknown,
     ]
 }
 
@@ -518,6 +521,100 @@ async fn unknown_metadata_typed(ctx: Ctx) -> anyhow::Result<()> {
         "unexpected error: {message}"
     );
     Ok(())
+}
+
+/// A strict create of a Deployment from a raw JSON body; the error message.
+async fn strict_deployment_error(ctx: &Ctx, body: &str) -> anyhow::Result<String> {
+    let raw = ctx
+        .request(
+            "POST",
+            &format!("/apis/apps/v1/namespaces/{}/deployments?fieldManager=field_validation_mgr&fieldValidation=Strict", ctx.namespace),
+            "application/json",
+            "application/json",
+            body.as_bytes().to_vec(),
+        )
+        .await?;
+    ensure!(raw.status >= 400, "the create succeeded");
+    Ok(raw.json()?["message"].as_str().unwrap_or("").to_string())
+}
+
+async fn unknown_and_duplicate_typed(ctx: Ctx) -> anyhow::Result<()> {
+    // The body as upstream writes it, key repeated and all.
+    let body = r#"{
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "my-dep", "labels": {"app": "nginx"}},
+        "spec": {
+            "unknownField": "foo",
+            "replicas": 2,
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "nginx"}},
+            "template": {
+                "metadata": {"labels": {"app": "nginx"}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:latest"}]}
+            }
+        }
+    }"#;
+    let message = strict_deployment_error(&ctx, body).await?;
+    ensure!(
+        message.contains(r#"strict decoding error: unknown field "spec.unknownField", duplicate field "spec.replicas""#),
+        "error missing unknown/duplicate field field, got: {message}"
+    );
+    Ok(())
+}
+
+/// field_validation.go's schema with `spec` preserving unknown fields, and (`embedded`) a
+/// `template` embedded resource.
+fn preserving_schema(embedded: bool) -> Value {
+    let mut schema = validation_schema();
+    schema["properties"]["spec"]["x-kubernetes-preserve-unknown-fields"] = json!(true);
+    if embedded {
+        schema["properties"]["spec"]["properties"]["template"] = json!({
+            "type": "object", "x-kubernetes-embedded-resource": true, "properties": {
+                "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
+                "spec": {"type": "object"}}});
+    }
+    schema
+}
+
+async fn unknown_metadata_cr(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_multiversion_crd(preserving_schema(true));
+    let c = ctx.clone();
+    with_crd(&ctx, crd, |crd| async move {
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or("");
+        let yaml = format!(
+            "\napiVersion: {GROUP}/v1beta1\nkind: {kind}\nmetadata:\n  name: mytest\n  unknownMeta: unknown\n  finalizers:\n  - test-finalizer\nspec:\n  template:\n    apiversion: foo/v1\n    kind: Sub\n    metadata:\n        unknownSubMeta: unknown\n        name: subobject\n        namespace: {}\n  foo: foo1\n  cronSpec: \"* * * * */5\"\n  ports:\n  - name: x\n    containerPort: 80\n    protocol: TCP",
+            c.namespace
+        );
+        let raw = apply_cr(&c, &crd, &yaml).await?;
+        let body = String::from_utf8_lossy(&raw.body);
+        ensure!(
+            body.contains(".spec.template.metadata.unknownSubMeta: field not declared in schema")
+                || body.contains(".metadata.unknownMeta: field not declared in schema"),
+            "error missing duplicate field: {body}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+async fn duplicates_preserving_unknown(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_multiversion_crd(preserving_schema(false));
+    let c = ctx.clone();
+    with_crd(&ctx, crd, |crd| async move {
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or("");
+        let yaml = format!(
+            "\napiVersion: {GROUP}/v1beta1\nkind: {kind}\nmetadata:\n  name: mytest\n  finalizers:\n  - test-finalizer\nspec:\n  unknown: uk1\n  foo: foo1\n  foo: foo2\n  cronSpec: \"* * * * */5\"\n  ports:\n  - name: x\n    containerPort: 80\n    protocol: TCP"
+        );
+        let raw = apply_cr(&c, &crd, &yaml).await?;
+        let body = String::from_utf8_lossy(&raw.body);
+        ensure!(
+            body.contains(r#"line 11: key \"foo\" already set in map"#),
+            "error missing duplicate field: {body}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 /// test/e2e/apimachinery/aggregated_discovery.go and discovery.go: the tests that need only
