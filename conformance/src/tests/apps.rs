@@ -7,19 +7,24 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, Node, Pod, ReplicationController, ResourceQuota, Secret,
+    ConfigMap, Event, Node, Pod, ReplicationController, ResourceQuota, ResourceQuotaStatus, Secret,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy, WatchEvent,
+    WatchParams,
+};
 use serde_json::json;
 
 use super::tests;
-use crate::framework::eventually;
+use crate::framework::{Events, api_error, eventually};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -44,6 +49,9 @@ pub fn tests() -> Vec<Test> {
         "[sig-api-machinery] Garbage collector should orphan pods created by rc if delete options say so" => gc_rc_orphan,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a configMap." => quota_configmap,
         "[sig-api-machinery] ResourceQuota should create a ResourceQuota and capture the life of a secret." => quota_secret,
+        "[sig-api-machinery] ResourceQuota should create a ResourceQuota and ensure its status is promptly calculated." => quota_status_promptly,
+        "[sig-api-machinery] ResourceQuota should manage the lifecycle of a ResourceQuota" => quota_lifecycle,
+        "[sig-api-machinery] ResourceQuota should apply changes to a resourcequota status" => quota_status_changes,
         "[sig-api-machinery] Namespaces [Serial] should ensure that all pods are removed when a namespace is deleted" => namespace_removes_pods,
         "[sig-api-machinery] Namespaces [Serial] should ensure that all services are removed when a namespace is deleted" => namespace_removes_services,
         "[sig-scheduling] SchedulerPredicates [Serial] validates that NodeSelector is respected if not matching" => selector_not_matching,
@@ -867,6 +875,517 @@ async fn quota_secret(ctx: Ctx) -> anyhow::Result<()> {
         json!({"metadata": {"name": "test-object"}, "data": {"a": "Yg=="}}),
     )
     .await
+}
+
+/// The quota tests' resource lists (a ResourceQuota's spec.hard, status.hard, status.used).
+type ResourceList = std::collections::BTreeMap<String, Quantity>;
+
+/// A quantity's amount in billionths of a unit, for comparing amounts as resource.Quantity's
+/// Cmp does ("1Gi" and "1024Mi" are the same); None if it does not parse.
+fn quantity_nanos(q: &str) -> Option<i128> {
+    let q = q.trim();
+    let (negative, rest) = match q.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, q.strip_prefix('+').unwrap_or(q)),
+    };
+    let number_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (number, suffix) = rest.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let mut value: i128 = format!("{whole}{fraction}").parse().ok()?;
+    let (binary, exponent): (u32, i32) = match suffix {
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "" => (0, 0),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        other => (0, other.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    value = value.checked_mul(1i128.checked_shl(binary)?)?;
+    let mut scale = i64::from(exponent) + 9 - i64::try_from(fraction.len()).ok()?;
+    if scale < -40 {
+        return Some(0);
+    }
+    while scale > 0 {
+        value = value.checked_mul(10)?;
+        scale -= 1;
+    }
+    while scale < 0 {
+        value /= 10;
+        scale += 1;
+    }
+    Some(if negative { -value } else { value })
+}
+
+/// Two quantities are the same amount (Cmp == 0); ones that do not parse must be equal text.
+fn same_quantity(a: &str, b: &str) -> bool {
+    match (quantity_nanos(a), quantity_nanos(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// A list's amount of a resource; zero when absent (as ResourceList.Cpu() and Memory() give).
+fn amount<'a>(list: Option<&'a ResourceList>, name: &str) -> &'a str {
+    list.and_then(|l| l.get(name)).map_or("0", |q| q.0.as_str())
+}
+
+fn amount_is(list: Option<&ResourceList>, name: &str, want: &str) -> bool {
+    same_quantity(amount(list, name), want)
+}
+
+/// apiequality.Semantic.DeepEqual of resource lists: the same names with the same amounts
+/// (an absent list is an empty one).
+fn same_resources(a: Option<&ResourceList>, b: Option<&ResourceList>) -> bool {
+    let empty = ResourceList::new();
+    let (a, b) = (a.unwrap_or(&empty), b.unwrap_or(&empty));
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| same_quantity(&v.0, &w.0)))
+}
+
+fn spec_hard(q: &ResourceQuota) -> Option<&ResourceList> {
+    q.spec.as_ref().and_then(|s| s.hard.as_ref())
+}
+
+fn status_hard(q: &ResourceQuota) -> Option<&ResourceList> {
+    q.status.as_ref().and_then(|s| s.hard.as_ref())
+}
+
+/// resourceversion.CompareResourceVersion: both must be integers without leading zeros.
+fn compare_resource_version(a: &str, b: &str) -> anyhow::Result<std::cmp::Ordering> {
+    let well_formed =
+        |s: &str| !s.is_empty() && !s.starts_with('0') && s.bytes().all(|c| c.is_ascii_digit());
+    ensure!(well_formed(a), "resource version is not well formed: {a}");
+    ensure!(well_formed(b), "resource version is not well formed: {b}");
+    Ok(a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
+}
+
+/// HaveValidResourceVersion: a non-zero unsigned integer of at most 128 bits.
+fn ensure_valid_resource_version(rv: Option<&str>) -> anyhow::Result<()> {
+    let rv = rv.unwrap_or("");
+    let value: u128 = rv.parse().map_err(|_| {
+        anyhow::anyhow!("Expected resource version to be a valid uint128, but got {rv:?}")
+    })?;
+    ensure!(
+        value != 0,
+        "the resource version {rv:?} is zero which is not valid"
+    );
+    Ok(())
+}
+
+/// resource_quota.go's countResourceQuota: the namespace's quotas, once their number held for
+/// five polls a second apart (for at most 30s).
+async fn count_resource_quota(api: &Api<ResourceQuota>) -> anyhow::Result<usize> {
+    let (mut found, mut unchanged) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = api.list(&ListParams::default()).await?.items.len();
+        if n == found {
+            unchanged += 1;
+            if unchanged > 4 {
+                return Ok(found);
+            }
+        } else {
+            unchanged = 0;
+            found = n;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the number of ResourceQuotas did not settle in 30s");
+        }
+    }
+}
+
+/// resource_quota.go's waitForResourceQuota: the quota's status.used has these amounts (its
+/// other entries aside). A failed GET is retried, as Eventually does.
+async fn wait_for_resource_quota(
+    api: &Api<ResourceQuota>,
+    name: &str,
+    used: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = match api.get(name).await {
+            Ok(q) => {
+                let have = q.status.as_ref().and_then(|s| s.used.as_ref());
+                let matches = have.is_some_and(|have| {
+                    used.iter().all(|(k, v)| {
+                        have.get(*k)
+                            .is_some_and(|actual| same_quantity(&actual.0, v))
+                    })
+                });
+                if matches {
+                    return Ok(());
+                }
+                format!("{:?}", q.status)
+            }
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("ResourceQuota {name} did not get status.used entries {used:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// resource_quota.go's newTestResourceQuota.
+fn new_test_resource_quota(name: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": {"hard": {
+        "pods": "5",
+        "services": "10",
+        "services.nodeports": "1",
+        "services.loadbalancers": "1",
+        "replicationcontrollers": "10",
+        "resourcequotas": "1",
+        "cpu": "1",
+        "memory": "500Mi",
+        "configmaps": "10",
+        "secrets": "10",
+        "persistentvolumeclaims": "10",
+        "requests.storage": "10Gi",
+        "ephemeral-storage": "50Gi",
+        "gold.storageclass.storage.k8s.io/persistentvolumeclaims": "10",
+        "gold.storageclass.storage.k8s.io/requests.storage": "10Gi",
+        "count/replicasets.apps": "5",
+        "requests.example.com/dongle": "3",
+    }}})
+}
+
+/// test/e2e/apimachinery/resource_quota.go "ensure its status is promptly calculated"
+async fn quota_status_promptly(ctx: Ctx) -> anyhow::Result<()> {
+    let api: Api<ResourceQuota> = ctx.namespaced();
+    let existing = count_resource_quota(&api).await?;
+    let name = "test-quota";
+    api.create(
+        &PostParams::default(),
+        &from(new_test_resource_quota(name))?,
+    )
+    .await?;
+    let result = wait_for_resource_quota(
+        &api,
+        name,
+        &[("resourcequotas", (existing + 1).to_string())],
+    )
+    .await;
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    result
+}
+
+/// test/e2e/apimachinery/resource_quota.go "should manage the lifecycle of a ResourceQuota"
+async fn quota_lifecycle(ctx: Ctx) -> anyhow::Result<()> {
+    let api: Api<ResourceQuota> = ctx.namespaced();
+    let name = ctx.unique("e2e-quota");
+    let selector = format!("e2e-rq-label={name}");
+    api.create(
+        &PostParams::default(),
+        &from(
+            json!({"metadata": {"name": name, "labels": {"e2e-rq-label": name}},
+            "spec": {"hard": {"cpu": "1", "memory": "500Mi"}}}),
+        )?,
+    )
+    .await?;
+    let got = api.get(&name).await?;
+    ensure!(
+        amount_is(spec_hard(&got), "cpu", "1"),
+        "Hard cpu value for ResourceQuota {name:?} is {} not 1",
+        amount(spec_hard(&got), "cpu")
+    );
+    ensure!(
+        amount_is(spec_hard(&got), "memory", "500Mi"),
+        "Hard memory value for ResourceQuota {name:?} is {} not 500Mi",
+        amount(spec_hard(&got), "memory")
+    );
+    ensure_valid_resource_version(got.metadata.resource_version.as_deref())?;
+
+    // Across all namespaces.
+    let listed = ctx
+        .all::<ResourceQuota>()
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("Failed to list ResourceQuotas")?;
+    ensure!(
+        listed.items.len() == 1,
+        "Failed to find ResourceQuota {name}: {} listed",
+        listed.items.len()
+    );
+
+    let label_key = name.as_str();
+    let patched = api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"labels": {label_key: "patched"}},
+                "spec": {"hard": {"memory": "750Mi"}}})),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "failed to patch ResourceQuota {name} in namespace {}",
+                ctx.namespace
+            )
+        })?;
+    let labels = patched.metadata.labels.clone().unwrap_or_default();
+    ensure!(
+        labels.get(&name).map(String::as_str) == Some("patched"),
+        "Failed to find the label for this ResourceQuota. Current labels: {labels:?}"
+    );
+    ensure!(
+        amount_is(spec_hard(&patched), "memory", "750Mi"),
+        "Hard memory value for ResourceQuota {name:?} is {} not 750Mi.",
+        amount(spec_hard(&patched), "memory")
+    );
+    let listed_rv = listed.items[0]
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or("");
+    let patched_rv = patched.metadata.resource_version.as_deref().unwrap_or("");
+    ensure!(
+        compare_resource_version(listed_rv, patched_rv)? == std::cmp::Ordering::Less,
+        "patched object should have a larger resource version ({patched_rv} after {listed_rv})"
+    );
+
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&selector),
+    )
+    .await?;
+    let gone = api_error(api.get(&name).await).context("Expected `not found` error")?;
+    ensure!(
+        gone.code == 404,
+        "Expected `not found` error, got: {gone:?}"
+    );
+    Ok(())
+}
+
+/// A watch of the namespace's quotas with the label selector, from `rv` (watchtools.Until's
+/// ListWatch, which needs a resource version to start from).
+async fn watch_quotas(
+    api: &Api<ResourceQuota>,
+    selector: &str,
+    rv: &str,
+) -> anyhow::Result<Events<ResourceQuota>> {
+    ensure!(
+        !rv.is_empty() && rv != "0",
+        "the list gave no resource version to watch from ({rv:?})"
+    );
+    Ok(api
+        .watch(&WatchParams::default().labels(selector), rv)
+        .await?
+        .boxed())
+}
+
+/// watchtools.Until: reads events until one's quota meets `done`, for up to a minute.
+async fn watch_until(
+    events: &mut Events<ResourceQuota>,
+    done: impl Fn(&ResourceQuota) -> bool,
+) -> anyhow::Result<ResourceQuota> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let next = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out waiting for the condition"))?;
+        match next {
+            None => bail!("the watch closed before the condition was met"),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(WatchEvent::Error(e))) => bail!("the watch failed: {e:?}"),
+            Some(Ok(WatchEvent::Bookmark(_))) => {}
+            Some(Ok(WatchEvent::Added(q) | WatchEvent::Modified(q) | WatchEvent::Deleted(q))) => {
+                if done(&q) {
+                    return Ok(q);
+                }
+            }
+        }
+    }
+}
+
+/// The resource version of a list of the quotas with the label selector, in all namespaces.
+async fn quotas_list_rv(ctx: &Ctx, selector: &str) -> anyhow::Result<String> {
+    Ok(ctx
+        .all::<ResourceQuota>()
+        .list(&ListParams::default().labels(selector))
+        .await
+        .context("failed to list ResourceQuotas")?
+        .metadata
+        .resource_version
+        .unwrap_or_default())
+}
+
+/// test/e2e/apimachinery/resource_quota.go "should apply changes to a resourcequota status"
+async fn quota_status_changes(ctx: Ctx) -> anyhow::Result<()> {
+    let ns = ctx.namespace.clone();
+    let api: Api<ResourceQuota> = ctx.namespaced();
+    let name = ctx.unique("e2e-rq-status");
+    let selector = format!("e2e-rq-label={name}");
+    let rv = quotas_list_rv(&ctx, &selector).await?;
+    api.create(
+        &PostParams::default(),
+        &from(
+            json!({"metadata": {"name": name, "labels": {"e2e-rq-label": name}},
+            "spec": {"hard": {"cpu": "500m", "memory": "500Mi"}}}),
+        )?,
+    )
+    .await?;
+    let result = async {
+        let initial = api.get(&name).await?;
+        ensure!(
+            amount_is(spec_hard(&initial), "cpu", "500m"),
+            "Hard cpu value for ResourceQuota {name:?} is {} not 500m.",
+            amount(spec_hard(&initial), "cpu")
+        );
+        ensure!(
+            amount_is(spec_hard(&initial), "memory", "500Mi"),
+            "Hard memory value for ResourceQuota {name:?} is {} not 500Mi.",
+            amount(spec_hard(&initial), "memory")
+        );
+        let is_ours = |q: &ResourceQuota| {
+            q.metadata.name.as_deref() == Some(name.as_str())
+                && q.metadata.namespace.as_deref() == Some(ns.as_str())
+        };
+
+        // Update /status with the hard limits (RetryOnConflict's five tries).
+        let hard_limits = spec_hard(&initial).cloned().unwrap_or_default();
+        let mut tries = 0;
+        let updated = loop {
+            let mut q = api
+                .get(&name)
+                .await
+                .with_context(|| format!("Unable to get ResourceQuota {name:?}"))?;
+            q.status = Some(ResourceQuotaStatus {
+                hard: Some(hard_limits.clone()),
+                used: None,
+            });
+            match api.replace_status(&name, &PostParams::default(), &q).await {
+                Ok(updated) => break updated,
+                Err(kube::Error::Api(e)) if e.code == 409 && tries < 4 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context("Failed to update resourceQuota"));
+                }
+            }
+        };
+        let mut events = watch_quotas(&api, &selector, &rv).await?;
+        watch_until(&mut events, |q| {
+            is_ours(q) && same_resources(status_hard(q), spec_hard(&updated))
+        })
+        .await
+        .with_context(|| format!("failed to locate ResourceQuota {name:?} in namespace {ns:?}"))?;
+
+        // Patch spec.hard, then /status to match it.
+        let rv = quotas_list_rv(&ctx, &selector).await?;
+        let x = api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"hard": {"cpu": "1", "memory": "1Gi"}}})),
+            )
+            .await
+            .with_context(|| format!("Could not patch resourcequota {name:?}"))?;
+        let hard_limits = spec_hard(&x).cloned().unwrap_or_default();
+        let patched = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"status": {"hard": hard_limits}})),
+            )
+            .await?;
+        let mut events = watch_quotas(&api, &selector, &rv).await?;
+        watch_until(&mut events, |q| {
+            is_ours(q) && same_resources(status_hard(q), spec_hard(&patched))
+        })
+        .await
+        .with_context(|| format!("failed to locate ResourceQuota {name:?} in namespace {ns:?}"))?;
+
+        // GET /status.
+        let rq = api
+            .get_status(&name)
+            .await
+            .with_context(|| format!("Getting the status of the resource quota {name:?}"))?;
+        ensure!(
+            amount_is(status_hard(&rq), "cpu", "1"),
+            "Hard cpu value for ResourceQuota {name:?} is {} not 1.",
+            amount(status_hard(&rq), "cpu")
+        );
+        ensure!(
+            amount_is(status_hard(&rq), "memory", "1Gi"),
+            "Hard memory value for ResourceQuota {name:?} is {} not 1Gi.",
+            amount(status_hard(&rq), "memory")
+        );
+
+        // Repatch /status away from the spec.
+        let rv = quotas_list_rv(&ctx, &selector).await?;
+        let repatched = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"status": {"hard": {"cpu": "2", "memory": "2Gi"}}})),
+            )
+            .await?;
+        ensure!(
+            amount_is(status_hard(&repatched), "cpu", "2"),
+            "Hard cpu value for ResourceQuota {name:?} is {} not 2.",
+            amount(status_hard(&repatched), "cpu")
+        );
+        ensure!(
+            amount_is(status_hard(&repatched), "memory", "2Gi"),
+            "Hard memory value for ResourceQuota {name:?} is {} not 2Gi.",
+            amount(status_hard(&repatched), "memory")
+        );
+        let mut events = watch_quotas(&api, &selector, &rv).await?;
+        watch_until(&mut events, |q| {
+            is_ours(q)
+                && amount_is(status_hard(q), "cpu", "2")
+                && amount_is(status_hard(q), "memory", "2Gi")
+        })
+        .await
+        .with_context(|| format!("failed to locate ResourceQuota {name:?} in namespace {ns:?}"))?;
+
+        // The spec is unchanged, and the controller puts status.hard back to it. Upstream
+        // allows six minutes (its controller only resyncs every five); here two, within the
+        // run's per-test limit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let last = match api.get(&name).await {
+                Ok(q) => {
+                    let (spec, status) = (spec_hard(&q), status_hard(&q));
+                    if same_quantity(amount(spec, "cpu"), amount(status, "cpu"))
+                        && amount_is(status, "cpu", "1")
+                        && amount_is(status, "memory", "1Gi")
+                    {
+                        break;
+                    }
+                    format!("spec {spec:?}, status {status:?}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("Error waiting for ResourceQuota {name:?} to reset its Status: {last}");
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+    result
 }
 
 /// test/e2e/scheduling/predicates.go: a nodeSelector no node matches leaves the pod pending

@@ -2,11 +2,14 @@
 //! FieldValidation (test/e2e/apimachinery/custom_resource_definition.go, crd_watch.go,
 //! field_validation.go), with the fixtures of apiextensions-apiserver/test/integration.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use futures::StreamExt;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionSpec,
+};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
     PatchParams, PostParams, WatchEvent, WatchParams,
@@ -21,6 +24,7 @@ pub fn tests() -> Vec<Test> {
     tests![
         "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] Simple CustomResourceDefinition creating/deleting custom resource definition objects works" => create_delete,
         "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] Simple CustomResourceDefinition listing custom resource definition objects works" => listing,
+        "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] Simple CustomResourceDefinition getting/updating/patching custom resource definition status sub-resource works" => status_subresource,
         "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] custom resource defaulting for requests and from storage works" => defaulting,
         "[sig-api-machinery] CustomResourceDefinition resources [Privileged:ClusterAdmin] should include custom resource definition resources in discovery documents" => discovery_documents,
         "[sig-api-machinery] CustomResourceDefinition Watch [Privileged:ClusterAdmin] CustomResourceDefinition Watch watch on custom resource definition objects" => crd_watch,
@@ -229,6 +233,115 @@ async fn listing(ctx: Ctx) -> anyhow::Result<()> {
     }
     .await;
     delete_crd(&ctx, &unlabelled).await?;
+    result
+}
+
+/// A Go CustomResourceDefinitionCondition with only its message set, as client-go writes it:
+/// type and status even when empty, and the zero lastTransitionTime as null.
+fn go_crd_condition(message: &str) -> Value {
+    json!({"type": "", "status": "", "lastTransitionTime": null, "message": message})
+}
+
+/// expectCondition: one of the object's conditions equals `expected` field by field, an absent
+/// field reading as Go's zero value.
+fn expect_crd_condition(crd: &Value, expected: &Value) -> anyhow::Result<()> {
+    let fields = |c: &Value| {
+        ["type", "status", "lastTransitionTime", "reason", "message"]
+            .map(|f| c[f].as_str().unwrap_or("").to_string())
+    };
+    let found = crd["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| fields(c) == fields(expected));
+    ensure!(
+        found,
+        "Condition {expected} not found in conditions {}",
+        crd["status"]["conditions"]
+    );
+    Ok(())
+}
+
+/// The status sub-resource is read (its spec the created one's), updated with a condition
+/// appended, and JSON-patched; each write's answer holds its condition. Raw requests, as
+/// upstream reads it with the dynamic client: a patched condition carries no type.
+async fn status_subresource(ctx: Ctx) -> anyhow::Result<()> {
+    let crd = random_crd();
+    let created = create_crd_unsafe(&ctx, &crd).await?;
+    let result = async {
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}/status");
+        let update_condition = go_crd_condition("updated");
+        // RetryOnConflict with DefaultRetry: five tries, 10ms apart.
+        let mut tries = 0;
+        let updated = loop {
+            let mut status: Value = ctx
+                .get_json(&path)
+                .await
+                .context("getting CustomResourceDefinition status")?;
+            let spec: CustomResourceDefinitionSpec = serde_json::from_value(status["spec"].clone())
+                .context("converting the status sub-resource to a CustomResourceDefinition")?;
+            ensure!(
+                spec == created.spec,
+                "Expected CustomResourceDefinition Spec to match status sub-resource Spec, \
+                 but got:\n{spec:?}\ninstead of\n{:?}",
+                created.spec
+            );
+            let conditions = &mut status["status"]["conditions"];
+            if !conditions.is_array() {
+                *conditions = json!([]);
+            }
+            if let Some(list) = conditions.as_array_mut() {
+                list.push(update_condition.clone());
+            }
+            let raw = ctx
+                .request(
+                    "PUT",
+                    &path,
+                    "application/json",
+                    "application/json",
+                    serde_json::to_vec(&status)?,
+                )
+                .await?;
+            match raw.status {
+                200..=299 => break raw.json()?,
+                409 if tries < 4 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                code => bail!(
+                    "updating CustomResourceDefinition status: {code} {}",
+                    String::from_utf8_lossy(&raw.body)
+                ),
+            }
+        };
+        expect_crd_condition(&updated, &update_condition)?;
+
+        let patch =
+            json!([{"op": "add", "path": "/status/conditions", "value": [{"message": "patched"}]}]);
+        let raw = ctx
+            .request(
+                "PATCH",
+                &path,
+                "application/json",
+                "application/json-patch+json",
+                serde_json::to_vec(&patch)?,
+            )
+            .await?;
+        ensure!(
+            (200..300).contains(&raw.status),
+            "patching CustomResourceDefinition status: {} {}",
+            raw.status,
+            String::from_utf8_lossy(&raw.body)
+        );
+        let patched = raw.json()?;
+        expect_crd_condition(&updated, &update_condition)?;
+        expect_crd_condition(&patched, &go_crd_condition("patched"))
+    }
+    .await;
+    delete_crd(&ctx, &crd)
+        .await
+        .context("deleting CustomResourceDefinition")?;
     result
 }
 
@@ -621,7 +734,9 @@ async fn duplicates_preserving_unknown(ctx: Ctx) -> anyhow::Result<()> {
 /// what is served.
 pub(super) fn discovery_tests() -> Vec<Test> {
     tests![
+        "[sig-api-machinery] AggregatedDiscovery should support raw aggregated discovery endpoint Accept headers" => aggregated_raw,
         "[sig-api-machinery] AggregatedDiscovery should support raw aggregated discovery request for CRDs" => aggregated_raw_crd,
+        "[sig-api-machinery] AggregatedDiscovery should support aggregated discovery interface" => aggregated_interface,
         "[sig-api-machinery] AggregatedDiscovery should support aggregated discovery interface for CRDs" => aggregated_interface_crd,
         "[sig-api-machinery] Discovery should validate PreferredVersion for each APIGroup" => preferred_versions,
         "[sig-api-machinery] Discovery should locate the groupVersion and a resource within each APIGroup" => group_version_resources,
@@ -630,10 +745,11 @@ pub(super) fn discovery_tests() -> Vec<Test> {
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-/// The aggregated discovery list has group/version/resource.
+/// The aggregated discovery list has group/version/resource (isGVRPresentAPIDiscovery; an
+/// item without a name is the core group, as upstream serves it at `/api`).
 fn aggregated_has(list: &Value, group: &str, version: &str, resource: &str) -> bool {
     list["items"].as_array().into_iter().flatten().any(|g| {
-        g["metadata"]["name"] == group
+        g["metadata"]["name"].as_str().unwrap_or("") == group
             && g["versions"].as_array().into_iter().flatten().any(|v| {
                 v["version"] == version
                     && v["resources"]
@@ -716,50 +832,278 @@ async fn aggregated_raw_crd(ctx: Ctx) -> anyhow::Result<()> {
     result
 }
 
-/// client-go's GroupsAndMaybeResources: `/api` and `/apis` with its Accept list; the
-/// resources per group/version when the server answered in the aggregated form.
-async fn groups_and_maybe_resources(
-    ctx: &Ctx,
-) -> anyhow::Result<Option<Vec<(String, Vec<String>)>>> {
-    const ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
-    let mut out = Vec::new();
-    for path in ["/api", "/apis"] {
-        let raw = ctx.get_raw(path, ACCEPT).await?;
-        if !raw.content_type.contains("as=APIGroupDiscoveryList") {
-            return Ok(None);
-        }
-        for g in raw.json()?["items"].as_array().into_iter().flatten() {
-            let name = g["metadata"]["name"].as_str().unwrap_or("");
-            for v in g["versions"].as_array().into_iter().flatten() {
-                let gv = match (name, v["version"].as_str().unwrap_or("")) {
-                    ("", v) => v.to_string(),
-                    (g, v) => format!("{g}/{v}"),
-                };
-                let resources = v["resources"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r["resource"].as_str().map(str::to_string))
-                    .collect();
-                out.push((gv, resources));
-            }
-        }
+/// aggregated_discovery.go's expectedLegacyGVR and expectedGVR (discovery.go walks the same
+/// list): (group, version, resource).
+const EXPECTED_LEGACY_GVR: [(&str, &str, &str); 1] = [("", "v1", "namespaces")];
+const EXPECTED_GVR: [(&str, &str, &str); 18] = [
+    (
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+    ),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"),
+    ("apiregistration.k8s.io", "v1", "apiservices"),
+    ("apps", "v1", "deployments"),
+    ("authentication.k8s.io", "v1", "tokenreviews"),
+    ("authorization.k8s.io", "v1", "selfsubjectaccessreviews"),
+    ("autoscaling", "v1", "horizontalpodautoscalers"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("batch", "v1", "jobs"),
+    ("certificates.k8s.io", "v1", "certificatesigningrequests"),
+    ("coordination.k8s.io", "v1", "leases"),
+    ("discovery.k8s.io", "v1", "endpointslices"),
+    ("events.k8s.io", "v1", "events"),
+    ("networking.k8s.io", "v1", "ingresses"),
+    ("node.k8s.io", "v1", "runtimeclasses"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("scheduling.k8s.io", "v1", "priorityclasses"),
+    ("storage.k8s.io", "v1", "csinodes"),
+];
+
+/// A raw GET of `path` with the aggregated Accept header, parsed as an APIGroupDiscoveryList
+/// (RESTClient().Get().AbsPath(path).SetHeader("Accept", ...).Do().Raw(), then Unmarshal).
+async fn raw_aggregated(ctx: &Ctx, path: &str) -> anyhow::Result<Value> {
+    let raw = ctx.get_raw(path, AGGREGATED).await?;
+    ensure!(
+        (200..300).contains(&raw.status),
+        "Failed to get raw aggregated discovery document: {path}: {} {}",
+        raw.status,
+        String::from_utf8_lossy(&raw.body)
+    );
+    let list = raw.json().context("Failed to parse discovery")?;
+    ensure!(
+        list.get("items")
+            .is_none_or(|i| i.is_null() || i.is_array()),
+        "Failed to parse discovery: items is not a list: {}",
+        list["items"]
+    );
+    Ok(list)
+}
+
+async fn aggregated_raw(ctx: Ctx) -> anyhow::Result<()> {
+    let list = raw_aggregated(&ctx, "/apis").await?;
+    for (group, version, resource) in EXPECTED_GVR {
+        ensure!(
+            aggregated_has(&list, group, version, resource),
+            "Expected gvr {group} {version} {resource} to exist in discovery"
+        );
     }
-    Ok(Some(out))
+    let legacy = raw_aggregated(&ctx, "/api").await?;
+    for (group, version, resource) in EXPECTED_LEGACY_GVR {
+        ensure!(
+            aggregated_has(&legacy, group, version, resource),
+            "Expected legacy gvr api {version} {resource} to exist in discovery"
+        );
+    }
+    Ok(())
+}
+
+/// client-go's acceptDiscoveryFormats: aggregated v2, then v2beta1, then plain JSON.
+const DISCOVERY_ACCEPT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+
+/// client-go's ContentTypeIsGVK for `apidiscovery.k8s.io/<version>, APIGroupDiscoveryList`:
+/// the media type is application/json and its g, v and as parameters name the list, in any
+/// order and among any other parameters.
+fn is_aggregated_content_type(content_type: &str, version: &str) -> bool {
+    let mut parts = content_type.split(';');
+    let base = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let params: BTreeMap<String, String> = parts
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_ascii_lowercase(),
+                v.trim().trim_matches('"').to_string(),
+            )
+        })
+        .collect();
+    let param = |k: &str| params.get(k).map(String::as_str);
+    base == "application/json"
+        && param("g") == Some("apidiscovery.k8s.io")
+        && param("v") == Some(version)
+        && param("as") == Some("APIGroupDiscoveryList")
+}
+
+/// A group and version, as client-go keys resources (the core group is "").
+type GroupVersion = (String, String);
+
+/// What client-go's GroupsAndMaybeResources gives back: every group with its versions (the
+/// core group first), and the resources of each group version — only when both `/api` and
+/// `/apis` answered in the aggregated form.
+struct Discovered {
+    groups: Vec<(String, Vec<String>)>,
+    resources: Option<BTreeMap<GroupVersion, Vec<String>>>,
+}
+
+impl Discovered {
+    /// isGVRPresent
+    fn has_resource(&self, group: &str, version: &str, resource: &str) -> bool {
+        self.resources
+            .as_ref()
+            .and_then(|all| all.get(&(group.to_string(), version.to_string())))
+            .is_some_and(|names| names.iter().any(|n| n == resource))
+    }
+
+    /// isGVPresent
+    fn has_group_version(&self, group: &str, version: &str) -> bool {
+        self.groups
+            .iter()
+            .any(|(name, versions)| name == group && versions.iter().any(|v| v == version))
+    }
+}
+
+/// A response kind client-go accepts: present and not all empty.
+fn has_response_kind(kind: &Value) -> bool {
+    kind.is_object()
+        && ["group", "version", "kind"]
+            .iter()
+            .any(|f| !kind[*f].as_str().unwrap_or("").is_empty())
+}
+
+/// client-go's SplitGroupsAndResources: an APIGroupDiscoveryList as groups and resources.
+/// Stale versions are left out; resources and subresources without a response kind too.
+fn split_groups_and_resources(
+    list: &Value,
+) -> (
+    Vec<(String, Vec<String>)>,
+    BTreeMap<GroupVersion, Vec<String>>,
+) {
+    let mut groups = Vec::new();
+    let mut resources = BTreeMap::new();
+    for item in list["items"].as_array().into_iter().flatten() {
+        let name = item["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let mut versions = Vec::new();
+        for v in item["versions"].as_array().into_iter().flatten() {
+            if v["freshness"] == "Stale" {
+                continue;
+            }
+            let version = v["version"].as_str().unwrap_or("").to_string();
+            let mut names = Vec::new();
+            for r in v["resources"].as_array().into_iter().flatten() {
+                let resource = r["resource"].as_str().unwrap_or("");
+                if has_response_kind(&r["responseKind"]) {
+                    names.push(resource.to_string());
+                }
+                for sub in r["subresources"].as_array().into_iter().flatten() {
+                    if has_response_kind(&sub["responseKind"]) {
+                        let sub = sub["subresource"].as_str().unwrap_or("");
+                        names.push(format!("{resource}/{sub}"));
+                    }
+                }
+            }
+            resources.insert((name.clone(), version.clone()), names);
+            versions.push(version);
+        }
+        groups.push((name, versions));
+    }
+    (groups, resources)
+}
+
+/// One of client-go's downloadLegacy (`/api`) and downloadAPIs (`/apis`): the groups, and the
+/// resources when the answer was aggregated. A 404 at `/api` is an empty answer.
+async fn download_discovery(
+    ctx: &Ctx,
+    path: &str,
+) -> anyhow::Result<(
+    Vec<(String, Vec<String>)>,
+    Option<BTreeMap<GroupVersion, Vec<String>>>,
+)> {
+    let raw = ctx.get_raw(path, DISCOVERY_ACCEPT).await?;
+    if path == "/api" && raw.status == 404 {
+        return Ok((Vec::new(), Some(BTreeMap::new())));
+    }
+    ensure!(
+        (200..300).contains(&raw.status),
+        "GET {path}: {} {}",
+        raw.status,
+        String::from_utf8_lossy(&raw.body)
+    );
+    let doc = raw.json()?;
+    if is_aggregated_content_type(&raw.content_type, "v2")
+        || is_aggregated_content_type(&raw.content_type, "v2beta1")
+    {
+        let (groups, resources) = split_groups_and_resources(&doc);
+        return Ok((groups, Some(resources)));
+    }
+    let versions_of = |g: &Value| -> Vec<String> {
+        g["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["version"].as_str().map(str::to_string))
+            .collect()
+    };
+    let groups = if path == "/api" {
+        // APIVersions: the core group, its versions plain names.
+        let versions = doc["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        vec![(String::new(), versions)]
+    } else {
+        doc["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| (g["name"].as_str().unwrap_or("").to_string(), versions_of(g)))
+            .collect()
+    };
+    Ok((groups, None))
+}
+
+/// client-go's GroupsAndMaybeResources: `/api` then `/apis`, merged; the resources only if
+/// both answered with them.
+async fn groups_and_maybe_resources(ctx: &Ctx) -> anyhow::Result<Discovered> {
+    let (mut groups, legacy_resources) = download_discovery(ctx, "/api").await?;
+    let (api_groups, api_resources) = download_discovery(ctx, "/apis").await?;
+    groups.extend(api_groups);
+    let resources = match (legacy_resources, api_resources) {
+        (Some(mut legacy), Some(apis)) => {
+            legacy.extend(apis);
+            Some(legacy)
+        }
+        _ => None,
+    };
+    Ok(Discovered { groups, resources })
+}
+
+async fn aggregated_interface(ctx: Ctx) -> anyhow::Result<()> {
+    let discovered = groups_and_maybe_resources(&ctx)
+        .await
+        .context("Failed to get api groups and resources")?;
+    let expected: Vec<(&str, &str, &str)> = EXPECTED_GVR
+        .iter()
+        .chain(&EXPECTED_LEGACY_GVR)
+        .copied()
+        .collect();
+    for &(group, version, resource) in &expected {
+        ensure!(
+            discovered.has_resource(group, version, resource),
+            "Expected {{Group:{group} Version:{version} Resource:{resource}}} to be present"
+        );
+    }
+    // serverGroups is never nil here: a failed download was an error above.
+    for &(group, version, _) in &expected {
+        ensure!(
+            discovered.has_group_version(group, version),
+            "Expected {{Group:{group} Version:{version}}} to be present"
+        );
+    }
+    Ok(())
 }
 
 async fn aggregated_interface_crd(ctx: Ctx) -> anyhow::Result<()> {
     let crd = testcrd();
     create_group_crd(&ctx, &crd).await?;
-    let gv = format!("{}/v1", crd["spec"]["group"].as_str().unwrap_or(""));
+    let group = crd["spec"]["group"].as_str().unwrap_or("").to_string();
     let result = eventually(
         Duration::from_secs(30),
         "the CRD in aggregated discovery",
         || async {
-            let found = groups_and_maybe_resources(&ctx).await?.is_some_and(|all| {
-                all.iter()
-                    .any(|(g, rs)| *g == gv && rs.iter().any(|r| r == "testcrds"))
-            });
+            let found = groups_and_maybe_resources(&ctx)
+                .await?
+                .has_resource(&group, "v1", "testcrds");
             Ok(found.then_some(()))
         },
     )
@@ -773,48 +1117,8 @@ async fn aggregated_interface_crd(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Each listed group version's resource list names itself and holds the resource.
 async fn group_version_resources(ctx: Ctx) -> anyhow::Result<()> {
-    let cases = [
-        ("/api", "", "v1", "namespaces"),
-        (
-            "/apis",
-            "admissionregistration.k8s.io",
-            "v1",
-            "validatingwebhookconfigurations",
-        ),
-        (
-            "/apis",
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-        ),
-        ("/apis", "apiregistration.k8s.io", "v1", "apiservices"),
-        ("/apis", "apps", "v1", "deployments"),
-        ("/apis", "authentication.k8s.io", "v1", "tokenreviews"),
-        (
-            "/apis",
-            "authorization.k8s.io",
-            "v1",
-            "selfsubjectaccessreviews",
-        ),
-        ("/apis", "autoscaling", "v1", "horizontalpodautoscalers"),
-        ("/apis", "autoscaling", "v2", "horizontalpodautoscalers"),
-        ("/apis", "batch", "v1", "jobs"),
-        (
-            "/apis",
-            "certificates.k8s.io",
-            "v1",
-            "certificatesigningrequests",
-        ),
-        ("/apis", "coordination.k8s.io", "v1", "leases"),
-        ("/apis", "discovery.k8s.io", "v1", "endpointslices"),
-        ("/apis", "events.k8s.io", "v1", "events"),
-        ("/apis", "networking.k8s.io", "v1", "ingresses"),
-        ("/apis", "node.k8s.io", "v1", "runtimeclasses"),
-        ("/apis", "policy", "v1", "poddisruptionbudgets"),
-        ("/apis", "scheduling.k8s.io", "v1", "priorityclasses"),
-        ("/apis", "storage.k8s.io", "v1", "csinodes"),
-    ];
-    for (base, group, version, resource) in cases {
+    for &(group, version, resource) in EXPECTED_LEGACY_GVR.iter().chain(&EXPECTED_GVR) {
+        let base = if group.is_empty() { "/api" } else { "/apis" };
         let path = if group.is_empty() {
             format!("{base}/{version}")
         } else {
