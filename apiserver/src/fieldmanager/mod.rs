@@ -292,7 +292,67 @@ pub fn update(live: Option<&Value>, new: &mut Value, w: &Writer) {
             }),
         }
     }
+    cap_updates(&mut entries);
     encode(new, entries);
+}
+
+/// Upstream's cap on the entries updates leave (capManagersManager): beyond ten, the oldest
+/// are merged, per API version, into one `ancient-changes` entry.
+const MAX_UPDATE_MANAGERS: usize = 10;
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+fn cap_updates(entries: &mut Vec<Entry>) {
+    let mut updaters: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation != APPLY)
+        .collect();
+    if updaters.len() <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    // Oldest first (to the second, as upstream compares them), then by name.
+    let second = |e: &Entry| {
+        e.time
+            .as_deref()
+            .map_or(String::new(), |t| t.chars().take(19).collect())
+    };
+    updaters.sort_by(|&a, &b| {
+        let (a, b) = (&entries[a], &entries[b]);
+        (second(a), &a.manager, &a.subresource).cmp(&(second(b), &b.manager, &b.subresource))
+    });
+    let mut first: HashMap<String, usize> = HashMap::new();
+    let mut merged = vec![false; entries.len()];
+    let mut left = updaters.len();
+    for i in updaters {
+        if left <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        let version = entries[i].api_version.clone();
+        let Some(&oldest) = first.get(&version) else {
+            first.insert(version, i);
+            continue;
+        };
+        let bucket = (0..entries.len())
+            .find(|&b| !merged[b] && entries[b].is(ANCIENT_CHANGES, UPDATE, &version, ""));
+        if bucket == Some(i) {
+            continue;
+        }
+        // The version's oldest entry becomes its bucket when it has none yet.
+        let bucket = bucket.unwrap_or_else(|| {
+            let e = &mut entries[oldest];
+            e.manager = ANCIENT_CHANGES.into();
+            e.subresource.clear();
+            oldest
+        });
+        let fields = std::mem::take(&mut entries[i].fields);
+        entries[bucket].fields = entries[bucket].fields.union(&fields);
+        entries[bucket].time = entries[i].time.clone();
+        merged[i] = true;
+        left -= 1;
+    }
+    let mut index = 0;
+    entries.retain(|_| {
+        index += 1;
+        !merged[index - 1]
+    });
 }
 
 /// `[]` or `[{}]`: the client clears the managed fields.
@@ -525,6 +585,34 @@ mod tests {
         reset["metadata"]["managedFields"] = json!([]);
         update(Some(&edited), &mut reset, &writer("x"));
         assert!(reset["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn updates_beyond_ten_managers_merge_the_oldest_into_ancient_changes() {
+        let mut obj = cm(json!({}));
+        for i in 1..=12 {
+            let mut next = obj.clone();
+            next["data"][format!("k{i:02}")] = json!("v");
+            next["metadata"]["managedFields"] = obj["metadata"]["managedFields"].clone();
+            update(Some(&obj), &mut next, &writer(&format!("m{i:02}")));
+            // Upstream orders by the second; give each update its own.
+            for e in next["metadata"]["managedFields"].as_array_mut().unwrap() {
+                let m = e["manager"].as_str().unwrap().to_string();
+                if let Some(n) = m.strip_prefix('m') {
+                    e["time"] = json!(format!("2026-01-01T00:00:{n}Z"));
+                }
+            }
+            obj = next;
+        }
+        let m = managers(&obj);
+        let names: Vec<&str> = m.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 10, "{names:?}");
+        assert!(!names.contains(&"m01") && !names.contains(&"m03"));
+        let ancient = m.iter().find(|(n, _, _)| n == "ancient-changes").unwrap();
+        assert_eq!(
+            ancient.2,
+            json!({"f:data": {"f:k01": {}, "f:k02": {}, "f:k03": {}}})
+        );
     }
 
     #[test]
