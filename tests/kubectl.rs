@@ -1527,11 +1527,78 @@ spec:
         "crontab.stable.example.com/nightly\ncrontab.stable.example.com/weekly\n"
     );
 
-    // Deleting the definition takes its objects with it.
+    // Deleting the definition takes its objects with it; one held by a finalizer keeps the
+    // definition Terminating, still served but refusing creates, until the finalizer goes.
+    ok(&[
+        "patch",
+        "-n",
+        ns,
+        "ct",
+        "nightly",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
     assert_eq!(
-        ok(&["delete", "crd", "crontabs.stable.example.com"]),
+        ok(&[
+            "delete",
+            "crd",
+            "crontabs.stable.example.com",
+            "--wait=false"
+        ]),
         "customresourcedefinition.apiextensions.k8s.io \"crontabs.stable.example.com\" deleted\n"
     );
+    let eventually = |args: &[&str], want: &str| {
+        let mut last = String::new();
+        for _ in 0..100 {
+            last = ok(args);
+            if last == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("kubectl {args:?}: {last:?}, wanted {want:?}");
+    };
+    eventually(
+        &[
+            "get",
+            "crd",
+            "crontabs.stable.example.com",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Terminating\")].reason}",
+        ],
+        "InstanceDeletionInProgress",
+    );
+    eventually(
+        &["get", "-n", ns, "ct", "-o", "name"],
+        "crontab.stable.example.com/nightly\n",
+    );
+    let refused = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", ns, "-f", "-"],
+        Some(&tab("monthly", "")),
+    );
+    assert!(!refused.ok);
+    assert_eq!(
+        refused.stderr.trim(),
+        "Error from server (MethodNotAllowed): error when creating \"STDIN\": create not allowed while custom resource definition is terminating"
+    );
+    ok(&[
+        "patch",
+        "-n",
+        ns,
+        "ct",
+        "nightly",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    ok(&[
+        "wait",
+        "--for=delete",
+        "crd/crontabs.stable.example.com",
+        "--timeout=60s",
+    ]);
     // kubectl's discovery cache may still name the type; either way it is not found.
     let gone = server.kubectl(v, &["get", "-n", ns, "crontabs"]);
     assert!(!gone.ok);

@@ -138,6 +138,11 @@ pub async fn serve(
             })
         }
         (&Method::POST, None) => {
+            if r.custom.is_some() && ctx.crds.as_ref().is_some_and(|c| c.terminating(r)) {
+                return Err(ApiError::method_not_allowed(
+                    "create not allowed while custom resource definition is terminating",
+                ));
+            }
             fieldmanager::check_options(query, "CreateOptions", false)?;
             let (obj, repeated) = read_object(r, headers, &body)?;
             let manager = fieldmanager::manager(query, headers);

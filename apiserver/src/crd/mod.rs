@@ -11,7 +11,7 @@
 mod jsonpath;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use axum::http::{HeaderMap, Method, header};
@@ -499,8 +499,12 @@ pub struct CustomResources {
 
 #[derive(Default)]
 struct State {
-    /// Definition name -> the entries it serves (none while it is being deleted).
+    /// Definition name -> the entries it serves.
     served: BTreeMap<String, Vec<&'static Resource>>,
+    /// Definitions being deleted: still served, but refusing creates.
+    terminating: HashSet<String>,
+    /// Definitions whose objects this process is deleting.
+    cleaning: HashSet<String>,
     /// "apis/<group>/<version>" -> (hash, OpenAPI document).
     openapi: BTreeMap<String, (String, Vec<u8>)>,
 }
@@ -565,8 +569,22 @@ impl CustomResources {
         self.read().openapi.get(path).cloned()
     }
 
+    /// Whether the definition serving `r` is being deleted (upstream then refuses creates).
+    pub fn terminating(&self, r: &Resource) -> bool {
+        self.read()
+            .terminating
+            .contains(&format!("{}.{}", r.plural, r.group))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set(&self, name: String, resources: Option<Vec<&'static Resource>>) {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.write();
+        if resources.is_none() {
+            state.terminating.remove(&name);
+        }
         match resources {
             Some(r) if !r.is_empty() => state.served.insert(name, r),
             _ => state.served.remove(&name),
@@ -639,19 +657,25 @@ async fn follow(backend: Backend, crds: Weak<CustomResources>) -> kelp_storage::
 
 /// A definition as storage now holds it (None: gone): serve it, establish it, or clean up
 /// after it.
-fn seen(backend: &Backend, registry: &CustomResources, name: String, crd: Option<Value>) {
+fn seen(backend: &Backend, registry: &Arc<CustomResources>, name: String, crd: Option<Value>) {
     let Some(crd) = crd else {
         registry.set(name, None);
         return;
     };
     if crd.pointer("/metadata/deletionTimestamp").is_some() {
-        registry.set(name.clone(), None);
+        // Served until its objects are gone (upstream's finalizer controller), creates refused.
+        registry.set(name.clone(), Some(resources_of(&crd)));
+        registry.write().terminating.insert(name.clone());
         let finalizing = crd
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| f.iter().any(|f| f == CLEANUP_FINALIZER));
-        if finalizing {
-            tokio::spawn(clean_up(backend.clone(), crd));
+        if finalizing && registry.write().cleaning.insert(name.clone()) {
+            let (backend, registry) = (backend.clone(), Arc::clone(registry));
+            tokio::spawn(async move {
+                clean_up(&backend, &crd, &registry).await;
+                registry.write().cleaning.remove(&name);
+            });
         }
         return;
     }
@@ -716,42 +740,112 @@ fn wanted_status(crd: &Value) -> Option<Value> {
             .unwrap_or_else(|| json!(now));
         json!({"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": since})
     };
+    // Other conditions (a client's own) stay where they are, as upstream's SetCRDCondition
+    // leaves them.
+    let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
+    for c in [
+        keep("NamesAccepted", "NoConflicts", "no conflicts found"),
+        keep(
+            "Established",
+            "InitialNamesAccepted",
+            "the initial names have been accepted",
+        ),
+    ] {
+        match conditions.iter_mut().find(|old| old["type"] == c["type"]) {
+            Some(old) => *old = c,
+            None => conditions.push(c),
+        }
+    }
     Some(json!({
         "acceptedNames": names,
-        "conditions": [
-            keep("NamesAccepted", "NoConflicts", "no conflicts found"),
-            keep("Established", "InitialNamesAccepted", "the initial names have been accepted"),
-        ],
+        "conditions": conditions,
         "storedVersions": stored,
     }))
 }
 
-/// Deletes a definition's objects, then its finalizer, which lets the definition go.
-async fn clean_up(backend: Backend, crd: Value) {
+/// Deletes a definition's objects as a client would (their finalizers hold them), waits until
+/// they are gone, then removes its finalizer, which lets the definition go.
+async fn clean_up(backend: &Backend, crd: &Value, registry: &CustomResources) {
+    let name = object::name(crd).to_string();
+    let terminating = json!({"status": {"conditions": [{
+        "type": "Terminating", "status": "True", "reason": "InstanceDeletionInProgress",
+        "message": "CustomResource deletion is in progress", "lastTransitionTime": object::now()}]}});
+    let conditions = crd
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !conditions.iter().any(|c| c["type"] == "Terminating") {
+        let mut all = conditions;
+        all.extend(
+            terminating["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let patch = json!({"status": {"conditions": all}}).to_string();
+        if let Err(e) = write_definition(backend, &name, Some("status"), patch).await {
+            tracing::debug!(crd = %name, error = %e.message, "cannot mark terminating");
+        }
+    }
     let prefix = format!(
         "/registry/{}/{}/",
-        text(&crd, "/spec/group"),
-        text(&crd, "/spec/names/plural")
+        text(crd, "/spec/group"),
+        text(crd, "/spec/names/plural")
     );
+    let storage = resources_of(crd)
+        .into_iter()
+        .find(|r| r.custom.is_some_and(|c| c.storage_version == r.version));
+    let namespaced = text(crd, "/spec/scope") != "Cluster";
     loop {
-        let page = match backend
-            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).limit(500))
+        let all = match backend
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
             .await
         {
-            Ok(p) => p,
+            Ok(p) => p.kvs,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list custom resources to delete");
                 return;
             }
         };
-        if page.kvs.is_empty() {
+        if all.is_empty() {
             break;
         }
-        for kv in page.kvs {
-            let _ = backend.txn(Txn::delete(kv.key, kv.mod_revision)).await;
+        for kv in all {
+            let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            let (ns, object) = match key.split_once('/') {
+                Some((ns, object)) if namespaced => (Some(ns), object),
+                _ => (None, key.as_str()),
+            };
+            let deleted = match storage {
+                Some(r) => crate::handlers::delete_object(backend, r, ns, object, &HashMap::new())
+                    .await
+                    .map(|_| ()),
+                None => backend
+                    .txn(Txn::delete(kv.key.clone(), kv.mod_revision))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ApiError::internal(e.to_string())),
+            };
+            if let Err(e) = deleted
+                && e.reason != "NotFound"
+            {
+                tracing::debug!(crd = %name, error = %e.message, "cannot delete a custom resource");
+            }
+        }
+        // What is left waits on its finalizers; look again shortly, unless the definition
+        // went meanwhile.
+        match backend
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).limit(1))
+            .await
+        {
+            Ok(p) if p.kvs.is_empty() => break,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+        if !registry.read().terminating.contains(&name) {
+            return;
         }
     }
-    let name = object::name(&crd).to_string();
     let remaining: Vec<Value> = crd
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
