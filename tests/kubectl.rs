@@ -637,6 +637,25 @@ fn session(server: &KelpServer, v: &str) {
         "configmap \"typo\" deleted\n"
     );
 
+    // A workload's selector is required and must match its template's labels.
+    let mismatched = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"odd"},"spec":{"selector":{"matchLabels":{"app":"y"}},"template":{"metadata":{"labels":{"app":"x"}},"spec":{"containers":[{"name":"a","image":"x"}]}}}}"#;
+    let refused = server.kubectl_with_stdin(v, &["create", "-n", &ns, "-f", "-"], Some(mismatched));
+    assert!(!refused.ok);
+    assert_eq!(
+        refused.stderr.trim(),
+        "The Deployment \"odd\" is invalid: spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"x\"}: `selector` does not match template `labels`"
+    );
+    let unselected = mismatched.replace(r#""selector":{"matchLabels":{"app":"y"}},"#, "");
+    let refused = server.kubectl_with_stdin(
+        v,
+        &["create", "-n", &ns, "-f", "-", "--validate=false"],
+        Some(&unselected),
+    );
+    assert_eq!(
+        refused.stderr.trim(),
+        "The Deployment \"odd\" is invalid: spec.selector: Required value"
+    );
+
     let explained = ok(&["explain", "configmap.data"]);
     assert!(
         explained.contains("KIND:       ConfigMap")

@@ -1,10 +1,11 @@
 //! `apps/v1`: the workload controllers' kinds.
 
 use k8s_openapi::api::apps::v1 as apps;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::cells::{AGE, WORKLOAD_WIDE, col, int, map, text};
 use super::{Resource, Status, defaults};
+use crate::selector::LabelSelector;
 use crate::typed::typed;
 
 const BASE: Resource = Resource {
@@ -14,8 +15,51 @@ const BASE: Resource = Resource {
     status: Status::Subresource,
     scale: true,
     generation: true,
+    validate: selector_rules,
     ..super::base(typed::<apps::Deployment>())
 };
+
+/// Upstream's selector rules of the workloads (ValidateDeploymentSpec and its siblings): a
+/// selector is required, and the pod template's labels must match it. A missing selector
+/// reads as an empty one here, so both are reported as missing.
+fn selector_rules(o: &Value) -> Vec<(String, String)> {
+    let selector = o.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
+    let empty = |p: &str| {
+        selector.get(p).is_none_or(|v| {
+            v.as_object().is_some_and(|m| m.is_empty())
+                || v.as_array().is_some_and(|a| a.is_empty())
+                || v.is_null()
+        })
+    };
+    if selector.is_null() || (empty("matchLabels") && empty("matchExpressions")) {
+        return vec![("spec.selector".into(), "Required value".into())];
+    }
+    let Ok(s) = LabelSelector::from_object(&selector) else {
+        return Vec::new();
+    };
+    let template = o.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+    if s.matches(&template) {
+        return Vec::new();
+    }
+    // Go's %#v of the labels: `map[string]string{"app":"web"}`, keys in order.
+    let labels = match template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+    {
+        Some(m) if !m.is_empty() => {
+            let pairs: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{:?}:{:?}", k, v.as_str().unwrap_or("")))
+                .collect();
+            format!("map[string]string{{{}}}", pairs.join(", "))
+        }
+        _ => "map[string]string(nil)".to_string(),
+    };
+    vec![(
+        "spec.template.metadata.labels".into(),
+        format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+    )]
+}
 
 pub static RESOURCES: &[Resource] = &[
     Resource {
@@ -143,6 +187,7 @@ pub static RESOURCES: &[Resource] = &[
     Resource {
         kind: "ControllerRevision",
         typed: typed::<apps::ControllerRevision>(),
+        validate: super::no_rules,
         plural: "controllerrevisions",
         singular: "controllerrevision",
         categories: &[],
@@ -171,3 +216,29 @@ pub static RESOURCES: &[Resource] = &[
         ..BASE
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_need_a_selector_that_matches_their_template() {
+        let d = |selector: Value, labels: Value| json!({"spec": {"selector": selector, "template": {"metadata": {"labels": labels}}}});
+        assert_eq!(
+            selector_rules(&d(json!({}), json!({"app": "a"}))),
+            [("spec.selector".to_string(), "Required value".to_string())]
+        );
+        assert_eq!(
+            selector_rules(&d(json!({"matchLabels": {"app": "a"}}), json!({"app": "b", "tier": "x"}))),
+            [(
+                "spec.template.metadata.labels".to_string(),
+                "Invalid value: map[string]string{\"app\":\"b\", \"tier\":\"x\"}: `selector` does not match template `labels`".to_string()
+            )]
+        );
+        let matching = d(
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a"]}]}),
+            json!({"app": "a"}),
+        );
+        assert!(selector_rules(&matching).is_empty());
+    }
+}
