@@ -345,6 +345,7 @@ fn router(
             }),
         )
         .route("/openapi/v3/{*path}", get(openapi_document))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/api/v1/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .route(
@@ -459,6 +460,47 @@ fn resources_or_404(s: &AppState, group: &str, version: &str) -> Response {
         Some(list) => ok_json(&list),
         None => ApiError::no_route().into_response(),
     }
+}
+
+/// The Swagger 2.0 document, as JSON (the protobuf form client-go's OpenAPISchema asks for is
+/// not served: 406), with an ETag that `If-None-Match` matches for a 304.
+async fn openapi_v2(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json_ok = accept.is_empty()
+        || accept.split(',').any(|m| {
+            matches!(
+                m.split(';').next().unwrap_or("").trim(),
+                "application/json" | "application/*" | "*/*"
+            )
+        });
+    if !json_ok {
+        return ApiError::not_acceptable().into_response();
+    }
+    let custom = s.crds().map(|c| c.openapi_documents()).unwrap_or_default();
+    let doc = s.openapi.v2(&custom);
+    let (hash, bytes) = (&doc.0, &doc.1);
+    let etag = format!("\"{hash}\"");
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::VARY, "Accept");
+    let matched = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    if matched {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    builder
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes.clone()))
+        .unwrap_or_default()
 }
 
 /// A group/version's OpenAPI document; immutable for its hash, as upstream serves it.

@@ -1,9 +1,11 @@
 //! OpenAPI v3: the index at `/openapi/v3` and one document per group/version, generated from
 //! the registry and the kinds' `k8s-openapi` schemas. kubectl reads them to learn that the
 //! server validates fields (`create -f`, `apply`, `replace`, `edit`) and for `explain`.
+//! OpenAPI v2 (`/openapi/v2`, Swagger 2.0 JSON) is the same documents merged and converted.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -14,6 +16,147 @@ use crate::registry::{self, Resource};
 pub struct OpenApi {
     /// "api/v1" or "apis/<group>/<version>" -> (hash, JSON document)
     docs: BTreeMap<String, (String, Vec<u8>)>,
+    /// The built-in kinds' part of the v2 document.
+    v2_base: Swagger,
+    /// The last v2 document served, for the custom documents' hashes it was built from:
+    /// (those hashes, (ETag, JSON)).
+    v2_last: Mutex<Option<(String, Arc<(String, Vec<u8>)>)>>,
+}
+
+/// The paths and definitions of a Swagger 2.0 document.
+#[derive(Clone, Default)]
+struct Swagger {
+    paths: Map<String, Value>,
+    definitions: Map<String, Value>,
+}
+
+impl Swagger {
+    /// Adds a v3 document: schemas become definitions, operations take v2's shape.
+    fn add(&mut self, v3: &Value) {
+        if let Some(schemas) = v3.pointer("/components/schemas").and_then(Value::as_object) {
+            for (name, schema) in schemas {
+                let mut schema = schema.clone();
+                v2_schema(&mut schema);
+                self.definitions.insert(name.clone(), schema);
+            }
+        }
+        if let Some(paths) = v3.get("paths").and_then(Value::as_object) {
+            for (path, item) in paths {
+                let Some(item) = item.as_object() else {
+                    continue;
+                };
+                let ops: Map<String, Value> = item
+                    .iter()
+                    .map(|(method, op)| (method.clone(), v2_operation(op)))
+                    .collect();
+                self.paths.insert(path.clone(), Value::Object(ops));
+            }
+        }
+    }
+
+    fn document(self) -> Value {
+        json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": crate::KUBERNETES_VERSION},
+            "paths": self.paths,
+            "definitions": self.definitions,
+            "securityDefinitions": {"BearerToken": {"description": "Bearer Token authentication", "type": "apiKey", "name": "authorization", "in": "header"}},
+            "security": [{"BearerToken": []}],
+        })
+    }
+}
+
+/// A v3 schema as v2 has it: references into `definitions`, no v3-only keywords.
+fn v2_schema(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                *r = format!("#/definitions/{name}");
+            }
+            for k in ["nullable", "oneOf", "anyOf", "not"] {
+                m.remove(k);
+            }
+            m.values_mut().for_each(v2_schema);
+        }
+        Value::Array(items) => items.iter_mut().for_each(v2_schema),
+        _ => {}
+    }
+}
+
+/// A v3 operation as v2 has it: parameters typed in place, the request body a `body`
+/// parameter with the media types it consumes, the response schema under the response.
+fn v2_operation(op: &Value) -> Value {
+    let mut out = Map::new();
+    for k in [
+        "operationId",
+        "description",
+        "x-kubernetes-action",
+        "x-kubernetes-group-version-kind",
+    ] {
+        if let Some(v) = op.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    let mut params: Vec<Value> = op
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let mut p = p.clone();
+            if let Some(Value::Object(schema)) = p.as_object_mut().and_then(|m| m.remove("schema"))
+                && let Some(m) = p.as_object_mut()
+            {
+                m.extend(schema);
+            }
+            p
+        })
+        .collect();
+    if let Some(content) = op
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+    {
+        let mut schema = content
+            .values()
+            .find_map(|c| c.get("schema").cloned())
+            .unwrap_or_else(|| json!({"type": "object"}));
+        v2_schema(&mut schema);
+        params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+        out.insert("consumes".into(), json!(content.keys().collect::<Vec<_>>()));
+    }
+    out.insert("parameters".into(), Value::Array(params));
+    out.insert(
+        "produces".into(),
+        json!([
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf"
+        ]),
+    );
+    out.insert("schemes".into(), json!(["https"]));
+    let mut responses = Map::new();
+    for (code, response) in op
+        .get("responses")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let mut r =
+            json!({"description": response.get("description").cloned().unwrap_or(json!(""))});
+        if let Some(mut schema) = response
+            .get("content")
+            .and_then(Value::as_object)
+            .and_then(|c| c.values().find_map(|c| c.get("schema").cloned()))
+        {
+            v2_schema(&mut schema);
+            r["schema"] = schema;
+        }
+        responses.insert(code.clone(), r);
+    }
+    out.insert("responses".into(), Value::Object(responses));
+    Value::Object(out)
 }
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -27,10 +170,42 @@ fn gv_path(group: &str, version: &str) -> String {
 impl OpenApi {
     pub fn build() -> OpenApi {
         let mut docs = BTreeMap::new();
+        let mut v2_base = Swagger::default();
         for (group, version) in registry::group_versions(&registry::served(None)) {
-            docs.insert(gv_path(group, version), hashed(&document(group, version)));
+            let doc = document(group, version);
+            v2_base.add(&doc);
+            docs.insert(gv_path(group, version), hashed(&doc));
         }
-        OpenApi { docs }
+        OpenApi {
+            docs,
+            v2_base,
+            v2_last: Mutex::new(None),
+        }
+    }
+
+    /// The v2 document with the custom resources' v3 documents given (their hashes and JSON
+    /// bytes): its ETag and JSON. Rebuilt only when those change.
+    pub fn v2(&self, custom: &[(String, Vec<u8>)]) -> Arc<(String, Vec<u8>)> {
+        let key: String = custom
+            .iter()
+            .map(|(h, _)| h.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut last = self.v2_last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, doc)) = last.as_ref()
+            && *k == key
+        {
+            return Arc::clone(doc);
+        }
+        let mut swagger = self.v2_base.clone();
+        for (_, bytes) in custom {
+            if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
+                swagger.add(&doc);
+            }
+        }
+        let doc = Arc::new(hashed(&swagger.document()));
+        *last = Some((key, Arc::clone(&doc)));
+        doc
     }
 
     /// The index: the built-in documents and the custom ones given as (path, hash).
@@ -276,6 +451,44 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|p| p["name"] == "fieldValidation")
+        );
+    }
+
+    #[test]
+    fn v2_merges_the_documents_as_swagger_and_follows_custom_ones() {
+        let api = OpenApi::build();
+        let base = api.v2(&[]);
+        let doc: Value = serde_json::from_slice(&base.1).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        let cm = &doc["definitions"]["io.k8s.api.core.v1.ConfigMap"];
+        assert_eq!(
+            cm["properties"]["metadata"]["allOf"][0]["$ref"],
+            "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+        );
+        let create = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps"]["post"];
+        let body = create["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["in"] == "body")
+            .unwrap();
+        assert_eq!(
+            body["schema"]["$ref"],
+            "#/definitions/io.k8s.api.core.v1.ConfigMap"
+        );
+        assert_eq!(create["responses"]["200"]["schema"], body["schema"]);
+        assert!(!String::from_utf8_lossy(&base.1).contains("#/components/"));
+        // The same custom documents give the same document; others a new one.
+        assert!(Arc::ptr_eq(&base, &api.v2(&[])));
+        let custom = serde_json::to_vec(&json!({"paths": {}, "components": {"schemas": {
+            "com.example.stable.v1.CronTab": {"type": "object", "nullable": true}}}}))
+        .unwrap();
+        let with = api.v2(&[("h1".into(), custom)]);
+        assert_ne!(with.0, base.0);
+        let doc: Value = serde_json::from_slice(&with.1).unwrap();
+        assert_eq!(
+            doc["definitions"]["com.example.stable.v1.CronTab"],
+            json!({"type": "object"})
         );
     }
 }

@@ -565,6 +565,11 @@ impl CustomResources {
             .collect()
     }
 
+    /// Every custom OpenAPI v3 document: (hash, JSON), in path order.
+    pub fn openapi_documents(&self) -> Vec<(String, Vec<u8>)> {
+        self.read().openapi.values().cloned().collect()
+    }
+
     pub fn openapi_document(&self, path: &str) -> Option<(String, Vec<u8>)> {
         self.read().openapi.get(path).cloned()
     }
