@@ -1546,6 +1546,52 @@ spec:
         "crontab.stable.example.com/nightly\ncrontab.stable.example.com/weekly\n"
     );
 
+    // A definition wanting a name another of its group holds is not accepted, nor served,
+    // until the holder goes.
+    let rival = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: tabs.stable.example.com\nspec:\n  group: stable.example.com\n  scope: Namespaced\n  names: {plural: tabs, kind: CronTab}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n";
+    with_stdin(&["create", "-f", "-"], rival);
+    let condition = |t: &str| {
+        format!(
+            "jsonpath={{.status.conditions[?(@.type==\"{t}\")].reason}}: {{.status.conditions[?(@.type==\"{t}\")].message}}"
+        )
+    };
+    let names_accepted = condition("NamesAccepted");
+    let rival_status = [
+        "get",
+        "crd",
+        "tabs.stable.example.com",
+        "-o",
+        names_accepted.as_str(),
+    ];
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = ok(&rival_status);
+        if !seen.trim().ends_with(':') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(seen, "ListKindConflict: \"CronTabList\" is already in use");
+    assert_eq!(
+        ok(&[
+            "get",
+            "crd",
+            "tabs.stable.example.com",
+            "-o",
+            &condition("Established")
+        ]),
+        "NotAccepted: not all names are accepted"
+    );
+    let unserved = server.kubectl(
+        v,
+        &[
+            "get",
+            "--raw",
+            "/apis/stable.example.com/v1/namespaces/default/tabs",
+        ],
+    );
+    assert!(!unserved.ok, "{}", unserved.stdout);
+
     // Deleting the definition takes its objects with it; one held by a finalizer keeps the
     // definition Terminating, still served but refusing creates, until the finalizer goes.
     ok(&[
@@ -1618,6 +1664,24 @@ spec:
         "crd/crontabs.stable.example.com",
         "--timeout=60s",
     ]);
+    // Its names free, the rival takes them.
+    ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=20s",
+        "crd/tabs.stable.example.com",
+    ]);
+    assert_eq!(
+        ok(&[
+            "get",
+            "crd",
+            "tabs.stable.example.com",
+            "-o",
+            names_accepted.as_str()
+        ]),
+        "NoConflicts: no conflicts found"
+    );
+    ok(&["delete", "crd", "tabs.stable.example.com"]);
     // kubectl's discovery cache may still name the type; either way it is not found.
     let gone = server.kubectl(v, &["get", "-n", ns, "crontabs"]);
     assert!(!gone.ok);

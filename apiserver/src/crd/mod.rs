@@ -505,6 +505,11 @@ struct State {
     terminating: HashSet<String>,
     /// Definitions whose objects this process is deleting.
     cleaning: HashSet<String>,
+    /// The names each definition holds (upstream's naming controller): group and names, as
+    /// computed here, so that definitions seen together do not both take a name.
+    accepted: BTreeMap<String, (String, Value)>,
+    /// The definitions whose names conflict, to look at again when another one goes.
+    conflicted: BTreeMap<String, Value>,
     /// "apis/<group>/<version>" -> (hash, OpenAPI document).
     openapi: BTreeMap<String, (String, Vec<u8>)>,
 }
@@ -639,10 +644,24 @@ async fn follow(backend: Backend, crds: Weak<CustomResources>) -> kelp_storage::
     let Some(registry) = crds.upgrade() else {
         return Ok(());
     };
-    for kv in &listed.kvs {
-        if let Ok(crd) = serde_json::from_slice::<Value>(&kv.value) {
-            seen(&backend, &registry, name_of(&kv.key), Some(crd));
+    let listed: Vec<(String, Value)> = listed
+        .kvs
+        .iter()
+        .filter_map(|kv| Some((name_of(&kv.key), serde_json::from_slice(&kv.value).ok()?)))
+        .collect();
+    // The names the definitions held when last looked at, before any claims anew (a
+    // definition refused a name must not take it for being listed first).
+    {
+        let mut state = registry.write();
+        for (name, crd) in &listed {
+            if let Some(held) = crd.pointer("/status/acceptedNames") {
+                let group = text(crd, "/spec/group").to_string();
+                state.accepted.insert(name.clone(), (group, held.clone()));
+            }
         }
+    }
+    for (name, crd) in listed {
+        seen(&backend, &registry, name, Some(crd));
     }
     drop(registry);
     while let Some(batch) = watch.next().await {
@@ -664,7 +683,20 @@ async fn follow(backend: Backend, crds: Weak<CustomResources>) -> kelp_storage::
 /// after it.
 fn seen(backend: &Backend, registry: &Arc<CustomResources>, name: String, crd: Option<Value>) {
     let Some(crd) = crd else {
-        registry.set(name, None);
+        registry.set(name.clone(), None);
+        let (gone, waiting) = {
+            let mut state = registry.write();
+            state.conflicted.remove(&name);
+            (state.accepted.remove(&name), state.conflicted.clone())
+        };
+        // Names it held may now go to a definition that wanted them.
+        if let Some((group, _)) = gone {
+            for (other, crd) in waiting {
+                if text(&crd, "/spec/group") == group {
+                    seen(backend, registry, other, Some(crd));
+                }
+            }
+        }
         return;
     };
     if crd.pointer("/metadata/deletionTimestamp").is_some() {
@@ -684,8 +716,28 @@ fn seen(backend: &Backend, registry: &Arc<CustomResources>, name: String, crd: O
         }
         return;
     }
-    registry.set(name, Some(resources_of(&crd)));
-    if let Some(status) = wanted_status(&crd) {
+    let (names, conflict) = registry.claim_names(&name, &crd);
+    let established = crd
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        });
+    {
+        let mut state = registry.write();
+        match &conflict {
+            Some(_) => state.conflicted.insert(name.clone(), crd.clone()),
+            None => state.conflicted.remove(&name),
+        };
+    }
+    // A definition is served once its names are accepted; an established one stays served.
+    if conflict.is_none() || established {
+        registry.set(name, Some(resources_of(&crd)));
+    } else {
+        registry.set(name, None);
+    }
+    if let Some(status) = wanted_status(&crd, names, conflict) {
         let backend = backend.clone();
         let name = object::name(&crd).to_string();
         tokio::spawn(async move {
@@ -697,19 +749,117 @@ fn seen(backend: &Backend, registry: &Arc<CustomResources>, name: String, crd: O
     }
 }
 
-/// The status a served definition should have, when it differs from what it has: its names
-/// accepted, Established, and its storage version recorded.
-fn wanted_status(crd: &Value) -> Option<Value> {
-    let mut names = crd.pointer("/spec/names").cloned()?;
-    if let Some(m) = names.as_object_mut() {
-        m.remove("listKind");
+/// A definition's requested names as upstream defaults them (singular the lower-case kind,
+/// listKind the kind and `List`).
+fn requested_names(crd: &Value) -> Value {
+    let mut names = crd
+        .pointer("/spec/names")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let kind = text(crd, "/spec/names/kind").to_string();
+    if text(crd, "/spec/names/singular").is_empty() {
+        names["singular"] = json!(kind.to_lowercase());
     }
-    let kind = text(crd, "/spec/names/kind");
-    names["listKind"] = json!(
-        crd.pointer("/spec/names/listKind")
-            .and_then(Value::as_str)
-            .map_or(format!("{kind}List"), str::to_string)
-    );
+    if text(crd, "/spec/names/listKind").is_empty() {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
+    names
+}
+
+impl CustomResources {
+    /// The names a definition gets (upstream's naming controller): each requested name that
+    /// it already holds or that no other definition of its group holds, else the one it held;
+    /// and the conflict, as (reason, message), when a name is taken.
+    fn claim_names(&self, name: &str, crd: &Value) -> (Value, Option<(String, String)>) {
+        let group = text(crd, "/spec/group").to_string();
+        let requested = requested_names(crd);
+        let held = crd
+            .pointer("/status/acceptedNames")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let mut state = self.write();
+        let mut resources: HashSet<String> = HashSet::new();
+        let mut kinds: HashSet<String> = HashSet::new();
+        for (other, (g, names)) in &state.accepted {
+            if other == name || *g != group {
+                continue;
+            }
+            for p in ["/plural", "/singular"] {
+                resources.extend(names.pointer(p).and_then(Value::as_str).map(str::to_string));
+            }
+            for short in names["shortNames"].as_array().into_iter().flatten() {
+                resources.extend(short.as_str().map(str::to_string));
+            }
+            for p in ["/kind", "/listKind"] {
+                kinds.extend(names.pointer(p).and_then(Value::as_str).map(str::to_string));
+            }
+        }
+        let fresh = |wanted: &str, had: &str, used: &HashSet<String>| {
+            if wanted == had || !used.contains(wanted) {
+                Ok(())
+            } else {
+                Err(format!("{wanted:?} is already in use"))
+            }
+        };
+        let mut names = held.clone();
+        let mut conflict = None;
+        for (field, used, reason) in [
+            ("plural", &resources, "PluralConflict"),
+            ("singular", &resources, "SingularConflict"),
+            ("kind", &kinds, "KindConflict"),
+            ("listKind", &kinds, "ListKindConflict"),
+        ] {
+            let wanted = requested[field].as_str().unwrap_or("");
+            let had = held[field].as_str().unwrap_or("");
+            match fresh(wanted, had, used) {
+                Ok(()) => names[field] = json!(wanted),
+                Err(e) => conflict = Some((reason.to_string(), e)),
+            }
+            // Upstream checks short names between singular and kind.
+            if field == "singular" && requested["shortNames"] != held["shortNames"] {
+                let mine: Vec<&str> = held["shortNames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let errors: Vec<String> = requested["shortNames"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter(|s| !mine.contains(s))
+                    .filter_map(|s| fresh(s, "", &resources).err())
+                    .collect();
+                match errors.as_slice() {
+                    [] => names["shortNames"] = requested["shortNames"].clone(),
+                    [one] => conflict = Some(("ShortNamesConflict".into(), one.clone())),
+                    many => {
+                        conflict = Some((
+                            "ShortNamesConflict".into(),
+                            format!("[{}]", many.join(", ")),
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(c) = requested.get("categories") {
+            names["categories"] = c.clone();
+        }
+        if let Some(m) = names.as_object_mut() {
+            m.retain(|_, v| !v.is_null() && *v != json!(""));
+        }
+        state
+            .accepted
+            .insert(name.to_string(), (group, names.clone()));
+        (names, conflict)
+    }
+}
+
+/// The status a served definition should have, when it differs from what it has: the names
+/// it was given, NamesAccepted (or why not), Established when its names are accepted, and its
+/// storage version recorded.
+fn wanted_status(crd: &Value, names: Value, conflict: Option<(String, String)>) -> Option<Value> {
     let status = crd.get("status").cloned().unwrap_or_else(|| json!({}));
     let condition = |t: &str| {
         status["conditions"]
@@ -730,7 +880,16 @@ fn wanted_status(crd: &Value) -> Option<Value> {
         stored.push(storage);
     }
     let established = |c: Option<Value>| c.is_some_and(|c| c["status"] == "True");
-    if established(condition("Established"))
+    let was_established = established(condition("Established"));
+    if let Some((reason, message)) = &conflict {
+        let accepted = condition("NamesAccepted");
+        if accepted.as_ref().is_some_and(|c| {
+            c["status"] == "False" && c["reason"] == json!(reason) && c["message"] == json!(message)
+        }) && status["acceptedNames"] == names
+        {
+            return None;
+        }
+    } else if was_established
         && established(condition("NamesAccepted"))
         && status["acceptedNames"] == names
         && status["storedVersions"] == json!(stored)
@@ -748,14 +907,36 @@ fn wanted_status(crd: &Value) -> Option<Value> {
     // Other conditions (a client's own) stay where they are, as upstream's SetCRDCondition
     // leaves them.
     let mut conditions: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
-    for c in [
-        keep("NamesAccepted", "NoConflicts", "no conflicts found"),
-        keep(
-            "Established",
-            "InitialNamesAccepted",
-            "the initial names have been accepted",
-        ),
-    ] {
+    let wanted = match &conflict {
+        None => vec![
+            keep("NamesAccepted", "NoConflicts", "no conflicts found"),
+            keep(
+                "Established",
+                "InitialNamesAccepted",
+                "the initial names have been accepted",
+            ),
+        ],
+        Some((reason, message)) => {
+            let since = condition("NamesAccepted")
+                .filter(|c| c["status"] == "False")
+                .and_then(|c| c.get("lastTransitionTime").cloned())
+                .unwrap_or_else(|| json!(now));
+            let mut wanted = vec![json!({"type": "NamesAccepted", "status": "False",
+                "reason": reason, "message": message, "lastTransitionTime": since})];
+            // An established definition stays established; a new one waits for its names.
+            if !was_established {
+                let since = condition("Established")
+                    .filter(|c| c["status"] == "False")
+                    .and_then(|c| c.get("lastTransitionTime").cloned())
+                    .unwrap_or_else(|| json!(now));
+                wanted.push(json!({"type": "Established", "status": "False",
+                    "reason": "NotAccepted", "message": "not all names are accepted",
+                    "lastTransitionTime": since}));
+            }
+            wanted
+        }
+    };
+    for c in wanted {
         match conditions.iter_mut().find(|old| old["type"] == c["type"]) {
             Some(old) => *old = c,
             None => conditions.push(c),
@@ -966,14 +1147,55 @@ mod tests {
         assert_eq!(fields, ["metadata.name", "spec.versions"]);
     }
 
+    fn registry() -> CustomResources {
+        CustomResources {
+            state: RwLock::new(State::default()),
+        }
+    }
+
     #[test]
     fn a_served_definition_is_established_once() {
-        let status = wanted_status(&crd()).unwrap();
+        let r = registry();
+        let (names, conflict) = r.claim_names("crontabs.stable.example.com", &crd());
+        assert!(conflict.is_none());
+        let status = wanted_status(&crd(), names.clone(), None).unwrap();
         assert_eq!(status["conditions"][1]["type"], "Established");
         assert_eq!(status["acceptedNames"]["listKind"], "CronTabList");
+        assert_eq!(status["acceptedNames"]["singular"], "crontab");
         assert_eq!(status["storedVersions"], json!(["v1"]));
         let mut done = crd();
         done["status"] = status;
-        assert!(wanted_status(&done).is_none());
+        let (names, _) = r.claim_names("crontabs.stable.example.com", &done);
+        assert!(wanted_status(&done, names, None).is_none());
+    }
+
+    #[test]
+    fn a_name_another_definition_of_the_group_holds_is_not_accepted() {
+        let r = registry();
+        r.claim_names("crontabs.stable.example.com", &crd());
+        let mut other = crd();
+        other["metadata"]["name"] = json!("jobs.stable.example.com");
+        other["spec"]["names"] =
+            json!({"plural": "jobs", "kind": "CronTab", "shortNames": ["ct", "jb"]});
+        let (names, conflict) = r.claim_names("jobs.stable.example.com", &other);
+        assert_eq!(
+            conflict,
+            Some((
+                "ListKindConflict".into(),
+                "\"CronTabList\" is already in use".into()
+            ))
+        );
+        assert_eq!(names, json!({"plural": "jobs"}));
+        let status = wanted_status(&other, names, conflict).unwrap();
+        assert_eq!(status["conditions"][0]["status"], "False");
+        assert_eq!(status["conditions"][1]["reason"], "NotAccepted");
+        // Another group may use the same names.
+        let mut elsewhere = other.clone();
+        elsewhere["spec"]["group"] = json!("other.example.com");
+        assert!(
+            r.claim_names("jobs.other.example.com", &elsewhere)
+                .1
+                .is_none()
+        );
     }
 }
