@@ -43,7 +43,15 @@ async fn the_ported_conformance_tests_pass_against_kelp() {
     let focus = std::env::var("KELP_CONFORMANCE_FOCUS")
         .ok()
         .map(|f| regex::Regex::new(&f).unwrap());
-    let report = kelp_conformance::run(client, focus.as_ref()).await;
+    // The kubectl-running tests (CustomResourcePublishOpenAPI) use kubectl 1.33 with the
+    // server's admin kubeconfig.
+    let options = kelp_conformance::Options {
+        kubectl: Some(kelp_conformance::Kubectl {
+            binary: support::kubectl_dir().join("kubectl.1.33"),
+            kubeconfig: Some(server.kubeconfig.clone()),
+        }),
+    };
+    let report = kelp_conformance::run_with(client, focus.as_ref(), options).await;
     let junit = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-junit.xml");
     std::fs::write(&junit, report.junit()).unwrap();
     println!("{}", report.summary());

@@ -20,8 +20,11 @@ pub struct OpenApi {
     v2_base: Swagger,
     /// The last v2 document served, for the custom documents' hashes it was built from:
     /// (those hashes, (ETag, JSON)).
-    v2_last: Mutex<Option<(String, Arc<(String, Vec<u8>)>)>>,
+    v2_last: Mutex<Option<(String, Served)>>,
 }
+
+/// A document as served: its hash (the ETag) and JSON bytes.
+type Served = Arc<(String, Vec<u8>)>;
 
 /// The paths and definitions of a Swagger 2.0 document.
 #[derive(Clone, Default)]
@@ -31,11 +34,15 @@ struct Swagger {
 }
 
 impl Swagger {
-    /// Adds a v3 document: schemas become definitions, operations take v2's shape.
-    fn add(&mut self, v3: &Value) {
+    /// Adds a v3 document: schemas become definitions, operations take v2's shape. A custom
+    /// resources' document also loses what v2 clients cannot read in a structural schema.
+    fn add(&mut self, v3: &Value, custom: bool) {
         if let Some(schemas) = v3.pointer("/components/schemas").and_then(Value::as_object) {
             for (name, schema) in schemas {
                 let mut schema = schema.clone();
+                if custom {
+                    structural_v2(&mut schema);
+                }
                 v2_schema(&mut schema);
                 self.definitions.insert(name.clone(), schema);
             }
@@ -63,6 +70,48 @@ impl Swagger {
             "securityDefinitions": {"BearerToken": {"description": "Bearer Token authentication", "type": "apiKey", "name": "authorization", "in": "header"}},
             "security": [{"BearerToken": []}],
         })
+    }
+}
+
+/// A custom resource's structural schema as upstream publishes it in v2
+/// (apiextensions' ToStructuralOpenAPIV2): no `nullable` (a nullable value loses its type,
+/// properties and items), nothing under a value that keeps unknown fields, no items beside
+/// properties; the extension itself is not published.
+fn structural_v2(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let flag =
+                |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_bool) == Some(true);
+            if flag(m, "nullable") {
+                for k in ["type", "items", "properties"] {
+                    m.remove(k);
+                }
+            }
+            m.remove("nullable");
+            if flag(m, "x-kubernetes-preserve-unknown-fields") {
+                // What a client must not check: the kind's own fields stay (apiVersion, kind
+                // and metadata are added to a custom resource's root after this).
+                for k in ["items", "properties", "additionalProperties"] {
+                    m.remove(k);
+                }
+                m.remove("x-kubernetes-preserve-unknown-fields");
+            }
+            if m.contains_key("properties") {
+                m.remove("items");
+            }
+            for k in ["properties", "patternProperties"] {
+                if let Some(Value::Object(props)) = m.get_mut(k) {
+                    props.values_mut().for_each(structural_v2);
+                }
+            }
+            for k in ["items", "additionalProperties"] {
+                if let Some(child) = m.get_mut(k) {
+                    structural_v2(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(structural_v2),
+        _ => {}
     }
 }
 
@@ -173,7 +222,7 @@ impl OpenApi {
         let mut v2_base = Swagger::default();
         for (group, version) in registry::group_versions(&registry::served(None)) {
             let doc = document(group, version);
-            v2_base.add(&doc);
+            v2_base.add(&doc, false);
             docs.insert(gv_path(group, version), hashed(&doc));
         }
         OpenApi {
@@ -185,7 +234,7 @@ impl OpenApi {
 
     /// The v2 document with the custom resources' v3 documents given (their hashes and JSON
     /// bytes): its ETag and JSON. Rebuilt only when those change.
-    pub fn v2(&self, custom: &[(String, Vec<u8>)]) -> Arc<(String, Vec<u8>)> {
+    pub fn v2(&self, custom: &[(String, Vec<u8>)]) -> Served {
         let key: String = custom
             .iter()
             .map(|(h, _)| h.as_str())
@@ -200,7 +249,7 @@ impl OpenApi {
         let mut swagger = self.v2_base.clone();
         for (_, bytes) in custom {
             if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
-                swagger.add(&doc);
+                swagger.add(&doc, true);
             }
         }
         let doc = Arc::new(hashed(&swagger.document()));
@@ -481,7 +530,9 @@ mod tests {
         // The same custom documents give the same document; others a new one.
         assert!(Arc::ptr_eq(&base, &api.v2(&[])));
         let custom = serde_json::to_vec(&json!({"paths": {}, "components": {"schemas": {
-            "com.example.stable.v1.CronTab": {"type": "object", "nullable": true}}}}))
+            "com.example.stable.v1.CronTab": {"type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"a": {"type": "string", "nullable": true}}}}}}))
         .unwrap();
         let with = api.v2(&[("h1".into(), custom)]);
         assert_ne!(with.0, base.0);

@@ -1,6 +1,9 @@
 //! What every test stands on (upstream's test/e2e/framework): a fresh namespace per test,
 //! unique names, polling, raw requests, and checks of API errors.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -21,12 +24,52 @@ pub struct Ctx {
     pub client: kube::Client,
     /// The test's own namespace, made for it and deleted after it.
     pub namespace: String,
+    /// The kubectl of the run, for the tests that run one (upstream's framework.RunKubectl).
+    kubectl: Option<Arc<KubectlEnv>>,
+}
+
+/// A kubectl to run against the cluster under test.
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    /// The kubectl binary.
+    pub binary: PathBuf,
+    /// Passed as `--kubeconfig`; without it kubectl finds its own (`$KUBECONFIG` included).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Kubectl {
+    /// `$KELP_CONFORMANCE_KUBECTL`, the cluster's kubeconfig left to kubectl (`$KUBECONFIG`);
+    /// None when the variable is unset or empty.
+    pub fn from_env() -> Option<Kubectl> {
+        let binary = std::env::var_os("KELP_CONFORMANCE_KUBECTL").filter(|b| !b.is_empty())?;
+        Some(Kubectl {
+            binary: PathBuf::from(binary),
+            kubeconfig: None,
+        })
+    }
+}
+
+/// A run's kubectl with a discovery cache of the run's own (kubectl's `KUBECACHEDIR`), so
+/// nothing from another cluster, or another run, is read from `~/.kube/cache`.
+pub(crate) struct KubectlEnv {
+    kubectl: Kubectl,
+    cache: Option<tempfile::TempDir>,
+}
+
+impl KubectlEnv {
+    pub(crate) fn new(kubectl: Kubectl) -> KubectlEnv {
+        KubectlEnv {
+            kubectl,
+            cache: tempfile::tempdir().ok(),
+        }
+    }
 }
 
 /// What a raw request got back.
 pub struct Raw {
     pub status: u16,
     pub content_type: String,
+    pub headers: http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -73,6 +116,72 @@ impl Ctx {
     /// A GET of a raw path with this Accept header.
     pub async fn get_raw(&self, path: &str, accept: &str) -> anyhow::Result<Raw> {
         self.request("GET", path, accept, "", Vec::new()).await
+    }
+
+    /// A GET of a raw path with these headers (and no others of the test's own).
+    pub async fn get_with_headers(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Raw> {
+        let mut req = http::Request::builder().method("GET").uri(path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req, Vec::new()).await
+    }
+
+    /// Runs the run's kubectl (with its `--kubeconfig`, when given, before `args`), `stdin`
+    /// written to it: whether it exited successfully, its stdout and its stderr. An error when
+    /// the run has no kubectl: a test that needs one fails, it is never skipped.
+    pub async fn kubectl(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<(bool, String, String)> {
+        use tokio::io::AsyncWriteExt;
+        let Some(env) = &self.kubectl else {
+            bail!(
+                "this test runs kubectl, and this run has none: set KELP_CONFORMANCE_KUBECTL to a \
+                 kubectl binary (the cluster's kubeconfig is taken from KUBECONFIG), or pass \
+                 Options::kubectl to kelp_conformance::run_with"
+            );
+        };
+        let mut cmd = tokio::process::Command::new(&env.kubectl.binary);
+        if let Some(kubeconfig) = &env.kubectl.kubeconfig {
+            let mut flag = OsString::from("--kubeconfig=");
+            flag.push(kubeconfig);
+            cmd.arg(flag);
+        }
+        cmd.args(args);
+        if let Some(cache) = &env.cache {
+            cmd.env("KUBECACHEDIR", cache.path());
+        }
+        cmd.stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {}", env.kubectl.binary.display()))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // kubectl may exit before reading it all: its exit status tells.
+            let _ = pipe.write_all(input.as_bytes()).await;
+            drop(pipe);
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .with_context(|| format!("waiting for {}", env.kubectl.binary.display()))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// A bodiless request as another user (impersonated: the test's client may impersonate).
@@ -122,10 +231,12 @@ impl Ctx {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes().to_vec();
         Ok(Raw {
             status,
             content_type,
+            headers,
             body,
         })
     }
@@ -195,7 +306,11 @@ fn namespace_for(test: &Test) -> String {
 }
 
 /// Runs a test in a namespace of its own, and deletes the namespace after it.
-pub(crate) async fn run_one(client: &kube::Client, test: &Test) -> anyhow::Result<()> {
+pub(crate) async fn run_one(
+    client: &kube::Client,
+    test: &Test,
+    kubectl: Option<Arc<KubectlEnv>>,
+) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let name = namespace_for(test);
     let ns: Namespace = serde_json::from_value(json!({
@@ -208,6 +323,7 @@ pub(crate) async fn run_one(client: &kube::Client, test: &Test) -> anyhow::Resul
     let ctx = Ctx {
         client: client.clone(),
         namespace: name.clone(),
+        kubectl,
     };
     let result = (test.run)(ctx).await;
     let _ = namespaces.delete(&name, &DeleteParams::default()).await;

@@ -8,11 +8,12 @@
 pub mod framework;
 mod tests;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-pub use framework::Ctx;
+pub use framework::{Ctx, Kubectl};
 
 /// One ported test.
 pub struct Test {
@@ -42,8 +43,38 @@ pub struct Report {
 /// How long one test may take, setup and teardown included.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Runs the tests whose names match `focus` (all when None), one after another.
+/// What a run may be given besides its client.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The kubectl the kubectl-running tests use; without it they fail.
+    pub kubectl: Option<Kubectl>,
+}
+
+impl Options {
+    /// From the environment: the kubectl of `$KELP_CONFORMANCE_KUBECTL` (see
+    /// [`Kubectl::from_env`]).
+    pub fn from_env() -> Options {
+        Options {
+            kubectl: Kubectl::from_env(),
+        }
+    }
+}
+
+/// Runs the tests whose names match `focus` (all when None), one after another, with the
+/// options of the environment ([`Options::from_env`]).
 pub async fn run(client: kube::Client, focus: Option<&regex::Regex>) -> Report {
+    run_with(client, focus, Options::from_env()).await
+}
+
+/// [`run`] with these options.
+pub async fn run_with(
+    client: kube::Client,
+    focus: Option<&regex::Regex>,
+    options: Options,
+) -> Report {
+    let kubectl = options
+        .kubectl
+        .map(|k| Arc::new(framework::KubectlEnv::new(k)));
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for test in all()
@@ -51,7 +82,11 @@ pub async fn run(client: kube::Client, focus: Option<&regex::Regex>) -> Report {
         .filter(|t| focus.is_none_or(|f| f.is_match(t.name)))
     {
         let t0 = Instant::now();
-        let result = tokio::time::timeout(TEST_TIMEOUT, framework::run_one(&client, &test)).await;
+        let result = tokio::time::timeout(
+            TEST_TIMEOUT,
+            framework::run_one(&client, &test, kubectl.clone()),
+        )
+        .await;
         let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("{e:#}")),

@@ -22,6 +22,10 @@ struct Args {
     /// Run only the tests whose codename matches this regular expression.
     #[arg(long)]
     focus: Option<String>,
+    /// The kubectl binary the kubectl-running tests use (with the cluster's kubeconfig);
+    /// without it those tests fail.
+    #[arg(long, env = "KELP_CONFORMANCE_KUBECTL")]
+    kubectl: Option<PathBuf>,
     /// Where the JUnit XML report goes.
     #[arg(long, default_value = "conformance-junit.xml")]
     junit: PathBuf,
@@ -103,7 +107,13 @@ async fn main() -> anyhow::Result<()> {
     config.default_retry = false;
     let client = kube::Client::try_from(config)?;
     let focus = args.focus.as_deref().map(regex::Regex::new).transpose()?;
-    let report = kelp_conformance::run(client, focus.as_ref()).await;
+    let options = kelp_conformance::Options {
+        kubectl: args.kubectl.map(|binary| kelp_conformance::Kubectl {
+            binary,
+            kubeconfig: Some(kubeconfig.clone()),
+        }),
+    };
+    let report = kelp_conformance::run_with(client, focus.as_ref(), options).await;
     print!("{}", report.summary());
     std::fs::write(&args.junit, report.junit())
         .with_context(|| format!("writing {}", args.junit.display()))?;

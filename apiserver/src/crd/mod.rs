@@ -1041,7 +1041,7 @@ async fn clean_up(backend: &Backend, crd: &Value, registry: &CustomResources) {
         .cloned()
         .collect();
     let patch = json!({"metadata": {"finalizers": remaining}}).to_string();
-    if let Err(e) = write_definition(&backend, &name, None, patch).await
+    if let Err(e) = write_definition(backend, &name, None, patch).await
         && e.reason != "NotFound"
     {
         tracing::warn!(crd = %name, error = %e.message, "cannot finish deleting");

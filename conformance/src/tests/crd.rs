@@ -101,7 +101,7 @@ async fn in_discovery(ctx: &Ctx, group: &str, version: &str, plural: &str) -> an
         .any(|r| r["name"] == plural))
 }
 
-async fn wait_discovery(ctx: &Ctx, crd: &Value, present: bool) -> anyhow::Result<()> {
+pub(super) async fn wait_discovery(ctx: &Ctx, crd: &Value, present: bool) -> anyhow::Result<()> {
     let (group, plural) = (crd["spec"]["group"].as_str().unwrap_or(""), plural(crd));
     for v in served_versions(crd) {
         eventually(
@@ -176,7 +176,7 @@ async fn create_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<CustomResourceDefi
     Ok(created)
 }
 
-async fn delete_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<()> {
+pub(super) async fn delete_crd(ctx: &Ctx, crd: &Value) -> anyhow::Result<()> {
     let name = crd["metadata"]["name"].as_str().unwrap_or("");
     crds(ctx).delete(name, &DeleteParams::default()).await?;
     wait_discovery(ctx, crd, false).await
@@ -959,14 +959,12 @@ fn has_response_kind(kind: &Value) -> bool {
             .any(|f| !kind[*f].as_str().unwrap_or("").is_empty())
 }
 
+/// Each group/version's resources (subresources as `name/sub`).
+type GroupResources = BTreeMap<GroupVersion, Vec<String>>;
+
 /// client-go's SplitGroupsAndResources: an APIGroupDiscoveryList as groups and resources.
 /// Stale versions are left out; resources and subresources without a response kind too.
-fn split_groups_and_resources(
-    list: &Value,
-) -> (
-    Vec<(String, Vec<String>)>,
-    BTreeMap<GroupVersion, Vec<String>>,
-) {
+fn split_groups_and_resources(list: &Value) -> (Vec<(String, Vec<String>)>, GroupResources) {
     let mut groups = Vec::new();
     let mut resources = BTreeMap::new();
     for item in list["items"].as_array().into_iter().flatten() {

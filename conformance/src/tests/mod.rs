@@ -5,6 +5,7 @@ mod apimachinery;
 mod apps;
 mod auth;
 mod crd;
+mod crd_openapi;
 mod flowcontrol;
 mod node;
 mod serviceaccounts;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Test> {
     all.extend(apimachinery::namespace_tests());
     all.extend(crd::tests());
     all.extend(crd::discovery_tests());
+    all.extend(crd_openapi::tests());
     all.extend(flowcontrol::tests());
     all.extend(node::tests());
     all.extend(auth::tests());
