@@ -95,25 +95,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .prefix("kelp-bench-api-")
         .tempdir()?;
     let started = Instant::now();
-    let mut child = Command::new(&kelp)
-        .args(["server", "--https-listen-port", "0", "--data-dir"])
-        .arg(dir.path().join("server"))
-        // The API server alone, as upstream's kube-apiserver is measured: the in-process
-        // scheduler would otherwise be scheduling (and writing events for) the 10k pods of
-        // the list workload, which have no nodes, while the lists and watches are timed.
-        .args(["--disable-controller-manager", "--disable-scheduler"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start kelp server")?;
+    let mut child = crate::control::Reaped(
+        Command::new(&kelp)
+            .args(["server", "--https-listen-port", "0", "--data-dir"])
+            .arg(dir.path().join("server"))
+            // The API server alone, as upstream's kube-apiserver is measured: the in-process
+            // scheduler would otherwise be scheduling (and writing events for) the 10k pods of
+            // the list workload, which have no nodes, while the lists and watches are timed.
+            .args(["--disable-controller-manager", "--disable-scheduler"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start kelp server")?,
+    );
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        child.stdout.take().context("stdout")?,
+        child.0.stdout.take().context("stdout")?,
     ));
     let ready_line = lines.next().context("kelp server printed nothing")??;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     eprintln!("[api] {ready_line} after {ready_ms:.0} ms");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = rss_mib(child.id());
+    let rss_idle = rss_mib(child.0.id());
 
     let kubeconfig = Kubeconfig::read_from(dir.path().join("server/admin.kubeconfig"))?;
     let config =
@@ -182,28 +184,46 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for t in futures::future::join_all(fill).await {
         t??;
     }
-    let mut list_all = Samples::default();
-    let mut page = Samples::default();
+    // The list as the server answers it (the whole body received), and as a kube-rs client
+    // sees it, the body decoded into typed pods as well.
+    let (mut list_all, mut page) = (Samples::default(), Samples::default());
+    let (mut list_typed, mut page_typed) = (Samples::default(), Samples::default());
+    let raw_list = |path: &str| {
+        let client = client.clone();
+        let req = http::Request::get(path)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new());
+        async move { anyhow::Ok(client.request_text(req?).await?) }
+    };
     for _ in 0..5 {
         let t = Instant::now();
-        let l = pods.list(&ListParams::default()).await?;
+        let body = raw_list("/api/v1/namespaces/default/pods").await?;
         list_all.record(t.elapsed());
+        let t = Instant::now();
+        let page_body = raw_list("/api/v1/namespaces/default/pods?limit=500").await?;
+        page.record(t.elapsed());
+        if body.len() * 10 < page_body.len() * (args.pods / 500) * 9 {
+            bail!("a list of {} bytes for {} pods", body.len(), args.pods);
+        }
+        let t = Instant::now();
+        let l = pods.list(&ListParams::default()).await?;
+        list_typed.record(t.elapsed());
         if l.items.len() != args.pods {
             bail!("listed {} pods, expected {}", l.items.len(), args.pods);
         }
         let t = Instant::now();
         pods.list(&ListParams::default().limit(500)).await?;
-        page.record(t.elapsed());
+        page_typed.record(t.elapsed());
     }
     let (list_ms, page_ms) = (list_all.quantile_ms(0.5), page.quantile_ms(0.5));
-    let rss_loaded = rss_mib(child.id());
+    let (list_typed_ms, page_typed_ms) = (list_typed.quantile_ms(0.5), page_typed.quantile_ms(0.5));
+    let rss_loaded = rss_mib(child.0.id());
     eprintln!(
-        "[api] list {} pods {list_ms:.1} ms, page of 500 {page_ms:.1} ms, RSS {rss_loaded:.0} MiB",
+        "[api] list {} pods {list_ms:.1} ms ({list_typed_ms:.1} ms decoded by kube-rs), page of 500 {page_ms:.1} ms ({page_typed_ms:.1} ms decoded), RSS {rss_loaded:.0} MiB",
         args.pods
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     // Idle watches, each from the current revision (no initial events), on a fresh API server
     // each time (an allocator reuses what earlier workloads freed, which would hide growth):
@@ -211,8 +231,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // streams each); then as kube-rs holds them, HTTP/1.1, a TLS connection per watch.
     let idle_watches_mib = idle_watches(&kelp, args.watches, Transport::Http2).await?;
     let idle_watches_http1_mib = idle_watches(&kelp, args.watches, Transport::Http1).await?;
-    let _ = child.kill();
-    let _ = child.wait();
 
     // The whole control plane idle (API server, scheduler and controller-manager in one
     // process, as `kelp server` runs by default), once its loops have synced.
@@ -266,6 +284,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("get_per_s                   {gets:.0}");
     println!("list_{}_ms               {list_ms:.1}", args.pods);
     println!("page_500_ms                 {page_ms:.1}");
+    println!("list_typed_ms               {list_typed_ms:.1}");
+    println!("page_500_typed_ms           {page_typed_ms:.1}");
     println!("rss_after_{}_pods_mib    {rss_loaded:.1}", args.pods);
     println!(
         "idle_watches_{}_mib     {idle_watches_mib:.1}",
@@ -283,6 +303,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "api_creates_per_s": creates.round(), "storage_creates_per_s": storage_creates.round(),
             "create_p99_ms": create_lat.quantile_ms(0.99), "get_per_s": gets.round(), "get_p99_ms": get_lat.quantile_ms(0.99),
             "list_10k_ms": list_ms, "page_500_ms": page_ms,
+            "list_10k_typed_ms": list_typed_ms, "page_500_typed_ms": page_typed_ms,
             "idle_watches_10k_mib": (idle_watches_mib * 10.0).round() / 10.0,
             "idle_watches_10k_http1_mib": (idle_watches_http1_mib * 10.0).round() / 10.0,
             "rss_idle_mib": (rss_idle * 10.0).round() / 10.0,

@@ -82,6 +82,16 @@ pub(crate) fn kelp_binary(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(kelp)
 }
 
+/// A child process killed on drop, so that a bench failing midway leaves no server behind.
+pub(crate) struct Reaped(pub(crate) Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `kelp server` child, killed on drop.
 pub(crate) struct Server {
     pub(crate) child: Child,
