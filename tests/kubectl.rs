@@ -1389,6 +1389,7 @@ spec:
     subresources:
       status: {}
       scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    selectableFields: [{jsonPath: .spec.image}, {jsonPath: .spec.replicas}]
     additionalPrinterColumns:
     - {name: Spec, type: string, jsonPath: .spec.cronSpec}
     - {name: Replicas, type: integer, jsonPath: .spec.replicas}
@@ -1508,6 +1509,45 @@ spec:
             "jsonpath={.spec.image} {.spec.replicas}"
         ]),
         "cron:2 3"
+    );
+    // The version's selectable fields select (an integer by its text); others are refused.
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            ns,
+            "ct",
+            "--field-selector",
+            "spec.image=cron:2,spec.replicas=3",
+            "-o",
+            "name"
+        ]),
+        "crontab.stable.example.com/nightly\n"
+    );
+    assert_eq!(
+        ok(&[
+            "get",
+            "-n",
+            ns,
+            "ct",
+            "--field-selector",
+            "spec.replicas=4",
+            "-o",
+            "name"
+        ]),
+        ""
+    );
+    let unselectable = server.kubectl(
+        v,
+        &["get", "-n", ns, "ct", "--field-selector", "spec.cronSpec=x"],
+    );
+    assert!(
+        !unselectable.ok
+            && unselectable
+                .stderr
+                .contains("field label not supported: spec.cronSpec"),
+        "{}",
+        unselectable.stderr
     );
     let explained = ok(&["explain", "crontabs.spec.replicas"]);
     assert!(

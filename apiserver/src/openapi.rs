@@ -448,6 +448,11 @@ pub fn custom_documents(resources: &[&Resource]) -> BTreeMap<String, (String, Ve
                     props.insert("metadata".into(), json!({"allOf": [meta.clone()], "description": "Standard object's metadata."}));
                 }
                 schema["x-kubernetes-group-version-kind"] = json!([gvk(r)]);
+                if !r.fields.is_empty() {
+                    let fields: Vec<Value> =
+                        r.fields.iter().map(|f| json!({"fieldPath": f})).collect();
+                    schema["x-kubernetes-selectable-fields"] = json!(fields);
+                }
                 schemas.insert(name.clone(), schema);
                 add_paths(&mut paths, r, &format!("#/components/schemas/{name}"));
             }

@@ -266,12 +266,18 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(_, ptrs, equal, value)| {
+            // Integers and booleans compare as their text (custom resources' selectable
+            // fields may be either).
             let actual = ptrs
                 .iter()
-                .filter_map(|p| obj.pointer(p).and_then(Value::as_str))
+                .filter_map(|p| match obj.pointer(p)? {
+                    Value::String(s) => Some(s.clone()),
+                    v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+                    _ => None,
+                })
                 .find(|v| !v.is_empty())
-                .unwrap_or("");
-            (actual == value) == *equal
+                .unwrap_or_default();
+            (actual == *value) == *equal
         })
     }
 }

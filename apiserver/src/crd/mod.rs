@@ -218,7 +218,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 short_names,
                 categories,
                 columns: &[],
-                fields: &[],
+                fields: selectable_fields(v),
                 typed: crate::typed::typed::<Value>(),
                 status: if v.pointer("/subresources/status").is_some() {
                     Status::Subresource
@@ -242,6 +242,18 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
             resource
         })
         .collect()
+}
+
+/// A version's `selectableFields` (`.spec.color`) as field selector names (`spec.color`).
+fn selectable_fields(version: &Value) -> &'static [&'static str] {
+    let names: Vec<Value> = version["selectableFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["jsonPath"].as_str())
+        .map(|p| json!(p.trim_start_matches('.')))
+        .collect();
+    leak_list(&Value::Array(names))
 }
 
 /// A custom resource's fields that neither ObjectMeta nor the schema declares, dropped from it:
