@@ -170,7 +170,13 @@ fn check(
             Some(q) if *q > max => errors.push(format!(
                 "maximum {r} usage per {kind} is {max}, but limit is {q}"
             )),
-            Some(_) => {}
+            // Upstream's maxConstraint checks the request too.
+            Some(_) => match requests.get(&r) {
+                Some(q) if *q > max => errors.push(format!(
+                    "maximum {r} usage per {kind} is {max}, but request is {q}"
+                )),
+                _ => {}
+            },
             None => errors.push(format!(
                 "maximum {r} usage per {kind} is {max}.  No limit is specified"
             )),

@@ -143,3 +143,129 @@ mod tests {
         assert_eq!(pod["spec"]["preemptionPolicy"], "Never");
     }
 }
+
+/// Upstream's pod QoS class (`qos.GetPodQOS`), from the cpu and memory of every container
+/// and init container: BestEffort with no requests or limits, Guaranteed when each container
+/// limits both and every request equals its limit, Burstable otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    use crate::quantity::Quantity;
+    use std::collections::BTreeMap;
+    const COMPUTE: [&str; 2] = ["cpu", "memory"];
+    let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut guaranteed = true;
+    let containers = ["/spec/containers", "/spec/initContainers"]
+        .into_iter()
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        });
+    for c in containers {
+        let sum = |kind: &str, into: &mut BTreeMap<&str, Quantity>| {
+            let mut found = Vec::new();
+            for name in COMPUTE {
+                let q = c
+                    .pointer(&format!("/resources/{kind}/{name}"))
+                    .and_then(Value::as_str)
+                    .and_then(Quantity::parse)
+                    .filter(|q| *q != Quantity::zero());
+                if let Some(q) = q {
+                    let total = into.entry(name).or_insert_with(Quantity::zero);
+                    *total = *total + q;
+                    found.push(name);
+                }
+            }
+            found
+        };
+        sum("requests", &mut requests);
+        if sum("limits", &mut limits).len() < COMPUTE.len() {
+            guaranteed = false;
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return "BestEffort";
+    }
+    if guaranteed
+        && requests.len() == limits.len()
+        && requests.iter().all(|(k, q)| limits.get(k) == Some(q))
+    {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Upstream's Pod defaulting of resources: a container that limits a resource and does not
+/// request it requests its limit (for pods only, not templates).
+pub fn requests_from_limits(pod: &mut Value) {
+    for p in ["/spec/containers", "/spec/initContainers"] {
+        for c in pod
+            .pointer_mut(p)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c
+                .pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .cloned()
+            else {
+                continue;
+            };
+            let resources = &mut c["resources"];
+            if !resources.get("requests").is_some_and(Value::is_object) {
+                resources["requests"] = json!({});
+            }
+            if let Some(requests) = resources["requests"].as_object_mut() {
+                for (k, v) in limits {
+                    requests.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod qos_tests {
+    use super::*;
+
+    fn pod(resources: Value) -> Value {
+        json!({"spec": {"containers": [{"name": "c", "resources": resources}]}})
+    }
+
+    #[test]
+    fn qos_classes_follow_upstream() {
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        let both = json!({"cpu": "100m", "memory": "100Mi"});
+        assert_eq!(
+            qos_class(&pod(json!({"requests": both, "limits": both}))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(
+                json!({"requests": {"cpu": "0.1", "memory": "100Mi"}, "limits": both})
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"cpu": "100m"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"cpu": "1"}}))),
+            "Burstable"
+        );
+    }
+
+    #[test]
+    fn limits_default_requests() {
+        let mut p = pod(json!({"requests": {"memory": "150Mi"}, "limits": {"cpu": "300m"}}));
+        requests_from_limits(&mut p);
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["requests"],
+            json!({"memory": "150Mi", "cpu": "300m"})
+        );
+    }
+}

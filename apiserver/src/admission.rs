@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kelp_admission::{limitranger, pods, podsecurity, quota, serviceaccount};
 use kelp_storage::{KeyRange, RangeRequest, Txn, TxnOutcome};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::handlers::Ctx;
@@ -55,13 +55,16 @@ pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<Str
     }
     let name = crate::object::name(obj).to_string();
     if is_pod(a.r) && a.old.is_none() && a.subresource.is_empty() {
-        limitranger::default_pod(obj, &limit_ranges(ctx, a.ns));
+        limitranger::default_pod(obj, &limit_ranges(ctx, a.ns).await?);
         if let Some(account) = serviceaccount::account_name(obj).map(str::to_string) {
             let found = service_account(ctx, a.ns.unwrap_or(""), &account, &name).await?;
             let suffix = crate::handlers::random_suffix();
             serviceaccount::admit(obj, &found, &suffix);
         }
         priority(ctx, obj)
+            .await
+            .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
+        runtime_class(ctx, obj)
             .await
             .map_err(|why| ApiError::forbidden("", "pods", &name, &why))?;
         pods::default_toleration_seconds(obj);
@@ -97,16 +100,98 @@ fn review<'a>(
     }
 }
 
-/// The LimitRanges of a namespace, as the cache holds them.
-fn limit_ranges(ctx: &Ctx, ns: Option<&str>) -> Vec<Value> {
-    let (Some(ns), Some(cache)) = (ns, ctx.cache.as_ref()) else {
-        return Vec::new();
+/// The RuntimeClass plugin: a pod's runtimeClassName must name a RuntimeClass, whose pod
+/// overhead the pod takes (or must already match) and whose scheduling adds to the pod's node
+/// selector and tolerations.
+async fn runtime_class(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
+    let Some(name) = pod
+        .pointer("/spec/runtimeClassName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+    else {
+        return Ok(());
     };
-    cache
-        .objects(&format!("/registry/limitranges/{ns}/"))
+    let classes = registry::lookup("node.k8s.io", "v1", "runtimeclasses")
+        .ok_or_else(|| "RuntimeClasses are not served".to_string())?;
+    let class = lookup(ctx, classes.key(None, &name))
+        .await
+        .ok_or_else(|| format!("pod rejected: RuntimeClass {name:?} not found"))?;
+    let spec = &mut pod["spec"];
+    if let Some(overhead) = class.pointer("/overhead/podFixed") {
+        match spec.get("overhead") {
+            None | Some(Value::Null) => spec["overhead"] = overhead.clone(),
+            Some(own) if own == overhead => {}
+            Some(_) => {
+                return Err(
+                    "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead"
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(Value::Object(selector)) = class.pointer("/scheduling/nodeSelector") {
+        if !spec.get("nodeSelector").is_some_and(Value::is_object) {
+            spec["nodeSelector"] = json!({});
+        }
+        for (k, v) in selector {
+            match spec["nodeSelector"].get(k) {
+                Some(own) if own != v => {
+                    return Err(format!(
+                        "conflict: runtimeClass.scheduling.nodeSelector[{k}] = {}; pod.spec.nodeSelector[{k}] = {}",
+                        v.as_str().unwrap_or(""),
+                        own.as_str().unwrap_or("")
+                    ));
+                }
+                _ => {
+                    spec["nodeSelector"][k] = v.clone();
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(tolerations)) = class.pointer("/scheduling/tolerations") {
+        if !spec.get("tolerations").is_some_and(Value::is_array) {
+            spec["tolerations"] = json!([]);
+        }
+        if let Some(own) = spec["tolerations"].as_array_mut() {
+            for t in tolerations {
+                if !own.contains(t) {
+                    own.push(t.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The LimitRanges of a namespace, as the cache holds them.
+async fn limit_ranges(ctx: &Ctx, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    let Some(ns) = ns else {
+        return Ok(Vec::new());
+    };
+    Ok(current(ctx, &format!("/registry/limitranges/{ns}/"))
+        .await?
         .iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect()
+        .collect())
+}
+
+/// The objects under a prefix as storage now holds them: from the watch cache once it has
+/// caught up with storage's head (an object written a moment ago is not missed), else from
+/// storage.
+async fn current(ctx: &Ctx, prefix: &str) -> Result<Vec<kelp_storage::KeyValue>, ApiError> {
+    let end = kelp_storage::prefix_end(prefix.as_bytes());
+    if let Some(cache) = ctx.cache.as_ref() {
+        let head = ctx.backend.head().await?;
+        if let Some(snapshot) = cache.snapshot(prefix.as_bytes(), &end, head).await {
+            return Ok(snapshot.kvs.iter().map(|kv| kv.as_ref().clone()).collect());
+        }
+    }
+    Ok(ctx
+        .backend
+        .range(RangeRequest::new(KeyRange::prefix(prefix.to_string())))
+        .await?
+        .kvs)
 }
 
 /// A new pod's service account, as the ServiceAccount plugin finds it: from the cache, else
@@ -211,7 +296,7 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
         ));
     }
     if a.old.is_none() && a.subresource.is_empty() && a.r.group.is_empty() {
-        let errors = limitranger::violations(a.r.plural, obj, &limit_ranges(ctx, a.ns));
+        let errors = limitranger::violations(a.r.plural, obj, &limit_ranges(ctx, a.ns).await?);
         match errors.len() {
             0 => {}
             1 => return Err(ApiError::forbidden("", a.r.plural, &name, &errors[0])),
@@ -354,19 +439,7 @@ async fn resource_quota(ctx: &Ctx, a: &Admit<'_>, obj: &Value, name: &str) -> Re
     let prefix = quotas.key_prefix(Some(ns));
     // The cache's copies are where the compare-and-swap starts (a stale one fails and hands
     // back the current one), so a namespace without quotas costs no storage read.
-    let listed: Vec<kelp_storage::KeyValue> = match ctx.cache.as_ref() {
-        Some(cache) => cache
-            .objects(&prefix)
-            .iter()
-            .map(|kv| kv.as_ref().clone())
-            .collect(),
-        None => {
-            ctx.backend
-                .range(RangeRequest::new(KeyRange::prefix(prefix)))
-                .await?
-                .kvs
-        }
-    };
+    let listed = current(ctx, &prefix).await?;
     if listed.is_empty() {
         return Ok(());
     }

@@ -1091,6 +1091,7 @@ async fn create(
     };
     let mut warnings = warnings;
     warnings.extend(crate::admission::mutate(ctx, &admit, &mut obj).await?);
+    (r.prepare_create)(&mut obj);
     if r.generation {
         object::metadata_mut(&mut obj).insert("generation".into(), json!(1));
     }

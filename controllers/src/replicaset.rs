@@ -236,7 +236,7 @@ pub(crate) async fn sync(
             for r in results {
                 match r {
                     Ok(p) => made.push(p.name_any()),
-                    Err(e) => failure = Some(e.to_string()),
+                    Err(e) => failure = Some(api_message(&e)),
                 }
             }
             expectations.expect(&key, made, vec![]);
@@ -257,7 +257,7 @@ pub(crate) async fn sync(
                 if let Err(e) = r
                     && !is_status(&e, 404)
                 {
-                    failure = Some(e.to_string());
+                    failure = Some(api_message(&e));
                 }
             }
             expectations.expect(&key, vec![], names);
@@ -435,4 +435,13 @@ async fn update_status(
         owner.write_status(client, status).await?;
     }
     Ok(next)
+}
+
+/// What a refused write says, as upstream's controllers record it: the API's own message
+/// (`pods "x" is forbidden: exceeded quota: ...`), else the client's error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
 }

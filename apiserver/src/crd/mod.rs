@@ -233,6 +233,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 on_update: registry::any_update,
                 prepare_update: registry::prepare_nothing,
                 defaults: registry::no_defaults,
+                prepare_create: registry::no_defaults,
                 validate: registry::no_rules,
                 delete_finalizers: &[],
                 custom: Some(custom),

@@ -159,6 +159,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     on_update: super::any_update,
     prepare_update: super::prepare_nothing,
     defaults: |o| super::defaults::set(&mut o["spec"], "minReplicas", json!(1)),
+    prepare_create: super::no_defaults,
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,

@@ -154,9 +154,17 @@ pub static RESOURCES: &[Resource] = &[
         generation: true,
         defaults: |o| {
             defaults::pod(o);
+            kelp_admission::pods::requests_from_limits(o);
             defaults::set(o, "status", json!({}));
             defaults::set(&mut o["status"], "phase", json!("Pending"));
         },
+        prepare_create: |o| {
+            let class = kelp_admission::pods::qos_class(o);
+            if let Some(status) = o.get_mut("status").and_then(Value::as_object_mut) {
+                status.insert("qosClass".into(), json!(class));
+            }
+        },
+        validate: pod_rules,
         ..BASE
     },
     Resource {
@@ -543,4 +551,48 @@ fn quota(o: &Value, limits: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The pod validation rules upstream has and Kelp checks: sysctl names (validateSysctls).
+fn pod_rules(o: &Value) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in o
+        .pointer("/spec/securityContext/sysctls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("spec.securityContext.sysctls[{i}].name");
+        let name = s.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() {
+            causes.push((at, "Required value".to_string()));
+        } else if !valid_sysctl_name(name) {
+            causes.push((
+                at,
+                format!(
+                    "Invalid value: {name:?}: must have at most 253 characters and match regex ^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$"
+                ),
+            ));
+        } else if !seen.insert(name.to_string()) {
+            causes.push((at, format!("Duplicate value: {name:?}")));
+        }
+    }
+    causes
+}
+
+/// A sysctl name: segments of lower-case letters, digits, `-` and `_` (starting and ending
+/// alphanumeric) joined by `.` or `/`, at most 253 characters.
+fn valid_sysctl_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split(['.', '/']).all(|seg| {
+            let b = seg.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_'
+                })
+        })
 }

@@ -93,6 +93,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     on_update: super::any_update,
     prepare_update: super::prepare_nothing,
     defaults: super::no_defaults,
+    prepare_create: super::no_defaults,
     validate: super::no_rules,
     delete_finalizers: &[],
     custom: None,

@@ -57,6 +57,9 @@ pub struct Resource {
     pub prepare_update: fn(&str, &Value, &mut Value),
     /// Fills in what upstream's SetDefaults and PrepareForCreate fill in.
     pub defaults: fn(&mut Value),
+    /// What upstream's PrepareForCreate derives once admission has mutated a new object
+    /// (a pod's QoS class).
+    pub prepare_create: fn(&mut Value),
     /// The kind's own validation of a defaulted object: (field, message) per invalid field.
     pub validate: fn(&Value) -> Vec<(String, String)>,
     /// Finalizers a delete adds, so that deletion waits for their cleanup (a CRD's instances).
@@ -99,6 +102,7 @@ pub const fn base(typed: Typed) -> Resource {
         on_update: any_update,
         prepare_update: prepare_nothing,
         defaults: no_defaults,
+        prepare_create: no_defaults,
         validate: no_rules,
         delete_finalizers: &[],
         custom: None,

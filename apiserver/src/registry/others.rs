@@ -130,6 +130,7 @@ pub static RESOURCES: &[Resource] = &[
             }),
         ],
         defaults: |o| defaults::set(o, "preemptionPolicy", json!("PreemptLowerPriority")),
+        on_update: priority_class_update,
         ..BASE
     },
     Resource {
@@ -307,4 +308,27 @@ pub static RESOURCES: &[Resource] = &[
 
 fn or_na(s: String) -> String {
     if s.is_empty() { "N/A".into() } else { s }
+}
+
+/// Upstream's ValidatePriorityClassUpdate: the value and the preemption policy stay.
+fn priority_class_update(current: &Value, new: &mut Value) -> Result<(), crate::error::ApiError> {
+    let mut causes = Vec::new();
+    for field in ["value", "preemptionPolicy"] {
+        if current.get(field) != new.get(field) {
+            causes.push((
+                field.to_string(),
+                "Forbidden: may not be changed in an update.".to_string(),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::ApiError::invalid(
+            "scheduling.k8s.io",
+            "PriorityClass",
+            crate::object::name(new),
+            causes,
+        ))
+    }
 }

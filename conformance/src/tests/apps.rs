@@ -933,7 +933,7 @@ fn quantity_nanos(q: &str) -> Option<i128> {
 }
 
 /// Two quantities are the same amount (Cmp == 0); ones that do not parse must be equal text.
-fn same_quantity(a: &str, b: &str) -> bool {
+pub(super) fn same_quantity(a: &str, b: &str) -> bool {
     match (quantity_nanos(a), quantity_nanos(b)) {
         (Some(a), Some(b)) => a == b,
         _ => a == b,
@@ -968,7 +968,7 @@ fn status_hard(q: &ResourceQuota) -> Option<&ResourceList> {
 }
 
 /// resourceversion.CompareResourceVersion: both must be integers without leading zeros.
-fn compare_resource_version(a: &str, b: &str) -> anyhow::Result<std::cmp::Ordering> {
+pub(super) fn compare_resource_version(a: &str, b: &str) -> anyhow::Result<std::cmp::Ordering> {
     let well_formed =
         |s: &str| !s.is_empty() && !s.starts_with('0') && s.bytes().all(|c| c.is_ascii_digit());
     ensure!(well_formed(a), "resource version is not well formed: {a}");
@@ -977,7 +977,7 @@ fn compare_resource_version(a: &str, b: &str) -> anyhow::Result<std::cmp::Orderi
 }
 
 /// HaveValidResourceVersion: a non-zero unsigned integer of at most 128 bits.
-fn ensure_valid_resource_version(rv: Option<&str>) -> anyhow::Result<()> {
+pub(super) fn ensure_valid_resource_version(rv: Option<&str>) -> anyhow::Result<()> {
     let rv = rv.unwrap_or("");
     let value: u128 = rv.parse().map_err(|_| {
         anyhow::anyhow!("Expected resource version to be a valid uint128, but got {rv:?}")

@@ -3,6 +3,7 @@
 
 mod apimachinery;
 mod apps;
+mod apps_api;
 mod auth;
 mod crd;
 mod crd_openapi;
@@ -33,5 +34,6 @@ pub fn all() -> Vec<Test> {
     all.extend(serviceaccounts::tests());
     all.extend(webhook::tests());
     all.extend(apps::tests());
+    all.extend(apps_api::tests());
     all
 }
