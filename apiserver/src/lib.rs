@@ -200,6 +200,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         source,
     })?;
     bootstrap(&backend).await;
+    kubernetes_endpoints(&backend, local_addr).await;
     security::reconcile::reconcile(&bootstrap_ctx(&backend)).await;
     let security = security::SecurityConfig {
         token_file: config.token_file,
@@ -796,6 +797,108 @@ async fn bootstrap_api_services(
             }
         });
     futures::future::join_all(registrations).await;
+}
+
+/// The `kubernetes` Service's Endpoints and EndpointSlice name this server (upstream's
+/// endpoint reconciler): its address (loopback when it listens on every address) and port,
+/// added to what other servers of the cluster put there.
+async fn kubernetes_endpoints(backend: &Backend, local: std::net::SocketAddr) {
+    let ctx = bootstrap_ctx(backend);
+    let ip = match local.ip() {
+        ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    let port = local.port();
+    let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/merge-patch+json"
+            .parse()
+            .expect("static header"),
+    );
+    let (Some(endpoints), Some(slices)) = (
+        registry::lookup("", "v1", "endpoints"),
+        registry::lookup("discovery.k8s.io", "v1", "endpointslices"),
+    ) else {
+        return;
+    };
+    let current = |r: &'static registry::Resource| {
+        let key = r.key(Some("default"), "kubernetes");
+        async move {
+            match backend.get(key).await {
+                Ok((Some(kv), _)) => serde_json::from_slice::<serde_json::Value>(&kv.value).ok(),
+                _ => None,
+            }
+        }
+    };
+    // Every address already listed stays (other servers of a shared database list theirs).
+    let mut ips: Vec<String> = current(endpoints)
+        .await
+        .and_then(|e| e.pointer("/subsets/0/addresses").cloned())
+        .and_then(|a| serde_json::from_value::<Vec<serde_json::Value>>(a).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect();
+    if !ips.contains(&ip.to_string()) {
+        ips.push(ip.to_string());
+    }
+    ips.sort();
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let wanted = [
+        (
+            endpoints,
+            json!({"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                    "ports": ports}]}),
+        ),
+        (
+            slices,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": family,
+                "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+                "ports": ports}),
+        ),
+    ];
+    for (r, object) in wanted {
+        let exists = current(r).await.is_some();
+        let (method, name) = if exists {
+            (Method::PATCH, Some("kubernetes".to_string()))
+        } else {
+            (Method::POST, None)
+        };
+        let target = request::Target {
+            resource: r,
+            namespace: Some("default".into()),
+            name,
+            subresource: None,
+        };
+        let mut headers = headers.clone();
+        if !exists {
+            headers.insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("static header"),
+            );
+        }
+        if let Err(e) = handlers::serve(
+            &ctx,
+            &method,
+            target,
+            &query,
+            &headers,
+            object.to_string().into(),
+        )
+        .await
+        {
+            tracing::warn!(kind = r.kind, error = %e.message, "cannot write the kubernetes endpoints");
+        }
+    }
 }
 
 pub async fn bootstrap(backend: &Backend) {

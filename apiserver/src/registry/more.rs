@@ -242,6 +242,26 @@ pub static RESOURCES: &[Resource] = &[
     },
     Resource {
         group: "storage.k8s.io",
+        kind: "CSIStorageCapacity",
+        typed: typed::<storage::v1::CSIStorageCapacity>(),
+        plural: "csistoragecapacities",
+        singular: "csistoragecapacity",
+        namespaced: true,
+        columns: &[
+            col(
+                "StorageClassName",
+                "The storage class the capacity is for.",
+                |o| json!(text(o, "/storageClassName")),
+            ),
+            col("Capacity", "The capacity available.", |o| {
+                json!(or_none(text(o, "/capacity")))
+            }),
+            AGE,
+        ],
+        ..BASE
+    },
+    Resource {
+        group: "storage.k8s.io",
         kind: "CSINode",
         typed: typed::<storage::v1::CSINode>(),
         plural: "csinodes",

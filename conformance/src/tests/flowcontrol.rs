@@ -220,7 +220,7 @@ async fn discovery(ctx: &Ctx, plural: &str) -> anyhow::Result<()> {
 }
 
 /// HaveValidResourceVersion: a non-zero unsigned integer of at most 128 bits.
-fn valid_resource_version(o: &impl kube::Resource) -> anyhow::Result<()> {
+pub(super) fn valid_resource_version(o: &impl kube::Resource) -> anyhow::Result<()> {
     let rv = o.meta().resource_version.as_deref().unwrap_or("");
     let n: u128 = rv.parse().map_err(|_| {
         anyhow!("Expected resource version to be a valid uint128, but got {rv:?}: the resource version is not a valid integer")
@@ -234,7 +234,7 @@ fn valid_resource_version(o: &impl kube::Resource) -> anyhow::Result<()> {
 
 /// apimachinery's resourceversion.CompareResourceVersion: both must be integers without
 /// leading zeros; the longer is greater, equal lengths compare digit by digit.
-fn compare_resource_versions(a: &str, b: &str) -> anyhow::Result<std::cmp::Ordering> {
+pub(super) fn compare_resource_versions(a: &str, b: &str) -> anyhow::Result<std::cmp::Ordering> {
     let well_formed =
         |s: &str| !s.is_empty() && !s.starts_with('0') && s.bytes().all(|c| c.is_ascii_digit());
     for rv in [a, b] {

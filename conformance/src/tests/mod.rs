@@ -8,6 +8,7 @@ mod auth;
 mod crd;
 mod crd_openapi;
 mod flowcontrol;
+mod network_storage;
 mod node;
 mod serviceaccounts;
 mod webhook;
@@ -35,5 +36,6 @@ pub fn all() -> Vec<Test> {
     all.extend(webhook::tests());
     all.extend(apps::tests());
     all.extend(apps_api::tests());
+    all.extend(network_storage::tests());
     all
 }
