@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, ResourceQuotaStatus};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use kelp_admission::quantity::Quantity;
@@ -33,8 +34,39 @@ struct Ctx {
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
     let i = informers.clone();
-    let controller = Controller::for_stream(informers.quotas.changes(), informers.quotas.store())
+    // As upstream's replenishment: a pod's quotas are recounted when it gives usage back
+    // (deleted, terminating or finished). New pods were counted by admission, and a recount
+    // from a pod cache that has not seen them yet would hand their usage out again.
+    // A quota is recounted when its limits change (or were never recorded), not when its
+    // usage does: admission writes that as it admits.
+    let quotas = informers.quotas.changes().filter(|q| {
+        let recount = match q {
+            Ok(q) => {
+                q.spec.as_ref().and_then(|s| s.hard.as_ref())
+                    != q.status.as_ref().and_then(|s| s.hard.as_ref())
+            }
+            Err(_) => true,
+        };
+        std::future::ready(recount)
+    });
+    // And every quota is recounted every RESYNC, which brings what admission cannot see
+    // (deleted config maps, secrets, services) back into the count.
+    let ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(RESYNC).await;
+        Some(((), ()))
+    });
+    let controller = Controller::for_stream(quotas, informers.quotas.store())
+        .reconcile_all_on(ticks)
         .watches_stream(informers.pods.changes(), move |pod: Pod| {
+            let finished = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed");
+            let gone = i.pods.store().get(&ObjectRef::from_obj(&pod)).is_none();
+            if !(gone || finished || pod.metadata.deletion_timestamp.is_some()) {
+                return Vec::new();
+            }
             let ns = pod.metadata.namespace.clone();
             i.quotas
                 .store()
@@ -153,5 +185,5 @@ async fn reconcile(rq: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action, Erro
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::await_change())
 }
