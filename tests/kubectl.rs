@@ -656,6 +656,14 @@ fn session(server: &KelpServer, v: &str) {
         "The Deployment \"odd\" is invalid: spec.selector: Required value"
     );
 
+    // A container may not request more than it limits.
+    let greedy = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"greedy"},"spec":{"containers":[{"name":"a","image":"x","resources":{"requests":{"cpu":"2"},"limits":{"cpu":"1"}}}]}}"#;
+    let refused = server.kubectl_with_stdin(v, &["create", "-n", &ns, "-f", "-"], Some(greedy));
+    assert_eq!(
+        refused.stderr.trim(),
+        "The Pod \"greedy\" is invalid: spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1"
+    );
+
     let explained = ok(&["explain", "configmap.data"]);
     assert!(
         explained.contains("KIND:       ConfigMap")

@@ -553,9 +553,10 @@ fn quota(o: &Value, limits: bool) -> String {
         .join(", ")
 }
 
-/// The pod validation rules upstream has and Kelp checks: sysctl names (validateSysctls).
+/// The pod validation rules upstream has and Kelp checks: containers (validateContainers:
+/// names, images, requests within limits) and sysctl names (validateSysctls).
 fn pod_rules(o: &Value) -> Vec<(String, String)> {
-    let mut causes = Vec::new();
+    let mut causes = container_rules(o);
     let mut seen = std::collections::HashSet::new();
     for (i, s) in o
         .pointer("/spec/securityContext/sysctls")
@@ -595,4 +596,116 @@ fn valid_sysctl_name(name: &str) -> bool {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_'
                 })
         })
+}
+
+/// A pod's containers as upstream validates them: at least one container; each named by a
+/// DNS-1123 label unique among the pod's containers (init containers included) and with an
+/// image; no request above its limit.
+fn container_rules(o: &Value) -> Vec<(String, String)> {
+    use kelp_admission::quantity::Quantity;
+    let mut causes = Vec::new();
+    let list = |name: &str| {
+        o.pointer(&format!("/spec/{name}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if list("containers").is_empty() {
+        causes.push(("spec.containers".to_string(), "Required value".to_string()));
+    }
+    let mut names = std::collections::HashSet::new();
+    for field in ["containers", "initContainers"] {
+        for (i, c) in list(field).iter().enumerate() {
+            let at = |f: &str| format!("spec.{field}[{i}].{f}");
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.is_empty() {
+                causes.push((at("name"), "Required value".to_string()));
+            } else if name.len() > 63 {
+                causes.push((
+                    at("name"),
+                    format!("Invalid value: {name:?}: must be no more than 63 characters"),
+                ));
+            } else if !dns1123_label(name) {
+                causes.push((
+                    at("name"),
+                    format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+                    ),
+                ));
+            } else if !names.insert(name.to_string()) {
+                causes.push((at("name"), format!("Duplicate value: {name:?}")));
+            }
+            if c.get("image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+            {
+                causes.push((at("image"), "Required value".to_string()));
+            }
+            let quantity = |kind: &str, r: &str| {
+                c.pointer(&format!("/resources/{kind}/{r}"))
+                    .and_then(Value::as_str)
+                    .and_then(Quantity::parse)
+            };
+            let requested: Vec<String> = c
+                .pointer("/resources/requests")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            for r in requested {
+                if let (Some(request), Some(limit)) =
+                    (quantity("requests", &r), quantity("limits", &r))
+                    && request > limit
+                {
+                    causes.push((
+                        at("resources.requests"),
+                        format!(
+                            "Invalid value: \"{request}\": must be less than or equal to {r} limit of {limit}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    causes
+}
+
+fn dns1123_label(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_validated_as_upstream_words_it() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "web", "image": "nginx", "resources": {"requests": {"cpu": "600m"}, "limits": {"cpu": "500m"}}},
+            {"name": "web", "image": ""},
+            {"name": "Bad_Name", "image": "x"}],
+            "initContainers": [{"image": "x"}]}});
+        let causes = pod_rules(&pod);
+        let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        assert_eq!(
+            text[..4],
+            [
+                "spec.containers[0].resources.requests: Invalid value: \"600m\": must be less than or equal to cpu limit of 500m",
+                "spec.containers[1].name: Duplicate value: \"web\"",
+                "spec.containers[1].image: Required value",
+                "spec.containers[2].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+            ]
+        );
+        assert_eq!(text[4], "spec.initContainers[0].name: Required value");
+        assert_eq!(
+            pod_rules(&json!({"spec": {}})),
+            [("spec.containers".to_string(), "Required value".to_string())]
+        );
+        let fine = json!({"spec": {"containers": [{"name": "a", "image": "x",
+            "resources": {"requests": {"cpu": "0.5"}, "limits": {"cpu": "500m"}}}]}});
+        assert!(pod_rules(&fine).is_empty());
+    }
 }
