@@ -881,14 +881,7 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
 
 /// DNS-1123 subdomain (most names) or label (namespaces), as upstream validates them.
 fn validate_name(r: &Resource, name: &str) -> Option<String> {
-    let label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
+    let label = object::is_dns1123_label;
     if r.group == "rbac.authorization.k8s.io" || r.group == "apiregistration.k8s.io" {
         // RBAC names are path segments (upstream's ValidateRBACName): `system:` names too;
         // so are APIServices' (`v1.` is the core group's).

@@ -2,6 +2,17 @@
 
 use serde_json::{Value, json};
 
+/// A DNS-1123 label: at most 63 lower-case letters, digits and `-`, starting and ending
+/// with a letter or digit.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 pub fn name(o: &Value) -> &str {
     o.pointer("/metadata/name")
         .and_then(Value::as_str)

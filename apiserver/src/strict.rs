@@ -189,7 +189,7 @@ impl<'de, K: Key> Visitor<'de> for Walk<'_, K> {
             state.path.push(Seg::Key(key));
             let value = map.next_value_seed(Walk::<K>::new(state))?;
             let Some(Seg::Key(key)) = state.path.pop() else {
-                unreachable!("the key pushed above")
+                return Err(serde::de::Error::custom("lost the path of a key"));
             };
             match out.entry(key) {
                 Entry::Occupied(mut o) => {

@@ -21,6 +21,10 @@ pub struct Typed {
     pub check: fn(&Value) -> Checked,
 }
 
+/// ObjectMeta, as custom resources' metadata (root and embedded) is read.
+pub const OBJECT_META: Typed =
+    typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+
 pub const fn typed<T: JsonSchema + Serialize + DeserializeOwned>() -> Typed {
     Typed {
         schema: |g| g.subschema_for::<T>(),

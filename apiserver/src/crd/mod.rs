@@ -260,10 +260,8 @@ fn selectable_fields(version: &Value) -> &'static [&'static str] {
 /// A custom resource's fields that neither ObjectMeta nor the schema declares, dropped from it:
 /// the root metadata's first, then the schema's (embedded resources' metadata last).
 pub fn unknown_fields(c: &Custom, obj: &mut Value) -> Result<Vec<String>, String> {
-    const META: crate::typed::Typed =
-        crate::typed::typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let (meta, meta_unknown) = (META.check)(&meta)?;
+    let (meta, meta_unknown) = (crate::typed::OBJECT_META.check)(&meta)?;
     obj["metadata"] = meta;
     let mut unknown: Vec<String> = meta_unknown
         .into_iter()

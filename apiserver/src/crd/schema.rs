@@ -27,9 +27,7 @@ pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
 
 /// An embedded resource's metadata as ObjectMeta reads it; the unknown fields' paths.
 fn prune_meta(meta: &mut Value, path: &str) -> Vec<String> {
-    const META: crate::typed::Typed =
-        crate::typed::typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
-    match (META.check)(meta) {
+    match (crate::typed::OBJECT_META.check)(meta) {
         Ok((normalized, unknown)) => {
             *meta = normalized;
             unknown.into_iter().map(|f| format!("{path}.{f}")).collect()

@@ -24,19 +24,12 @@ const BASE: Resource = Resource {
 /// reads as an empty one here, so both are reported as missing.
 fn selector_rules(o: &Value) -> Vec<(String, String)> {
     let selector = o.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
-    let empty = |p: &str| {
-        selector.get(p).is_none_or(|v| {
-            v.as_object().is_some_and(|m| m.is_empty())
-                || v.as_array().is_some_and(|a| a.is_empty())
-                || v.is_null()
-        })
-    };
-    if selector.is_null() || (empty("matchLabels") && empty("matchExpressions")) {
-        return vec![("spec.selector".into(), "Required value".into())];
-    }
     let Ok(s) = LabelSelector::from_object(&selector) else {
         return Vec::new();
     };
+    if s.is_empty() {
+        return vec![("spec.selector".into(), "Required value".into())];
+    }
     let template = o.pointer("/spec/template").cloned().unwrap_or(Value::Null);
     if s.matches(&template) {
         return Vec::new();

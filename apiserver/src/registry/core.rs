@@ -625,7 +625,7 @@ fn container_rules(o: &Value) -> Vec<(String, String)> {
                     at("name"),
                     format!("Invalid value: {name:?}: must be no more than 63 characters"),
                 ));
-            } else if !dns1123_label(name) {
+            } else if !crate::object::is_dns1123_label(name) {
                 causes.push((
                     at("name"),
                     format!(
@@ -668,13 +668,6 @@ fn container_rules(o: &Value) -> Vec<(String, String)> {
         }
     }
     causes
-}
-
-fn dns1123_label(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]
