@@ -3,6 +3,7 @@
 //! (NamespaceLifecycle, PodSecurity, RBAC's escalation checks) after validation. The plugins'
 //! logic is in kelp-admission; this module feeds them the objects they look up.
 
+use crate::object::At as _;
 use std::sync::Arc;
 
 use kelp_admission::{limitranger, pods, podsecurity, quota, serviceaccount};
@@ -44,8 +45,13 @@ async fn lookup(ctx: &Ctx, key: String) -> Option<Value> {
     serde_json::from_slice(&kv.value).ok()
 }
 
-async fn namespace(ctx: &Ctx, ns: &str) -> Option<Value> {
-    lookup(ctx, format!("/registry/namespaces/{ns}")).await
+/// A namespace, as admission reads it for every write in it: parsed once per revision.
+async fn namespace(ctx: &Ctx, ns: &str) -> Option<Arc<Value>> {
+    let key = format!("/registry/namespaces/{ns}");
+    if let Some(parsed) = ctx.cache.as_ref().and_then(|c| c.parsed(&key)) {
+        return Some(parsed);
+    }
+    lookup(ctx, key).await.map(Arc::new)
 }
 
 /// Mutating admission: built-in plugins, then the mutating webhooks. Returns the warnings.
@@ -77,7 +83,7 @@ pub async fn mutate(ctx: &Ctx, a: &Admit<'_>, obj: &mut Value) -> Result<Vec<Str
         None => None,
     };
     let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
-    let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
+    let review = review(a, &name, ns_obj.as_deref(), user.as_deref());
     webhooks.mutate(&review, obj).await
 }
 
@@ -105,7 +111,7 @@ fn review<'a>(
 /// selector and tolerations.
 async fn runtime_class(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
     let Some(name) = pod
-        .pointer("/spec/runtimeClassName")
+        .at("/spec/runtimeClassName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .map(str::to_string)
@@ -118,7 +124,7 @@ async fn runtime_class(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
         .await
         .ok_or_else(|| format!("pod rejected: RuntimeClass {name:?} not found"))?;
     let spec = &mut pod["spec"];
-    if let Some(overhead) = class.pointer("/overhead/podFixed") {
+    if let Some(overhead) = class.at("/overhead/podFixed") {
         match spec.get("overhead") {
             None | Some(Value::Null) => spec["overhead"] = overhead.clone(),
             Some(own) if own == overhead => {}
@@ -130,7 +136,7 @@ async fn runtime_class(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
             }
         }
     }
-    if let Some(Value::Object(selector)) = class.pointer("/scheduling/nodeSelector") {
+    if let Some(Value::Object(selector)) = class.at("/scheduling/nodeSelector") {
         if !spec.get("nodeSelector").is_some_and(Value::is_object) {
             spec["nodeSelector"] = json!({});
         }
@@ -149,7 +155,7 @@ async fn runtime_class(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
             }
         }
     }
-    if let Some(Value::Array(tolerations)) = class.pointer("/scheduling/tolerations") {
+    if let Some(Value::Array(tolerations)) = class.at("/scheduling/tolerations") {
         if !spec.get("tolerations").is_some_and(Value::is_array) {
             spec["tolerations"] = json!([]);
         }
@@ -240,7 +246,7 @@ async fn priority(ctx: &Ctx, pod: &mut Value) -> Result<(), String> {
         )
     };
     let named = pod
-        .pointer("/spec/priorityClassName")
+        .at("/spec/priorityClassName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .map(str::to_string);
@@ -284,7 +290,7 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
     // NamespaceLifecycle: nothing new in a namespace being deleted.
     if a.old.is_none()
         && let (Some(ns), Some(n)) = (a.ns, &ns_obj)
-        && n.pointer("/metadata/deletionTimestamp").is_some()
+        && n.at("/metadata/deletionTimestamp").is_some()
     {
         return Err(ApiError::forbidden(
             a.r.group,
@@ -329,10 +335,10 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
     if a.r.group == "certificates.k8s.io" && a.r.kind == "CertificateSigningRequest" {
         certificates(ctx, a, obj, &name).await?;
     }
-    pod_security(a, obj, &name, ns_obj.as_ref(), &mut warnings)?;
+    pod_security(a, obj, &name, ns_obj.as_deref(), &mut warnings)?;
     crate::security::check_write(ctx, a.r, a.ns, a.old, obj).await?;
     let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
-    let review = review(a, &name, ns_obj.as_ref(), user.as_deref());
+    let review = review(a, &name, ns_obj.as_deref(), user.as_deref());
     if let Some(policies) = ctx.policies.as_deref() {
         let params = |kind: Value, reference: Value| params(ctx, kind, reference, a.ns);
         warnings.extend(policies.validate(&review, obj, params).await?);
@@ -350,7 +356,7 @@ pub async fn validate(ctx: &Ctx, a: &Admit<'_>, obj: &Value) -> Result<Vec<Strin
 /// kube-apiserver-client signer), as upstream's plugin/pkg/admission/certificates.
 async fn certificates(ctx: &Ctx, a: &Admit<'_>, csr: &Value, name: &str) -> Result<(), ApiError> {
     let signer = csr
-        .pointer("/spec/signerName")
+        .at("/spec/signerName")
         .and_then(Value::as_str)
         .unwrap_or("");
     let refuse = |why: String| {
@@ -361,7 +367,7 @@ async fn certificates(ctx: &Ctx, a: &Admit<'_>, csr: &Value, name: &str) -> Resu
             &why,
         )
     };
-    let certificate = |o: &Value| o.pointer("/status/certificate").cloned();
+    let certificate = |o: &Value| o.at("/status/certificate").cloned();
     let needs = match (a.subresource, a.old) {
         ("approval", Some(_)) => Some("approve"),
         ("status", Some(old)) if certificate(old) != certificate(csr) => Some("sign"),
@@ -379,7 +385,7 @@ async fn certificates(ctx: &Ctx, a: &Admit<'_>, csr: &Value, name: &str) -> Resu
         && signer == "kubernetes.io/kube-apiserver-client"
     {
         let request = csr
-            .pointer("/spec/request")
+            .at("/spec/request")
             .and_then(Value::as_str)
             .unwrap_or("");
         let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, request)
@@ -503,7 +509,7 @@ pub async fn delete(
         None => None,
     };
     let user = crate::security::REQUESTER.try_with(Arc::clone).ok();
-    let mut review = review(&a, name, ns_obj.as_ref(), user.as_deref());
+    let mut review = review(&a, name, ns_obj.as_deref(), user.as_deref());
     review.operation = "DELETE";
     let mut none = Value::Null;
     let mut warnings = Vec::new();
@@ -558,7 +564,7 @@ async fn params(
 }
 
 fn labels(obj: Option<&Value>) -> Map<String, Value> {
-    obj.and_then(|o| o.pointer("/metadata/labels"))
+    obj.and_then(|o| o.at("/metadata/labels"))
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default()
@@ -583,7 +589,6 @@ fn pod_security(
         }
         return Ok(());
     }
-    let policy = podsecurity::policy(&labels(namespace));
     let (meta, spec) = if is_pod(r) {
         let checked = a.subresource.is_empty() || a.subresource == "ephemeralcontainers";
         if !checked
@@ -597,7 +602,7 @@ fn pod_security(
         if !a.subresource.is_empty() {
             return Ok(());
         }
-        let template = obj.pointer(pointer);
+        let template = obj.at(pointer);
         (
             template.and_then(|t| t.get("metadata")),
             template.and_then(|t| t.get("spec")),
@@ -608,6 +613,7 @@ fn pod_security(
     let (Some(spec), meta) = (spec, meta.cloned().unwrap_or_default()) else {
         return Ok(());
     };
+    let policy = podsecurity::policy(&labels(namespace));
     if is_pod(r) {
         // Upstream annotates the audit event with the level a pod was held to.
         crate::security::audit_annotate(

@@ -39,7 +39,13 @@ pub struct WatchCache {
     trackers: RwLock<Vec<Arc<Tracker>>>,
     /// The revision the cache reflects (-1 until it is loaded), for readers to wait on.
     revision: watch::Sender<Revision>,
+    /// Objects admission reads on every write (namespaces), parsed once per revision.
+    parsed:
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Revision, Arc<serde_json::Value>)>>,
 }
+
+/// Parsed objects kept at most; beyond, the memo starts again.
+const PARSED: usize = 4096;
 
 struct State {
     objects: BTreeMap<Vec<u8>, Arc<KeyValue>>,
@@ -144,6 +150,7 @@ impl WatchCache {
             state: RwLock::new(State::loaded(BTreeMap::new(), -1)),
             trackers: RwLock::new(Vec::new()),
             revision: watch::channel(-1).0,
+            parsed: Default::default(),
         });
         keep_following(backend, Arc::downgrade(&cache), "watch cache", follow);
         cache
@@ -194,6 +201,27 @@ impl WatchCache {
     /// One object as the cache holds it now.
     pub fn get(&self, key: &str) -> Option<Arc<KeyValue>> {
         self.read().objects.get(key.as_bytes()).cloned()
+    }
+
+    /// One object as the cache holds it now, parsed; each revision of it is parsed once.
+    pub fn parsed(&self, key: &str) -> Option<Arc<serde_json::Value>> {
+        let kv = self.get(key);
+        let mut memo = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(kv) = kv else {
+            memo.remove(key.as_bytes());
+            return None;
+        };
+        if let Some((revision, value)) = memo.get(key.as_bytes())
+            && *revision == kv.mod_revision
+        {
+            return Some(value.clone());
+        }
+        let value: Arc<serde_json::Value> = Arc::new(serde_json::from_slice(&kv.value).ok()?);
+        if memo.len() >= PARSED {
+            memo.clear();
+        }
+        memo.insert(kv.key.clone(), (kv.mod_revision, value.clone()));
+        Some(value)
     }
 
     /// The revision the cache reflects, and a receiver that sees it move.

@@ -1,6 +1,7 @@
 //! The generic REST handlers: get, list, watch, create, update and delete for every registry
 //! entry (upstream's `registry/generic/registry/store.go`).
 
+use crate::object::At as _;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -83,7 +84,7 @@ pub async fn serve(
         {
             let requested = read_body(r, headers, &body)?;
             let finalizers = requested
-                .pointer("/spec/finalizers")
+                .at("/spec/finalizers")
                 .cloned()
                 .unwrap_or_else(|| json!([]));
             let patch = json!({"spec": {"finalizers": finalizers}});
@@ -249,6 +250,11 @@ fn decode(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
 /// What is stored: the object without its resourceVersion (the revision says it); custom
 /// resources in their storage version.
 fn encode(r: &Resource, obj: &Value) -> Vec<u8> {
+    if r.custom.is_none() && r.conversion.is_none() && obj.at("/metadata/resourceVersion").is_none()
+    {
+        // Already as stored (a create's object): no copy to make.
+        return serde_json::to_vec(obj).unwrap_or_default();
+    }
     let mut stored = obj.clone();
     object::metadata_mut(&mut stored).remove("resourceVersion");
     if let Some(c) = r.custom {
@@ -1144,13 +1150,13 @@ fn scale_of(r: &Resource, obj: &Value) -> Value {
         Some(paths) => paths
             .label_selector
             .as_deref()
-            .and_then(|p| obj.pointer(p))
+            .and_then(|p| obj.at(p))
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string(),
         None => match obj
-            .pointer("/spec/selector/matchLabels")
-            .or(obj.pointer("/spec/selector/matchExpressions"))
+            .at("/spec/selector/matchLabels")
+            .or(obj.at("/spec/selector/matchExpressions"))
         {
             Some(_) => crate::registry::label_selector_string(obj, "/spec/selector"),
             None => crate::registry::map_string(obj, "/spec/selector"),
@@ -1164,8 +1170,8 @@ fn scale_of(r: &Resource, obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer(spec).cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer(status).cloned().unwrap_or(json!(0)), "selector": selector},
+        "spec": {"replicas": obj.at(spec).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.at(status).cloned().unwrap_or(json!(0)), "selector": selector},
     })
 }
 
@@ -1229,7 +1235,7 @@ async fn scale(
         }
     };
     let replicas = new_scale
-        .pointer("/spec/replicas")
+        .at("/spec/replicas")
         .and_then(Value::as_i64)
         .filter(|n| *n >= 0)
         .ok_or_else(|| {
@@ -1329,7 +1335,7 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
             // A custom resource's keeps its metadata: only the precondition and what an
             // apply recorded come along.
             for kept in ["resourceVersion", "managedFields"] {
-                if let Some(v) = new.pointer(&format!("/metadata/{kept}")) {
+                if let Some(v) = new.at(&format!("/metadata/{kept}")) {
                     object::metadata_mut(&mut out).insert(kept.into(), v.clone());
                 }
             }
@@ -1349,7 +1355,7 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
     };
     if r.generation {
         let generation = current
-            .pointer("/metadata/generation")
+            .at("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
         let changed = !status_subresource && without(current) != without(&out);
@@ -1503,7 +1509,7 @@ async fn guaranteed_update(
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
         ] {
-            match current.pointer(&format!("/metadata/{kept}")) {
+            match current.at(&format!("/metadata/{kept}")) {
                 Some(v) => meta.insert(kept.into(), v.clone()),
                 None => meta.remove(kept),
             };
@@ -1593,7 +1599,7 @@ impl DeleteOptions {
             })?
         };
         let get = |k: &str| {
-            opts.pointer(&format!("/preconditions/{k}"))
+            opts.at(&format!("/preconditions/{k}"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
         };
@@ -1669,18 +1675,18 @@ impl DeleteOptions {
             return 0;
         }
         let scheduled = obj
-            .pointer("/spec/nodeName")
+            .at("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty());
         let finished = matches!(
-            obj.pointer("/status/phase").and_then(Value::as_str),
+            obj.at("/status/phase").and_then(Value::as_str),
             Some("Succeeded" | "Failed")
         );
         if !scheduled || finished {
             return 0;
         }
         let period = self.grace_period.unwrap_or_else(|| {
-            obj.pointer("/spec/terminationGracePeriodSeconds")
+            obj.at("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(30)
         });
@@ -1689,7 +1695,7 @@ impl DeleteOptions {
     }
 
     fn check(&self, r: &Resource, name: &str, obj: &Value, rev: Revision) -> Result<(), ApiError> {
-        let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
+        let uid = obj.at("/metadata/uid").and_then(Value::as_str);
         if self.uid.as_deref().is_some_and(|u| Some(u) != uid) {
             return Err(ApiError::conflict_message(
                 r.group,
@@ -1726,7 +1732,7 @@ fn namespace_pending(r: &Resource, obj: &Value) -> bool {
     r.group.is_empty()
         && r.kind == "Namespace"
         && obj
-            .pointer("/spec/finalizers")
+            .at("/spec/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty())
 }
@@ -1735,10 +1741,10 @@ fn namespace_pending(r: &Resource, obj: &Value) -> bool {
 /// no grace period is running (upstream's ShouldDeleteDuringUpdate; a namespace also waits
 /// for its spec.finalizers).
 fn goes_on_update(r: &Resource, obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
+    obj.at("/metadata/deletionTimestamp").is_some()
         && !has_finalizers(obj)
         && obj
-            .pointer("/metadata/deletionGracePeriodSeconds")
+            .at("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .is_none_or(|g| g == 0)
         && !namespace_pending(r, obj)
@@ -1759,7 +1765,7 @@ fn add_finalizers(obj: &mut Value, finalizers: &[&str]) {
 }
 
 fn has_finalizers(obj: &Value) -> bool {
-    obj.pointer("/metadata/finalizers")
+    obj.at("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty())
 }
@@ -1800,7 +1806,7 @@ async fn delete(
         }
         let grace = options.grace_period(r, &obj);
         let mut changed = false;
-        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        let deleting = obj.at("/metadata/deletionTimestamp").is_some();
         if !deleting {
             let mut finalizers = r.delete_finalizers.to_vec();
             match options.propagation {
@@ -1811,7 +1817,7 @@ async fn delete(
             add_finalizers(&mut obj, &finalizers);
         }
         let pending_grace = obj
-            .pointer("/metadata/deletionGracePeriodSeconds")
+            .at("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64);
         if !deleting || pending_grace.is_some_and(|g| grace < g) {
             if grace > 0 || has_finalizers(&obj) || namespace_pending(r, &obj) {
@@ -1834,7 +1840,7 @@ async fn delete(
         let waits = has_finalizers(&obj)
             || namespace_pending(r, &obj)
             || obj
-                .pointer("/metadata/deletionGracePeriodSeconds")
+                .at("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .is_some_and(|g| g > 0 && grace > 0);
         if waits {
@@ -1868,7 +1874,7 @@ async fn delete(
 }
 
 fn deleted_status(r: &Resource, name: &str, obj: &Value) -> Value {
-    let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+    let uid = obj.at("/metadata/uid").cloned().unwrap_or(Value::Null);
     let mut details = json!({"name": name, "kind": r.plural, "uid": uid});
     if !r.group.is_empty() {
         details["group"] = json!(r.group);
@@ -1896,7 +1902,7 @@ async fn delete_collection(
         .unwrap_or_default()
     {
         let name = object::name(item).to_string();
-        let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+        let item_ns = item.at("/metadata/namespace").and_then(Value::as_str);
         match delete(
             backend,
             Some(ctx),

@@ -547,7 +547,11 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.encode(head, compact),
+        s.metrics.encode(&metrics::StorageFigures {
+            revision: head,
+            compact_revision: compact,
+            writes: s.backend.write_stats(),
+        }),
     )
         .into_response()
 }

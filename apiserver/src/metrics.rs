@@ -21,6 +21,15 @@ pub struct Metrics {
     watchers: Family<Labels, Gauge>,
     revision: Gauge,
     compact_revision: Gauge,
+    batches: Counter,
+    writes: Counter,
+}
+
+/// The storage's figures as `/metrics` shows them.
+pub struct StorageFigures {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub writes: kelp_storage::WriteStats,
 }
 
 /// What a request was, for its labels.
@@ -55,6 +64,7 @@ impl Metrics {
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let watchers = Family::<Labels, Gauge>::default();
         let (revision, compact_revision) = (Gauge::default(), Gauge::default());
+        let (batches, writes) = (Counter::default(), Counter::default());
         registry.register(
             "apiserver_request",
             "Requests by verb, resource and HTTP code",
@@ -80,6 +90,16 @@ impl Metrics {
             "The storage's compact revision",
             compact_revision.clone(),
         );
+        registry.register(
+            "kelp_storage_write_batches",
+            "Write transactions this process committed (group commit's batches)",
+            batches.clone(),
+        );
+        registry.register(
+            "kelp_storage_writes",
+            "Writes this process committed",
+            writes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -87,6 +107,8 @@ impl Metrics {
             watchers,
             revision,
             compact_revision,
+            batches,
+            writes,
         }
     }
 
@@ -113,9 +135,16 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self, revision: i64, compact_revision: i64) -> String {
-        self.revision.set(revision);
-        self.compact_revision.set(compact_revision);
+    pub fn encode(&self, storage: &StorageFigures) -> String {
+        self.revision.set(storage.revision);
+        self.compact_revision.set(storage.compact_revision);
+        // Counters only go up: each takes what its storage figure gained since.
+        for (counter, now) in [
+            (&self.batches, storage.writes.batches),
+            (&self.writes, storage.writes.writes),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -149,12 +178,23 @@ mod tests {
         };
         m.observe(&req, 200, Duration::from_millis(3));
         let guard = m.watcher("apps", "v1", "deployments");
-        let text = m.encode(42, 7);
+        let figures = |batches, writes| StorageFigures {
+            revision: 42,
+            compact_revision: 7,
+            writes: kelp_storage::WriteStats { batches, writes },
+        };
+        let text = m.encode(&figures(3, 10));
         assert!(text.contains(r#"apiserver_request_total{verb="LIST",group="",version="v1",resource="pods",code="200"} 1"#), "{text}");
         assert!(text.contains(r#"apiserver_registered_watchers{group="apps",version="v1",resource="deployments"} 1"#), "{text}");
         assert!(text.contains("kelp_storage_revision 42"), "{text}");
+        assert!(
+            text.contains("kelp_storage_write_batches_total 3"),
+            "{text}"
+        );
         drop(guard);
-        assert!(m.encode(42, 7).contains(
+        let text = m.encode(&figures(5, 12));
+        assert!(text.contains("kelp_storage_writes_total 12"), "{text}");
+        assert!(text.contains(
             r#"apiserver_registered_watchers{group="apps",version="v1",resource="deployments"} 0"#
         ));
     }

@@ -13,20 +13,51 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `Value::pointer` without its allocations (it unescapes every token into a new string),
+/// for the pointers read on every request; escaped pointers and list indexes go to it.
+pub fn at<'a>(v: &'a Value, pointer: &str) -> Option<&'a Value> {
+    if pointer.contains('~') {
+        return v.pointer(pointer);
+    }
+    let Some(tokens) = pointer.strip_prefix('/') else {
+        return pointer.is_empty().then_some(v);
+    };
+    let mut here = v;
+    for token in tokens.split('/') {
+        here = match here {
+            Value::Object(m) => m.get(token)?,
+            Value::Array(_) => return v.pointer(pointer),
+            _ => return None,
+        };
+    }
+    Some(here)
+}
+
+/// [`at`] as a method: `obj.at("/metadata/name")`.
+pub trait At {
+    fn at(&self, pointer: &str) -> Option<&Value>;
+}
+
+impl At for Value {
+    fn at(&self, pointer: &str) -> Option<&Value> {
+        at(self, pointer)
+    }
+}
+
 pub fn name(o: &Value) -> &str {
-    o.pointer("/metadata/name")
+    at(o, "/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 pub fn namespace_of(o: &Value) -> &str {
-    o.pointer("/metadata/namespace")
+    at(o, "/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 pub fn resource_version(o: &Value) -> Option<&str> {
-    o.pointer("/metadata/resourceVersion")
+    at(o, "/metadata/resourceVersion")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
 }
@@ -53,7 +84,7 @@ pub fn now() -> String {
 /// The object's age as kubectl prints it (`5s`, `3m2s`, `4h`, `2d`), from creationTimestamp.
 pub fn age(o: &Value) -> String {
     let created = o
-        .pointer("/metadata/creationTimestamp")
+        .at("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<jiff::Timestamp>().ok());
     match created {
@@ -117,6 +148,28 @@ pub fn human_duration(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_reads_as_json_pointers_do() {
+        let v = json!({"metadata": {"name": "x", "a/b": 1, "m~n": 2}, "items": [{"k": 3}], "": {"": 4}});
+        for p in [
+            "",
+            "/metadata",
+            "/metadata/name",
+            "/metadata/a~1b",
+            "/metadata/m~0n",
+            "/items/0/k",
+            "/items/1",
+            "/items/x",
+            "/metadata/name/x",
+            "/nope",
+            "metadata",
+            "/",
+            "//",
+        ] {
+            assert_eq!(at(&v, p), v.pointer(p), "{p}");
+        }
+    }
 
     #[test]
     fn durations_print_like_kubectl() {

@@ -109,6 +109,16 @@ pub(crate) struct Shared {
     /// The newest revision this process's writer has committed, kept only where that is
     /// the head of the database: an SQLite file this process holds the lock of.
     pub(crate) committed: Option<std::sync::atomic::AtomicI64>,
+    /// Write transactions (batches) this process's writer committed, and the writes in them.
+    pub(crate) batches: std::sync::atomic::AtomicU64,
+    pub(crate) writes: std::sync::atomic::AtomicU64,
+}
+
+/// What this process's writer has committed: group commit's batches and the writes in them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub batches: u64,
+    pub writes: u64,
 }
 
 /// A handle on the store. Cheap to clone; the background tasks stop when the last handle
@@ -231,6 +241,8 @@ impl Backend {
             committed: lock
                 .is_some()
                 .then(|| std::sync::atomic::AtomicI64::new(head)),
+            batches: Default::default(),
+            writes: Default::default(),
         });
         let hub = Arc::new(Hub::new(head));
         let (shutdown, shutdown_rx) = tokio_watch::channel(false);
@@ -315,6 +327,15 @@ impl Backend {
         match &self.shared().committed {
             Some(c) => Ok(c.load(std::sync::atomic::Ordering::Acquire)),
             None => Ok(self.revisions().await?.0),
+        }
+    }
+
+    /// The batches and writes this process's writer has committed.
+    pub fn write_stats(&self) -> WriteStats {
+        let s = self.shared();
+        WriteStats {
+            batches: s.batches.load(std::sync::atomic::Ordering::Relaxed),
+            writes: s.writes.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

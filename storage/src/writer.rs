@@ -39,6 +39,12 @@ pub(crate) async fn run(
         let result = commit_batch(&shared, &txns).await;
         match result {
             Ok(batch) => {
+                shared
+                    .batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .writes
+                    .fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if let (Some(c), Some(last)) =
                     (&shared.committed, batch.events.last().map(Event::revision))
                 {

@@ -7,6 +7,7 @@
 mod set;
 mod typed;
 
+use crate::object::At as _;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -143,7 +144,7 @@ impl Entry {
 
 /// The entries of an object's `managedFields`; none when absent or not readable.
 fn decode(obj: &Value) -> Vec<Entry> {
-    obj.pointer("/metadata/managedFields")
+    obj.at("/metadata/managedFields")
         .and_then(decode_list)
         .unwrap_or_default()
 }
@@ -254,7 +255,7 @@ pub fn check_options(
 pub fn update(live: Option<&Value>, new: &mut Value, w: &Writer) {
     let empty = json!({});
     let live = live.unwrap_or(&empty);
-    let requested = new.pointer("/metadata/managedFields").cloned();
+    let requested = new.at("/metadata/managedFields").cloned();
     let mut entries = match requested {
         Some(v) if w.subresource.is_empty() && is_reset(&v) => Vec::new(),
         Some(v) if w.subresource.is_empty() => match decode_list(&v) {
@@ -373,7 +374,7 @@ pub fn apply(
     w: &Writer,
     force: bool,
 ) -> Result<Value, ApiError> {
-    if config.pointer("/metadata/managedFields").is_some() {
+    if config.at("/metadata/managedFields").is_some() {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
     let version = config
@@ -456,7 +457,7 @@ pub fn apply(
     }
     if w.manager == "kubectl"
         && let Some(Value::String(text)) = live
-            .pointer("/metadata/annotations")
+            .at("/metadata/annotations")
             .and_then(|a| a.get(LAST_APPLIED))
         && !text.is_empty()
     {
@@ -476,7 +477,7 @@ pub fn apply(
 /// The fields the client-side apply annotation holds with the values the object still has.
 fn last_applied_fields(live: &Value, w: &Writer) -> Option<FieldSet> {
     let text = live
-        .pointer("/metadata/annotations")?
+        .at("/metadata/annotations")?
         .get(LAST_APPLIED)?
         .as_str()?;
     let last: Value = serde_json::from_str(text).ok()?;

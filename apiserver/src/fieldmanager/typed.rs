@@ -152,6 +152,21 @@ fn walk_compare(
         (Some(_), None) => c.removed.insert(path),
         _ => {}
     }
+    // A subtree on one side only (all of a new object's): every field is added or removed,
+    // with no other side to match against.
+    if l.is_none() || r.is_none() {
+        for (pe, v, t) in children(ty, some_l) {
+            path.push(pe);
+            let (l, r) = if l.is_some() {
+                (Some(v), None)
+            } else {
+                (None, Some(v))
+            };
+            walk_compare(l, r, t, path, c);
+            path.pop();
+        }
+        return;
+    }
     let left = l.map(|v| children(ty, v)).unwrap_or_default();
     let right = r.map(|v| children(ty, v)).unwrap_or_default();
     let right_by: HashMap<&str, (&Value, FieldType)> = right
