@@ -50,6 +50,7 @@ async fn the_ported_conformance_tests_pass_against_kelp() {
             binary: support::kubectl_dir().join("kubectl.1.33"),
             kubeconfig: Some(server.kubeconfig.clone()),
         }),
+        pending: false,
     };
     let report = kelp_conformance::run_with(client, focus.as_ref(), options).await;
     let junit = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-junit.xml");

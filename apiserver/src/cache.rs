@@ -40,9 +40,11 @@ pub struct WatchCache {
     /// The revision the cache reflects (-1 until it is loaded), for readers to wait on.
     revision: watch::Sender<Revision>,
     /// Objects admission reads on every write (namespaces), parsed once per revision.
-    parsed:
-        std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Revision, Arc<serde_json::Value>)>>,
+    parsed: std::sync::Mutex<ParsedMemo>,
 }
+
+/// Parsed objects by key, with the revision each was parsed at.
+type ParsedMemo = std::collections::HashMap<Vec<u8>, (Revision, Arc<serde_json::Value>)>;
 
 /// Parsed objects kept at most; beyond, the memo starts again.
 const PARSED: usize = 4096;

@@ -1331,6 +1331,14 @@ fn split_status(r: &Resource, current: &Value, new: Value, status_subresource: b
             if let Some(meta) = new.get("metadata") {
                 out["metadata"] = meta.clone();
             }
+            // A Deployment's status strategy keeps its labels too.
+            if r.group == "apps" && r.kind == "Deployment" {
+                let meta = object::metadata_mut(&mut out);
+                match current.at("/metadata/labels") {
+                    Some(labels) => meta.insert("labels".into(), labels.clone()),
+                    None => meta.remove("labels"),
+                };
+            }
         } else {
             // A custom resource's keeps its metadata: only the precondition and what an
             // apply recorded come along.

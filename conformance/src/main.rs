@@ -26,6 +26,9 @@ struct Args {
     /// without it those tests fail.
     #[arg(long, env = "KELP_CONFORMANCE_KUBECTL")]
     kubectl: Option<PathBuf>,
+    /// Run the ported tests Kelp does not pass yet instead of the others.
+    #[arg(long)]
+    pending: bool,
     /// Where the JUnit XML report goes.
     #[arg(long, default_value = "conformance-junit.xml")]
     junit: PathBuf,
@@ -112,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             binary,
             kubeconfig: Some(kubeconfig.clone()),
         }),
+        pending: args.pending,
     };
     let report = kelp_conformance::run_with(client, focus.as_ref(), options).await;
     print!("{}", report.summary());

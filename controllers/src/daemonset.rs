@@ -193,7 +193,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let key = format!("{ns}/{}", ds.name_any());
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let spec = ds.spec.clone().unwrap_or_default();
-    let (hash, _) = revisions::current(
+    let (hash, _, collisions) = revisions::current(
         &ctx.client,
         &*ds,
         &spec.template,
@@ -347,8 +347,9 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ctx.expectations.expect(&key, made, doomed);
     }
     let status = DaemonSetStatus {
-        collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
-        conditions: None,
+        collision_count: collisions,
+        // Conditions are others' to write (upstream's controller keeps them).
+        conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
         current_number_scheduled: current,
         desired_number_scheduled: desired,
         number_available: Some(available),

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::Informers;
@@ -39,8 +40,25 @@ struct Ctx {
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
+    let jobs = informers.jobs.store();
     let controller = Controller::for_stream(informers.jobs.changes(), informers.jobs.store())
-        .owns_stream(informers.pods.changes());
+        .owns_stream(informers.pods.changes())
+        // An orphan wakes the jobs whose selector matches it (upstream's getPodJobs), which
+        // adopt it.
+        .watches_stream(informers.pods.changes(), move |pod: Pod| {
+            if util::controller_of(&pod.metadata).is_some() {
+                return Vec::new();
+            }
+            jobs.state()
+                .iter()
+                .filter(|j| j.metadata.namespace == pod.metadata.namespace)
+                .filter(|j| {
+                    let selector = j.spec.as_ref().and_then(|s| s.selector.as_ref());
+                    selector.is_some() && util::selects(selector, pod.metadata.labels.as_ref())
+                })
+                .map(|j| ObjectRef::from_obj(&**j))
+                .collect::<Vec<_>>()
+        });
     let ctx = Arc::new(Ctx {
         client,
         informers,
@@ -290,15 +308,34 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let spec = job.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let store = ctx.informers.pods.store();
-    let pods: Vec<Arc<Pod>> = store
+    let going = job.metadata.deletion_timestamp.is_some();
+    // Upstream's ClaimPods: orphans the selector matches are adopted, owned pods it no longer
+    // matches are released.
+    let mut pods: Vec<Arc<Pod>> = Vec::new();
+    for p in store
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(&ns))
-        .filter(|p| util::controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
-        .collect();
+    {
+        let matches = spec.selector.is_none()
+            || util::selects(spec.selector.as_ref(), p.metadata.labels.as_ref());
+        match util::controller_of(&p.metadata) {
+            Some(r) if r.uid == uid && (matches || going) => pods.push(p),
+            Some(r) if r.uid == uid => util::release(&pods_api, &p, &uid).await?,
+            None if matches
+                && !going
+                && spec.selector.is_some()
+                && p.metadata.deletion_timestamp.is_none()
+                && util::adopt(&pods_api, &p, util::controller_ref(&*job)).await? =>
+            {
+                pods.push(p)
+            }
+            _ => {}
+        }
+    }
     let mut status = job.status.clone().unwrap_or_default();
     let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
-    if job.metadata.deletion_timestamp.is_some() {
+    if going {
         // Going: let its pods go too.
         for p in pods.iter().filter(|p| has_finalizer(p)) {
             patch_finalizer_out(&pods_api, p).await?;

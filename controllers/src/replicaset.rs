@@ -12,10 +12,9 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::Informers;
 use crate::util::{self, Error, drive, is_status};
@@ -196,10 +195,13 @@ pub(crate) async fn sync(
                 if matches {
                     owned.push(pod);
                 } else {
-                    release(&pods_api, &pod, &uid).await?;
+                    util::release(&pods_api, &pod, &uid).await?;
                 }
             }
-            None if matches && util::is_active(&pod) && adopt(&pods_api, &pod, &owner).await? => {
+            None if matches
+                && util::is_active(&pod)
+                && util::adopt(&pods_api, &pod, owner.reference()).await? =>
+            {
                 owned.push(pod);
             }
             _ => {}
@@ -296,58 +298,6 @@ fn deletion_rank(pod: &Pod) -> (bool, u8, bool, std::cmp::Reverse<Option<jiff::T
         util::ready_since(pod).is_some(),
         std::cmp::Reverse(created),
     )
-}
-
-/// Takes an orphan the selector matches (upstream's ClaimPods), unless the owner is going.
-async fn adopt(api: &Api<Pod>, pod: &Pod, owner: &Owner) -> anyhow::Result<bool> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner.reference());
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) || is_status(&e, 422) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Lets go of a pod whose labels no longer match.
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> anyhow::Result<()> {
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != uid)
-        .collect();
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Writes the replica counts (when they changed); returns when to look again for pods that

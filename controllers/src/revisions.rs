@@ -31,15 +31,16 @@ pub fn template_of(cr: &ControllerRevision) -> Option<PodTemplateSpec> {
     serde_json::from_value(t).ok()
 }
 
-/// Makes sure the owner's current template is its newest revision; returns its hash and
-/// number. Old revisions beyond `history` are deleted.
+/// Makes sure the owner's current template is its newest revision; returns its hash, its
+/// number and the owner's collision count (raised when another revision held the name, as
+/// upstream's CreateControllerRevision does). Old revisions beyond `history` are deleted.
 pub async fn current<K>(
     client: &kube::Client,
     owner: &K,
     template: &PodTemplateSpec,
-    collisions: Option<i32>,
+    mut collisions: Option<i32>,
     history: i32,
-) -> Result<(String, i64), Error>
+) -> Result<(String, i64, Option<i32>), Error>
 where
     K: Resource<DynamicType = ()>,
 {
@@ -54,7 +55,7 @@ where
         .filter(|cr| util::controller_of(&cr.metadata).is_some_and(|r| r.uid == uid))
         .collect();
     owned.sort_by_key(|cr| cr.revision);
-    let hash = template_hash(template, collisions);
+    let mut hash = template_hash(template, collisions);
     let max = owned.last().map_or(0, |cr| cr.revision);
     let want = data(template);
     let same = |cr: &ControllerRevision| cr.data.as_ref().map(|d| &d.0) == Some(&want);
@@ -77,25 +78,35 @@ where
                 .as_ref()
                 .and_then(|m| m.labels.clone())
                 .unwrap_or_default();
-            labels.insert(HASH_LABEL.into(), hash.clone());
-            let cr = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(format!(
-                        "{}-{hash}",
-                        owner.meta().name.clone().unwrap_or_default()
-                    )),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    owner_references: Some(vec![util::controller_ref(owner)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(want.clone())),
-                revision: max + 1,
-            };
-            match api.create(&PostParams::default(), &cr).await {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 409) => {}
-                Err(e) => return Err(e.into()),
+            loop {
+                labels.insert(HASH_LABEL.into(), hash.clone());
+                let name = format!("{}-{hash}", owner.meta().name.clone().unwrap_or_default());
+                let cr = ControllerRevision {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(ns.clone()),
+                        labels: Some(labels.clone()),
+                        owner_references: Some(vec![util::controller_ref(owner)]),
+                        ..Default::default()
+                    },
+                    data: Some(RawExtension(want.clone())),
+                    revision: max + 1,
+                };
+                match api.create(&PostParams::default(), &cr).await {
+                    Ok(_) => break,
+                    Err(e) if is_status(&e, 409) => {
+                        // The name is taken: by this template (made a moment ago), or by
+                        // another revision, when the next collision count names it anew.
+                        let taken = api.get(&name).await?;
+                        if same(&taken) {
+                            break;
+                        }
+                        let count = collisions.unwrap_or(0).saturating_add(1);
+                        collisions = Some(count);
+                        hash = template_hash(template, collisions);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             max + 1
         }
@@ -110,5 +121,5 @@ where
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((hash, number))
+    Ok((hash, number, collisions))
 }

@@ -150,7 +150,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let uid = sts.metadata.uid.clone().unwrap_or_default();
     let spec = sts.spec.clone().unwrap_or_default();
     let old_status = sts.status.clone().unwrap_or_default();
-    let (update_hash, _) = revisions::current(
+    let (update_hash, _, collisions) = revisions::current(
         &ctx.client,
         &*sts,
         &spec.template,
@@ -304,7 +304,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     }
     let status = StatefulSetStatus {
         available_replicas: Some(available),
-        collision_count: old_status.collision_count,
+        collision_count: collisions,
         conditions: old_status.conditions.clone(),
         current_replicas: Some(current),
         current_revision: Some(current_revision),

@@ -176,3 +176,63 @@ pub fn available(
         Err(Some(at.duration_since(now).unsigned_abs()))
     }
 }
+
+/// Takes an orphan the selector matches (upstream's ClaimPods), unless the owner is going.
+pub(crate) async fn adopt(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    owner: OwnerReference,
+) -> anyhow::Result<bool> {
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(owner);
+    let patch = serde_json::json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": pod.metadata.uid,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    match api
+        .patch(
+            &kube::ResourceExt::name_any(pod),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) || is_status(&e, 422) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lets go of a pod whose labels no longer match.
+pub(crate) async fn release(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    uid: &str,
+) -> anyhow::Result<()> {
+    let refs: Vec<_> = pod
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != uid)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": pod.metadata.uid,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    match api
+        .patch(
+            &kube::ResourceExt::name_any(pod),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -394,6 +394,7 @@ fn merge_keyed_list(list: &mut Vec<Value>, patch: &[Value], key: &str, item_def:
             .collect();
         return;
     }
+    let original = list.clone();
     for p in patch {
         let Some(pm) = p.as_object() else {
             list.push(p.clone());
@@ -408,6 +409,52 @@ fn merge_keyed_list(list: &mut Vec<Value>, patch: &[Value], key: &str, item_def:
             Some(existing) => strategic_merge(existing, pm, item_def),
             None => list.push(fresh(p, item_def)),
         }
+    }
+    let id = |v: &Value| v.get(key).cloned();
+    upstream_order(list, &original, patch, id);
+}
+
+/// The order upstream's merge leaves a list in (normalizeElementOrder): the items the patch
+/// names in the patch's order, the others in the live order, interleaved where the live list
+/// orders both, and a patch item the live list lacks ahead of the live items left.
+fn upstream_order(
+    list: &mut Vec<Value>,
+    original: &[Value],
+    patch: &[Value],
+    id: impl Fn(&Value) -> Option<Value>,
+) {
+    let in_patch: Vec<Value> = patch
+        .iter()
+        .filter(|p| p.get("$patch").and_then(Value::as_str) != Some("delete"))
+        .filter_map(&id)
+        .collect();
+    let live: Vec<Option<Value>> = original.iter().map(&id).collect();
+    let (mut named, server_only): (Vec<Value>, Vec<Value>) = std::mem::take(list)
+        .into_iter()
+        .partition(|v| id(v).is_some_and(|i| in_patch.contains(&i)));
+    named.sort_by_key(|v| {
+        let i = id(v);
+        in_patch.iter().position(|p| Some(p) == i.as_ref())
+    });
+    let live_index = |v: &Value| {
+        let i = id(v);
+        i.as_ref()
+            .and_then(|i| live.iter().position(|l| l.as_ref() == Some(i)))
+    };
+    let (mut left, mut right) = (
+        server_only.into_iter().peekable(),
+        named.into_iter().peekable(),
+    );
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(l), Some(r)) => {
+                matches!((live_index(l), live_index(r)), (Some(a), Some(b)) if a < b)
+            }
+        };
+        list.extend(if take_left { left.next() } else { right.next() });
     }
 }
 
@@ -425,11 +472,13 @@ fn fresh(p: &Value, def: Option<&str>) -> Value {
 
 /// A list with the merge strategy and no key (e.g. finalizers): a set union in order.
 fn merge_primitive_list(list: &mut Vec<Value>, patch: &[Value]) {
+    let original = list.clone();
     for p in patch {
         if !list.contains(p) {
             list.push(p.clone());
         }
     }
+    upstream_order(list, &original, patch, |v| Some(v.clone()));
 }
 
 /// Orders a list as `$setElementOrder` says; items it does not name keep their order after.
@@ -495,6 +544,46 @@ mod tests {
     }
 
     #[test]
+    fn merged_lists_take_upstreams_order() {
+        let names = |out: &Value| -> Vec<String> {
+            out["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // A container the live list lacks goes ahead of the live ones (the StatefulSet
+        // conformance test's patch).
+        let doc = deployment(json!([{"name": "webserver", "image": "httpd"}]));
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "test-ss", "image": "pause"}]}}}});
+        let out = smp("apps/v1", "Deployment", doc, patch);
+        assert_eq!(names(&out), ["test-ss", "webserver"]);
+        // Live items keep their places where the live list orders them against patch items.
+        let doc = deployment(
+            json!([{"name": "a", "image": "1"}, {"name": "b", "image": "2"}, {"name": "c", "image": "3"}]),
+        );
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "5"}, {"name": "d", "image": "4"}]}}}});
+        let out = smp("apps/v1", "Deployment", doc, patch);
+        assert_eq!(names(&out), ["a", "b", "d", "c"]);
+        // Primitive sets too: finalizers the patch adds come first.
+        let out = smp(
+            "v1",
+            "ConfigMap",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"finalizers": ["x", "y"]}}),
+            json!({"metadata": {"finalizers": ["y", "z"]}}),
+        );
+        assert_eq!(out["metadata"]["finalizers"], json!(["x", "y", "z"]));
+        let out = smp(
+            "v1",
+            "ConfigMap",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"finalizers": ["x", "y"]}}),
+            json!({"metadata": {"finalizers": ["z"]}}),
+        );
+        assert_eq!(out["metadata"]["finalizers"], json!(["z", "x", "y"]));
+    }
+
+    #[test]
     fn list_directives_delete_replace_and_order() {
         let doc = deployment(
             json!([{"name": "a", "image": "1"}, {"name": "b", "image": "2"}, {"name": "c", "image": "3"}]),
@@ -529,7 +618,8 @@ mod tests {
             doc.clone(),
             json!({"metadata": {"finalizers": ["c"]}}),
         );
-        assert_eq!(out["metadata"]["finalizers"], json!(["a", "b", "c"]));
+        // Upstream's order: what the patch adds goes ahead of what only the live list has.
+        assert_eq!(out["metadata"]["finalizers"], json!(["c", "a", "b"]));
         let out = smp(
             "v1",
             "ConfigMap",

@@ -4,6 +4,8 @@
 mod apimachinery;
 mod apps;
 mod apps_api;
+mod apps_controllers;
+mod apps_workloads;
 mod auth;
 mod crd;
 mod crd_openapi;
@@ -22,6 +24,13 @@ macro_rules! tests {
 }
 pub(crate) use tests;
 
+/// Ported tests Kelp does not pass yet, kept out of [`all`].
+pub fn pending() -> Vec<Test> {
+    let mut pending = apps_workloads::pending();
+    pending.extend(apps_controllers::pending());
+    pending
+}
+
 pub fn all() -> Vec<Test> {
     let mut all = Vec::new();
     all.extend(apimachinery::tests());
@@ -36,6 +45,8 @@ pub fn all() -> Vec<Test> {
     all.extend(webhook::tests());
     all.extend(apps::tests());
     all.extend(apps_api::tests());
+    all.extend(apps_controllers::tests());
+    all.extend(apps_workloads::tests());
     all.extend(network_storage::tests());
     all
 }
