@@ -395,3 +395,35 @@ pub async fn expect_no_event<K: PartialEq + std::fmt::Debug>(
     }
     Ok(())
 }
+
+/// A typed object from JSON (the ports write their fixtures as upstream's YAML reads).
+pub fn from<T: DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(v)?)
+}
+
+/// client-go's RetryOnConflict with DefaultRetry: five tries, 10ms apart, while the attempt
+/// ends in a 409.
+pub async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(kube::Error::Api(e)) if e.code == 409 && tries < 4 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// podutil.IsPodReady: the pod's Ready condition is True.
+pub fn is_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

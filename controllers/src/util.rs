@@ -185,20 +185,8 @@ pub(crate) async fn adopt(
 ) -> anyhow::Result<bool> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(owner);
-    let patch = serde_json::json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(
-            &kube::ResourceExt::name_any(pod),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
+    match set_owners(api, pod, refs).await {
+        Ok(()) => Ok(true),
         Err(e) if is_status(&e, 404) || is_status(&e, 409) || is_status(&e, 422) => Ok(false),
         Err(e) => Err(e.into()),
     }
@@ -210,29 +198,31 @@ pub(crate) async fn release(
     pod: &k8s_openapi::api::core::v1::Pod,
     uid: &str,
 ) -> anyhow::Result<()> {
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != uid)
-        .collect();
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.retain(|r| r.uid != uid);
+    match set_owners(api, pod, refs).await {
+        Err(e) if !is_status(&e, 404) && !is_status(&e, 409) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A pod's owner references replaced, on the pod as it was read (its uid and
+/// resourceVersion are the patch's preconditions).
+async fn set_owners(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    refs: Vec<OwnerReference>,
+) -> Result<(), kube::Error> {
     let patch = serde_json::json!({"metadata": {
         "ownerReferences": refs,
         "uid": pod.metadata.uid,
         "resourceVersion": pod.metadata.resource_version,
     }});
-    match api
-        .patch(
-            &kube::ResourceExt::name_any(pod),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    api.patch(
+        &kube::ResourceExt::name_any(pod),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }

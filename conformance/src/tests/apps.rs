@@ -24,6 +24,7 @@ use kube::api::{
 use serde_json::json;
 
 use super::tests;
+use crate::framework::from;
 use crate::framework::{Events, api_error, eventually};
 use crate::{Ctx, Test};
 
@@ -60,10 +61,6 @@ pub fn tests() -> Vec<Test> {
 }
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
 
 fn template(labels: serde_json::Value, image: &str) -> serde_json::Value {
     json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "httpd", "image": image}]}})

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use super::apps::{compare_resource_version, ensure_valid_resource_version, same_quantity};
 use super::tests;
 use crate::framework::{api_error, eventually};
+use crate::framework::{from, is_ready, retry_on_conflict};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -67,10 +68,6 @@ const HTTPD: &str = "httpd:2.4";
 
 type ResourceList = BTreeMap<String, Quantity>;
 
-fn from<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
-
 /// A random UUID's text (upstream's uuid.NewUUID / uuid.New).
 fn uuid() -> String {
     let hex = |n: usize| -> String {
@@ -79,33 +76,6 @@ fn uuid() -> String {
             .collect()
     };
     format!("{}-{}-{}-{}-{}", hex(8), hex(4), hex(4), hex(4), hex(12))
-}
-
-/// client-go's RetryOnConflict with DefaultRetry: five tries, 10ms apart, while the attempt
-/// ends in a 409.
-async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(kube::Error::Api(e)) if e.code == 409 && tries < 4 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// podutil.IsPodReady: the pod's Ready condition is True.
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::tests;
 use crate::framework::eventually;
+use crate::framework::{from, retry_on_conflict};
 use crate::{Ctx, Test};
 
 /// Ported, and not passed by Kelp yet: its garbage collector does not finish a foreground
@@ -69,29 +70,6 @@ const WEBSERVER: &str = "httpd:2.4";
 const PAUSE: &str = "pause:3.10";
 const NGINX: &str = "nginx:1.27";
 const BUSYBOX: &str = "busybox:1.37";
-
-fn from<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
-
-/// client-go's RetryOnConflict with DefaultRetry: five tries, 10ms apart, while the attempt
-/// ends in a 409.
-async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(kube::Error::Api(e)) if e.code == 409 && tries < 4 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
-}
 
 /// watchtools.Until: the objects of the label selector from `rv` on (the watch reopened from
 /// the last version seen when it closes), until one meets `done`; for up to a minute.

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use super::tests;
 use crate::framework::{Events, eventually};
+use crate::framework::{from, is_ready, retry_on_conflict};
 use crate::{Ctx, Test};
 
 /// Ported, and not passed by Kelp yet: its deployment controller does not scale a rollout's
@@ -75,10 +76,6 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// The label of a node selector no node carries (see the module's comment).
 const NO_NODE: &str = "e2e.kelp.dev/no-such-node";
 
-fn from<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
-
 fn label_is<K: kube::Resource>(o: &K, key: &str, value: &str) -> bool {
     o.labels().get(key).map(String::as_str) == Some(value)
 }
@@ -88,14 +85,6 @@ fn phase(p: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("")
-}
-
-/// podutil.IsPodReady (and IsPodAvailable with no minReadySeconds).
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The UID of an object's controller (metav1.GetControllerOf).
@@ -116,25 +105,6 @@ fn selector_string(selector: &LabelSelector) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// client-go's RetryOnConflict with DefaultRetry: five tries, 10ms apart, while the attempt
-/// ends in a 409.
-async fn retry_on_conflict<T, F, Fut>(mut attempt: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, kube::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(kube::Error::Api(e)) if e.code == 409 && tries < 4 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// UpdateDeploymentWithRetries / UpdateReplicaSetWithRetries: GET, change, PUT, until a PUT

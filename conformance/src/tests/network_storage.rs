@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 
 use super::flowcontrol::{compare_resource_versions, valid_resource_version};
 use super::tests;
+use crate::framework::from;
 use crate::framework::{Events, api_error, eventually};
 use crate::{Ctx, Test};
 
@@ -92,10 +93,6 @@ impl<K> Obj for K where
         + Sync
         + 'static
 {
-}
-
-fn from<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
 }
 
 /// apimachinery's utilrand.String: `n` characters of its alphabet.

@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, W
 use serde_json::json;
 
 use super::tests;
+use crate::framework::from;
 use crate::framework::{api_error, eventually};
 use crate::{Ctx, Test};
 
@@ -39,10 +40,6 @@ pub fn tests() -> Vec<Test> {
         "[sig-instrumentation] Events API should ensure that an event can be fetched, patched, deleted, and listed" => events_api_lifecycle,
         "[sig-instrumentation] Events API should delete a collection of events" => events_api_collection,
     ]
-}
-
-fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
-    Ok(serde_json::from_value(v)?)
 }
 
 fn uuid() -> String {
