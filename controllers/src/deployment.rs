@@ -239,10 +239,14 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     old.sort_by_key(|rs| rs.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let collisions = d.status.as_ref().and_then(|s| s.collision_count);
 
+    let paused = spec.paused.unwrap_or(false);
+    // A changed spec.replicas (or a paused deployment) only resizes what exists, in proportion
+    // during a rollout (upstream's isScalingEvent and sync).
+    let scaling = paused || is_scaling_event(new.iter().chain(old.iter()), replicas);
     let mut created_now = None;
-    if !spec.paused.unwrap_or(false) {
+    if !paused {
         match &new {
-            None => {
+            None if !scaling => {
                 let hash = template_hash(&template, collisions);
                 let name = format!("{}-{hash}", d.name_any());
                 let old_total: i32 = old.iter().map(spec_replicas).sum();
@@ -286,17 +290,33 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     .await?;
                 new = Some(updated);
             }
-            Some(_) => {}
+            _ => {}
         }
+    }
+
+    if scaling {
+        resize(
+            &rs_api,
+            &d,
+            new.as_mut(),
+            &mut old,
+            replicas,
+            surge,
+            !recreate,
+        )
+        .await?;
+        if paused {
+            cleanup_history(&rs_api, &old, spec.revision_history_limit.unwrap_or(10)).await?;
+        }
+        return Ok(
+            update_status(&ctx.client, &d, new.as_ref(), &old, None, max_unavailable).await?,
+        );
     }
 
     if let Some(rs) = &new {
         let current = spec_replicas(rs);
         let old_total: i32 = old.iter().map(spec_replicas).sum();
-        let target = if spec.paused.unwrap_or(false) {
-            // Paused: only a scaling goes through, when nothing is rolling.
-            if old_total == 0 { replicas } else { current }
-        } else if recreate {
+        let target = if recreate {
             let old_pods_left = old.iter().any(|o| status_of(o).0 > 0);
             for o in &old {
                 scale(&rs_api, o, 0, replicas, surge).await?;
@@ -316,7 +336,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         if target != current || rs.annotations().get(DESIRED) != Some(&replicas.to_string()) {
             scale(&rs_api, rs, target, replicas, surge).await?;
         }
-        if !recreate && !spec.paused.unwrap_or(false) && target == current {
+        if !recreate && target == current {
             scale_down_old(&rs_api, rs, &mut old, replicas, max_unavailable, surge).await?;
         }
     }
@@ -417,6 +437,152 @@ async fn scale(
     Ok(())
 }
 
+/// Whether some active ReplicaSet was sized for another deployment size than `replicas`
+/// (upstream's isScalingEvent).
+fn is_scaling_event<'a>(mut all: impl Iterator<Item = &'a ReplicaSet>, replicas: i32) -> bool {
+    all.any(|rs| {
+        spec_replicas(rs) > 0 && annotated(rs, DESIRED).is_some_and(|desired| desired != replicas)
+    })
+}
+
+fn annotated(rs: &ReplicaSet, key: &str) -> Option<i32> {
+    rs.annotations().get(key).and_then(|v| v.parse().ok())
+}
+
+/// Resizes the deployment's ReplicaSets to a new deployment size without rolling (upstream's
+/// DeploymentController.scale): a lone active (or else the newest) ReplicaSet takes the whole
+/// size; a saturated new one leaves the old ones nothing; during a rolling update the
+/// difference is spread over the active ReplicaSets in proportion to their sizes, the
+/// leftover of the rounding going to the largest.
+async fn resize(
+    api: &Api<ReplicaSet>,
+    d: &Deployment,
+    new: Option<&mut ReplicaSet>,
+    old: &mut [ReplicaSet],
+    replicas: i32,
+    surge: i32,
+    rolling: bool,
+) -> anyhow::Result<()> {
+    let new_name = new.as_ref().map(|rs| rs.name_any());
+    let saturated = new.as_ref().is_some_and(|rs| {
+        spec_replicas(rs) == replicas
+            && annotated(rs, DESIRED) == Some(replicas)
+            && status_of(rs).2 == replicas
+    });
+    let mut all: Vec<&mut ReplicaSet> = new.into_iter().chain(old.iter_mut()).collect();
+    let mut active: Vec<&mut ReplicaSet> = Vec::new();
+    let mut newest: Option<&mut ReplicaSet> = None;
+    for rs in all.drain(..) {
+        if spec_replicas(rs) > 0 {
+            active.push(rs);
+        } else if newest.as_ref().is_none_or(|n| {
+            // The new ReplicaSet comes first; among the old, the latest created.
+            new_name.as_deref() != Some(&n.name_any()) && created(rs) > created(n)
+        }) {
+            newest = Some(rs);
+        }
+    }
+    let mut sizes: Vec<i32> = active.iter().map(|rs| spec_replicas(rs)).collect();
+    match active.len() {
+        0 => {
+            if let Some(rs) = newest {
+                set_size(api, rs, replicas, replicas, surge).await?;
+            }
+            return Ok(());
+        }
+        1 => sizes[0] = replicas,
+        _ if saturated => {
+            for (rs, size) in active.iter().zip(sizes.iter_mut()) {
+                if new_name.as_deref() != Some(&rs.name_any()) {
+                    *size = 0;
+                }
+            }
+        }
+        _ if rolling => {
+            let allowed = if replicas > 0 { replicas + surge } else { 0 };
+            let to_add = allowed - sizes.iter().sum::<i32>();
+            // Largest first; among equals, the newest first when growing, the oldest first
+            // when shrinking.
+            let mut order: Vec<usize> = (0..active.len()).collect();
+            order.sort_by(|&a, &b| {
+                let by_age = created(active[a]).cmp(&created(active[b]));
+                sizes[b]
+                    .cmp(&sizes[a])
+                    .then(if to_add > 0 { by_age.reverse() } else { by_age })
+            });
+            let before = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let mut added = 0;
+            for &i in &order {
+                let share = proportion(active[i], replicas, surge, before, to_add, added);
+                sizes[i] += share;
+                added += share;
+            }
+            if let Some(&largest) = order.first() {
+                sizes[largest] = (sizes[largest] + to_add - added).max(0);
+            }
+        }
+        _ => {}
+    }
+    for (rs, size) in active.into_iter().zip(sizes) {
+        set_size(api, rs, size, replicas, surge).await?;
+    }
+    Ok(())
+}
+
+/// The share of `to_add` (less what is `added` already) that falls to a ReplicaSet: its size
+/// scaled from the deployment's maximum it was sized for (its max-replicas annotation, else
+/// the deployment's status) to the new maximum (upstream's GetProportion).
+fn proportion(
+    rs: &ReplicaSet,
+    replicas: i32,
+    surge: i32,
+    before: i32,
+    to_add: i32,
+    added: i32,
+) -> i32 {
+    let size = spec_replicas(rs);
+    if size == 0 || to_add == 0 || to_add == added {
+        return 0;
+    }
+    let fraction = if replicas == 0 {
+        -size
+    } else {
+        let was = annotated(rs, MAX).filter(|m| *m > 0).unwrap_or(before);
+        if was <= 0 {
+            return 0;
+        }
+        (f64::from(size) * f64::from(replicas + surge) / f64::from(was)).round() as i32 - size
+    };
+    let allowed = to_add - added;
+    if to_add > 0 {
+        fraction.min(allowed)
+    } else {
+        fraction.max(allowed)
+    }
+}
+
+fn created(rs: &ReplicaSet) -> (Option<jiff::Timestamp>, String) {
+    (
+        rs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        rs.name_any(),
+    )
+}
+
+/// Scales a ReplicaSet and keeps the in-memory copy in step (the status written next reads it).
+async fn set_size(
+    api: &Api<ReplicaSet>,
+    rs: &mut ReplicaSet,
+    size: i32,
+    replicas: i32,
+    surge: i32,
+) -> anyhow::Result<()> {
+    scale(api, rs, size, replicas, surge).await?;
+    if let Some(s) = rs.spec.as_mut() {
+        s.replicas = Some(size);
+    }
+    Ok(())
+}
+
 /// Scales old ReplicaSets down as far as maxUnavailable allows: their unavailable pods
 /// first, then the oldest (upstream's reconcileOldReplicaSets).
 async fn scale_down_old(
@@ -453,10 +619,7 @@ async fn scale_down_old(
     }
     for (rs, target) in old.iter_mut().zip(targets) {
         if target != spec_replicas(rs) {
-            scale(api, rs, target, replicas, surge).await?;
-            if let Some(s) = rs.spec.as_mut() {
-                s.replicas = Some(target);
-            }
+            set_size(api, rs, target, replicas, surge).await?;
         }
     }
     Ok(())

@@ -34,16 +34,14 @@ use crate::framework::{Events, eventually};
 use crate::framework::{from, is_ready, retry_on_conflict};
 use crate::{Ctx, Test};
 
-/// Ported, and not passed by Kelp yet: its deployment controller does not scale a rollout's
-/// replica sets in proportion.
+/// Ported, and not passed by Kelp yet.
 pub fn pending() -> Vec<Test> {
-    tests![
-        "[sig-apps] Deployment deployment should support proportional scaling" => deployment_proportional_scaling,
-    ]
+    Vec::new()
 }
 
 pub fn tests() -> Vec<Test> {
     tests![
+        "[sig-apps] Deployment deployment should support proportional scaling" => deployment_proportional_scaling,
         "[sig-apps] Deployment Deployment should have a working scale subresource" => deployment_scale_subresource,
         "[sig-apps] Deployment deployment should delete old replica sets" => deployment_cleanup_policy,
         "[sig-apps] Deployment deployment should support rollover" => deployment_rollover,
