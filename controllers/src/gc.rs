@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
     PropagationPolicy,
@@ -220,15 +220,19 @@ async fn watch(gc: Arc<Collector>, root: kube::Client, ar: Arc<ApiResource>, nam
 }
 
 fn node(ar: &Arc<ApiResource>, namespaced: bool, o: &PartialObjectMeta<DynamicObject>) -> Node {
+    node_of(ar.clone(), namespaced, &o.metadata)
+}
+
+fn node_of(resource: Arc<ApiResource>, namespaced: bool, meta: &ObjectMeta) -> Node {
     Node {
-        resource: ar.clone(),
+        resource,
         namespaced,
-        namespace: o.metadata.namespace.clone(),
-        name: o.metadata.name.clone().unwrap_or_default(),
-        resource_version: o.metadata.resource_version.clone(),
-        owners: o.metadata.owner_references.clone().unwrap_or_default(),
-        finalizers: o.metadata.finalizers.clone().unwrap_or_default(),
-        deleting: o.metadata.deletion_timestamp.is_some(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone(),
+        owners: meta.owner_references.clone().unwrap_or_default(),
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        deleting: meta.deletion_timestamp.is_some(),
     }
 }
 
@@ -297,7 +301,9 @@ impl Collector {
         self.remove_finalizer(node, ORPHAN).await
     }
 
-    /// Deletes the blocking dependents; once none is left, removes `foregroundDeletion`.
+    /// Collects the blocking dependents, each as its other owners allow (one with another
+    /// solid owner only lets go of this one); once none is left, removes `foregroundDeletion`
+    /// (upstream's processDeletingDependentsItem).
     async fn foreground(
         &self,
         uid: &str,
@@ -316,6 +322,7 @@ impl Collector {
             return self.remove_finalizer(node, FOREGROUND).await;
         }
         for (duid, d) in blocking {
+            // One on its way out is waited for.
             if d.deleting {
                 continue;
             }
@@ -324,14 +331,21 @@ impl Collector {
                 .dependents
                 .get(duid)
                 .is_some_and(|s| !s.is_empty());
-            let policy = if has_dependents {
-                PropagationPolicy::Foreground
-            } else {
-                PropagationPolicy::Background
-            };
-            self.delete(duid, d, policy).await?;
+            self.attempt_to_delete(duid, d, has_dependents).await?;
         }
         Ok(())
+    }
+
+    /// Whether one of the object's dependents is itself waiting for its dependents: deleting
+    /// this one in the foreground could close a circle.
+    fn dependent_waits(&self, uid: &str) -> bool {
+        let graph = self.lock_graph();
+        graph.dependents.get(uid).into_iter().flatten().any(|d| {
+            graph
+                .nodes
+                .get(d)
+                .is_some_and(|n| n.deleting && n.finalizers.iter().any(|f| f == FOREGROUND))
+        })
     }
 
     /// A dependent: deleted when no owner is left, else rid of the references to owners
@@ -342,6 +356,18 @@ impl Collector {
         node: &Node,
         has_dependents: bool,
     ) -> anyhow::Result<()> {
+        // The graph may lag (owner references changed a moment ago): decide on the object as
+        // it is now.
+        let Some(latest) = self.api(node).get_metadata_opt(&node.name).await? else {
+            return Ok(());
+        };
+        if latest.metadata.uid.as_deref() != Some(uid) {
+            return Ok(());
+        }
+        let node = &node_of(node.resource.clone(), node.namespaced, &latest.metadata);
+        if node.deleting || node.owners.is_empty() {
+            return Ok(());
+        }
         let mut solid = Vec::new();
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
@@ -362,6 +388,23 @@ impl Collector {
                 .await;
         }
         let policy = if !waiting.is_empty() && has_dependents {
+            if self.dependent_waits(uid) {
+                // A possible circle (upstream's detection, false positives and all): this
+                // object stops blocking its owners before it waits for its own dependents.
+                let unblocked: Vec<OwnerReference> = node
+                    .owners
+                    .iter()
+                    .cloned()
+                    .map(|mut r| {
+                        if r.block_owner_deletion == Some(true) {
+                            r.block_owner_deletion = Some(false);
+                        }
+                        r
+                    })
+                    .collect();
+                self.patch_meta(node, json!({"ownerReferences": unblocked}))
+                    .await?;
+            }
             PropagationPolicy::Foreground
         } else {
             PropagationPolicy::Background
