@@ -20,6 +20,9 @@ pub struct Test {
     /// Upstream's codename, `[sig-...] Describe ... It ...`, without the `[Conformance]` tag.
     pub name: &'static str,
     pub run: fn(Ctx) -> BoxFuture<'static, anyhow::Result<()>>,
+    /// It spends its time waiting on the wall clock (a cron schedule's next minute), touching
+    /// nothing outside its namespace: it runs beside the others instead of in line.
+    pub clocked: bool,
 }
 
 /// Every ported test, in upstream's area order.
@@ -37,6 +40,27 @@ pub struct Outcome {
     pub name: &'static str,
     pub error: Option<String>,
     pub duration: Duration,
+}
+
+/// One test, in its own namespace and within [`TEST_TIMEOUT`].
+async fn timed(
+    client: &kube::Client,
+    test: &Test,
+    kubectl: Option<Arc<framework::KubectlEnv>>,
+) -> Outcome {
+    let t0 = Instant::now();
+    let result =
+        tokio::time::timeout(TEST_TIMEOUT, framework::run_one(client, test, kubectl)).await;
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(_) => Some(format!("timed out after {}s", TEST_TIMEOUT.as_secs())),
+    };
+    Outcome {
+        name: test.name,
+        error,
+        duration: t0.elapsed(),
+    }
 }
 
 /// What a run found.
@@ -68,8 +92,9 @@ impl Options {
     }
 }
 
-/// Runs the tests whose names match `focus` (all when None), one after another, with the
-/// options of the environment ([`Options::from_env`]).
+/// Runs the tests whose names match `focus` (all when None), one after another (the
+/// [`Test::clocked`] ones beside them), with the options of the environment
+/// ([`Options::from_env`]).
 pub async fn run(client: kube::Client, focus: Option<&regex::Regex>) -> Report {
     run_with(client, focus, Options::from_env()).await
 }
@@ -84,29 +109,28 @@ pub async fn run_with(
         .kubectl
         .map(|k| Arc::new(framework::KubectlEnv::new(k)));
     let started = Instant::now();
-    let mut outcomes = Vec::new();
-    let tests = if options.pending { pending() } else { all() };
-    for test in tests
+    let tests: Vec<Test> = if options.pending { pending() } else { all() }
         .into_iter()
         .filter(|t| focus.is_none_or(|f| f.is_match(t.name)))
-    {
-        let t0 = Instant::now();
-        let result = tokio::time::timeout(
-            TEST_TIMEOUT,
-            framework::run_one(&client, &test, kubectl.clone()),
-        )
-        .await;
-        let error = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(_) => Some(format!("timed out after {}s", TEST_TIMEOUT.as_secs())),
-        };
-        outcomes.push(Outcome {
-            name: test.name,
-            error,
-            duration: t0.elapsed(),
-        });
-    }
+        .collect();
+    let beside = futures::future::join_all(
+        tests
+            .iter()
+            .filter(|t| t.clocked)
+            .map(|t| timed(&client, t, kubectl.clone())),
+    );
+    let in_line = async {
+        let mut outcomes = Vec::new();
+        for test in tests.iter().filter(|t| !t.clocked) {
+            outcomes.push(timed(&client, test, kubectl.clone()).await);
+        }
+        outcomes
+    };
+    let (beside, in_line) = tokio::join!(beside, in_line);
+    // Reported in the tests' order.
+    let mut outcomes: Vec<Outcome> = in_line.into_iter().chain(beside).collect();
+    let order = |name: &str| tests.iter().position(|t| t.name == name);
+    outcomes.sort_by_key(|o| order(o.name));
     Report {
         outcomes,
         duration: started.elapsed(),

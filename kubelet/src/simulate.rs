@@ -1,6 +1,7 @@
 //! Simulated nodes (kwok-style): N nodes registered with capacity, their Leases kept fresh,
 //! and the pods bound to them driven as a kubelet would report them: Running and Ready at
-//! once; pods that do not restart finish after a moment, Succeeded, or Failed when their
+//! once; pods that do not restart finish after a moment (the N seconds of a `sleep N`
+//! command, or of the `kelp.dev/simulate-duration` annotation), Succeeded, or Failed when their
 //! command is `false` or the `kelp.dev/simulate-exit-code` annotation says so; deleted pods
 //! are removed once "stopped". No containers run.
 
@@ -181,11 +182,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
     }
     let status = pod.status.clone().unwrap_or_default();
     let restarts = spec.restart_policy.as_deref().unwrap_or("Always") == "Always";
-    let runs_for = pod
-        .annotations()
-        .get(DURATION)
-        .and_then(|d| d.parse::<f64>().ok())
-        .unwrap_or(1.0);
+    let runs_for = run_time(&pod);
     let patch = match status.phase.as_deref() {
         None | Some("Pending") => running(&pod, index),
         Some("Running") if !restarts => {
@@ -317,6 +314,38 @@ fn running(pod: &Pod, index: usize) -> serde_json::Value {
     }})
 }
 
+/// How long (seconds) a pod that does not restart runs: the annotation's figure, else the
+/// longest `sleep N` among its containers' commands (`sleep N` or `sh -c "sleep N"`), else a
+/// second.
+fn run_time(pod: &Pod) -> f64 {
+    if let Some(d) = pod
+        .annotations()
+        .get(DURATION)
+        .and_then(|d| d.parse::<f64>().ok())
+    {
+        return d;
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    spec.containers
+        .iter()
+        .filter_map(|c| {
+            let words: Vec<&str> = c
+                .command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .flat_map(|w| w.split_whitespace())
+                .collect();
+            words
+                .windows(2)
+                .filter(|w| w[0] == "sleep" || w[0].ends_with("/sleep"))
+                .filter_map(|w| w[1].trim_end_matches([';', 's']).parse::<f64>().ok())
+                .reduce(f64::max)
+        })
+        .reduce(f64::max)
+        .unwrap_or(1.0)
+}
+
 /// The exit code a simulated pod finishes with.
 fn exit_code(pod: &Pod) -> i32 {
     if let Some(code) = pod
@@ -408,4 +437,52 @@ fn finished(pod: &Pod) -> serde_json::Value {
         ],
         "containerStatuses": containers,
     }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: serde_json::Value, commands: serde_json::Value) -> Pod {
+        let containers: Vec<serde_json::Value> = commands
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"name": format!("c{i}"), "image": "busybox", "command": c}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": annotations},
+            "spec": {"containers": containers},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_runs_as_long_as_its_sleep() {
+        assert_eq!(run_time(&pod(json!({}), json!([["sleep", "300"]]))), 300.0);
+        assert_eq!(
+            run_time(&pod(
+                json!({}),
+                json!([["sh", "-c", "echo hi; sleep 5; exit 0"]])
+            )),
+            5.0
+        );
+        assert_eq!(
+            run_time(&pod(
+                json!({}),
+                json!([["sleep", "2"], ["/bin/sleep", "7"]])
+            )),
+            7.0
+        );
+        assert_eq!(run_time(&pod(json!({}), json!([["true"]]))), 1.0);
+        assert_eq!(
+            run_time(&pod(json!({DURATION: "0.5"}), json!([["sleep", "300"]]))),
+            0.5
+        );
+        assert_eq!(
+            exit_code(&pod(json!({}), json!([["sh", "-c", "exit 3"]]))),
+            3
+        );
+    }
 }

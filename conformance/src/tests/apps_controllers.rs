@@ -1161,11 +1161,6 @@ async fn ss_status_endpoints(ctx: Ctx) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // test/e2e/apps/job.go
 
-/// The annotation (kubelet/src/simulate.rs) with which a `kelp simulate` pod that does not
-/// restart runs this many seconds instead of finishing at once: what the container's
-/// `sleep 1000000` does on a real node, where the annotation means nothing.
-const SIMULATE_DURATION: &str = "kelp.dev/simulate-duration";
-
 /// e2ejob.NewTestJob("notTerminate", name, Never, parallelism, completions, nil, backoffLimit).
 fn new_not_terminating_job(
     name: &str,
@@ -1181,7 +1176,7 @@ fn new_not_terminating_job(
             "backoffLimit": backoff_limit,
             "manualSelector": false,
             "template": {
-                "metadata": {"labels": {"job": name}, "annotations": {SIMULATE_DURATION: "1000000"}},
+                "metadata": {"labels": {"job": name}},
                 "spec": {
                     "restartPolicy": "Never",
                     "volumes": [{"name": "data", "emptyDir": {}}],

@@ -9,6 +9,7 @@ mod apps_workloads;
 mod auth;
 mod crd;
 mod crd_openapi;
+mod cronjob;
 mod flowcontrol;
 mod network_storage;
 mod node;
@@ -19,7 +20,7 @@ use crate::Test;
 
 macro_rules! tests {
     ($($name:literal => $f:path),* $(,)?) => {
-        vec![$(Test { name: $name, run: |ctx| Box::pin($f(ctx)) }),*]
+        vec![$(Test { name: $name, run: |ctx| Box::pin($f(ctx)), clocked: false }),*]
     };
 }
 pub(crate) use tests;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Test> {
     all.extend(apps_api::tests());
     all.extend(apps_controllers::tests());
     all.extend(apps_workloads::tests());
+    all.extend(cronjob::tests());
     all.extend(network_storage::tests());
     all
 }
