@@ -13,9 +13,10 @@ use croner::Cron;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
 
 use crate::Informers;
 use crate::util::{self, Error, drive, is_status};
@@ -27,13 +28,36 @@ const MAX_MISSED: usize = 100;
 struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
+    events: Recorder,
+}
+
+impl Ctx {
+    /// Records an event about the cronjob (a failure to is only logged, as upstream's
+    /// recorder drops what it cannot write).
+    async fn event(&self, cj: &CronJob, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.events.publish(&event, &cj.object_ref(&())).await {
+            tracing::debug!(cronjob = %cj.name_any(), error = %e, "cronjob: event not recorded");
+        }
+    }
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
     let controller =
         Controller::for_stream(informers.cronjobs.changes(), informers.cronjobs.store())
             .owns_stream(informers.jobs.changes());
-    let ctx = Arc::new(Ctx { client, informers });
+    let events = Recorder::new(client.clone(), Reporter::from("cronjob-controller"));
+    let ctx = Arc::new(Ctx {
+        client,
+        informers,
+        events,
+    });
     drive("cronjob", controller, reconcile, ctx).await
 }
 
@@ -181,6 +205,32 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             Some(_) => {}
         }
     }
+    // Jobs the status calls active that the cache does not hold: too new for the cache (kept),
+    // finished, or gone (upstream's MissingJob).
+    for r in old.active.iter().flatten() {
+        if jobs.iter().any(|j| j.metadata.uid == r.uid) {
+            continue;
+        }
+        let Some(name) = r.name.as_deref() else {
+            continue;
+        };
+        match jobs_api.get_opt(name).await? {
+            Some(j) if j.metadata.uid == r.uid => {
+                if finished(&j).is_none() {
+                    active.push(reference(&j));
+                }
+            }
+            _ => {
+                ctx.event(
+                    &cj,
+                    EventType::Normal,
+                    "MissingJob",
+                    format!("Active job went missing: {name}"),
+                )
+                .await
+            }
+        }
+    }
 
     // History limits: the oldest finished jobs beyond the limits go.
     for (kind, limit) in [
@@ -281,7 +331,16 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ..Default::default()
     };
     match jobs_api.create(&PostParams::default(), &job).await {
-        Ok(created) => active.push(reference(&created)),
+        Ok(created) => {
+            ctx.event(
+                &cj,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created job {name}"),
+            )
+            .await;
+            active.push(reference(&created));
+        }
         // Made already (a retry after the status write failed): it is in the cache soon.
         Err(e) if is_status(&e, 409) => {}
         Err(e) => return Err(e.into()),

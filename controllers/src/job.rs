@@ -51,21 +51,62 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
             }
             jobs.state()
                 .iter()
-                .filter(|j| j.metadata.namespace == pod.metadata.namespace)
-                .filter(|j| {
-                    let selector = j.spec.as_ref().and_then(|s| s.selector.as_ref());
-                    selector.is_some() && util::selects(selector, pod.metadata.labels.as_ref())
-                })
+                .filter(|j| selects(j, &pod))
                 .map(|j| ObjectRef::from_obj(&**j))
                 .collect::<Vec<_>>()
         });
+    let orphans = release_orphans(client.clone(), informers.clone());
     let ctx = Arc::new(Ctx {
         client,
         informers,
         expectations: Expectations::default(),
         failures: Mutex::new(HashMap::new()),
     });
-    drive("job", controller, reconcile, ctx).await
+    tokio::select! {
+        r = drive("job", controller, reconcile, ctx) => r,
+        () = orphans => Err(anyhow::anyhow!("the job controller's orphan pod watch ended")),
+    }
+}
+
+/// Takes the tracking finalizer off pods no unfinished job will count: orphans, and pods of
+/// a job that is gone or finished (upstream's syncOrphanPod), so that they can go.
+async fn release_orphans(client: kube::Client, informers: Arc<Informers>) {
+    let jobs = informers.jobs.store();
+    let mut changes = std::pin::pin!(informers.pods.changes());
+    while let Some(change) = changes.next().await {
+        let Ok(pod) = change else { continue };
+        if !has_finalizer(&pod) {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        match util::controller_of(&pod.metadata) {
+            Some(r) => {
+                if r.kind != "Job" || r.api_version != "batch/v1" {
+                    continue;
+                }
+                let job = jobs.get(&ObjectRef::new(&r.name).within(&ns));
+                if job.is_some_and(|j| {
+                    j.metadata.uid.as_deref() == Some(r.uid.as_str()) && !is_finished(&j)
+                }) {
+                    continue;
+                }
+            }
+            // An orphan some job selects is that job's to adopt.
+            None => {
+                if jobs
+                    .state()
+                    .iter()
+                    .any(|j| !is_finished(j) && selects(j, &pod))
+                {
+                    continue;
+                }
+            }
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        if let Err(e) = patch_finalizer_out(&api, &pod).await {
+            tracing::debug!(pod = %pod.name_any(), error = %e, "job: tracking finalizer not removed");
+        }
+    }
 }
 
 fn now() -> Time {
@@ -102,6 +143,20 @@ fn set_condition(status: &mut JobStatus, c: JobCondition) {
         Some(o) => *o = c,
         None => list.push(c),
     }
+}
+
+/// Whether the job's selector takes in the pod (of its namespace).
+fn selects(job: &Job, pod: &Pod) -> bool {
+    let selector = job.spec.as_ref().and_then(|s| s.selector.as_ref());
+    job.metadata.namespace == pod.metadata.namespace
+        && selector.is_some()
+        && util::selects(selector, pod.metadata.labels.as_ref())
+}
+
+fn is_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .is_some_and(|s| has_condition(s, "Complete") || has_condition(s, "Failed"))
 }
 
 fn phase(pod: &Pod) -> &str {
