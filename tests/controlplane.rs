@@ -289,6 +289,79 @@ fn deployments(k: &Kubectl) {
     });
 }
 
+/// `kubectl autoscale`: the autoscaler keeps its deployment within minReplicas..maxReplicas,
+/// and, no metrics API being served, says it cannot read cpu (upstream's answer without a
+/// metrics-server).
+fn autoscaling(k: &Kubectl) {
+    k.ok(&[
+        "create",
+        "deployment",
+        "scaled",
+        "--image=nginx",
+        "--replicas=1",
+    ]);
+    k.ok(&[
+        "autoscale",
+        "deployment",
+        "scaled",
+        "--min=2",
+        "--max=3",
+        "--cpu-percent=50",
+    ]);
+    let replicas = |want: &str| {
+        wait_for(
+            &format!("the autoscaler to set {want} replicas"),
+            60,
+            || {
+                let r = k.ok(&[
+                    "get",
+                    "deployment",
+                    "scaled",
+                    "-o",
+                    "jsonpath={.spec.replicas}",
+                ]);
+                if r == want { Ok(()) } else { Err(r) }
+            },
+        )
+    };
+    replicas("2");
+    k.ok(&["scale", "deployment", "scaled", "--replicas=6"]);
+    replicas("3");
+    wait_for("the autoscaler's status", 60, || {
+        let row = k.ok(&["get", "hpa", "scaled", "--no-headers"]);
+        let cells: Vec<&str> = row.split_whitespace().take(7).collect();
+        if cells
+            == [
+                "scaled",
+                "Deployment/scaled",
+                "cpu:",
+                "<unknown>/50%",
+                "2",
+                "3",
+                "3",
+            ]
+        {
+            Ok(())
+        } else {
+            Err(row)
+        }
+    });
+    // Columns padded to their widths: compared word by word.
+    let described = k.ok(&["describe", "hpa", "scaled"]);
+    let described = described.split_whitespace().collect::<Vec<_>>().join(" ");
+    for line in [
+        "AbleToScale True SucceededGetScale",
+        "ScalingActive False FailedGetResourceMetric",
+        "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: unable to fetch metrics from resource metrics API: the server could not find the requested resource (get pods.metrics.k8s.io)",
+        "SuccessfulRescale",
+        "New size: 3; reason: Current number of replicas above Spec.MaxReplicas",
+    ] {
+        assert!(described.contains(line), "no {line:?} in: {described}");
+    }
+    k.ok(&["delete", "hpa", "scaled"]);
+    k.ok(&["delete", "deployment", "scaled"]);
+}
+
 fn garbage_collection(k: &Kubectl) {
     for name in ["gc-bg", "gc-fg", "gc-orphan"] {
         k.ok(&[
@@ -902,6 +975,7 @@ fn cluster(server: &KelpServer) {
         }
     });
     deployments(&k);
+    autoscaling(&k);
     garbage_collection(&k);
     namespaces(&k);
     jobs(&k);

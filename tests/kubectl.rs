@@ -334,17 +334,18 @@ fn session(server: &KelpServer, v: &str) {
         ]
     );
     assert_eq!(
-        &rows[1][..7],
+        &rows[1][..6],
         [
             "api",
             "Deployment/api",
             "cpu:",
             "<unknown>/50%",
             "1",
-            "3",
-            "0"
+            "3"
         ]
     );
+    // REPLICAS: 0 until the autoscaler's first look, then the deployment's count.
+    assert!(rows[1][6].parse::<u32>().is_ok(), "{hpa}");
     assert_eq!(
         k(&[
             "get",

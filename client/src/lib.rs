@@ -2,6 +2,7 @@
 //! per resource, a cache and a change feed for every controller that reads it) and leader
 //! election by Lease. These components reach the cluster only over HTTPS, like upstream's.
 
+pub mod events;
 pub mod informer;
 pub mod leader;
 

@@ -13,9 +13,9 @@ use croner::Cron;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kelp_client::events::Recorder;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 
 use crate::Informers;
@@ -32,19 +32,9 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Records an event about the cronjob (a failure to is only logged, as upstream's
-    /// recorder drops what it cannot write).
-    async fn event(&self, cj: &CronJob, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.events.publish(&event, &cj.object_ref(&())).await {
-            tracing::debug!(cronjob = %cj.name_any(), error = %e, "cronjob: event not recorded");
-        }
+    fn event(&self, cj: &CronJob, type_: &'static str, reason: &str, message: String) {
+        self.events
+            .record(cj.object_ref(&()), type_, reason, "", message);
     }
 }
 
@@ -52,7 +42,7 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
     let controller =
         Controller::for_stream(informers.cronjobs.changes(), informers.cronjobs.store())
             .owns_stream(informers.jobs.changes());
-    let events = Recorder::new(client.clone(), Reporter::from("cronjob-controller"));
+    let events = Recorder::spawn(client.clone(), "cronjob-controller", String::new());
     let ctx = Arc::new(Ctx {
         client,
         informers,
@@ -220,15 +210,12 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     active.push(reference(&j));
                 }
             }
-            _ => {
-                ctx.event(
-                    &cj,
-                    EventType::Normal,
-                    "MissingJob",
-                    format!("Active job went missing: {name}"),
-                )
-                .await
-            }
+            _ => ctx.event(
+                &cj,
+                "Normal",
+                "MissingJob",
+                format!("Active job went missing: {name}"),
+            ),
         }
     }
 
@@ -334,11 +321,10 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         Ok(created) => {
             ctx.event(
                 &cj,
-                EventType::Normal,
+                "Normal",
                 "SuccessfulCreate",
                 format!("Created job {name}"),
-            )
-            .await;
+            );
             active.push(reference(&created));
         }
         // Made already (a retry after the status write failed): it is in the cache soon.

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -30,6 +31,7 @@ mod util;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -84,6 +86,7 @@ pub struct Informers {
     pub quotas: Arc<Informer<ResourceQuota>>,
     pub replicationcontrollers: Arc<Informer<ReplicationController>>,
     pub csrs: Arc<Informer<CertificateSigningRequest>>,
+    pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
     /// Secrets of type `kubernetes.io/service-account-token`.
     pub token_secrets: Arc<Informer<Secret>>,
 }
@@ -117,6 +120,7 @@ impl Informers {
             quotas: Informer::spawn(Api::all(client.clone()), all.clone()),
             replicationcontrollers: Informer::spawn(Api::all(client.clone()), all.clone()),
             csrs: Informer::spawn(Api::all(client.clone()), all.clone()),
+            hpas: Informer::spawn(Api::all(client.clone()), all.clone()),
             node_leases: Informer::spawn(
                 Api::namespaced(client.clone(), "kube-node-lease"),
                 all.clone(),
@@ -152,6 +156,7 @@ impl Informers {
         self.quotas.ready().await;
         self.replicationcontrollers.ready().await;
         self.csrs.ready().await;
+        self.hpas.ready().await;
         self.token_secrets.ready().await;
     }
 }
@@ -227,6 +232,8 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     set.spawn(resourcequota::run(client, informers.clone()));
     let client = credentials.client("node-controller").await?;
     set.spawn(nodelifecycle::run(client, informers.clone()));
+    let client = credentials.client("horizontal-pod-autoscaler").await?;
+    set.spawn(hpa::run(client, informers.clone()));
     let client = credentials.client("pod-garbage-collector").await?;
     set.spawn(podgc::run(client, informers.clone()));
     if let Some(ca) = options.signing.clone() {

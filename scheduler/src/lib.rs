@@ -13,20 +13,18 @@ pub mod queue;
 pub mod resources;
 pub mod selectors;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Binding, Event, EventSource, Namespace, Node, ObjectReference, Pod,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kelp_client::Informer;
-use kube::Api;
+use kelp_client::events::Recorder;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::{Api, Resource};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -114,7 +112,7 @@ async fn lead(client: kube::Client, identity: String) -> anyhow::Result<()> {
         namespaces: namespaces.store(),
         client: client.clone(),
         tx,
-        events: Recorder::spawn(client, format!("{SCHEDULER_NAME}-{host}")),
+        events: Recorder::spawn(client, SCHEDULER_NAME, format!("{SCHEDULER_NAME}-{host}")),
         binds: Arc::new(Semaphore::new(PARALLEL_BINDINGS)),
     };
     loop {
@@ -289,7 +287,7 @@ impl Scheduler {
                     let result = bind(&client, &pod, &node).await;
                     if result.is_ok() {
                         events.record(
-                            &pod.pod,
+                            pod.pod.object_ref(&()),
                             "Normal",
                             "Scheduled",
                             "Binding",
@@ -366,7 +364,7 @@ async fn record_failure(
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     let name = pod.pod.metadata.name.clone().unwrap_or_default();
     events.record(
-        &pod.pod,
+        pod.pod.object_ref(&()),
         "Warning",
         "FailedScheduling",
         "Scheduling",
@@ -429,7 +427,7 @@ async fn record_failure(
             )
             .await;
         events.record(
-            &victim.pod,
+            victim.pod.object_ref(&()),
             "Normal",
             "Preempted",
             "Preempting",
@@ -449,98 +447,4 @@ async fn record_failure(
         }
     }
     Ok(())
-}
-
-/// Writes core/v1 Events off the scheduling path (upstream's event broadcaster): a repeat of
-/// the same reason and message for the same object bumps the earlier event's count. When the
-/// API is slow, events are dropped rather than slowing scheduling.
-#[derive(Clone)]
-struct Recorder {
-    tx: mpsc::Sender<(Arc<Pod>, &'static str, &'static str, &'static str, String)>,
-}
-
-impl Recorder {
-    fn spawn(client: kube::Client, instance: String) -> Recorder {
-        let (tx, mut rx) =
-            mpsc::channel::<(Arc<Pod>, &'static str, &'static str, &'static str, String)>(4096);
-        tokio::spawn(async move {
-            // (namespace, pod uid, reason, message) → (event name, count)
-            let mut seen: HashMap<(String, String, String, String), (String, i32)> = HashMap::new();
-            while let Some((pod, type_, reason, action, message)) = rx.recv().await {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-                let now = Time(jiff::Timestamp::now());
-                let key = (ns.clone(), uid.clone(), reason.to_string(), message.clone());
-                if let Some((name, count)) = seen.get_mut(&key) {
-                    *count += 1;
-                    let patch = json!({"count": *count, "lastTimestamp": now});
-                    if api
-                        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-                        .await
-                        .is_ok()
-                    {
-                        continue;
-                    }
-                }
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                let event = Event {
-                    metadata: ObjectMeta {
-                        name: Some(format!(
-                            "{pod_name}.{:x}",
-                            jiff::Timestamp::now().as_nanosecond()
-                        )),
-                        namespace: Some(ns.clone()),
-                        ..Default::default()
-                    },
-                    involved_object: ObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(pod_name),
-                        namespace: Some(ns.clone()),
-                        uid: Some(uid),
-                        resource_version: pod.metadata.resource_version.clone(),
-                        ..Default::default()
-                    },
-                    reason: Some(reason.into()),
-                    message: Some(message),
-                    type_: Some(type_.into()),
-                    action: Some(action.into()),
-                    source: Some(EventSource {
-                        component: Some(SCHEDULER_NAME.into()),
-                        host: None,
-                    }),
-                    reporting_component: Some(SCHEDULER_NAME.into()),
-                    reporting_instance: Some(instance.clone()),
-                    first_timestamp: Some(now.clone()),
-                    last_timestamp: Some(now),
-                    count: Some(1),
-                    ..Default::default()
-                };
-                match api.create(&PostParams::default(), &event).await {
-                    Ok(created) => {
-                        if seen.len() > 10_000 {
-                            seen.clear();
-                        }
-                        seen.insert(key, (created.metadata.name.unwrap_or_default(), 1));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "writing an event"),
-                }
-            }
-        });
-        Recorder { tx }
-    }
-
-    fn record(
-        &self,
-        pod: &Arc<Pod>,
-        type_: &'static str,
-        reason: &'static str,
-        action: &'static str,
-        message: String,
-    ) {
-        let _ = self
-            .tx
-            .try_send((pod.clone(), type_, reason, action, message));
-    }
 }

@@ -100,6 +100,48 @@ pub const LOCAL_API_SERVICES: &[(&str, &str, i64, i64)] = &[
     ("flowcontrol.apiserver.k8s.io", "v1", 16100, 21),
 ];
 
+/// autoscaling/v2's SetDefaults_HorizontalPodAutoscaler: one replica at least, cpu at 80%
+/// when no metric is named, and each direction of a given behavior completed with upstream's
+/// rules (scale up: no window, 4 pods or 100% per 15 s, the larger; scale down: 100% per 15 s,
+/// its window left to the controller).
+fn hpa_defaults(o: &mut Value) {
+    let spec = &mut o["spec"];
+    super::defaults::set(spec, "minReplicas", json!(1));
+    if spec
+        .get("metrics")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    let Some(behavior) = spec.get_mut("behavior").filter(|b| b.is_object()) else {
+        return;
+    };
+    let up = &mut behavior["scaleUp"];
+    if !up.is_object() {
+        *up = json!({});
+    }
+    super::defaults::set(up, "stabilizationWindowSeconds", json!(0));
+    super::defaults::set(up, "selectPolicy", json!("Max"));
+    super::defaults::set(
+        up,
+        "policies",
+        json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+            {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+    );
+    let down = &mut behavior["scaleDown"];
+    if !down.is_object() {
+        *down = json!({});
+    }
+    super::defaults::set(down, "selectPolicy", json!("Max"));
+    super::defaults::set(
+        down,
+        "policies",
+        json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+    );
+}
+
 fn count(o: &Value, pointer: &str) -> Value {
     json!(
         o.pointer(pointer)
@@ -130,6 +172,7 @@ pub static RESOURCES: &[Resource] = &[
         columns: &cells::HPA,
         status: Status::Subresource,
         generation: true,
+        defaults: hpa_defaults,
         ..BASE
     },
     Resource {
@@ -548,5 +591,37 @@ fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
                 c["lastTransitionTime"] = transition.unwrap_or_else(|| json!(now));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autoscalers_default_as_upstreams_v2() {
+        let mut o = json!({"spec": {"maxReplicas": 3, "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}}});
+        hpa_defaults(&mut o);
+        assert_eq!(o["spec"]["minReplicas"], 1);
+        assert_eq!(
+            o["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            80
+        );
+        assert_eq!(
+            o["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"],
+            0
+        );
+        assert_eq!(o["spec"]["behavior"]["scaleUp"]["policies"][0]["value"], 4);
+        assert_eq!(
+            o["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            60
+        );
+        assert_eq!(o["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Max");
+        // Named metrics and no behavior stay as they are.
+        let mut o = json!({"spec": {"minReplicas": 2, "metrics": [{"type": "Resource",
+            "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1Gi"}}}]}});
+        let before = o.clone();
+        hpa_defaults(&mut o);
+        assert_eq!(o, before);
     }
 }
