@@ -315,7 +315,7 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
         wanted.insert(ports, vec![]);
     }
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut existing: Vec<Arc<EndpointSlice>> = ctx
+    let existing: Vec<Arc<EndpointSlice>> = ctx
         .informers
         .endpointslices
         .store()
@@ -325,22 +325,12 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
         .filter(|s| s.labels().get(SERVICE_NAME_LABEL) == Some(&name))
         .filter(|s| util::controller_of(&s.metadata).is_some_and(|r| r.uid == uid))
         .collect();
-    existing.sort_by_key(|s| s.name_any());
     let mut labels = svc.labels().clone();
     labels.insert(SERVICE_NAME_LABEL.into(), name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-    let mut reuse = existing.into_iter();
-    for (ports, endpoints) in wanted {
-        let ports: Vec<SlicePort> = ports
-            .into_iter()
-            .map(|(n, p, proto)| SlicePort {
-                name: n,
-                port: Some(p),
-                protocol: Some(proto),
-                app_protocol: None,
-            })
-            .collect();
-        let slice = EndpointSlice {
+    let slices = wanted
+        .into_iter()
+        .map(|(ports, endpoints)| EndpointSlice {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{name}-")),
                 namespace: Some(ns.clone()),
@@ -350,28 +340,64 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
             },
             address_type: "IPv4".into(),
             endpoints,
-            ports: Some(ports),
-        };
+            ports: Some(
+                ports
+                    .into_iter()
+                    .map(|(n, p, proto)| SlicePort {
+                        name: n,
+                        port: Some(p),
+                        protocol: Some(proto),
+                        app_protocol: None,
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    if !write_slices(&api, existing, slices).await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Makes a service's slices the wanted ones: existing slices (in name order) are reused in
+/// turn — replaced where their endpoints, ports, labels or address type differ — wanted ones
+/// left over are created, existing ones left over deleted. False when a write lost a race
+/// (look again shortly).
+pub(crate) async fn write_slices(
+    api: &Api<EndpointSlice>,
+    mut existing: Vec<Arc<EndpointSlice>>,
+    wanted: Vec<EndpointSlice>,
+) -> Result<bool, Error> {
+    existing.sort_by_key(|s| s.name_any());
+    let mut reuse = existing.into_iter();
+    for slice in wanted {
         match reuse.next() {
             Some(old) => {
                 if old.endpoints == slice.endpoints
                     && old.ports == slice.ports
                     && old.metadata.labels == slice.metadata.labels
+                    && old.metadata.annotations == slice.metadata.annotations
+                    && old.address_type == slice.address_type
                 {
+                    continue;
+                }
+                // The address type cannot change: such a slice is replaced by a new one.
+                if old.address_type != slice.address_type {
+                    delete_slice(api, &old).await?;
+                    api.create(&PostParams::default(), &slice).await?;
                     continue;
                 }
                 let mut updated = (*old).clone();
                 updated.endpoints = slice.endpoints;
                 updated.ports = slice.ports;
                 updated.metadata.labels = slice.metadata.labels;
+                updated.metadata.annotations = slice.metadata.annotations;
                 match api
                     .replace(&old.name_any(), &PostParams::default(), &updated)
                     .await
                 {
                     Ok(_) => {}
-                    Err(e) if is_status(&e, 409) || is_status(&e, 404) => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
-                    }
+                    Err(e) if is_status(&e, 409) || is_status(&e, 404) => return Ok(false),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -381,16 +407,20 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
         }
     }
     for extra in reuse {
-        match api
-            .delete(&extra.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_slice(api, &extra).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(true)
+}
+
+async fn delete_slice(api: &Api<EndpointSlice>, slice: &EndpointSlice) -> Result<(), Error> {
+    match api
+        .delete(&slice.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Endpoints this controller made whose service is gone.

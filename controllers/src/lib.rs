@@ -11,6 +11,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod endpointslicemirroring;
 pub mod gc;
 pub mod hpa;
 pub mod job;
@@ -80,6 +81,8 @@ pub struct Informers {
     pub endpoints: Arc<Informer<Endpoints>>,
     /// The slices the endpointslice controller manages.
     pub endpointslices: Arc<Informer<EndpointSlice>>,
+    /// The slices the endpointslice mirroring controller manages.
+    pub mirrored_slices: Arc<Informer<EndpointSlice>>,
     /// The nodes' Leases (kube-node-lease).
     pub node_leases: Arc<Informer<Lease>>,
     pub pdbs: Arc<Informer<PodDisruptionBudget>>,
@@ -125,6 +128,14 @@ impl Informers {
                 Api::namespaced(client.clone(), "kube-node-lease"),
                 all.clone(),
             ),
+            mirrored_slices: Informer::spawn(
+                Api::all(client.clone()),
+                all.clone().labels(&format!(
+                    "{}={}",
+                    endpoints::MANAGED_BY_LABEL,
+                    endpointslicemirroring::MANAGED_BY
+                )),
+            ),
             endpointslices: Informer::spawn(
                 Api::all(client.clone()),
                 all.labels(&format!(
@@ -151,6 +162,7 @@ impl Informers {
         self.services.ready().await;
         self.endpoints.ready().await;
         self.endpointslices.ready().await;
+        self.mirrored_slices.ready().await;
         self.node_leases.ready().await;
         self.pdbs.ready().await;
         self.quotas.ready().await;
@@ -226,6 +238,10 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
         slices_client,
         informers.clone(),
     ));
+    let client = credentials
+        .client("endpointslicemirroring-controller")
+        .await?;
+    set.spawn(endpointslicemirroring::run(client, informers.clone()));
     let client = credentials.client("disruption-controller").await?;
     set.spawn(disruption::run(client, informers.clone()));
     let client = credentials.client("resourcequota-controller").await?;

@@ -47,6 +47,7 @@ pub fn tests() -> Vec<Test> {
         "[sig-network] API Server should have Endpoints and EndpointSlices pointing to API Server" => apiserver_endpoints,
         "[sig-network] EndpointSlice should create and delete EndpointSlices for a Service with a selector that matches no pods" => endpointslices_for_empty_service,
         "[sig-network] EndpointSlice should support creating EndpointSlice API operations" => endpointslice_api,
+        "[sig-network] EndpointSliceMirroring should mirror a custom Endpoints resource through create update and delete" => endpointslice_mirroring,
         "[sig-network] Endpoints should test the lifecycle of an Endpoint" => endpoint_lifecycle,
         "[sig-network] EndpointsController should create and delete Endpoints for a Service with a selector that matches no pods" => endpoints_for_empty_service,
         "[sig-network] Ingress API should support creating Ingress API operations" => ingress_api,
@@ -2686,5 +2687,121 @@ async fn volumeattachment_status_steps(
         &format!("VolumeAttachment {name:?}"),
     )
     .await?;
+    Ok(())
+}
+
+/// endpointslicemirroring.go "should mirror a custom Endpoints resource through create update
+/// and delete": Endpoints kept by hand for a selector-less service are mirrored into an
+/// EndpointSlice, through their creation, an update and their deletion (each within upstream's
+/// 12 s).
+async fn endpointslice_mirroring(ctx: Ctx) -> anyhow::Result<()> {
+    let services: Api<Service> = ctx.namespaced();
+    let endpoints_api: Api<Endpoints> = ctx.namespaced();
+    let slices: Api<EndpointSlice> = ctx.namespaced();
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &from(json!({
+                "metadata": {"name": "example-custom-endpoints"},
+                "spec": {"ports": [{"name": "example", "port": 80, "protocol": "TCP"}]},
+            }))?,
+        )
+        .await?;
+    let name = svc.name_any();
+    let mut endpoints: Endpoints = from(json!({
+        "metadata": {"name": name},
+        "subsets": [{"ports": [{"port": 80}], "addresses": [{"ip": "10.1.2.3"}]}],
+    }))?;
+    let selector = format!("kubernetes.io/service-name={name}");
+    let list = || async {
+        anyhow::Ok(
+            slices
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items,
+        )
+    };
+    // One port 80 and one endpoint of one address, or why not.
+    let check = |slice: &EndpointSlice, ip: &str| -> Result<(), String> {
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        if ports.len() != 1 {
+            return Err(format!(
+                "Expected EndpointSlice to have 1 Port, got {}",
+                ports.len()
+            ));
+        }
+        if ports[0].port != Some(80) {
+            return Err(format!("Expected port to be 80, got {:?}", ports[0].port));
+        }
+        if slice.endpoints.len() != 1 {
+            return Err(format!(
+                "Expected EndpointSlice to have 1 endpoints, got {}",
+                slice.endpoints.len()
+            ));
+        }
+        let addresses = &slice.endpoints[0].addresses;
+        if addresses.len() != 1 {
+            return Err(format!(
+                "Expected EndpointSlice endpoint to have 1 address, got {}",
+                addresses.len()
+            ));
+        }
+        if addresses[0] != ip {
+            return Err(format!(
+                "Expected EndpointSlice to have {ip} as address, got {}",
+                addresses[0]
+            ));
+        }
+        Ok(())
+    };
+    let wait = Duration::from_secs(12);
+    let failed = |e: anyhow::Error| {
+        anyhow!(
+            "Did not find matching EndpointSlice for {}/{name}: {e:#}",
+            ctx.namespace
+        )
+    };
+
+    // Mirroring a new custom Endpoint: every slice made is valid (a second one may appear
+    // when the controller's cache lags).
+    endpoints = endpoints_api
+        .create(&PostParams::default(), &endpoints)
+        .await
+        .context("Unexpected error creating Endpoints")?;
+    eventually(wait, "at least 1 EndpointSlice to exist", || async {
+        let items = list().await?;
+        for slice in &items {
+            check(slice, "10.1.2.3").map_err(|e| anyhow!(e))?;
+        }
+        Ok((!items.is_empty()).then_some(()))
+    })
+    .await
+    .map_err(failed)?;
+
+    // Mirroring an update to a custom Endpoint.
+    if let Some(subset) = endpoints.subsets.as_mut().and_then(|s| s.first_mut()) {
+        subset.addresses = Some(vec![from(json!({"ip": "10.2.3.4"}))?]);
+    }
+    endpoints_api
+        .replace(&name, &PostParams::default(), &endpoints)
+        .await
+        .context("Unexpected error updating Endpoints")?;
+    eventually(wait, "1 EndpointSlice with 10.2.3.4", || async {
+        let items = list().await?;
+        Ok((items.len() == 1 && check(&items[0], "10.2.3.4").is_ok()).then_some(()))
+    })
+    .await
+    .map_err(failed)?;
+
+    // Mirroring deletion of a custom Endpoint.
+    endpoints_api
+        .delete(&name, &DeleteParams::default())
+        .await
+        .context("Unexpected error deleting Endpoints")?;
+    eventually(wait, "0 EndpointSlices to exist", || async {
+        Ok(list().await?.is_empty().then_some(()))
+    })
+    .await
+    .map_err(failed)?;
     Ok(())
 }
