@@ -335,14 +335,7 @@ fn session(server: &KelpServer, v: &str) {
     );
     assert_eq!(
         &rows[1][..6],
-        [
-            "api",
-            "Deployment/api",
-            "cpu:",
-            "<unknown>/50%",
-            "1",
-            "3"
-        ]
+        ["api", "Deployment/api", "cpu:", "<unknown>/50%", "1", "3"]
     );
     // REPLICAS: 0 until the autoscaler's first look, then the deployment's count.
     assert!(rows[1][6].parse::<u32>().is_ok(), "{hpa}");
