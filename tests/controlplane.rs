@@ -701,6 +701,101 @@ fn jobs(k: &Kubectl) {
             Err(format!("{p:?}"))
         }
     });
+    indexed_job_policies(k);
+}
+
+/// backoffLimitPerIndex and successPolicy: an index that keeps failing fails alone (its
+/// retries carry its failure count) and the job fails with it once the other indexes are done;
+/// a met success policy completes a job early, its other pods terminated first.
+fn indexed_job_policies(k: &Kubectl) {
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: per-index}\nspec:\n  completions: 4\n  parallelism: 4\n  completionMode: Indexed\n  backoffLimitPerIndex: 1\n  maxFailedIndexes: 2\n  template:\n    metadata:\n      annotations: {kelp.dev/simulate-exit-code-by-index: \"1=1\"}\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sh, -c, exit 0]}]\n",
+    );
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: early}\nspec:\n  completions: 5\n  parallelism: 5\n  completionMode: Indexed\n  successPolicy:\n    rules: [{succeededIndexes: \"0\", succeededCount: 1}]\n  template:\n    metadata:\n      annotations: {kelp.dev/simulate-duration-by-index: \"0=1\"}\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sleep, \"300\"]}]\n",
+    );
+
+    // Index 0 ends at once; the others would sleep 300 s.
+    k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/early",
+        "--timeout=60s",
+    ]);
+    let early = k.ok(&[
+        "get",
+        "job",
+        "early",
+        "-o",
+        "jsonpath={.status.conditions[*].type}|{.status.conditions[?(@.type==\"SuccessCriteriaMet\")].reason}|{.status.conditions[?(@.type==\"Complete\")].reason}: {.status.conditions[?(@.type==\"Complete\")].message}|completed {.status.completedIndexes}, succeeded {.status.succeeded}",
+    ]);
+    let expected = "SuccessCriteriaMet Complete|SuccessPolicy|SuccessPolicy: Matched rules at index 0|completed 0, succeeded 1";
+    assert_eq!(
+        early, expected,
+        "job early: expected {expected:?}, saw {early:?}"
+    );
+    // Complete only once the other indexes' pods are gone.
+    let left = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=early",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.labels.batch\\.kubernetes\\.io/job-completion-index}={.status.phase} {end}",
+    ]);
+    assert_eq!(
+        left, "0=Succeeded ",
+        "job early's pods once Complete: expected index 0's alone, Succeeded; saw {left:?}"
+    );
+
+    // Index 1 fails, waits out its 10 s back-off, fails again and is done for; the job fails
+    // once indexes 0, 2 and 3 have succeeded.
+    k.ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/per-index",
+        "--timeout=60s",
+    ]);
+    let status = k.ok(&[
+        "get",
+        "job",
+        "per-index",
+        "-o",
+        "jsonpath={.status.conditions[*].type}|{.status.conditions[?(@.type==\"Failed\")].reason}: {.status.conditions[?(@.type==\"Failed\")].message}|failed indexes {.status.failedIndexes}, completed {.status.completedIndexes}, succeeded {.status.succeeded}, failed {.status.failed}",
+    ]);
+    let expected = "FailureTarget Failed|FailedIndexes: Job has failed indexes|failed indexes 1, completed 0,2,3, succeeded 3, failed 2";
+    assert_eq!(
+        status, expected,
+        "job per-index: expected {expected:?}, saw {status:?}"
+    );
+    let tries = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=per-index,batch.kubernetes.io/job-completion-index=1",
+        "--sort-by=.metadata.creationTimestamp",
+        "-o",
+        "jsonpath={range .items[*]}{.status.phase}/{.metadata.annotations.batch\\.kubernetes\\.io/job-index-failure-count} {end}",
+    ]);
+    assert_eq!(
+        tries, "Failed/0 Failed/1 ",
+        "index 1 of per-index: expected two failed tries with failure counts 0 and 1, saw {tries:?}"
+    );
+    let indexes = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "job-name=per-index",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.labels.batch\\.kubernetes\\.io/job-completion-index} {end}",
+    ]);
+    let mut indexes: Vec<&str> = indexes.split_whitespace().collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        ["0", "1", "1", "2", "3"],
+        "per-index's pods by index: expected one try of each index but 1, two of 1; saw {indexes:?}"
+    );
 }
 
 fn cronjobs(k: &Kubectl) {

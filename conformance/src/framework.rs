@@ -274,8 +274,23 @@ pub fn api_error<T: std::fmt::Debug>(
     }
 }
 
-/// Polls `check` every `interval` until it gives Some, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+/// Polls `check` every 100 ms until it gives Some, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    eventually_every(Duration::from_millis(100), timeout, what, check).await
+}
+
+/// Polls `check` every `interval` until it gives Some, for at most `timeout` (upstream's
+/// wait.PollUntilContextTimeout); an error from `check` ends the wait.
+pub async fn eventually_every<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
@@ -288,7 +303,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

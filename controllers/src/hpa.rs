@@ -1078,18 +1078,25 @@ mod tests {
         assert_eq!(average_value_replicas(&s, 2, 5000).unwrap().0, 2);
     }
 
+    fn condition<'a>(
+        status: &'a HorizontalPodAutoscalerStatus,
+        type_: &str,
+    ) -> &'a HorizontalPodAutoscalerCondition {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .unwrap()
+    }
+
     #[test]
     fn recommendations_are_stabilized_and_bounded() {
         let mut status = HorizontalPodAutoscalerStatus::default();
         let mut h = History::default();
         // Without behavior: scale-up at most doubles (at least 4).
         assert_eq!(normalize(&mut status, &mut h, None, 2, 20, 1, 50), 4);
-        let limited = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "ScalingLimited")
-            .unwrap();
+        let limited = condition(&status, "ScalingLimited");
         assert_eq!(
             (limited.status.as_str(), limited.reason.as_deref()),
             ("True", Some("ScaleUpLimit"))
@@ -1098,22 +1105,12 @@ mod tests {
         let mut h = History::default();
         assert_eq!(normalize(&mut status, &mut h, None, 6, 6, 1, 50), 6);
         assert_eq!(normalize(&mut status, &mut h, None, 6, 3, 1, 50), 6);
-        let able = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "AbleToScale")
-            .unwrap();
+        let able = condition(&status, "AbleToScale");
         assert_eq!(able.reason.as_deref(), Some("ScaleDownStabilized"));
         // The bounds have the last word.
         let mut h = History::default();
         assert_eq!(normalize(&mut status, &mut h, None, 3, 5, 1, 4), 4);
-        let limited = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == "ScalingLimited")
-            .unwrap();
+        let limited = condition(&status, "ScalingLimited");
         assert_eq!(limited.reason.as_deref(), Some("TooManyReplicas"));
         // With behavior: a scale-down without a window, limited to one pod per minute.
         let behavior =

@@ -3,8 +3,20 @@
 //! completion index. Finished pods are counted durably as upstream does: each pod carries the
 //! `batch.kubernetes.io/job-tracking` finalizer, a finished pod's uid is first recorded in
 //! `status.uncountedTerminatedPods`, then its finalizer removed, then it moves to the
-//! succeeded/failed counts, so no pod is counted twice or lost. A job fails past its
-//! backoffLimit, its activeDeadlineSeconds, or a podFailurePolicy FailJob rule.
+//! succeeded/failed counts, so no pod is counted twice or lost.
+//!
+//! A job fails past its backoffLimit, its activeDeadlineSeconds, or a podFailurePolicy FailJob
+//! rule. With backoffLimitPerIndex (Indexed jobs) each index counts its own failures: the pod
+//! replacing a failed one carries the index's count in the
+//! `batch.kubernetes.io/job-index-failure-count` annotation (the failed pod keeps its finalizer
+//! until then, so the count cannot be lost) and waits out the index's own back-off; an index
+//! past its limit, or hit by a FailIndex rule, goes into `status.failedIndexes` and does not
+//! run again; the job fails past maxFailedIndexes, or once every index has succeeded or
+//! failed. A successPolicy rule met by the succeeded indexes ends an Indexed job early.
+//!
+//! As upstream since v1.31, a job that ends first gets the interim FailureTarget or
+//! SuccessCriteriaMet condition, its remaining pods go, and only once none is left does it get
+//! Failed or Complete.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -26,6 +38,10 @@ use crate::util::{self, Error, drive, is_status};
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// On each pod of an index (with backoffLimitPerIndex): the index's counted failures so far.
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Beside it: the index's failures a podFailurePolicy Ignore rule excused.
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 const BURST: usize = 16;
 /// Upstream's pod failure back-off: 10 s, doubling, at most 6 minutes.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -170,13 +186,21 @@ fn has_finalizer(pod: &Pod) -> bool {
     pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
 
+/// The pod's completion index (upstream's getCompletionIndex: none when absent or negative).
 fn index_of(pod: &Pod) -> Option<i32> {
     pod.annotations()
         .get(INDEX_KEY)
         .and_then(|i| i.parse().ok())
+        .filter(|i| *i >= 0)
 }
 
-/// "0-2,4": upstream's compact form of a set of indexes.
+/// The pod's completion index when the job has it (below `completions`).
+fn valid_index(pod: &Pod, completions: i32) -> Option<i32> {
+    index_of(pod).filter(|i| *i < completions)
+}
+
+/// "0-2,4,6,7": upstream's compact form of a set of indexes (orderedIntervals.String), where a
+/// run of two is written as a pair, not a range.
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = vec![];
     let mut iter = set.iter().copied().peekable();
@@ -186,106 +210,363 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
             end += 1;
             iter.next();
         }
-        out.push(if end == start {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
+        out.push(match end - start {
+            0 => start.to_string(),
+            1 => format!("{start},{end}"),
+            _ => format!("{start}-{end}"),
         });
     }
     out.join(",")
 }
 
-pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
+/// The indexes below `completions` the compact form lists (upstream's parseIndexesFromString:
+/// a corrupt interval is skipped, the list ends at the first interval past the completions).
+pub fn parse_indexes(s: &str, completions: i32) -> BTreeSet<i32> {
     let mut set = BTreeSet::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
-                    set.extend(a..=b);
-                }
-            }
-            None => {
-                if let Ok(i) = part.parse() {
-                    set.insert(i);
-                }
-            }
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let Ok(first) = first.parse::<i32>() else {
+            continue;
+        };
+        if first >= completions {
+            break;
         }
+        let Ok(last) = last.parse::<i32>() else {
+            continue;
+        };
+        set.extend(first..=last.min(completions - 1));
     }
     set
 }
 
-/// What a podFailurePolicy says of a failed pod: the first matching rule's action, and the
-/// message a FailJob rule gives the job.
-fn failure_action(job: &Job, pod: &Pod) -> (String, String) {
-    let rules = job
+/// What a podFailurePolicy says of a failed pod (upstream's matchPodFailurePolicy).
+#[derive(Debug, PartialEq)]
+enum FailureAction {
+    /// Counted towards the back-off limits (also when no rule matches).
+    Count,
+    /// Not counted.
+    Ignore,
+    /// The job fails, with this message.
+    FailJob(String),
+    /// The pod's index fails at once (with backoffLimitPerIndex); the failure counts.
+    FailIndex,
+}
+
+impl FailureAction {
+    fn counts(&self) -> bool {
+        *self != FailureAction::Ignore
+    }
+}
+
+/// The first podFailurePolicy rule the failed pod matches: by a non-zero exit code of an app
+/// container, else of an init container, or by one of its conditions.
+fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
+    let Some(policy) = job
         .spec
         .as_ref()
         .and_then(|s| s.pod_failure_policy.as_ref())
-        .map(|p| p.rules.clone())
-        .unwrap_or_default();
-    let statuses = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.clone())
-        .unwrap_or_default();
-    for (i, rule) in rules.iter().enumerate() {
-        if let Some(codes) = &rule.on_exit_codes {
-            let hit = statuses.iter().find(|c| {
-                if codes.container_name.as_deref().is_some_and(|n| n != c.name) {
-                    return false;
-                }
-                let Some(code) = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .map(|t| t.exit_code)
-                else {
-                    return false;
-                };
-                let listed = codes.values.contains(&code);
-                match codes.operator.as_str() {
-                    "In" => listed,
-                    "NotIn" => !listed && code != 0,
-                    _ => false,
-                }
-            });
-            if let Some(c) = hit {
-                let code = c
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .map_or(0, |t| t.exit_code);
-                let message = format!(
-                    "Container {} for pod {}/{} failed with exit code {code} matching {} rule at index {i}",
-                    c.name,
-                    pod.namespace().unwrap_or_default(),
-                    pod.name_any(),
-                    rule.action
-                );
-                return (rule.action.clone(), message);
-            }
-        }
-        for p in rule.on_pod_conditions.iter().flatten() {
-            let hit = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .into_iter()
+    else {
+        return FailureAction::Count;
+    };
+    let status = pod.status.clone().unwrap_or_default();
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let message = if let Some(codes) = &rule.on_exit_codes {
+            let hit = status
+                .container_statuses
+                .iter()
                 .flatten()
-                .any(|c| c.type_ == p.type_ && c.status == p.status);
-            if hit {
-                let message = format!(
-                    "Pod {}/{} has condition {} matching {} rule at index {i}",
-                    pod.namespace().unwrap_or_default(),
-                    pod.name_any(),
-                    p.type_,
-                    rule.action
-                );
-                return (rule.action.clone(), message);
-            }
+                .chain(status.init_container_statuses.iter().flatten())
+                .find_map(|c| {
+                    let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+                    if code == 0 || codes.container_name.as_deref().is_some_and(|n| n != c.name) {
+                        return None;
+                    }
+                    let listed = codes.values.contains(&code);
+                    let matched = match codes.operator.as_str() {
+                        "In" => listed,
+                        "NotIn" => !listed,
+                        _ => false,
+                    };
+                    matched.then(|| {
+                        format!(
+                            "Container {} for pod {ns}/{name} failed with exit code {code} matching {} rule at index {i}",
+                            c.name, rule.action
+                        )
+                    })
+                });
+            let Some(message) = hit else { continue };
+            message
+        } else if let Some(patterns) = &rule.on_pod_conditions {
+            let hit = status.conditions.iter().flatten().find(|c| {
+                patterns
+                    .iter()
+                    .any(|p| p.type_ == c.type_ && p.status == c.status)
+            });
+            let Some(c) = hit else { continue };
+            format!(
+                "Pod {ns}/{name} has condition {} matching {} rule at index {i}",
+                c.type_, rule.action
+            )
+        } else {
+            continue;
+        };
+        match rule.action.as_str() {
+            "Ignore" => return FailureAction::Ignore,
+            "Count" => return FailureAction::Count,
+            "FailJob" => return FailureAction::FailJob(message),
+            "FailIndex" => return FailureAction::FailIndex,
+            // An action this controller does not know leaves the pod to the next rule, as
+            // upstream's switch does.
+            _ => {}
         }
     }
-    ("Count".into(), String::new())
+    FailureAction::Count
+}
+
+/// Upstream's onlyReplaceFailedPods: with podReplacementPolicy Failed (which a
+/// podFailurePolicy implies) a pod is failed only once in the Failed phase.
+fn only_replace_failed(job: &Job) -> bool {
+    job.spec.as_ref().is_some_and(|s| {
+        s.pod_replacement_policy.as_deref() == Some("Failed") || s.pod_failure_policy.is_some()
+    })
+}
+
+/// Upstream's isPodFailed: in the Failed phase, or else deleted before it finished (an orphan
+/// that will never reach the Failed phase).
+fn is_pod_failed(job: &Job, pod: &Pod) -> bool {
+    match phase(pod) {
+        "Failed" => true,
+        "Succeeded" => false,
+        _ => !only_replace_failed(job) && pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// A failure-count annotation's value: 0 when absent or not a non-negative int32 (upstream's
+/// parseInt32).
+fn failure_count(pod: &Pod, key: &str) -> i32 {
+    pod.annotations()
+        .get(key)
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|n| *n >= 0)
+        .unwrap_or(0)
+}
+
+/// Upstream's getIndexAbsoluteFailureCount: the index's failures so far, ignored ones too.
+fn absolute_failures(pod: &Pod) -> i32 {
+    failure_count(pod, INDEX_FAILURE_COUNT)
+        .saturating_add(failure_count(pod, INDEX_IGNORED_FAILURE_COUNT))
+}
+
+/// Upstream's isIndexFailed: the failed pod's index is done for, by a FailIndex rule or as a
+/// counted failure of a pod that already carried `limit` failures of its index.
+fn is_index_failed(job: &Job, pod: &Pod, limit: i32) -> bool {
+    if !is_pod_failed(job, pod) {
+        return false;
+    }
+    match failure_action(job, pod) {
+        FailureAction::FailIndex => true,
+        FailureAction::Ignore => false,
+        _ => failure_count(pod, INDEX_FAILURE_COUNT) >= limit,
+    }
+}
+
+/// The failure counts the replacement of a failed pod carries (upstream's
+/// getNewIndexFailureCounts): its own plus its failure, as counted or as ignored.
+fn next_failure_counts(job: &Job, replaced: Option<&Pod>) -> (i32, i32) {
+    let Some(p) = replaced else { return (0, 0) };
+    let count = failure_count(p, INDEX_FAILURE_COUNT);
+    let ignored = failure_count(p, INDEX_IGNORED_FAILURE_COUNT);
+    if failure_action(job, p).counts() {
+        (count.saturating_add(1), ignored)
+    } else {
+        (count, ignored.saturating_add(1))
+    }
+}
+
+/// When the pod finished (upstream's getFinishedTime): its containers' last exit, else when it
+/// stopped being Ready, else when it was deleted, else when it was made.
+fn finished_at(pod: &Pod) -> jiff::Timestamp {
+    let status = pod.status.as_ref();
+    let exits = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .filter(|list| !list.is_empty())
+        .and_then(|list| {
+            list.iter()
+                .map(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .and_then(|t| t.finished_at.as_ref())
+                        .map(|t| t.0)
+                })
+                .collect::<Option<Vec<_>>>()
+        })
+        .and_then(|times| times.into_iter().max());
+    let unready = || {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0)
+    };
+    let deleted = || {
+        pod.metadata.deletion_timestamp.as_ref().map(|t| {
+            t.0 - jiff::SignedDuration::from_secs(
+                pod.metadata.deletion_grace_period_seconds.unwrap_or(0),
+            )
+        })
+    };
+    exits
+        .or_else(unready)
+        .or_else(deleted)
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The pod failure back-off after `failures` failures: 10 s, doubling, capped.
+fn backoff_delay(failures: i32) -> Duration {
+    (BACKOFF_BASE * 2u32.saturating_pow((failures - 1).clamp(0, 10) as u32)).min(BACKOFF_MAX)
+}
+
+/// How long an index still waits before it runs again (upstream's getRemainingTimePerIndex):
+/// its last failed pod's failures set the delay, counted from when that pod finished.
+fn index_backoff(last_failed: Option<&Arc<Pod>>) -> Duration {
+    let Some(p) = last_failed else {
+        return Duration::ZERO;
+    };
+    let delay = backoff_delay(absolute_failures(p).saturating_add(1));
+    let elapsed = jiff::Timestamp::now().duration_since(finished_at(p));
+    if elapsed.is_negative() {
+        delay
+    } else {
+        delay.saturating_sub(elapsed.unsigned_abs())
+    }
+}
+
+/// Upstream's getPodsWithDelayedDeletionPerIndex: for each index still to run again, its
+/// latest failed pod, which keeps its finalizer until a replacement exists so that the
+/// replacement can take the index's failure counts on.
+fn delayed_per_index(
+    job: &Job,
+    pods: &[Arc<Pod>],
+    completions: i32,
+    done: &BTreeSet<i32>,
+    active: &BTreeSet<i32>,
+) -> HashMap<i32, Arc<Pod>> {
+    let mut delayed: HashMap<i32, Arc<Pod>> = HashMap::new();
+    for p in pods
+        .iter()
+        .filter(|p| has_finalizer(p) && is_pod_failed(job, p))
+    {
+        let Some(i) = valid_index(p, completions) else {
+            continue;
+        };
+        if done.contains(&i) || active.contains(&i) {
+            continue;
+        }
+        let later = delayed.get(&i).is_none_or(|last| {
+            absolute_failures(last) <= absolute_failures(p) && finished_at(p) >= finished_at(last)
+        });
+        if later {
+            delayed.insert(i, p.clone());
+        }
+    }
+    delayed
+}
+
+/// Upstream's matchSuccessPolicy: "Matched rules at index N" for the first rule the succeeded
+/// indexes meet — all its succeededIndexes, or succeededCount of them, or (with no indexes)
+/// succeededCount indexes of any.
+fn match_success_policy(job: &Job, completions: i32, succeeded: &BTreeSet<i32>) -> Option<String> {
+    let policy = job.spec.as_ref()?.success_policy.as_ref()?;
+    if succeeded.is_empty() {
+        return None;
+    }
+    let enough = |n: usize, count: i32| count >= 0 && n >= count as usize;
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let met = match (&rule.succeeded_indexes, rule.succeeded_count) {
+            (Some(indexes), count) => {
+                let required = parse_indexes(indexes, completions);
+                if required.is_empty() {
+                    continue;
+                }
+                let hits = required.intersection(succeeded).count();
+                hits == required.len() || count.is_some_and(|c| enough(hits, c))
+            }
+            (None, Some(count)) => enough(succeeded.len(), count),
+            (None, None) => false,
+        };
+        if met {
+            return Some(format!("Matched rules at index {i}"));
+        }
+    }
+    None
+}
+
+/// Where a job ends once it has its interim condition: SuccessCriteriaMet leads to Complete,
+/// FailureTarget to Failed, with the interim condition's reason and message.
+struct Finish {
+    failed: bool,
+    reason: String,
+    message: String,
+}
+
+impl Finish {
+    fn failure(reason: &str, message: &str) -> Finish {
+        Finish {
+            failed: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    fn success(reason: &str, message: &str) -> Finish {
+        Finish {
+            failed: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The interim condition the job carries while its pods go.
+    fn interim(&self) -> JobCondition {
+        let type_ = if self.failed {
+            "FailureTarget"
+        } else {
+            "SuccessCriteriaMet"
+        };
+        condition(type_, "True", &self.reason, &self.message)
+    }
+
+    /// The final condition, once no pod of the job is left.
+    fn last(&self) -> JobCondition {
+        let type_ = if self.failed { "Failed" } else { "Complete" };
+        condition(type_, "True", &self.reason, &self.message)
+    }
+
+    /// The end the job's interim condition names (SuccessCriteriaMet first, as upstream's
+    /// syncJob looks).
+    fn of(status: &JobStatus) -> Option<Finish> {
+        for (type_, failed) in [("SuccessCriteriaMet", false), ("FailureTarget", true)] {
+            let found = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == type_ && c.status == "True");
+            if let Some(c) = found {
+                return Some(Finish {
+                    failed,
+                    reason: c.reason.clone().unwrap_or_default(),
+                    message: c.message.clone().unwrap_or_default(),
+                });
+            }
+        }
+        None
+    }
 }
 
 async fn patch_finalizer_out(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
@@ -332,13 +613,35 @@ async fn write_status(client: &kube::Client, job: &Job, status: JobStatus) -> Re
     }
 }
 
-/// Removes the finalizer from and deletes the pods (scale-down, suspension, a finished job).
-async fn remove_pods(api: &Api<Pod>, pods: &[Arc<Pod>]) -> Result<Vec<String>, Error> {
+/// The pod counts the status shows; zero succeeded and failed counts are left out, as
+/// upstream's omitempty leaves them.
+fn set_counts(status: &mut JobStatus, active: i32, ready: i32, terminating: i32) {
+    status.active = Some(active);
+    status.ready = Some(ready);
+    status.terminating = Some(terminating);
+    if status.succeeded == Some(0) {
+        status.succeeded = None;
+    }
+    if status.failed == Some(0) {
+        status.failed = None;
+    }
+}
+
+/// Deletes the pods. With `release` their tracking finalizer goes first: pods that will not be
+/// counted (scale-down, suspension, a job that succeeded; upstream's deleteJobPods). Without,
+/// it stays until they are counted as failed (a failing job; upstream's deleteActivePods).
+async fn delete_pods(
+    api: &Api<Pod>,
+    pods: &[Arc<Pod>],
+    release: bool,
+) -> Result<Vec<String>, Error> {
     let results: Vec<Result<String, kube::Error>> = futures::stream::iter(pods.iter().cloned())
         .map(|p| {
             let api = api.clone();
             async move {
-                patch_finalizer_out(&api, &p).await?;
+                if release {
+                    patch_finalizer_out(&api, &p).await?;
+                }
                 match api.delete(&p.name_any(), &DeleteParams::default()).await {
                     Ok(_) => Ok(p.name_any()),
                     Err(e) if is_status(&e, 404) => Ok(p.name_any()),
@@ -356,6 +659,9 @@ async fn remove_pods(api: &Api<Pod>, pods: &[Arc<Pod>]) -> Result<Vec<String>, E
     Ok(names)
 }
 
+/// Upstream's syncJob and trackJobStatusAndRemoveFinalizers, one durable step a pass: finished
+/// pods are recorded, then counted, then the job's end is judged (interim condition, its pods
+/// deleted), then once none is left it gets its final condition; else its pods are managed.
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", job.name_any());
@@ -389,7 +695,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     let mut status = job.status.clone().unwrap_or_default();
-    let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
     if going {
         // Going: let its pods go too.
         for p in pods.iter().filter(|p| has_finalizer(p)) {
@@ -397,8 +702,67 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         return Ok(Action::await_change());
     }
+    let active: Vec<Arc<Pod>> = pods
+        .iter()
+        .filter(|p| util::is_active(p))
+        .cloned()
+        .collect();
+    let terminating = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_some() && !matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .count() as i32;
+    if is_finished(&job) {
+        // Finished: nothing more runs.
+        delete_pods(&pods_api, &active, true).await?;
+        return Ok(Action::await_change());
+    }
 
-    // 1. Record newly finished pods as uncounted, durably, before touching them.
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(0);
+    let per_index = indexed && spec.backoff_limit_per_index.is_some();
+    let finish = Finish::of(&status);
+    let failing = finish.as_ref().is_some_and(|f| f.failed);
+
+    // Upstream's calculateSucceededIndexes and calculateFailedIndexes: the indexes the status
+    // records, and those of finished pods not counted yet.
+    let mut completed: BTreeSet<i32> = BTreeSet::new();
+    let mut failed_indexes: BTreeSet<i32> = BTreeSet::new();
+    if indexed {
+        completed = parse_indexes(
+            status.completed_indexes.as_deref().unwrap_or(""),
+            completions,
+        );
+        if per_index {
+            failed_indexes =
+                parse_indexes(status.failed_indexes.as_deref().unwrap_or(""), completions);
+        }
+        let limit = spec.backoff_limit_per_index.unwrap_or(0);
+        for p in pods.iter().filter(|p| has_finalizer(p)) {
+            let Some(i) = valid_index(p, completions) else {
+                continue;
+            };
+            if phase(p) == "Succeeded" {
+                completed.insert(i);
+            } else if per_index && is_index_failed(&job, p, limit) {
+                failed_indexes.insert(i);
+            }
+        }
+    }
+    let delayed = if per_index && finish.is_none() {
+        let done: BTreeSet<i32> = completed.union(&failed_indexes).copied().collect();
+        let running: BTreeSet<i32> = active
+            .iter()
+            .filter_map(|p| valid_index(p, completions))
+            .collect();
+        delayed_per_index(&job, &pods, completions, &done, &running)
+    } else {
+        HashMap::new()
+    };
+
+    // 1. Record newly finished pods as uncounted, durably, before touching them; the indexes
+    // they finished are recorded with them.
     let uncounted = status.uncounted_terminated_pods.get_or_insert_default();
     let mut recorded: BTreeSet<String> = uncounted
         .succeeded
@@ -408,19 +772,42 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .cloned()
         .collect();
     let mut changed = false;
+    // A job that met its success criteria lets its unfinished pods go, uncounted.
+    let mut release: Vec<Arc<Pod>> = Vec::new();
     for p in &pods {
         let puid = p.metadata.uid.clone().unwrap_or_default();
         if !has_finalizer(p) || recorded.contains(&puid) {
             continue;
         }
-        let list = match phase(p) {
-            "Succeeded" => uncounted.succeeded.get_or_insert_default(),
-            "Failed" => uncounted.failed.get_or_insert_default(),
-            _ => continue,
+        let list = if phase(p) == "Succeeded" {
+            uncounted.succeeded.get_or_insert_default()
+        } else if failing || is_pod_failed(&job, p) {
+            // A failing job counts each pod that did not succeed as failed (upstream's
+            // trackJobStatusAndRemoveFinalizers). A failed pod whose index runs again keeps its
+            // finalizer until its replacement exists (upstream's canRemoveFinalizer).
+            if delayed.values().any(|d| d.metadata.uid == p.metadata.uid) {
+                continue;
+            }
+            uncounted.failed.get_or_insert_default()
+        } else {
+            if finish.is_some() {
+                release.push(p.clone());
+            }
+            continue;
         };
         list.push(puid.clone());
         recorded.insert(puid);
         changed = true;
+    }
+    if indexed {
+        let formatted = format_indexes(&completed);
+        changed |= status.completed_indexes.as_deref().unwrap_or("") != formatted;
+        status.completed_indexes = Some(formatted);
+        if per_index {
+            let formatted = format_indexes(&failed_indexes);
+            changed |= status.failed_indexes.as_deref() != Some(formatted.as_str());
+            status.failed_indexes = Some(formatted);
+        }
     }
     if changed {
         if !write_status(&ctx.client, &job, status.clone()).await? {
@@ -440,247 +827,263 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             patch_finalizer_out(&pods_api, p).await?;
         }
     }
-    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-    let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
-    let mut fail_job: Option<(String, String)> = None;
     let uncounted = std::mem::take(&mut status.uncounted_terminated_pods).unwrap_or_default();
-    for puid in uncounted.succeeded.iter().flatten() {
-        status.succeeded = Some(status.succeeded.unwrap_or(0) + 1);
-        if let Some(i) = by_uid.get(puid).and_then(|p| index_of(p)) {
-            completed.insert(i);
-        }
-    }
+    // An Indexed job counts its completed indexes (recorded above), not its pods.
+    let succeeded = if indexed {
+        completed.len() as i32
+    } else {
+        status.succeeded.unwrap_or(0) + uncounted.succeeded.iter().flatten().count() as i32
+    };
+    let mut failed = status.failed.unwrap_or(0);
     for puid in uncounted.failed.iter().flatten() {
-        let (action, message) = by_uid
+        if by_uid
             .get(puid)
-            .map(|p| failure_action(&job, p))
-            .unwrap_or_else(|| ("Count".into(), String::new()));
-        match action.as_str() {
-            "Ignore" => {}
-            "FailJob" => {
-                status.failed = Some(status.failed.unwrap_or(0) + 1);
-                fail_job.get_or_insert(("PodFailurePolicy".into(), message));
-            }
-            _ => status.failed = Some(status.failed.unwrap_or(0) + 1),
-        }
-    }
-    status.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
-    if indexed {
-        status.completed_indexes = Some(format_indexes(&completed));
-    }
-    let succeeded = status.succeeded.unwrap_or(0);
-    let failed = status.failed.unwrap_or(0);
-
-    let active: Vec<Arc<Pod>> = pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .cloned()
-        .collect();
-    let terminating = pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_some() && !matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .count() as i32;
-    let mut next: Option<Duration> = None;
-
-    if !finished {
-        // Failure: the pod failure policy, the back-off limit, the deadline.
-        let backoff_limit = spec.backoff_limit.unwrap_or(6);
-        if fail_job.is_none() && failed > backoff_limit {
-            fail_job = Some((
-                "BackoffLimitExceeded".into(),
-                "Job has reached the specified backoff limit".into(),
-            ));
-        }
-        if fail_job.is_none()
-            && let (Some(deadline), Some(start)) =
-                (spec.active_deadline_seconds, &status.start_time)
-            && !spec.suspend.unwrap_or(false)
+            .is_none_or(|p| failure_action(&job, p).counts())
         {
-            let ends = start.0 + jiff::SignedDuration::from_secs(deadline);
-            let now = jiff::Timestamp::now();
-            if ends <= now {
-                fail_job = Some((
-                    "DeadlineExceeded".into(),
-                    "Job was active longer than specified deadline".into(),
-                ));
-            } else {
-                next = Some(ends.duration_since(now).unsigned_abs());
-            }
+            failed += 1;
         }
-        let done = match spec.completions {
-            _ if indexed => {
-                let n = spec.completions.unwrap_or(0);
-                (0..n).all(|i| completed.contains(&i))
+    }
+    status.succeeded = Some(succeeded);
+    status.failed = Some(failed);
+    status.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+
+    // 4. Finishing: what still runs goes, and once no pod is left running or terminating the
+    // job gets its final condition (upstream's enactJobFinished).
+    if let Some(f) = &finish {
+        delete_pods(&pods_api, &active, !f.failed).await?;
+        for p in release
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+        {
+            patch_finalizer_out(&pods_api, p).await?;
+        }
+        if active.is_empty() && terminating == 0 {
+            set_condition(&mut status, f.last());
+            if !f.failed {
+                status.completion_time = Some(now());
             }
+            set_counts(&mut status, 0, 0, 0);
+            write_status(&ctx.client, &job, status).await?;
+            return Ok(Action::await_change());
+        }
+        set_counts(&mut status, 0, 0, terminating + active.len() as i32);
+        write_status(&ctx.client, &job, status).await?;
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+
+    // 5. The job's end, in upstream's syncJob order: a podFailurePolicy FailJob rule, the
+    // back-off limit, the deadline, the failed indexes, the success policy, the completions.
+    let satisfied = ctx.expectations.satisfied(&key, &ns, &store);
+    let suspended = spec.suspend.unwrap_or(false);
+    let mut next: Option<Duration> = None;
+    let mut end =
+        pods.iter()
+            .filter(|p| is_pod_failed(&job, p))
+            .find_map(|p| match failure_action(&job, p) {
+                FailureAction::FailJob(message) => {
+                    Some(Finish::failure("PodFailurePolicy", &message))
+                }
+                _ => None,
+            });
+    // With backoffLimitPerIndex the job-wide limit is upstream's default MaxInt32.
+    let backoff_limit = spec
+        .backoff_limit
+        .unwrap_or(if per_index { i32::MAX } else { 6 });
+    if end.is_none() && failed > backoff_limit {
+        end = Some(Finish::failure(
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        ));
+    }
+    if end.is_none()
+        && let (Some(deadline), Some(start)) = (spec.active_deadline_seconds, &status.start_time)
+        && !suspended
+    {
+        let ends = start.0 + jiff::SignedDuration::from_secs(deadline);
+        let now = jiff::Timestamp::now();
+        if ends <= now {
+            end = Some(Finish::failure(
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            ));
+        } else {
+            next = Some(ends.duration_since(now).unsigned_abs());
+        }
+    }
+    if end.is_none() && per_index {
+        let most = spec.max_failed_indexes.map(i64::from);
+        if most.is_some_and(|m| failed_indexes.len() as i64 > m) {
+            end = Some(Finish::failure(
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+            ));
+        } else if !failed_indexes.is_empty()
+            && (failed_indexes.len() + completed.len()) as i64 >= i64::from(completions)
+        {
+            end = Some(Finish::failure("FailedIndexes", "Job has failed indexes"));
+        }
+    }
+    if end.is_none()
+        && indexed
+        && let Some(message) = match_success_policy(&job, completions, &completed)
+    {
+        end = Some(Finish::success("SuccessPolicy", &message));
+    }
+    if end.is_none() {
+        let done = match spec.completions {
+            _ if indexed => (0..completions).all(|i| completed.contains(&i)),
             Some(n) => succeeded >= n,
             None => succeeded > 0 && active.is_empty(),
         };
-        if let Some((reason, message)) = fail_job {
-            remove_pods(&pods_api, &active).await?;
-            set_condition(
-                &mut status,
-                condition("FailureTarget", "True", &reason, &message),
-            );
-            set_condition(&mut status, condition("Failed", "True", &reason, &message));
-            status.active = Some(0);
-            status.ready = Some(0);
-            status.terminating = Some(terminating);
-            write_status(&ctx.client, &job, status).await?;
-            return Ok(Action::await_change());
-        }
         if done {
-            remove_pods(&pods_api, &active).await?;
-            let message = "Reached expected number of succeeded pods";
+            end = Some(Finish::success(
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            ));
+        }
+    }
+    if let Some(f) = end {
+        delete_pods(&pods_api, &active, !f.failed).await?;
+        // Not while pods it made may be missing from the cache: they would escape the count
+        // (upstream's syncJob waits for satisfied expectations too).
+        if satisfied {
+            set_condition(&mut status, f.interim());
+        }
+        set_counts(&mut status, 0, 0, terminating + active.len() as i32);
+        write_status(&ctx.client, &job, status).await?;
+        let again = if satisfied { 50 } else { 1000 };
+        return Ok(Action::requeue(Duration::from_millis(again)));
+    }
+
+    // 6. Suspension.
+    if suspended {
+        if !active.is_empty() {
+            delete_pods(&pods_api, &active, true).await?;
+        }
+        if !has_condition(&status, "Suspended") {
             set_condition(
                 &mut status,
-                condition("SuccessCriteriaMet", "True", "CompletionsReached", message),
+                condition("Suspended", "True", "JobSuspended", "Job suspended"),
             );
-            set_condition(
-                &mut status,
-                condition("Complete", "True", "CompletionsReached", message),
-            );
-            status.completion_time = Some(now());
-            status.active = Some(0);
-            status.ready = Some(0);
-            status.terminating = Some(terminating);
-            write_status(&ctx.client, &job, status).await?;
-            return Ok(Action::await_change());
-        }
-
-        // Suspension.
-        let suspended = spec.suspend.unwrap_or(false);
-        if suspended {
-            if !active.is_empty() {
-                remove_pods(&pods_api, &active).await?;
-            }
-            if !has_condition(&status, "Suspended") {
-                set_condition(
-                    &mut status,
-                    condition("Suspended", "True", "JobSuspended", "Job suspended"),
-                );
-            }
-        } else {
-            if has_condition(&status, "Suspended") {
-                set_condition(
-                    &mut status,
-                    condition("Suspended", "False", "JobResumed", "Job resumed"),
-                );
-                status.start_time = None;
-            }
-            if status.start_time.is_none() {
-                status.start_time = Some(now());
-                if let Some(deadline) = spec.active_deadline_seconds {
-                    next = Some(Duration::from_secs(deadline.max(0) as u64));
-                }
-            }
-        }
-
-        // How many should run, and which indexes.
-        let parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
-        let want = if suspended {
-            0
-        } else if indexed {
-            let n = spec.completions.unwrap_or(0);
-            let pending = (0..n).filter(|i| !completed.contains(i)).count();
-            parallelism.min(pending)
-        } else {
-            match spec.completions {
-                Some(n) => parallelism.min((n - succeeded).max(0) as usize),
-                None if succeeded > 0 => 0,
-                None => parallelism,
-            }
-        };
-        if ctx.expectations.satisfied(&key, &ns, &store) && !suspended {
-            if active.len() > want {
-                let mut extra = active.clone();
-                extra.sort_by_key(|p| {
-                    std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0))
-                });
-                extra.truncate(active.len() - want);
-                let names = remove_pods(&pods_api, &extra).await?;
-                ctx.expectations.expect(&key, vec![], names);
-            } else if active.len() < want {
-                // After failures, new pods wait out the back-off.
-                let wait = {
-                    let mut seen = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-                    let entry = seen
-                        .entry(key.clone())
-                        .or_insert((0, std::time::Instant::now()));
-                    if entry.0 != failed {
-                        *entry = (failed, std::time::Instant::now());
-                    }
-                    if failed == 0 {
-                        Duration::ZERO
-                    } else {
-                        let delay = (BACKOFF_BASE
-                            * 2u32.saturating_pow((failed - 1).min(10) as u32))
-                        .min(BACKOFF_MAX);
-                        delay.saturating_sub(entry.1.elapsed())
-                    }
-                };
-                if !wait.is_zero() {
-                    next = Some(next.map_or(wait, |n| n.min(wait)));
-                } else {
-                    let indexes: Vec<Option<i32>> = if indexed {
-                        let running: BTreeSet<i32> =
-                            active.iter().filter_map(|p| index_of(p)).collect();
-                        (0..spec.completions.unwrap_or(0))
-                            .filter(|i| !completed.contains(i) && !running.contains(i))
-                            .take(want - active.len())
-                            .map(Some)
-                            .collect()
-                    } else {
-                        vec![None; want - active.len()]
-                    };
-                    let post = PostParams::default();
-                    let results: Vec<_> = futures::stream::iter(indexes)
-                        .map(|i| {
-                            let pod = pod_for(&job, i);
-                            let api = pods_api.clone();
-                            let post = post.clone();
-                            async move { api.create(&post, &pod).await }
-                        })
-                        .buffer_unordered(BURST)
-                        .collect()
-                        .await;
-                    let mut made = vec![];
-                    let mut failure = None;
-                    for r in results {
-                        match r {
-                            Ok(p) => made.push(p.name_any()),
-                            Err(e) => failure = Some(e),
-                        }
-                    }
-                    ctx.expectations.expect(&key, made, vec![]);
-                    if let Some(e) = failure {
-                        tracing::debug!(job = %key, error = %e, "creating a pod");
-                        next = Some(Duration::from_secs(2));
-                    }
-                }
-            }
         }
     } else {
-        // Finished: nothing more runs.
-        remove_pods(&pods_api, &active).await?;
+        if has_condition(&status, "Suspended") {
+            set_condition(
+                &mut status,
+                condition("Suspended", "False", "JobResumed", "Job resumed"),
+            );
+            status.start_time = None;
+        }
+        if status.start_time.is_none() {
+            status.start_time = Some(now());
+            if let Some(deadline) = spec.active_deadline_seconds {
+                next = Some(Duration::from_secs(deadline.max(0) as u64));
+            }
+        }
     }
-    status.active = Some(active.len() as i32);
-    status.ready = Some(
-        active
-            .iter()
-            .filter(|p| util::ready_since(p).is_some())
-            .count() as i32,
-    );
-    status.terminating = Some(terminating);
-    if status.succeeded == Some(0) {
-        status.succeeded = None;
+
+    // 7. How many should run, and which indexes.
+    let parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
+    let pending = |i: &i32| !completed.contains(i) && !failed_indexes.contains(i);
+    let want = if suspended {
+        0
+    } else if indexed {
+        parallelism.min((0..completions).filter(pending).count())
+    } else {
+        match spec.completions {
+            Some(n) => parallelism.min((n - succeeded).max(0) as usize),
+            None if succeeded > 0 => 0,
+            None => parallelism,
+        }
+    };
+    if satisfied && !suspended {
+        if active.len() > want {
+            let mut extra = active.clone();
+            extra.sort_by_key(|p| {
+                std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            });
+            extra.truncate(active.len() - want);
+            let names = delete_pods(&pods_api, &extra, true).await?;
+            ctx.expectations.expect(&key, vec![], names);
+        } else if active.len() < want {
+            // After failures, new pods wait out the back-off: the job's, or with
+            // backoffLimitPerIndex each index's own (below).
+            let wait = if per_index {
+                Duration::ZERO
+            } else {
+                let mut seen = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = seen
+                    .entry(key.clone())
+                    .or_insert((0, std::time::Instant::now()));
+                if entry.0 != failed {
+                    *entry = (failed, std::time::Instant::now());
+                }
+                if failed == 0 {
+                    Duration::ZERO
+                } else {
+                    backoff_delay(failed).saturating_sub(entry.1.elapsed())
+                }
+            };
+            if !wait.is_zero() {
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            } else {
+                let indexes: Vec<Option<i32>> = if indexed {
+                    let running: BTreeSet<i32> =
+                        active.iter().filter_map(|p| index_of(p)).collect();
+                    let first: Vec<i32> = (0..completions)
+                        .filter(|i| pending(i) && !running.contains(i))
+                        .take(want - active.len())
+                        .collect();
+                    // Upstream's getPodCreationInfoForIndependentIndexes: the indexes out of
+                    // their back-off start now; the job comes back for the others.
+                    let (ready, waiting): (Vec<i32>, Vec<i32>) = first
+                        .into_iter()
+                        .partition(|i| index_backoff(delayed.get(i)).is_zero());
+                    if let Some(wait) = waiting
+                        .iter()
+                        .map(|i| index_backoff(delayed.get(i)))
+                        .filter(|w| !w.is_zero())
+                        .min()
+                    {
+                        next = Some(next.map_or(wait, |n| n.min(wait)));
+                    }
+                    ready.into_iter().map(Some).collect()
+                } else {
+                    vec![None; want - active.len()]
+                };
+                let post = PostParams::default();
+                let results: Vec<_> = futures::stream::iter(indexes)
+                    .map(|i| {
+                        let replaced = i.and_then(|i| delayed.get(&i)).map(|p| &**p);
+                        let pod = pod_for(&job, i, replaced);
+                        let api = pods_api.clone();
+                        let post = post.clone();
+                        async move { api.create(&post, &pod).await }
+                    })
+                    .buffer_unordered(BURST)
+                    .collect()
+                    .await;
+                let mut made = vec![];
+                let mut failure = None;
+                for r in results {
+                    match r {
+                        Ok(p) => made.push(p.name_any()),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                ctx.expectations.expect(&key, made, vec![]);
+                if let Some(e) = failure {
+                    tracing::debug!(job = %key, error = %e, "creating a pod");
+                    next = Some(Duration::from_secs(2));
+                }
+            }
+        }
     }
-    if status.failed == Some(0) {
-        status.failed = None;
-    }
+    let ready = active
+        .iter()
+        .filter(|p| util::ready_since(p).is_some())
+        .count() as i32;
+    set_counts(&mut status, active.len() as i32, ready, terminating);
     write_status(&ctx.client, &job, status).await?;
     Ok(next.map(Action::requeue).unwrap_or_else(|| {
         if ctx.expectations.satisfied(&key, &ns, &store) {
@@ -692,9 +1095,12 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 }
 
 /// A pod from the job's template: owned, tracked by the finalizer, and for Indexed jobs
-/// given its index (annotation, label, hostname, JOB_COMPLETION_INDEX).
-fn pod_for(job: &Job, index: Option<i32>) -> Pod {
+/// given its index (annotation, label, hostname, JOB_COMPLETION_INDEX) and, with
+/// backoffLimitPerIndex, the index's failure counts so far, taken on from the failed pod it
+/// replaces (upstream's addIndexFailureCountAnnotation).
+fn pod_for(job: &Job, index: Option<i32>, replaced: Option<&Pod>) -> Pod {
     let spec = job.spec.clone().unwrap_or_default();
+    let per_index = spec.backoff_limit_per_index.is_some();
     let template = spec.template;
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels.unwrap_or_default();
@@ -705,6 +1111,13 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     if let Some(i) = index {
         labels.insert(INDEX_KEY.into(), i.to_string());
         annotations.insert(INDEX_KEY.into(), i.to_string());
+        if per_index {
+            let (count, ignored) = next_failure_counts(job, replaced);
+            annotations.insert(INDEX_FAILURE_COUNT.into(), count.to_string());
+            if ignored > 0 {
+                annotations.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+            }
+        }
         generate = format!("{name}-{i}-");
         pod_spec.hostname = Some(format!("{name}-{i}"));
         let env = EnvVar {
@@ -752,11 +1165,112 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
 mod tests {
     use super::*;
 
+    fn job(spec: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "j", "namespace": "ns"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn failed_pod(annotations: serde_json::Value, exit_code: i32) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "annotations": annotations},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{
+                    "name": "c", "image": "busybox", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit_code}},
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn set(indexes: &[i32]) -> BTreeSet<i32> {
+        indexes.iter().copied().collect()
+    }
+
     #[test]
-    fn completed_indexes_in_upstreams_compact_form() {
-        let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
-        assert_eq!(format_indexes(&set), "0-2,4,6-7");
-        assert_eq!(parse_indexes("0-2,4,6-7"), set);
+    fn indexes_in_upstreams_compact_form() {
+        let indexes = set(&[0, 1, 2, 4, 6, 7]);
+        assert_eq!(format_indexes(&indexes), "0-2,4,6,7");
+        assert_eq!(parse_indexes("0-2,4,6,7", 10), indexes);
+        assert_eq!(parse_indexes("0-2,4,6-7", 10), indexes);
         assert_eq!(format_indexes(&BTreeSet::new()), "");
+        // Nothing at or past the completions counts.
+        assert_eq!(parse_indexes("1,3-9,12", 5), set(&[1, 3, 4]));
+    }
+
+    #[test]
+    fn an_index_fails_past_its_backoff_limit_or_by_a_fail_index_rule() {
+        let plain = job(json!({
+            "completionMode": "Indexed", "completions": 4, "backoffLimitPerIndex": 1,
+            "template": {},
+        }));
+        let first = failed_pod(json!({INDEX_KEY: "1", INDEX_FAILURE_COUNT: "0"}), 1);
+        let second = failed_pod(json!({INDEX_KEY: "1", INDEX_FAILURE_COUNT: "1"}), 1);
+        assert!(!is_index_failed(&plain, &first, 1));
+        assert!(is_index_failed(&plain, &second, 1));
+        assert_eq!(next_failure_counts(&plain, None), (0, 0));
+        assert_eq!(next_failure_counts(&plain, Some(&first)), (1, 0));
+
+        let policy = job(json!({
+            "completionMode": "Indexed", "completions": 4, "backoffLimitPerIndex": 1,
+            "template": {},
+            "podFailurePolicy": {"rules": [
+                {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}},
+                {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}},
+            ]},
+        }));
+        let fail_index = failed_pod(json!({INDEX_KEY: "2", INDEX_FAILURE_COUNT: "0"}), 42);
+        assert_eq!(
+            failure_action(&policy, &fail_index),
+            FailureAction::FailIndex
+        );
+        assert!(is_index_failed(&policy, &fail_index, 1));
+        // An ignored failure neither fails the index nor counts; it is kept apart.
+        let ignored = failed_pod(json!({INDEX_KEY: "2", INDEX_FAILURE_COUNT: "1"}), 3);
+        assert!(!is_index_failed(&policy, &ignored, 1));
+        assert_eq!(next_failure_counts(&policy, Some(&ignored)), (1, 1));
+    }
+
+    #[test]
+    fn each_failure_doubles_the_back_off_up_to_its_cap() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(10));
+        assert_eq!(backoff_delay(2), Duration::from_secs(20));
+        assert_eq!(backoff_delay(30), BACKOFF_MAX);
+        assert_eq!(index_backoff(None), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_success_policy_rule_is_met_by_its_indexes_or_its_count() {
+        let j = job(json!({
+            "completionMode": "Indexed", "completions": 10, "template": {},
+            "successPolicy": {"rules": [
+                {"succeededIndexes": "0-2", "succeededCount": 2},
+                {"succeededCount": 5},
+            ]},
+        }));
+        assert_eq!(match_success_policy(&j, 10, &set(&[0])), None);
+        assert_eq!(
+            match_success_policy(&j, 10, &set(&[0, 2])).as_deref(),
+            Some("Matched rules at index 0")
+        );
+        assert_eq!(
+            match_success_policy(&j, 10, &set(&[3, 4, 5, 6, 7])).as_deref(),
+            Some("Matched rules at index 1")
+        );
+        let all = job(json!({
+            "completionMode": "Indexed", "completions": 10, "template": {},
+            "successPolicy": {"rules": [{"succeededIndexes": "1,3-4"}]},
+        }));
+        assert_eq!(match_success_policy(&all, 10, &set(&[1, 3])), None);
+        assert_eq!(
+            match_success_policy(&all, 10, &set(&[1, 3, 4])).as_deref(),
+            Some("Matched rules at index 0")
+        );
     }
 }

@@ -4,6 +4,12 @@
 //! command, or of the `kelp.dev/simulate-duration` annotation), Succeeded, or Failed when their
 //! command is `false` or the `kelp.dev/simulate-exit-code` annotation says so; deleted pods
 //! are removed once "stopped". No containers run.
+//!
+//! So that one Job template can give its indexes different fates, the
+//! `kelp.dev/simulate-exit-code-by-index` and `kelp.dev/simulate-duration-by-index` annotations
+//! (`"1=1,3=42"`: completion index `=` value, comma-separated) set the exit code and the run
+//! time of a pod whose `batch.kubernetes.io/job-completion-index` annotation is a listed index,
+//! before the rules above; a pod of an unlisted index (or of no index) follows those rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,6 +33,12 @@ use crate::node::{self, Capacity};
 pub const EXIT_CODE: &str = "kelp.dev/simulate-exit-code";
 /// The annotation whose value is how long (seconds) a pod that does not restart runs.
 pub const DURATION: &str = "kelp.dev/simulate-duration";
+/// The annotation giving exit codes by completion index (`"1=1,3=42"`).
+pub const EXIT_CODE_BY_INDEX: &str = "kelp.dev/simulate-exit-code-by-index";
+/// The annotation giving run times (seconds) by completion index (`"0=1"`).
+pub const DURATION_BY_INDEX: &str = "kelp.dev/simulate-duration-by-index";
+/// The completion index the job controller gives each pod of an Indexed job.
+const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 /// The label every simulated node carries.
 pub const SIMULATED: &str = "kelp.dev/simulated";
 
@@ -314,15 +326,15 @@ fn running(pod: &Pod, index: usize) -> serde_json::Value {
     }})
 }
 
-/// How long (seconds) a pod that does not restart runs: the annotation's figure, else the
-/// longest `sleep N` among its containers' commands (`sleep N` or `sh -c "sleep N"`), else a
-/// second.
+/// How long (seconds) a pod that does not restart runs: the figure the annotations give its
+/// completion index or the pod, else the longest `sleep N` among its containers' commands
+/// (`sleep N` or `sh -c "sleep N"`), else a second.
 fn run_time(pod: &Pod) -> f64 {
-    if let Some(d) = pod
-        .annotations()
-        .get(DURATION)
-        .and_then(|d| d.parse::<f64>().ok())
-    {
+    if let Some(d) = by_index::<f64>(pod, DURATION_BY_INDEX).or_else(|| {
+        pod.annotations()
+            .get(DURATION)
+            .and_then(|d| d.parse::<f64>().ok())
+    }) {
         return d;
     }
     let spec = pod.spec.clone().unwrap_or_default();
@@ -346,13 +358,31 @@ fn run_time(pod: &Pod) -> f64 {
         .unwrap_or(1.0)
 }
 
-/// The exit code a simulated pod finishes with.
-fn exit_code(pod: &Pod) -> i32 {
-    if let Some(code) = pod
+/// The value the by-index annotation `key` (`"1=1,3=42"`) gives the pod's completion index.
+fn by_index<T: std::str::FromStr>(pod: &Pod, key: &str) -> Option<T> {
+    let index: i64 = pod
         .annotations()
-        .get(EXIT_CODE)
-        .and_then(|c| c.parse().ok())
-    {
+        .get(COMPLETION_INDEX)?
+        .trim()
+        .parse()
+        .ok()?;
+    pod.annotations().get(key)?.split(',').find_map(|pair| {
+        let (i, value) = pair.split_once('=')?;
+        if i.trim().parse::<i64>().ok()? != index {
+            return None;
+        }
+        value.trim().parse().ok()
+    })
+}
+
+/// The exit code a simulated pod finishes with: the one the annotations give its completion
+/// index or the pod, else `false` fails and `sh -c "exit N"` exits N.
+fn exit_code(pod: &Pod) -> i32 {
+    if let Some(code) = by_index::<i32>(pod, EXIT_CODE_BY_INDEX).or_else(|| {
+        pod.annotations()
+            .get(EXIT_CODE)
+            .and_then(|c| c.parse().ok())
+    }) {
         return code;
     }
     let spec = pod.spec.clone().unwrap_or_default();
@@ -484,5 +514,26 @@ mod tests {
             exit_code(&pod(json!({}), json!([["sh", "-c", "exit 3"]]))),
             3
         );
+    }
+
+    #[test]
+    fn a_listed_completion_index_finishes_as_its_annotations_say() {
+        let fates = json!({EXIT_CODE_BY_INDEX: "1=1, 3=42", DURATION_BY_INDEX: "0=0.5"});
+        let of_index = |i: &str| {
+            let mut annotations = fates.clone();
+            annotations[COMPLETION_INDEX] = json!(i);
+            pod(annotations, json!([["sleep", "300"]]))
+        };
+        assert_eq!(exit_code(&of_index("1")), 1);
+        assert_eq!(exit_code(&of_index("3")), 42);
+        assert_eq!(exit_code(&of_index("2")), 0);
+        assert_eq!(run_time(&of_index("0")), 0.5);
+        assert_eq!(run_time(&of_index("1")), 300.0);
+        // No index: the command decides.
+        assert_eq!(exit_code(&pod(fates.clone(), json!([["false"]]))), 1);
+        assert_eq!(exit_code(&pod(fates, json!([["true"]]))), 0);
+        // An unlisted index falls through to the pod's own annotation.
+        let unlisted = json!({EXIT_CODE_BY_INDEX: "1=1", EXIT_CODE: "7", COMPLETION_INDEX: "2"});
+        assert_eq!(exit_code(&pod(unlisted, json!([["true"]]))), 7);
     }
 }

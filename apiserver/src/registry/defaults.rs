@@ -130,13 +130,43 @@ pub fn job(o: &mut Value) {
     let Some(spec) = o.get_mut("spec").filter(|s| s.is_object()) else {
         return;
     };
+    // A job with neither completions nor parallelism runs one pod to one completion; one
+    // with only a parallelism is a work queue (upstream's SetDefaults_Job).
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null)
+    {
+        spec["completions"] = json!(1);
+    }
     set(spec, "parallelism", json!(1));
-    set(spec, "backoffLimit", json!(6));
+    let per_index = spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null());
+    set(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
     set(spec, "completionMode", json!("NonIndexed"));
     set(spec, "suspend", json!(false));
-    set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-    if spec.get("completions").is_none() && spec.get("parallelism") == Some(&json!(1)) {
-        spec["completions"] = json!(1);
+    let failure_policy = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+    set(
+        spec,
+        "podReplacementPolicy",
+        json!(if failure_policy {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        }),
+    );
+    // A pod condition pattern without a status means True.
+    if let Some(Value::Array(rules)) = spec.pointer_mut("/podFailurePolicy/rules") {
+        for rule in rules {
+            if let Some(Value::Array(patterns)) = rule.get_mut("onPodConditions") {
+                for p in patterns {
+                    set(p, "status", json!("True"));
+                }
+            }
+        }
     }
     // Upstream's generateSelector: unless the user manages the selector, the job selects its
     // pods by its uid, and its template carries the labels (the legacy ones too).
@@ -204,6 +234,32 @@ pub fn service(o: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_gets_upstreams_defaults() {
+        let mut plain = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        job(&mut plain);
+        assert_eq!(
+            (
+                &plain["spec"]["completions"],
+                &plain["spec"]["parallelism"],
+                &plain["spec"]["backoffLimit"]
+            ),
+            (&json!(1), &json!(1), &json!(6))
+        );
+        assert_eq!(plain["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        // A work queue keeps its completions unset; a per-index job has no job-wide limit.
+        let mut queue = json!({"spec": {"parallelism": 1, "backoffLimitPerIndex": 2,
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}}});
+        job(&mut queue);
+        assert_eq!(queue["spec"].get("completions"), None);
+        assert_eq!(queue["spec"]["backoffLimit"], i32::MAX);
+        assert_eq!(queue["spec"]["podReplacementPolicy"], "Failed");
+        assert_eq!(
+            queue["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"][0]["status"],
+            "True"
+        );
+    }
 
     #[test]
     fn a_deployment_gets_upstreams_defaults() {

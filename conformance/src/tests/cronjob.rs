@@ -88,21 +88,12 @@ const FAILURE_COMMAND: &[&str] = &["/bin/false"];
 
 /// wait.PollUntilContextTimeout with framework.Poll: `check` every POLL until it gives Some,
 /// for at most `timeout`; an error from `check` ends the wait.
-async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+async fn poll<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    crate::framework::eventually_every(POLL, timeout, what, check).await
 }
 
 /// gomega.Consistently with framework.Poll: `check` every POLL for `window`; its first error
