@@ -36,24 +36,42 @@ impl Dialect {
 
     /// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
     pub(crate) fn values_list(self, rows: usize, cols: usize) -> String {
-        let row = |r: usize| format!("({})", self.params(r * cols + 1, cols));
-        (0..rows).map(row).collect::<Vec<_>>().join(", ")
+        let mut out = String::with_capacity(rows * (cols * 5 + 4));
+        for r in 0..rows {
+            if r > 0 {
+                out.push_str(", ");
+            }
+            out.push('(');
+            self.push_params(&mut out, r * cols + 1, cols);
+            out.push(')');
+        }
+        out
     }
 
     /// `$1, $2, ...` for an `IN` list.
     pub(crate) fn in_list(self, n: usize) -> String {
-        self.params(1, n)
+        let mut out = String::with_capacity(n * 5);
+        self.push_params(&mut out, 1, n);
+        out
     }
 
     /// `n` parameters from `first` on, for statements whose parameters each appear once and
     /// in order. SQLite gets anonymous `?`: sqlx looks numbered ones up by name, a linear
-    /// scan per parameter that makes a 2,000-parameter insert quadratic.
-    fn params(self, first: usize, n: usize) -> String {
-        let one = |i: usize| match self {
-            Dialect::Sqlite => "?".to_string(),
-            Dialect::Postgres => format!("${i}"),
-        };
-        (first..first + n).map(one).collect::<Vec<_>>().join(", ")
+    /// scan per parameter that makes a 2,000-parameter insert quadratic. Written into one
+    /// string (this is on every write's path).
+    fn push_params(self, out: &mut String, first: usize, n: usize) {
+        use std::fmt::Write;
+        for i in first..first + n {
+            if i > first {
+                out.push_str(", ");
+            }
+            match self {
+                Dialect::Sqlite => out.push('?'),
+                Dialect::Postgres => {
+                    let _ = write!(out, "${i}");
+                }
+            }
+        }
     }
 
     pub(crate) fn migrator(self) -> Migrator {
@@ -216,5 +234,7 @@ mod tests {
         assert_eq!(Dialect::Postgres.values_list(2, 2), "($1, $2), ($3, $4)");
         assert_eq!(Dialect::Postgres.in_list(3), "$1, $2, $3");
         assert_eq!(Dialect::Sqlite.values_list(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Dialect::Sqlite.in_list(1), "?");
+        assert_eq!(Dialect::Postgres.values_list(1, 3), "($1, $2, $3)");
     }
 }

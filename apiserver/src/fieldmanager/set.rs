@@ -23,21 +23,34 @@ impl FieldSet {
     pub fn insert(&mut self, path: &[String]) {
         match path.split_first() {
             None => self.member = true,
-            Some((first, rest)) => self.children.entry(first.clone()).or_default().insert(rest),
+            // The key is copied only for a child that is new.
+            Some((first, rest)) => match self.children.get_mut(first) {
+                Some(child) => child.insert(rest),
+                None => self.children.entry(first.clone()).or_default().insert(rest),
+            },
         }
     }
 
     pub fn union(&self, other: &FieldSet) -> FieldSet {
-        let mut out = self.clone();
-        out.member |= other.member;
-        for (pe, child) in &other.children {
-            let merged = match out.children.get(pe) {
-                Some(mine) => mine.union(child),
-                None => child.clone(),
-            };
-            out.children.insert(pe.clone(), merged);
+        if self.is_empty() {
+            return other.clone();
         }
+        let mut out = self.clone();
+        out.merge(other);
         out
+    }
+
+    /// Adds `other`'s members in place.
+    fn merge(&mut self, other: &FieldSet) {
+        self.member |= other.member;
+        for (pe, child) in &other.children {
+            match self.children.get_mut(pe) {
+                Some(mine) => mine.merge(child),
+                None => {
+                    self.children.insert(pe.clone(), child.clone());
+                }
+            }
+        }
     }
 
     /// The members of `self` that are not members of `other` (paths, not subtrees).
