@@ -114,7 +114,7 @@ fn slices_of(ep: &Endpoints) -> Vec<EndpointSlice> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // (ports, address type) -> endpoints, in the subsets' order.
-    let mut groups: Vec<((Vec<SlicePort>, &'static str), Vec<Endpoint>)> = Vec::new();
+    let mut groups: Vec<(Group, Vec<Endpoint>)> = Vec::new();
     for subset in ep.subsets.iter().flatten() {
         let mut ports: Vec<SlicePort> = subset
             .ports
@@ -174,6 +174,9 @@ fn slices_of(ep: &Endpoints) -> Vec<EndpointSlice> {
         })
         .collect()
 }
+
+/// What one mirrored slice holds in common: its ports and address type.
+type Group = (Vec<SlicePort>, &'static str);
 
 fn family(ip: &str) -> Option<&'static str> {
     match ip.parse::<std::net::IpAddr>().ok()? {
