@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -17,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 
@@ -25,8 +24,6 @@ use crate::Informers;
 use crate::replicaset::Expectations;
 use crate::revisions::{self, HASH_LABEL};
 use crate::util::{self, Error, drive, is_status};
-
-const BURST: usize = 16;
 
 struct Ctx {
     client: kube::Client,
@@ -311,38 +308,17 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     delete.extend(old_available.into_iter().take(room));
 
     if ctx.expectations.satisfied(&key, &ns, &store) {
-        let post = PostParams::default();
-        let results: Vec<_> = futures::stream::iter(create.iter().cloned())
-            .map(|node| {
-                let (api, pod) = (pods_api.clone(), pod_for(&ds, &node, &hash));
-                let post = post.clone();
-                async move { api.create(&post, &pod).await }
-            })
-            .buffer_unordered(BURST)
-            .collect()
-            .await;
-        let mut made = vec![];
-        for r in results {
-            match r {
-                Ok(p) => made.push(p.name_any()),
-                Err(e) => tracing::debug!(daemonset = %key, error = %e, "creating a pod"),
-            }
+        let pods = create
+            .iter()
+            .map(|node| pod_for(&ds, node, &hash))
+            .collect();
+        let (made, errors) = util::create_pods(&pods_api, pods).await;
+        for e in errors {
+            tracing::debug!(daemonset = %key, error = %e, "creating a pod");
         }
         let doomed: Vec<String> = delete.iter().map(|p| p.name_any()).collect();
-        let results: Vec<_> = futures::stream::iter(doomed.clone())
-            .map(|n| {
-                let api = pods_api.clone();
-                async move { api.delete(&n, &DeleteParams::default()).await }
-            })
-            .buffer_unordered(BURST)
-            .collect()
-            .await;
-        for r in results {
-            if let Err(e) = r
-                && !is_status(&e, 404)
-            {
-                tracing::debug!(daemonset = %key, error = %e, "deleting a pod");
-            }
+        for e in util::delete_pods(&pods_api, doomed.clone()).await {
+            tracing::debug!(daemonset = %key, error = %e, "deleting a pod");
         }
         ctx.expectations.expect(&key, made, doomed);
     }

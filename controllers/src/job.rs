@@ -42,7 +42,6 @@ pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
 pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 /// Beside it: the index's failures a podFailurePolicy Ignore rule excused.
 pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
-const BURST: usize = 16;
 /// Upstream's pod failure back-off: 10 s, doubling, at most 6 minutes.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
@@ -649,7 +648,7 @@ async fn delete_pods(
                 }
             }
         })
-        .buffer_unordered(BURST)
+        .buffer_unordered(util::BURST)
         .collect()
         .await;
     let mut names = vec![];
@@ -1051,28 +1050,16 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 } else {
                     vec![None; want - active.len()]
                 };
-                let post = PostParams::default();
-                let results: Vec<_> = futures::stream::iter(indexes)
+                let pods = indexes
+                    .into_iter()
                     .map(|i| {
                         let replaced = i.and_then(|i| delayed.get(&i)).map(|p| &**p);
-                        let pod = pod_for(&job, i, replaced);
-                        let api = pods_api.clone();
-                        let post = post.clone();
-                        async move { api.create(&post, &pod).await }
+                        pod_for(&job, i, replaced)
                     })
-                    .buffer_unordered(BURST)
-                    .collect()
-                    .await;
-                let mut made = vec![];
-                let mut failure = None;
-                for r in results {
-                    match r {
-                        Ok(p) => made.push(p.name_any()),
-                        Err(e) => failure = Some(e),
-                    }
-                }
+                    .collect();
+                let (made, errors) = util::create_pods(&pods_api, pods).await;
                 ctx.expectations.expect(&key, made, vec![]);
-                if let Some(e) = failure {
+                if let Some(e) = errors.last() {
                     tracing::debug!(job = %key, error = %e, "creating a pod");
                     next = Some(Duration::from_secs(2));
                 }

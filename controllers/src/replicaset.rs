@@ -7,12 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 
@@ -20,7 +19,6 @@ use crate::Informers;
 use crate::util::{self, Error, drive, is_status};
 
 /// How many pod writes one reconcile has in flight.
-const BURST: usize = 16;
 /// How long an unobserved creation or deletion is waited for before counting again.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -228,18 +226,9 @@ pub(crate) async fn sync(
                 spec: template.spec.clone(),
                 ..Default::default()
             };
-            let post = PostParams::default();
-            let results: Vec<_> = futures::stream::iter(0..want - active.len())
-                .map(|_| pods_api.create(&post, &pod))
-                .buffer_unordered(BURST)
-                .collect()
-                .await;
-            let mut made = Vec::new();
-            for r in results {
-                match r {
-                    Ok(p) => made.push(p.name_any()),
-                    Err(e) => failure = Some(api_message(&e)),
-                }
+            let (made, errors) = util::create_pods(&pods_api, vec![pod; want - active.len()]).await;
+            if let Some(e) = errors.last() {
+                failure = Some(api_message(e));
             }
             expectations.expect(&key, made, vec![]);
         } else if active.len() > want {
@@ -247,20 +236,8 @@ pub(crate) async fn sync(
             doomed.sort_by_key(|p| deletion_rank(p));
             doomed.truncate(active.len() - want);
             let names: Vec<String> = doomed.iter().map(|p| p.name_any()).collect();
-            let results: Vec<_> = futures::stream::iter(names.clone())
-                .map(|n| {
-                    let api = pods_api.clone();
-                    async move { api.delete(&n, &DeleteParams::default()).await }
-                })
-                .buffer_unordered(BURST)
-                .collect()
-                .await;
-            for r in results {
-                if let Err(e) = r
-                    && !is_status(&e, 404)
-                {
-                    failure = Some(api_message(&e));
-                }
+            if let Some(e) = util::delete_pods(&pods_api, names.clone()).await.last() {
+                failure = Some(api_message(e));
             }
             expectations.expect(&key, vec![], names);
         }

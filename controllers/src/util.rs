@@ -226,3 +226,53 @@ async fn set_owners(
     .await
     .map(|_| ())
 }
+
+/// How many pod writes a controller has in flight at once.
+pub(crate) const BURST: usize = 16;
+
+/// Creates the pods, [`BURST`] at a time: the names of those made, and the errors of those
+/// that were not.
+pub(crate) async fn create_pods(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+) -> (Vec<String>, Vec<kube::Error>) {
+    let post = kube::api::PostParams::default();
+    let results: Vec<_> = futures::stream::iter(pods)
+        .map(|pod| {
+            let post = post.clone();
+            async move { api.create(&post, &pod).await }
+        })
+        .buffer_unordered(BURST)
+        .collect()
+        .await;
+    let mut made = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(p) => made.push(kube::ResourceExt::name_any(&p)),
+            Err(e) => errors.push(e),
+        }
+    }
+    (made, errors)
+}
+
+/// Deletes the pods by name, [`BURST`] at a time (one already gone is deleted): the errors.
+pub(crate) async fn delete_pods(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    names: Vec<String>,
+) -> Vec<kube::Error> {
+    let results: Vec<_> = futures::stream::iter(names)
+        .map(|n| async move {
+            api.delete(&n, &kube::api::DeleteParams::default())
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(BURST)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .filter_map(Result::err)
+        .filter(|e| !is_status(e, 404))
+        .collect()
+}
