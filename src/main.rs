@@ -262,6 +262,11 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         ips.push(args.bind_address);
     }
     let serving = pki.serving(&dns, &ips)?;
+    let front_proxy_ca = pki.front_proxy()?;
+    let front_proxy = kelp_apiserver::FrontProxy {
+        ca_pem: front_proxy_ca.ca_pem().to_string(),
+        client: front_proxy_ca.client("front-proxy-client", &[])?,
+    };
 
     let token_file = match &args.token_auth_file {
         Some(path) => {
@@ -295,6 +300,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let config = kelp_apiserver::Config {
+        front_proxy: Some(front_proxy),
         audit,
         token_file,
         service_accounts: std::sync::Arc::new(service_accounts),

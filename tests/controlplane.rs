@@ -4,67 +4,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kelp_testkit::PgCluster;
-use support::KelpServer;
+use support::{KelpServer, Simulated, wait_for};
 
 const V: &str = "1.33";
-
-/// `kelp simulate` nodes, stopped on drop.
-struct Simulated(Child);
-
-impl Simulated {
-    fn start(kubeconfig: &Path, nodes: usize) -> Simulated {
-        Simulated::start_named(kubeconfig, nodes, "kelp-sim-")
-    }
-
-    fn start_named(kubeconfig: &Path, nodes: usize, prefix: &str) -> Simulated {
-        Simulated::start_with(kubeconfig, nodes, prefix, &[])
-    }
-
-    fn start_with(kubeconfig: &Path, nodes: usize, prefix: &str, extra: &[&str]) -> Simulated {
-        let child = Command::new(env!("CARGO_BIN_EXE_kelp"))
-            .args([
-                "simulate",
-                "--node-prefix",
-                prefix,
-                "--nodes",
-                &nodes.to_string(),
-                "--kubeconfig",
-            ])
-            .arg(kubeconfig)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kelp simulate");
-        Simulated(child)
-    }
-}
-
-impl Drop for Simulated {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `f` every 200 ms until it returns Some, or panics after `secs` with the last state.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("timed out waiting for {what}: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 struct Kubectl<'a> {
     server: &'a KelpServer,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::KelpServer;
 
@@ -109,18 +108,7 @@ async fn guard_delete(body: axum::body::Bytes) -> String {
 
 /// Serves the test's webhooks over HTTPS on a free port; returns the port and the CA (PEM).
 fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
-    let pki = kelp_auth::Pki::load_or_create(dir).unwrap();
-    let serving = pki
-        .serving(
-            &["localhost".into(), "webhook-svc.svc-ns.svc".into()],
-            &["127.0.0.1".parse().unwrap()],
-        )
-        .unwrap();
-    let certs: Vec<_> =
-        rustls::pki_types::CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let (certs, key, ca) = support::serving_cert(dir, &["localhost", "webhook-svc.svc-ns.svc"]);
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -129,40 +117,13 @@ fn start_webhooks(dir: &std::path::Path) -> (u16, String) {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let app = axum::Router::new()
-                .route("/mutate", post(mutate))
-                .route("/validate", post(validate))
-                .route("/copy-b", post(copy_b))
-                .route("/set-b", post(set_b))
-                .route("/guard-delete", post(guard_delete));
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-                });
-            }
-        });
-    });
-    (port, pki.ca_pem().to_string())
+    let app = axum::Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .route("/copy-b", post(copy_b))
+        .route("/set-b", post(set_b))
+        .route("/guard-delete", post(guard_delete));
+    (support::serve_tls(app, config), ca)
 }
 
 fn hook(name: &str, url: &str, ca: &str, resources: &[&str], failure: &str) -> Value {

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use crate::aggregator::RemoteVersion;
 use crate::registry::{self, Resource, Status};
 
 pub fn api_versions(server_address: &str) -> Value {
@@ -45,15 +46,129 @@ pub fn api_groups(resources: &[&'static Resource]) -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-/// `/apis/<group>`: the APIGroup, or None if no version of it is served.
-pub fn group(resources: &[&'static Resource], name: &str) -> Option<Value> {
-    let (g, versions) = groups(resources, false)
-        .into_iter()
-        .find(|(g, _)| *g == name)?;
-    let mut doc = api_group(g, &versions);
+/// Adds the group versions of extension API servers to a legacy APIGroupList: a version of a
+/// group served here joins it, a new group is listed with its versions in priority order.
+/// Every registered one is listed, reachable or not, as upstream does.
+pub fn add_remote_groups(list: &mut Value, remote: &[RemoteVersion]) {
+    let Some(groups) = list.get_mut("groups").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for rv in remote {
+        let gv =
+            json!({"groupVersion": format!("{}/{}", rv.group, rv.version), "version": rv.version});
+        match groups.iter_mut().find(|g| g["name"] == rv.group.as_str()) {
+            Some(g) => {
+                if let Some(versions) = g["versions"].as_array_mut()
+                    && !versions.contains(&gv)
+                {
+                    versions.push(gv);
+                }
+            }
+            None => {
+                groups.push(json!({"name": rv.group, "versions": [gv], "preferredVersion": gv}))
+            }
+        }
+    }
+}
+
+/// `/apis/<group>`: the APIGroup, or None if no version of it is served here or by an
+/// extension API server.
+pub fn group(
+    resources: &[&'static Resource],
+    remote: &[RemoteVersion],
+    name: &str,
+) -> Option<Value> {
+    let mut list = api_groups(resources);
+    add_remote_groups(&mut list, remote);
+    let mut doc = list["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == name)?
+        .clone();
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");
     Some(doc)
+}
+
+/// An extension server's legacy resource list (APIResource entries) in the aggregated form:
+/// `a/b` entries become subresources of `a`.
+fn remote_resources(group: &str, version: &str, legacy: &[Value]) -> Vec<Value> {
+    let kind_of = |r: &Value| {
+        let text =
+            |k: &str, default: &str| json!(r.get(k).and_then(Value::as_str).unwrap_or(default));
+        json!({"group": text("group", group), "version": text("version", version), "kind": text("kind", "")})
+    };
+    let name = |r: &Value| {
+        r.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let verbs = |r: &Value| r.get("verbs").cloned().unwrap_or(json!([]));
+    let mut out: Vec<Value> = Vec::new();
+    for r in legacy.iter().filter(|r| !name(r).contains('/')) {
+        let mut entry = json!({
+            "resource": name(r),
+            "responseKind": kind_of(r),
+            "scope": if r.get("namespaced") == Some(&Value::Bool(true)) { "Namespaced" } else { "Cluster" },
+            "singularResource": r.get("singularName").and_then(Value::as_str).unwrap_or(""),
+            "verbs": verbs(r),
+        });
+        for k in ["shortNames", "categories"] {
+            if let Some(list) = r.get(k).filter(|l| l.is_array()) {
+                entry[k] = list.clone();
+            }
+        }
+        out.push(entry);
+    }
+    for r in legacy {
+        let full = name(r);
+        let Some((parent, sub)) = full.split_once('/') else {
+            continue;
+        };
+        let Some(entry) = out.iter_mut().find(|e| e["resource"] == parent) else {
+            continue;
+        };
+        let subresource =
+            json!({"subresource": sub, "responseKind": kind_of(r), "verbs": verbs(r)});
+        match entry["subresources"].as_array_mut() {
+            Some(subs) => subs.push(subresource),
+            None => entry["subresources"] = json!([subresource]),
+        }
+    }
+    out
+}
+
+/// Adds the group versions of extension API servers whose resources are known to an
+/// aggregated list; Stale when the last check did not reach the server.
+pub fn add_remote_aggregated(list: &mut Value, remote: &[RemoteVersion]) {
+    let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for rv in remote {
+        let Some((resources, current)) = &rv.resources else {
+            continue;
+        };
+        let version = json!({
+            "version": rv.version,
+            "resources": remote_resources(&rv.group, &rv.version, resources),
+            "freshness": if *current { "Current" } else { "Stale" },
+        });
+        match items
+            .iter_mut()
+            .find(|i| i["metadata"]["name"] == rv.group.as_str())
+        {
+            Some(item) => {
+                if let Some(versions) = item["versions"].as_array_mut() {
+                    versions.push(version);
+                }
+            }
+            None => items.push(json!({
+                "metadata": {"name": rv.group, "creationTimestamp": null},
+                "versions": [version],
+            })),
+        }
+    }
 }
 
 /// The APIResourceList of a group/version, or None if it is not served.
@@ -247,5 +362,83 @@ mod tests {
             json!({"group": "", "version": "v1", "kind": "ConfigMap"})
         );
         assert_eq!(cm["scope"], "Namespaced");
+    }
+
+    fn remote(
+        group: &str,
+        version: &str,
+        priority: i64,
+        resources: Option<Vec<Value>>,
+    ) -> RemoteVersion {
+        RemoteVersion {
+            group: group.into(),
+            version: version.into(),
+            group_priority: 100,
+            version_priority: priority,
+            resources: resources.map(|r| (r, false)),
+        }
+    }
+
+    #[test]
+    fn remote_group_versions_join_the_legacy_list() {
+        let mut list = api_groups(&registry::served(None));
+        let remote = [
+            remote("metrics.k8s.io", "v1beta1", 100, None),
+            remote("metrics.k8s.io", "v1alpha1", 10, None),
+            remote("apps", "v2", 1, None),
+        ];
+        add_remote_groups(&mut list, &remote);
+        let groups = list["groups"].as_array().unwrap();
+        let metrics = groups
+            .iter()
+            .find(|g| g["name"] == "metrics.k8s.io")
+            .unwrap();
+        assert_eq!(metrics["preferredVersion"]["version"], "v1beta1");
+        assert_eq!(metrics["versions"].as_array().unwrap().len(), 2);
+        let apps = groups.iter().find(|g| g["name"] == "apps").unwrap();
+        assert_eq!(
+            apps["preferredVersion"]["version"], "v1",
+            "a local version stays preferred"
+        );
+        assert_eq!(apps["versions"][1]["groupVersion"], "apps/v2");
+        let doc = group(&registry::served(None), &remote, "metrics.k8s.io").unwrap();
+        assert_eq!(doc["kind"], "APIGroup");
+        assert!(group(&registry::served(None), &remote, "nothing.example.com").is_none());
+    }
+
+    #[test]
+    fn a_remote_resource_list_becomes_aggregated_with_subresources() {
+        let legacy = vec![
+            json!({"name": "flunders", "singularName": "flunder", "namespaced": true, "kind": "Flunder", "verbs": ["get", "list"], "shortNames": ["fl"]}),
+            json!({"name": "flunders/status", "singularName": "", "namespaced": true, "kind": "Flunder", "verbs": ["get"]}),
+            json!({"name": "flunders/scale", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "update"]}),
+        ];
+        let mut list = aggregated(&registry::served(None), "v2", false);
+        add_remote_aggregated(
+            &mut list,
+            &[remote("wardle.example.com", "v1alpha1", 1, Some(legacy))],
+        );
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "wardle.example.com")
+            .unwrap();
+        let version = &item["versions"][0];
+        assert_eq!(version["freshness"], "Stale");
+        let flunders = &version["resources"][0];
+        assert_eq!(flunders["resource"], "flunders");
+        assert_eq!(flunders["scope"], "Namespaced");
+        assert_eq!(flunders["shortNames"], json!(["fl"]));
+        assert_eq!(
+            flunders["responseKind"],
+            json!({"group": "wardle.example.com", "version": "v1alpha1", "kind": "Flunder"})
+        );
+        assert_eq!(flunders["subresources"][0]["subresource"], "status");
+        assert_eq!(
+            flunders["subresources"][1]["responseKind"],
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+        );
+        assert_eq!(version["resources"].as_array().unwrap().len(), 1);
     }
 }

@@ -5,6 +5,7 @@
 //! JSON values; their resourceVersion is the storage revision of their last write.
 
 mod admission;
+mod aggregator;
 mod allocator;
 pub mod audit;
 mod cache;
@@ -24,6 +25,7 @@ mod registry;
 mod request;
 mod security;
 mod selector;
+mod services;
 mod strict;
 mod table;
 mod typed;
@@ -78,7 +80,12 @@ pub struct Config {
     pub service_accounts: Arc<kelp_auth::serviceaccount::ServiceAccountKeys>,
     /// The audit log (`--audit-policy-file`, `--audit-log-path`).
     pub audit: Option<Arc<audit::Audit>>,
+    /// The aggregation layer's client certificate (None: APIServices with a service are
+    /// not proxied).
+    pub front_proxy: Option<FrontProxy>,
 }
+
+pub use aggregator::FrontProxy;
 
 /// A running API server.
 pub struct Server {
@@ -102,6 +109,7 @@ struct AppState {
     openapi: Arc<openapi::OpenApi>,
     metrics: Arc<metrics::Metrics>,
     ctx: Arc<handlers::Ctx>,
+    aggregator: Option<Arc<aggregator::Aggregator>>,
 }
 
 /// The verifier of client certificates against the cluster CA.
@@ -201,6 +209,12 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
     })?;
     bootstrap(&backend).await;
     kubernetes_endpoints(&backend, local_addr).await;
+    publish_authentication(
+        &backend,
+        &config.client_ca_pem,
+        config.front_proxy.as_ref().map(|f| f.ca_pem.as_str()),
+    )
+    .await;
     security::reconcile::reconcile(&bootstrap_ctx(&backend)).await;
     let security = security::SecurityConfig {
         token_file: config.token_file,
@@ -208,8 +222,13 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         client_ca_pem: config.client_ca_pem,
         audit: config.audit,
     };
-    let (app, security) =
-        router(backend, local_addr.to_string(), Some(security)).map_err(ServeError::Tls)?;
+    let (app, security) = router(
+        backend,
+        local_addr.to_string(),
+        Some(security),
+        config.front_proxy,
+    )
+    .map_err(ServeError::Tls)?;
     let security = security.expect("security is configured");
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -264,7 +283,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
 /// request acting as the server itself: for tests that drive the handlers directly.
 /// `advertise` is the `host:port` legacy discovery reports.
 pub fn app(backend: Backend, advertise: String) -> Router {
-    router(backend, advertise, None)
+    router(backend, advertise, None, None)
         .map(|(r, _)| r)
         .expect("no security, nothing to misconfigure")
 }
@@ -275,6 +294,7 @@ fn router(
     backend: Backend,
     advertise: String,
     security: Option<security::SecurityConfig>,
+    front_proxy: Option<FrontProxy>,
 ) -> Result<(Router, Option<Arc<security::Security>>), String> {
     let metrics = Arc::new(metrics::Metrics::new());
     let cache = cache::WatchCache::start(backend.clone());
@@ -299,10 +319,18 @@ fn router(
         cache: Some(cache.clone()),
         crds: Some(crd::CustomResources::start(backend.clone())),
     });
+    let aggregator = match (&security, front_proxy) {
+        (Some(_), Some(front_proxy)) => aggregator::Aggregator::new(cache.clone(), front_proxy),
+        _ => None,
+    };
+    if let Some(a) = &aggregator {
+        a.run(ctx.clone());
+    }
     if security.is_some() {
         security::reconcile::run_aggregation(ctx.clone(), cache);
     }
     let state = AppState {
+        aggregator,
         advertise,
         openapi: Arc::new(openapi::OpenApi::build()),
         metrics,
@@ -330,14 +358,7 @@ fn router(
         )
         .route("/apis/{group}", get(group_document))
         .route("/apis/{group}/", get(group_document))
-        .route(
-            "/apis/{group}/{version}",
-            get(
-                |State(s): State<AppState>, Path((g, v)): Path<(String, String)>| async move {
-                    resources_or_404(&s, &g, &v)
-                },
-            ),
-        )
+        .route("/apis/{group}/{version}", any(group_version))
         .route(
             "/openapi/v3",
             get(|State(s): State<AppState>| async move {
@@ -401,13 +422,14 @@ async fn jwks(State(s): State<AppState>) -> Response {
 
 /// `/apis`: the named groups.
 async fn groups_root(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let legacy = discovery::api_groups(&s.served());
+    let mut legacy = discovery::api_groups(&s.served());
+    discovery::add_remote_groups(&mut legacy, &s.remote_versions());
     discovery_root(&s, &headers, false, legacy)
 }
 
 /// `/apis/<group>`: the APIGroup.
 async fn group_document(State(s): State<AppState>, Path(g): Path<String>) -> Response {
-    match discovery::group(&s.served(), &g) {
+    match discovery::group(&s.served(), &s.remote_versions(), &g) {
         Some(doc) => ok_json(&doc),
         None => ApiError::no_route().into_response(),
     }
@@ -416,6 +438,14 @@ async fn group_document(State(s): State<AppState>, Path(g): Path<String>) -> Res
 impl AppState {
     fn crds(&self) -> Option<&crd::CustomResources> {
         self.ctx.crds.as_deref()
+    }
+
+    /// The group versions extension API servers serve.
+    fn remote_versions(&self) -> Vec<aggregator::RemoteVersion> {
+        self.aggregator
+            .as_ref()
+            .map(|a| a.remote_versions())
+            .unwrap_or_default()
     }
 
     /// What is served now: the built-in kinds and the established custom resources.
@@ -444,8 +474,14 @@ fn discovery_root(
             )
             .header(header::VARY, "Accept")
             .body(Body::from(
-                serde_json::to_vec(&discovery::aggregated(&s.served(), version, core))
-                    .unwrap_or_default(),
+                serde_json::to_vec(&{
+                    let mut list = discovery::aggregated(&s.served(), version, core);
+                    if !core {
+                        discovery::add_remote_aggregated(&mut list, &s.remote_versions());
+                    }
+                    list
+                })
+                .unwrap_or_default(),
             ))
             .unwrap_or_default(),
         None => ok_json(&legacy),
@@ -605,15 +641,49 @@ async fn core_resource(
     .await
 }
 
+/// `/apis/<group>/<version>`: the resource list, or the extension server's answer.
+async fn group_version(
+    State(s): State<AppState>,
+    requester: Option<axum::Extension<security::Requester>>,
+    Path((group, version)): Path<(String, String)>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let remote = s
+        .aggregator
+        .as_ref()
+        .and_then(|a| Some((a, a.remote(&group, &version)?)));
+    if let Some((a, remote)) = remote {
+        let user = requester.as_ref().map(|r| &*r.0.0);
+        return a.proxy(&remote, user, method, &uri, headers, body).await;
+    }
+    if method != Method::GET {
+        return ApiError::method_not_allowed(format!("{method} is not supported")).into_response();
+    }
+    resources_or_404(&s, &group, &version)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn group_resource(
     State(s): State<AppState>,
     requester: Option<axum::Extension<security::Requester>>,
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
+    uri: axum::http::Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let remote = s
+        .aggregator
+        .as_ref()
+        .and_then(|a| Some((a, a.remote(&group, &version)?)));
+    if let Some((a, remote)) = remote {
+        let user = requester.as_ref().map(|r| &*r.0.0);
+        return a.proxy(&remote, user, method, &uri, headers, body).await;
+    }
     resource(
         s,
         &group,
@@ -814,14 +884,6 @@ async fn kubernetes_endpoints(backend: &Backend, local: std::net::SocketAddr) {
     };
     let port = local.port();
     let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
-    let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        "application/merge-patch+json"
-            .parse()
-            .expect("static header"),
-    );
     let (Some(endpoints), Some(slices)) = (
         registry::lookup("", "v1", "endpoints"),
         registry::lookup("discovery.k8s.io", "v1", "endpointslices"),
@@ -872,36 +934,89 @@ async fn kubernetes_endpoints(backend: &Backend, local: std::net::SocketAddr) {
     ];
     for (r, object) in wanted {
         let exists = current(r).await.is_some();
-        let (method, name) = if exists {
-            (Method::PATCH, Some("kubernetes".to_string()))
-        } else {
-            (Method::POST, None)
-        };
-        let target = request::Target {
-            resource: r,
-            namespace: Some("default".into()),
-            name,
-            subresource: None,
-        };
-        let mut headers = headers.clone();
-        if !exists {
-            headers.insert(
-                header::CONTENT_TYPE,
-                "application/json".parse().expect("static header"),
-            );
-        }
-        if let Err(e) = handlers::serve(
-            &ctx,
-            &method,
-            target,
-            &query,
-            &headers,
-            object.to_string().into(),
-        )
-        .await
-        {
+        if let Err(e) = create_or_merge(&ctx, r, Some("default"), &object, exists).await {
             tracing::warn!(kind = r.kind, error = %e.message, "cannot write the kubernetes endpoints");
         }
+    }
+}
+
+/// Creates `object`, or merge-patches it over the one that `exists`, as `kube-apiserver`.
+async fn create_or_merge(
+    ctx: &handlers::Ctx,
+    r: &'static registry::Resource,
+    namespace: Option<&str>,
+    object: &serde_json::Value,
+    exists: bool,
+) -> Result<Response, ApiError> {
+    let query = HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]);
+    let (method, name, content_type) = if exists {
+        let name = object.pointer("/metadata/name").and_then(|n| n.as_str());
+        (
+            Method::PATCH,
+            name.map(str::to_string),
+            "application/merge-patch+json",
+        )
+    } else {
+        (Method::POST, None, "application/json")
+    };
+    let target = request::Target {
+        resource: r,
+        namespace: namespace.map(str::to_string),
+        name,
+        subresource: None,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        content_type.parse().expect("static header"),
+    );
+    handlers::serve(
+        ctx,
+        &method,
+        target,
+        &query,
+        &headers,
+        object.to_string().into(),
+    )
+    .await
+}
+
+/// The `kube-system/extension-apiserver-authentication` ConfigMap (upstream's
+/// ClientCARegistrationHook): how extension API servers authenticate the clients of this
+/// server (`client-ca-file`) and its aggregation proxy (the `requestheader-*` keys).
+async fn publish_authentication(backend: &Backend, client_ca: &str, front_proxy_ca: Option<&str>) {
+    let ctx = bootstrap_ctx(backend);
+    let Some(configmaps) = registry::lookup("", "v1", "configmaps") else {
+        return;
+    };
+    let name = "extension-apiserver-authentication";
+    let mut data = json!({"client-ca-file": client_ca});
+    if let Some(ca) = front_proxy_ca {
+        data["requestheader-client-ca-file"] = json!(ca);
+        data["requestheader-allowed-names"] = json!(r#"["front-proxy-client"]"#);
+        data["requestheader-username-headers"] = json!(r#"["X-Remote-User"]"#);
+        data["requestheader-group-headers"] = json!(r#"["X-Remote-Group"]"#);
+        data["requestheader-extra-headers-prefix"] = json!(r#"["X-Remote-Extra-"]"#);
+    }
+    let existing = match backend.get(configmaps.key(Some("kube-system"), name)).await {
+        Ok((Some(kv), _)) => serde_json::from_slice::<serde_json::Value>(&kv.value).ok(),
+        _ => None,
+    };
+    if existing.as_ref().is_some_and(|e| e["data"] == data) {
+        return;
+    }
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "kube-system"}, "data": data});
+    let written = create_or_merge(
+        &ctx,
+        configmaps,
+        Some("kube-system"),
+        &object,
+        existing.is_some(),
+    )
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %e.message, "cannot publish {name}");
     }
 }
 

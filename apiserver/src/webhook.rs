@@ -428,11 +428,10 @@ async fn call(
     Err(denied(&hook.name, response.get("status")))
 }
 
-/// Where a webhook's `clientConfig.service` is served: an address of the service's endpoints
-/// at the target port of the named service port, and the name its certificate must carry
-/// (`<service>.<namespace>.svc`). Without a service proxy the API server goes to the
-/// endpoints directly, as upstream's `--enable-aggregator-routing` does.
+/// Where a webhook's `clientConfig.service` is served: its URL and the name the server's
+/// certificate must carry.
 fn resolve(cache: &WatchCache, service: &Value) -> Result<(String, String), String> {
+    use crate::services::Unresolved;
     let text = |k: &str| service.get(k).and_then(Value::as_str).unwrap_or("");
     let (ns, name) = (text("namespace"), text("name"));
     let port = service.get("port").and_then(Value::as_i64).unwrap_or(443);
@@ -440,58 +439,14 @@ fn resolve(cache: &WatchCache, service: &Value) -> Result<(String, String), Stri
         "" => "/",
         p => p,
     };
-    let read = |plural: &str| -> Option<Value> {
-        let r = crate::registry::lookup("", "v1", plural)?;
-        serde_json::from_slice(&cache.get(&r.key(Some(ns), name))?.value).ok()
-    };
-    let svc = read("services").ok_or_else(|| format!("service \"{ns}/{name}\" not found"))?;
-    let svc_port = svc
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|p| p.get("port").and_then(Value::as_i64) == Some(port))
-        .ok_or_else(|| format!("service \"{ns}/{name}\" has no port {port}"))?;
-    let port_name = svc_port.get("name").and_then(Value::as_str).unwrap_or("");
-    let endpoints = read("endpoints")
-        .ok_or_else(|| format!("no endpoints available for service \"{name}\""))?;
-    for subset in endpoints
-        .get("subsets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(ip) = subset.pointer("/addresses/0/ip").and_then(Value::as_str) else {
-            continue;
-        };
-        let ports: Vec<&Value> = subset
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .collect();
-        let chosen = ports
-            .iter()
-            .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
-            .or(if ports.len() == 1 {
-                ports.first()
-            } else {
-                None
-            })
-            .and_then(|p| p.get("port").and_then(Value::as_i64));
-        if let Some(target) = chosen {
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip.to_string()
-            };
-            return Ok((
-                format!("https://{host}:{target}{path}"),
-                format!("{name}.{ns}.svc"),
-            ));
+    match crate::services::resolve(cache, ns, name, port) {
+        Ok(e) => Ok((format!("https://{}{path}", e.authority), e.server_name)),
+        Err(Unresolved::ServiceNotFound) => Err(format!("service \"{ns}/{name}\" not found")),
+        Err(Unresolved::ServicePort(_)) => {
+            Err(format!("service \"{ns}/{name}\" has no port {port}"))
         }
+        Err(_) => Err(format!("no endpoints available for service \"{name}\"")),
     }
-    Err(format!("no endpoints available for service \"{name}\""))
 }
 
 /// Upstream's ToStatusErr: the webhook's status, its message prefixed with who denied it.
@@ -589,15 +544,10 @@ async fn post(
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            text
-        })?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| crate::services::error_chain(&e))?;
         let status = response.status();
         let body = response
             .into_body()

@@ -70,7 +70,18 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError>
 impl Pki {
     /// Loads the CA from `<data_dir>/pki`, creating it on first start.
     pub fn load_or_create(data_dir: &Path) -> Result<Pki, PkiError> {
-        let dir = data_dir.join("pki");
+        Pki::open(data_dir.join("pki"), "kelp-ca")
+    }
+
+    /// The front-proxy CA, kept in `pki/front-proxy/`: it signs the client certificate the
+    /// aggregation layer presents to extension API servers, which trust request headers
+    /// (`X-Remote-User`, ...) only from certificates it signed. A CA apart from the cluster
+    /// CA, as upstream's, so that no cluster client certificate can pass for the proxy.
+    pub fn front_proxy(&self) -> Result<Pki, PkiError> {
+        Pki::open(self.dir.join("front-proxy"), "kelp-front-proxy-ca")
+    }
+
+    fn open(dir: PathBuf, common_name: &str) -> Result<Pki, PkiError> {
         std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
             path: dir.clone(),
             source,
@@ -81,7 +92,7 @@ impl Pki {
             _ => {
                 let key = KeyPair::generate()?;
                 let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.distinguished_name = name("kelp-ca", &[]);
+                params.distinguished_name = name(common_name, &[]);
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
                 params.key_usages = vec![
                     KeyUsagePurpose::KeyCertSign,

@@ -206,3 +206,111 @@ impl Drop for KelpServer {
         let _ = self.child.wait();
     }
 }
+
+/// Serves `app` over HTTPS with `config` on a free loopback port, on a thread of its own;
+/// returns the port.
+pub fn serve_tls(app: axum::Router, config: rustls::ServerConfig) -> u16 {
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// A serving certificate for `dns` names and 127.0.0.1 from a CA kept in `dir`: the chain,
+/// its key, and the CA (PEM).
+pub fn serving_cert(
+    dir: &Path,
+    dns: &[&str],
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    String,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let pki = kelp_auth::Pki::load_or_create(dir).unwrap();
+    let dns: Vec<String> = dns.iter().map(|d| d.to_string()).collect();
+    let serving = pki.serving(&dns, &["127.0.0.1".parse().unwrap()]).unwrap();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    (certs, key, pki.ca_pem().to_string())
+}
+
+/// `kelp simulate` nodes, stopped on drop.
+pub struct Simulated(std::process::Child);
+
+impl Simulated {
+    pub fn start(kubeconfig: &Path, nodes: usize) -> Simulated {
+        Simulated::start_named(kubeconfig, nodes, "kelp-sim-")
+    }
+
+    pub fn start_named(kubeconfig: &Path, nodes: usize, prefix: &str) -> Simulated {
+        Simulated::start_with(kubeconfig, nodes, prefix, &[])
+    }
+
+    pub fn start_with(kubeconfig: &Path, nodes: usize, prefix: &str, extra: &[&str]) -> Simulated {
+        let child = Command::new(env!("CARGO_BIN_EXE_kelp"))
+            .args([
+                "simulate",
+                "--node-prefix",
+                prefix,
+                "--nodes",
+                &nodes.to_string(),
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kelp simulate");
+        Simulated(child)
+    }
+}
+
+impl Drop for Simulated {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `secs` with the last state.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if std::time::Instant::now() > deadline => {
+                panic!("timed out waiting for {what}: {last}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The aggregation layer end to end: the test runs an extension API server for
+//! `metrics.k8s.io` (as metrics-server does, it trusts only clients whose certificate the
+//! front-proxy CA of `kube-system/extension-apiserver-authentication` signed, and takes who
+//! asked from `X-Remote-User`/`X-Remote-Group`), registers it with an APIService, and drives
+//! it through the real kubectl: availability, discovery, proxying with RBAC, `kubectl top`,
+//! and the horizontal pod autoscaler scaling on the CPU it reports.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use base64::Engine;
+use kube::api::{Api, ListParams};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use support::{KelpServer, Simulated, wait_for};
+
+/// What the extension server saw and serves.
+#[derive(Clone)]
+struct Metrics {
+    kube: kube::Config,
+    /// `user groups` of each request, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn record(m: &Metrics, headers: &HeaderMap) {
+    let all = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let entry = format!("{} {}", all("x-remote-user"), all("x-remote-group"));
+    m.seen.lock().unwrap().push(entry);
+}
+
+async fn resources(State(m): State<Metrics>, headers: HeaderMap) -> Reply {
+    record(&m, &headers);
+    reply(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "metrics.k8s.io/v1beta1",
+        "resources": [
+            {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
+            {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]},
+        ],
+    }))
+}
+
+type Reply = ([(axum::http::HeaderName, &'static str); 1], String);
+
+fn reply(v: Value) -> Reply {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+}
+
+/// Every pod at 200m of CPU and 10Mi of memory per container, measured now.
+fn pod_metrics(pod: &k8s_openapi::api::core::v1::Pod) -> Value {
+    let now = jiff::Timestamp::now().to_string();
+    let containers: Vec<Value> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| json!({"name": name, "usage": {"cpu": "200m", "memory": "10Mi"}}))
+        .collect();
+    json!({
+        "kind": "PodMetrics",
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "metadata": {
+            "name": pod.metadata.name,
+            "namespace": pod.metadata.namespace,
+            "labels": pod.metadata.labels,
+            "creationTimestamp": now,
+        },
+        "timestamp": now,
+        "window": "30s",
+        "containers": containers,
+    })
+}
+
+async fn pods(
+    State(m): State<Metrics>,
+    Path(ns): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Reply {
+    record(&m, &headers);
+    let client = kube::Client::try_from(m.kube.clone()).unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
+    let mut params = ListParams::default();
+    if let Some(selector) = query.get("labelSelector") {
+        params = params.labels(selector);
+    }
+    let items: Vec<Value> = api
+        .list(&params)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(pod_metrics)
+        .collect();
+    reply(json!({
+        "kind": "PodMetricsList",
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "metadata": {},
+        "items": items,
+    }))
+}
+
+async fn pod(
+    State(m): State<Metrics>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Reply {
+    record(&m, &headers);
+    let client = kube::Client::try_from(m.kube.clone()).unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
+    reply(pod_metrics(&api.get(&name).await.unwrap()))
+}
+
+/// Starts the extension server; returns its port, its CA (PEM) and what it saw.
+fn start_metrics_api(
+    dir: &std::path::Path,
+    front_proxy_ca: &str,
+    server: &KelpServer,
+) -> (u16, String, Arc<Mutex<Vec<String>>>) {
+    let (certs, key, ca) = support::serving_cert(dir, &["metrics-server.kube-system.svc"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(front_proxy_ca.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kube = runtime
+        .block_on(kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        ))
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let state = Metrics {
+        kube,
+        seen: seen.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/apis/metrics.k8s.io/v1beta1", get(resources))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+            get(pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+            get(pod),
+        )
+        .with_state(state);
+    (support::serve_tls(app, config), ca, seen)
+}
+
+/// The rows of a kubectl table without its header, as words.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn an_extension_api_server_is_proxied_discovered_and_feeds_top_and_the_autoscaler() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let run = |v: &str, args: &[&str], stdin: Option<&str>| {
+        let out = server.kubectl_with_stdin(v, args, stdin);
+        assert!(out.ok, "kubectl {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+    let k = |args: &[&str]| run("1.33", args, None);
+    let apply = |yaml: &str| run("1.33", &["apply", "-f", "-"], Some(yaml));
+
+    // What an extension server reads to trust the proxy.
+    let auth = |key: &str| {
+        k(&[
+            "get",
+            "configmap",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication",
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ])
+    };
+    let front_proxy_ca = auth("requestheader-client-ca-file");
+    assert!(
+        front_proxy_ca.contains("BEGIN CERTIFICATE"),
+        "{front_proxy_ca}"
+    );
+    assert_ne!(front_proxy_ca, auth("client-ca-file"), "a CA of its own");
+    assert_eq!(
+        auth("requestheader-allowed-names"),
+        r#"["front-proxy-client"]"#
+    );
+    assert_eq!(
+        auth("requestheader-username-headers"),
+        r#"["X-Remote-User"]"#
+    );
+    assert_eq!(auth("requestheader-group-headers"), r#"["X-Remote-Group"]"#);
+
+    let (port, ca, seen) =
+        start_metrics_api(&dir.path().join("metrics-ca"), &front_proxy_ca, &server);
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    apply(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: metrics-server, namespace: kube-system}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: 4443}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.metrics.k8s.io}}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: {ca_bundle}
+  service: {{namespace: kube-system, name: metrics-server}}
+"
+    ));
+    let available = |want: &[&str]| {
+        wait_for(&format!("the APIService to be {want:?}"), 30, || {
+            let row = k(&[
+                "get",
+                "apiservice",
+                "v1beta1.metrics.k8s.io",
+                "--no-headers",
+            ]);
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            if cells.len() > 2 && cells[1..cells.len() - 1] == *want {
+                Ok(())
+            } else {
+                Err(row)
+            }
+        })
+    };
+    // No endpoints yet: not available, and requests get 503.
+    available(&["kube-system/metrics-server", "False", "(EndpointsNotFound)"]);
+    let unavailable = server.kubectl("1.33", &["get", "--raw", "/apis/metrics.k8s.io/v1beta1"]);
+    assert!(!unavailable.ok);
+    assert!(
+        unavailable
+            .stderr
+            .contains("the server is currently unable to handle the request"),
+        "{}",
+        unavailable.stderr
+    );
+    let message = k(&[
+        "get",
+        "apiservice",
+        "v1beta1.metrics.k8s.io",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Available\")].message}",
+    ]);
+    assert_eq!(
+        message,
+        "cannot find endpoints for service/metrics-server in \"kube-system\""
+    );
+
+    apply(&format!(
+        "apiVersion: v1
+kind: Endpoints
+metadata: {{name: metrics-server, namespace: kube-system}}
+subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: https, port: {port}}}]}}]
+"
+    ));
+    available(&["kube-system/metrics-server", "True"]);
+    assert_eq!(
+        k(&[
+            "get",
+            "apiservice",
+            "v1beta1.metrics.k8s.io",
+            "-o",
+            "jsonpath={.status.conditions[0].reason} {.status.conditions[0].message}",
+        ]),
+        "Passed all checks passed"
+    );
+    // The availability check asks as the aggregator.
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&"system:kube-aggregator system:masters".to_string())
+    );
+
+    // Discovery: both kubectl versions (aggregated discovery) list the remote resources.
+    for v in ["1.32", "1.33"] {
+        let listed = run(v, &["api-resources", "--api-group=metrics.k8s.io"], None);
+        assert_eq!(
+            rows(&listed),
+            [
+                ["nodes", "metrics.k8s.io/v1beta1", "false", "NodeMetrics"],
+                ["pods", "metrics.k8s.io/v1beta1", "true", "PodMetrics"],
+            ],
+            "kubectl {v}: {listed}"
+        );
+        let versions = run(v, &["api-versions"], None);
+        assert!(
+            versions.lines().any(|l| l == "metrics.k8s.io/v1beta1"),
+            "{versions}"
+        );
+    }
+    let group: Value = serde_json::from_str(&k(&["get", "--raw", "/apis/metrics.k8s.io"])).unwrap();
+    assert_eq!(group["kind"], "APIGroup");
+    assert_eq!(
+        group["preferredVersion"]["groupVersion"],
+        "metrics.k8s.io/v1beta1"
+    );
+    let legacy: Value = serde_json::from_str(&k(&["get", "--raw", "/apis"])).unwrap();
+    assert!(
+        legacy["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "metrics.k8s.io")
+    );
+
+    // Proxied, as the user who asked: kubectl top.
+    let _nodes = Simulated::start(&server.kubeconfig, 2);
+    apply(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        resources: {requests: {cpu: 100m}}
+",
+    );
+    let top = wait_for("kubectl top to show the pod", 60, || {
+        let out = server.kubectl("1.33", &["top", "pod", "-l", "app=web"]);
+        let table = rows(&out.stdout);
+        if out.ok && table.len() == 1 {
+            Ok(table)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    });
+    assert!(top[0][0].starts_with("web-"), "{top:?}");
+    assert_eq!(top[0][1..], ["200m", "10Mi"]);
+    let admin = k(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.starts_with(&format!("{admin} ")) && s.contains("system:authenticated")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // Authorized here before it is proxied: jane may not, until a role lets her.
+    let path = "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods";
+    let denied = server.kubectl("1.33", &["get", "--raw", path, "--as=jane"]);
+    assert!(!denied.ok);
+    assert!(
+        denied.stderr.contains(
+            "pods.metrics.k8s.io is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"metrics.k8s.io\" in the namespace \"default\""
+        ),
+        "{}",
+        denied.stderr
+    );
+    assert!(!seen.lock().unwrap().iter().any(|s| s.starts_with("jane ")));
+    k(&[
+        "create",
+        "role",
+        "metrics-reader",
+        "--verb=list",
+        "--resource=pods.metrics.k8s.io",
+    ]);
+    k(&[
+        "create",
+        "rolebinding",
+        "jane-metrics",
+        "--role=metrics-reader",
+        "--user=jane",
+    ]);
+    let listed: Value =
+        serde_json::from_str(&k(&["get", "--raw", path, "--as=jane", "--as-group=devs"])).unwrap();
+    assert_eq!(listed["kind"], "PodMetricsList");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&"jane devs,system:authenticated".to_string()),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // The autoscaler reads the same API: 200m used of 100m requested is 200% against a 50%
+    // target, so it scales to its maximum.
+    k(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "--min=1",
+        "--max=3",
+        "--cpu-percent=50",
+    ]);
+    wait_for("the autoscaler to scale to 3", 90, || {
+        let r = k(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]);
+        if r == "3" { Ok(()) } else { Err(r) }
+    });
+    let described = k(&["describe", "hpa", "web"]);
+    let described = described.split_whitespace().collect::<Vec<_>>().join(" ");
+    for line in [
+        "ScalingActive True ValidMetricFound",
+        "200% (200m) / 50%",
+        "SuccessfulRescale",
+    ] {
+        assert!(described.contains(line), "{line:?} not in {described}");
+    }
+
+    // Without endpoints it is unavailable again.
+    k(&["delete", "endpoints", "metrics-server", "-n", "kube-system"]);
+    available(&["kube-system/metrics-server", "False", "(EndpointsNotFound)"]);
+    let gone = server.kubectl("1.33", &["top", "pod", "-l", "app=web"]);
+    assert!(!gone.ok, "{}", gone.stdout);
+}
