@@ -481,7 +481,7 @@ async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 /// `kelp simulate`: simulated nodes, until a signal.
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut config = kelp_client::config_from_file(&args.kubeconfig).await?;
-    kelp_client::set_user_agent(&mut config, "kelp-simulate");
+    kelp_client::configure(&mut config, "kelp-simulate");
     let client = kube::Client::try_from(config)?;
     let options = kelp_kubelet::simulate::Options {
         nodes: args.nodes,

@@ -68,7 +68,12 @@ fn pod_metrics(pod: &k8s_openapi::api::core::v1::Pod) -> Value {
     let containers: Vec<Value> = pod
         .spec
         .as_ref()
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .map(|name| json!({"name": name, "usage": {"cpu": "200m", "memory": "10Mi"}}))
@@ -129,6 +134,48 @@ async fn pod(
     reply(pod_metrics(&api.get(&name).await.unwrap()))
 }
 
+/// The server's OpenAPI v3: an index, and the group version's document.
+async fn openapi_index() -> Reply {
+    reply(json!({"paths": {"apis/metrics.k8s.io/v1beta1": {
+        "serverRelativeURL": "/openapi/v3/apis/metrics.k8s.io/v1beta1?hash=1"
+    }}}))
+}
+
+async fn openapi_document() -> Reply {
+    let usage = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    reply(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "metrics", "version": "v1beta1"},
+        "paths": {"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}": {"get": {
+            "x-kubernetes-action": "get",
+            "x-kubernetes-group-version-kind": {"group": "metrics.k8s.io", "version": "v1beta1", "kind": "PodMetrics"},
+            "responses": {"200": {"content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics"
+            }}}}},
+        }}},
+        "components": {"schemas": {
+            "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics": {
+                "description": "PodMetrics sets resource usage metrics of a pod.",
+                "type": "object",
+                "properties": {
+                    "containers": {
+                        "description": "Metrics for all containers are collected within the same time window.",
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics"},
+                    },
+                    "window": {"type": "string"},
+                },
+                "x-kubernetes-group-version-kind": [{"group": "metrics.k8s.io", "kind": "PodMetrics", "version": "v1beta1"}],
+            },
+            "io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics": {
+                "description": "ContainerMetrics sets resource usage metrics of a container.",
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "usage": usage},
+            },
+        }},
+    }))
+}
+
 /// Starts the extension server; returns its port, its CA (PEM) and what it saw.
 fn start_metrics_api(
     dir: &std::path::Path,
@@ -168,6 +215,11 @@ fn start_metrics_api(
     };
     let app = axum::Router::new()
         .route("/apis/metrics.k8s.io/v1beta1", get(resources))
+        .route("/openapi/v3", get(openapi_index))
+        .route(
+            "/openapi/v3/apis/metrics.k8s.io/v1beta1",
+            get(openapi_document),
+        )
         .route(
             "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
             get(pods),
@@ -333,6 +385,25 @@ subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: https, port: {port}}
             "{versions}"
         );
     }
+    // The extension server's OpenAPI is served with the others: kubectl explain reads it.
+    let explained = wait_for("kubectl explain to find PodMetrics", 30, || {
+        let out = server.kubectl("1.33", &["explain", "podmetrics.containers"]);
+        if out.ok {
+            Ok(out.stdout)
+        } else {
+            Err(out.stderr)
+        }
+    });
+    let explained = explained.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "GROUP: metrics.k8s.io",
+        "KIND: PodMetrics",
+        "VERSION: v1beta1",
+        "FIELD: containers <[]ContainerMetrics>",
+        "Metrics for all containers are collected within the same time window.",
+    ] {
+        assert!(explained.contains(want), "{want:?} not in {explained}");
+    }
     let group: Value = serde_json::from_str(&k(&["get", "--raw", "/apis/metrics.k8s.io"])).unwrap();
     assert_eq!(group["kind"], "APIGroup");
     assert_eq!(
@@ -464,4 +535,25 @@ spec:
     available(&["kube-system/metrics-server", "False", "(EndpointsNotFound)"]);
     let gone = server.kubectl("1.33", &["top", "pod", "-l", "app=web"]);
     assert!(!gone.ok, "{}", gone.stdout);
+    // The autoscaler says so at its next pass (every 15 s), and keeps the replicas.
+    wait_for("the autoscaler to report the metrics API down", 45, || {
+        let described = k(&["describe", "hpa", "web"]);
+        let described = described.split_whitespace().collect::<Vec<_>>().join(" ");
+        let want = "ScalingActive False FailedGetResourceMetric the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: unable to fetch metrics from resource metrics API: the server is currently unable to handle the request (get pods.metrics.k8s.io)";
+        if described.contains(want) {
+            Ok(())
+        } else {
+            Err(described)
+        }
+    });
+    assert_eq!(
+        k(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
 }

@@ -119,7 +119,12 @@ pub struct Aggregator {
     clients: Mutex<HashMap<ClientKey, HttpsClient>>,
     /// Resource lists by APIService name, and whether the latest check got them.
     discovered: Mutex<BTreeMap<String, (Vec<Value>, bool)>>,
+    /// OpenAPI v3 documents by path (`apis/<group>/<version>`).
+    openapi: Mutex<BTreeMap<String, OpenApiCopy>>,
 }
+
+/// An extension server's OpenAPI v3 document: the URL it was fetched from, its hash, and it.
+type OpenApiCopy = (String, String, Vec<u8>);
 
 const USER: &str = "X-Remote-User";
 const GROUP: &str = "X-Remote-Group";
@@ -249,6 +254,7 @@ impl Aggregator {
             api_services: registry::lookup("apiregistration.k8s.io", "v1", "apiservices")?,
             clients: Mutex::new(HashMap::new()),
             discovered: Mutex::new(BTreeMap::new()),
+            openapi: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -433,43 +439,68 @@ impl Aggregator {
             Ok(c) => c,
             Err(e) => return (failed(e), None),
         };
-        let Ok(uri) = url.parse::<Uri>() else {
-            return (failed("invalid URL".into()), None);
+        let body = match get(&client, &url).await {
+            Ok(body) => body,
+            Err(e) => return (failed(e), None),
         };
-        let mut request = axum::http::Request::new(Body::empty());
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(USER, HeaderValue::from_static("system:kube-aggregator"));
-        headers.insert(GROUP, HeaderValue::from_static("system:masters"));
-        let exchange = async {
-            let response = client.request(request).await.map_err(|e| error_chain(&e))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!("bad status from {url}: {}", status.as_u16()));
-            }
-            Ok(body)
+        let resources = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|l| l.get("resources").and_then(Value::as_array).cloned())
+            .unwrap_or_default();
+        self.fetch_openapi(r, &client, &endpoint.authority).await;
+        (
+            condition("True", "Passed", "all checks passed".into()),
+            Some(resources),
+        )
+    }
+
+    /// Keeps a copy of the OpenAPI v3 document the server lists for `r`'s group version
+    /// (fetched again when the URL, which carries its hash, changes), as upstream's OpenAPI
+    /// v3 aggregation does.
+    async fn fetch_openapi(&self, r: &Remote, client: &HttpsClient, authority: &str) {
+        let path = format!("apis/{}/{}", r.group, r.version);
+        let Ok(index) = get(client, &format!("https://{authority}/openapi/v3")).await else {
+            return;
         };
-        match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-            Err(_) => (failed("Get: context deadline exceeded".into()), None),
-            Ok(Err(e)) => (failed(e), None),
-            Ok(Ok(body)) => {
-                let resources = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|l| l.get("resources").and_then(Value::as_array).cloned())
-                    .unwrap_or_default();
-                (
-                    condition("True", "Passed", "all checks passed".into()),
-                    Some(resources),
-                )
-            }
+        let url = serde_json::from_slice::<Value>(&index).ok().and_then(|i| {
+            i.pointer(&format!(
+                "/paths/{}/serverRelativeURL",
+                path.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        });
+        let Some(url) = url.filter(|u| u.starts_with('/')) else {
+            self.openapi().remove(&path);
+            return;
+        };
+        if self.openapi().get(&path).is_some_and(|(u, ..)| *u == url) {
+            return;
         }
+        if let Ok(doc) = get(client, &format!("https://{authority}{url}")).await {
+            let hash = crate::openapi::hash(&doc);
+            self.openapi().insert(path, (url, hash, doc.to_vec()));
+        }
+    }
+
+    fn openapi(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, OpenApiCopy>> {
+        self.openapi.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The paths (`apis/<group>/<version>`) of the extension servers' OpenAPI v3 documents,
+    /// with their hashes.
+    pub fn openapi_paths(&self) -> Vec<(String, String)> {
+        self.openapi()
+            .iter()
+            .map(|(path, (_, hash, _))| (path.clone(), hash.clone()))
+            .collect()
+    }
+
+    /// An extension server's OpenAPI v3 document: (hash, JSON).
+    pub fn openapi_document(&self, path: &str) -> Option<(String, Vec<u8>)> {
+        self.openapi()
+            .get(path)
+            .map(|(_, hash, doc)| (hash.clone(), doc.clone()))
     }
 
     /// Checks every remote APIService, records what discovery learnt and writes changed
@@ -481,6 +512,11 @@ impl Aggregator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|name, _| names.contains(name));
+        let paths: Vec<String> = remotes
+            .iter()
+            .map(|r| format!("apis/{}/{}", r.group, r.version))
+            .collect();
+        self.openapi().retain(|path, _| paths.contains(path));
         let checks = remotes
             .iter()
             .map(|r| async move { (r, self.check(r).await) });
@@ -588,6 +624,37 @@ impl Aggregator {
                 this.check_all(&ctx).await;
             }
         });
+    }
+}
+
+/// GETs `url` as the aggregator (`system:kube-aggregator` in `system:masters`), within 5 s.
+async fn get(client: &HttpsClient, url: &str) -> Result<axum::body::Bytes, String> {
+    let uri = url
+        .parse::<Uri>()
+        .map_err(|e| format!("invalid URL: {e}"))?;
+    let mut request = axum::http::Request::new(Body::empty());
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(USER, HeaderValue::from_static("system:kube-aggregator"));
+    headers.insert(GROUP, HeaderValue::from_static("system:masters"));
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("bad status from {url}: {}", status.as_u16()));
+        }
+        Ok(body)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(r) => r,
+        Err(_) => Err("Get: context deadline exceeded".into()),
     }
 }
 

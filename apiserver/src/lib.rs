@@ -362,7 +362,10 @@ fn router(
         .route(
             "/openapi/v3",
             get(|State(s): State<AppState>| async move {
-                let custom = s.crds().map(|c| c.openapi_paths()).unwrap_or_default();
+                let mut custom = s.crds().map(|c| c.openapi_paths()).unwrap_or_default();
+                if let Some(a) = &s.aggregator {
+                    custom.extend(a.openapi_paths());
+                }
                 ok_json(&s.openapi.index(&custom))
             }),
         )
@@ -542,7 +545,10 @@ async fn openapi_v2(State(s): State<AppState>, headers: HeaderMap) -> Response {
 
 /// A group/version's OpenAPI document; immutable for its hash, as upstream serves it.
 async fn openapi_document(State(s): State<AppState>, Path(path): Path<String>) -> Response {
-    let custom = s.crds().and_then(|c| c.openapi_document(&path));
+    let custom = s
+        .crds()
+        .and_then(|c| c.openapi_document(&path))
+        .or_else(|| s.aggregator.as_ref()?.openapi_document(&path));
     let found = s
         .openapi
         .document(&path)

@@ -283,9 +283,14 @@ impl OpenApi {
 /// A document as served: its hash and bytes.
 fn hashed(doc: &Value) -> (String, Vec<u8>) {
     let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    (hash(&bytes), bytes)
+}
+
+/// A document's hash as its URL and ETag carry it.
+pub fn hash(bytes: &[u8]) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    (format!("{:016X}", h.finish()), bytes)
+    format!("{:016X}", h.finish())
 }
 
 fn gvk(r: &Resource) -> Value {

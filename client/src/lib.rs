@@ -22,10 +22,17 @@ pub async fn config_from_file(path: &Path) -> anyhow::Result<kube::Config> {
         .with_context(|| format!("loading {}", path.display()))
 }
 
-/// Names the component in every request's User-Agent, as upstream's clients do
-/// (`kube-controller-manager/v1.33.0 (linux/amd64) kelp`): the API server takes the part
-/// before the first '/' as the field manager of its writes.
-pub fn set_user_agent(config: &mut kube::Config, component: &str) {
+/// Configures a component's client as upstream's clients are:
+/// - the component is named in every request's User-Agent
+///   (`kube-controller-manager/v1.33.0 (linux/amd64) kelp`): the API server takes the part
+///   before the first '/' as the field manager of its writes;
+/// - a 429, 503 or 504 is returned to the caller, not retried by the client. kube-rs retries
+///   them up to 15 times with a back-off of up to 1000 s by default, where client-go retries
+///   only when the server sends Retry-After: an aggregated API whose server is down (503)
+///   would hold a reconcile for minutes, and an eviction a budget refuses (429) would be
+///   retried instead of reported.
+pub fn configure(config: &mut kube::Config, component: &str) {
+    config.default_retry = false;
     let agent = format!("{component}/v1.33.0 (linux/amd64) kelp");
     if let Ok(value) = http::HeaderValue::from_str(&agent) {
         config

@@ -615,6 +615,11 @@ async fn pod_metrics(
                 "the server could not find the requested resource (get pods.metrics.k8s.io)"
                     .to_string()
             }
+            // An APIService whose server is unavailable (client-go's words for a 503).
+            kube::Error::Api(s) if s.code == 503 => {
+                "the server is currently unable to handle the request (get pods.metrics.k8s.io)"
+                    .to_string()
+            }
             e => e.to_string(),
         })?;
     let mut usage = HashMap::new();

@@ -176,7 +176,7 @@ impl Informers {
 /// Runs the controller-manager until the process ends: leader election, then the controllers
 /// while leading.
 pub async fn run(mut options: Options) -> anyhow::Result<()> {
-    kelp_client::set_user_agent(&mut options.config, "kube-controller-manager");
+    kelp_client::configure(&mut options.config, "kube-controller-manager");
     let root = kube::Client::try_from(options.config.clone())?;
     let election = kelp_client::leader::Election::new("kube-controller-manager", &options.identity);
     election

@@ -49,7 +49,7 @@ pub struct Options {
 
 /// Runs the scheduler until the process ends: leader election, then scheduling while leading.
 pub async fn run(mut options: Options) -> anyhow::Result<()> {
-    kelp_client::set_user_agent(&mut options.config, "kube-scheduler");
+    kelp_client::configure(&mut options.config, "kube-scheduler");
     let client = kube::Client::try_from(options.config.clone())?;
     let election = kelp_client::leader::Election::new("kube-scheduler", &options.identity);
     election

@@ -53,7 +53,10 @@ impl KelpServer {
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("KELP_TEST_SERVER_LOG") {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("start kelp server");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
