@@ -56,21 +56,122 @@ pub const APIREGISTRATION: &[Resource] = &[Resource {
         AGE,
     ],
     status: Status::Subresource,
-    validate: api_service_name,
+    validate: validate_api_service,
+    defaults: api_service_defaults,
     ..BASE
 }];
 
-/// An APIService is named for what it serves: `<version>.<group>`.
-fn api_service_name(o: &Value) -> Vec<(String, String)> {
-    let required = format!("{}.{}", text(o, "/spec/version"), text(o, "/spec/group"));
+/// Upstream's ValidateAPIService: named for what it serves (`<version>.<group>`), a group
+/// (only the legacy `v1` may have none) and version of valid names, priorities in range, and
+/// TLS settings that fit: a local APIService has none, a remote one names its service and
+/// not both a caBundle and insecureSkipTLSVerify.
+fn validate_api_service(o: &Value) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let (group, version) = (text(o, "/spec/group"), text(o, "/spec/version"));
+    let required = format!("{version}.{group}");
     let name = text(o, "/metadata/name");
-    if name == required {
-        return Vec::new();
+    if name != required {
+        errors.push((
+            "metadata.name".into(),
+            format!(
+                "Invalid value: {name:?}: must be `spec.version+\".\"+spec.group`: {required:?}"
+            ),
+        ));
     }
-    vec![(
-        "metadata.name".into(),
-        format!("Invalid value: {name:?}: must be `spec.version+\".\"+spec.group`: {required:?}"),
-    )]
+    if group.is_empty() && version != "v1" {
+        errors.push((
+            "spec.group".into(),
+            "Required value: only v1 may have an empty group and it better be legacy kube".into(),
+        ));
+    }
+    if !group.is_empty()
+        && (group.len() > 253 || !group.split('.').all(crate::object::is_dns1123_label))
+    {
+        errors.push((
+            "spec.group".into(),
+            format!("Invalid value: {group:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        ));
+    }
+    if !crate::object::is_dns1123_label(&version)
+        || !version.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        errors.push((
+            "spec.version".into(),
+            format!("Invalid value: {version:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+        ));
+    }
+    let int = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let group_priority = int("/spec/groupPriorityMinimum");
+    if !(1..=20000).contains(&group_priority) {
+        errors.push((
+            "spec.groupPriorityMinimum".into(),
+            format!("Invalid value: {group_priority}: must be positive and less than 20000"),
+        ));
+    }
+    let version_priority = int("/spec/versionPriority");
+    if !(1..=1000).contains(&version_priority) {
+        errors.push((
+            "spec.versionPriority".into(),
+            format!("Invalid value: {version_priority}: must be positive and less than 1000"),
+        ));
+    }
+    let ca_bundle = text(o, "/spec/caBundle");
+    let insecure = o.pointer("/spec/insecureSkipTLSVerify") == Some(&Value::Bool(true));
+    match o.pointer("/spec/service").filter(|s| s.is_object()) {
+        None => {
+            if !ca_bundle.is_empty() {
+                // Upstream counts the decoded bytes.
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&ca_bundle)
+                    .map_or(ca_bundle.len(), |b| b.len());
+                errors.push((
+                    "spec.caBundle".into(),
+                    format!("Invalid value: \"{bytes} bytes\": local APIServices may not have a caBundle"),
+                ));
+            }
+            if insecure {
+                errors.push((
+                    "spec.insecureSkipTLSVerify".into(),
+                    "Invalid value: true: local APIServices may not have insecureSkipTLSVerify"
+                        .into(),
+                ));
+            }
+        }
+        Some(service) => {
+            for field in ["namespace", "name"] {
+                if text(service, &format!("/{field}")).is_empty() {
+                    errors.push((format!("spec.service.{field}"), "Required value".into()));
+                }
+            }
+            if let Some(port) = service.get("port").and_then(Value::as_i64)
+                && !(1..=65535).contains(&port)
+            {
+                errors.push((
+                    "spec.service.port".into(),
+                    format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                ));
+            }
+            if insecure && !ca_bundle.is_empty() {
+                errors.push((
+                    "spec.insecureSkipTLSVerify".into(),
+                    "Invalid value: true: may not be true if caBundle is present".into(),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Upstream's SetDefaults_ServiceReference: a service is reached at port 443 unless it says.
+fn api_service_defaults(o: &mut Value) {
+    if let Some(service) = o
+        .pointer_mut("/spec/service")
+        .and_then(Value::as_object_mut)
+        && service.get("port").is_none_or(Value::is_null)
+    {
+        service.insert("port".into(), json!(443));
+    }
 }
 
 /// The APIServices upstream registers for its own group versions (name `<version>.<group>`),
@@ -597,6 +698,66 @@ fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_services_validate_as_upstream() {
+        let fields = |o: Value| -> Vec<String> {
+            validate_api_service(&o)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        let remote = json!({
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                "versionPriority": 100, "service": {"namespace": "kube-system", "name": "metrics-server"},
+                "insecureSkipTLSVerify": true},
+        });
+        assert!(fields(remote.clone()).is_empty());
+        let mut both = remote.clone();
+        both["spec"]["caBundle"] = json!("Zm9v");
+        assert_eq!(fields(both), ["spec.insecureSkipTLSVerify"]);
+        let mut nameless = remote.clone();
+        nameless["spec"]["service"] = json!({"port": 0});
+        assert_eq!(
+            fields(nameless),
+            [
+                "spec.service.namespace",
+                "spec.service.name",
+                "spec.service.port"
+            ]
+        );
+        let mut local = remote.clone();
+        local["spec"]["service"] = Value::Null;
+        local["spec"]["caBundle"] = json!("Zm9v");
+        local["spec"]["groupPriorityMinimum"] = json!(0);
+        local["spec"]["versionPriority"] = json!(1001);
+        assert_eq!(
+            validate_api_service(&local)
+                .into_iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>(),
+            [
+                "spec.groupPriorityMinimum: Invalid value: 0: must be positive and less than 20000",
+                "spec.versionPriority: Invalid value: 1001: must be positive and less than 1000",
+                "spec.caBundle: Invalid value: \"3 bytes\": local APIServices may not have a caBundle",
+                "spec.insecureSkipTLSVerify: Invalid value: true: local APIServices may not have insecureSkipTLSVerify",
+            ]
+        );
+        let mut unnamed = remote.clone();
+        unnamed["spec"]["group"] = json!("");
+        unnamed["spec"]["version"] = json!("1beta");
+        unnamed["metadata"]["name"] = json!("1beta.");
+        assert_eq!(fields(unnamed), ["spec.group", "spec.version"]);
+        let mut core = json!({"metadata": {"name": "v1."}, "spec": {"group": "", "version": "v1",
+            "groupPriorityMinimum": 18000, "versionPriority": 1}});
+        assert!(fields(core.clone()).is_empty());
+        api_service_defaults(&mut core);
+        assert!(core["spec"].get("service").is_none());
+        let mut defaulted = remote;
+        api_service_defaults(&mut defaulted);
+        assert_eq!(defaulted["spec"]["service"]["port"], 443);
+    }
 
     #[test]
     fn autoscalers_default_as_upstreams_v2() {
