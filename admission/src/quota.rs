@@ -23,7 +23,9 @@ fn quantity(v: Option<&Value>) -> Option<Quantity> {
 /// A pod's requests or limits of a resource: the sum over its containers, or the largest
 /// init container's if that is more (upstream's PodRequests).
 fn pod_amount(spec: &Value, kind: &str, resource: &str) -> Option<Quantity> {
-    let of = |c: &Value| quantity(c.pointer(&format!("/resources/{kind}/{resource}")));
+    // A JSON pointer token: `example.com/dongle` is one key.
+    let token = resource.replace('~', "~0").replace('/', "~1");
+    let of = |c: &Value| quantity(c.pointer(&format!("/resources/{kind}/{token}")));
     let containers: Vec<&Value> = spec
         .get("containers")
         .and_then(Value::as_array)
@@ -95,6 +97,19 @@ pub fn usage(group: &str, plural: &str, obj: &Value) -> Usage {
                 }
                 if let Some(q) = pod_amount(&spec, "limits", r) {
                     out.insert(format!("limits.{r}"), q);
+                }
+            }
+            // Huge pages count as themselves and as requests; extended resources (which
+            // cannot be overcommitted) as requests only.
+            for r in requested_names(&spec) {
+                let Some(q) = pod_amount(&spec, "requests", &r) else {
+                    continue;
+                };
+                if r.starts_with("hugepages-") {
+                    out.insert(r.clone(), q);
+                    out.insert(format!("requests.{r}"), q);
+                } else if extended(&r) {
+                    out.insert(format!("requests.{r}"), q);
                 }
             }
         }
@@ -284,11 +299,30 @@ pub fn admit(
 }
 
 fn pod_resource(r: &str) -> bool {
+    let requested = r.strip_prefix("requests.");
     POD_COMPUTE
         .iter()
-        .any(|c| r == *c || r == format!("requests.{c}") || r == format!("limits.{c}"))
+        .any(|c| r == *c || requested == Some(c) || r == format!("limits.{c}"))
         || r == "pods"
         || r == "count/pods"
+        || r.starts_with("hugepages-")
+        || requested.is_some_and(|n| n.starts_with("hugepages-") || extended(n))
+}
+
+/// Upstream's IsExtendedResourceName: a domain-qualified name outside `kubernetes.io`.
+fn extended(name: &str) -> bool {
+    name.contains('/') && !name.contains("kubernetes.io/") && !name.starts_with("requests.")
+}
+
+/// The resource names any container of a pod requests.
+fn requested_names(spec: &Value) -> BTreeSet<String> {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c.pointer("/resources/requests").and_then(Value::as_object))
+        .flat_map(|r| r.keys().cloned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -363,5 +397,28 @@ mod tests {
             .unwrap_err()
             .starts_with("exceeded quota: q, requested: count/deployments.apps=1")
         );
+    }
+
+    #[test]
+    fn extended_resources_and_huge_pages_count_as_requests() {
+        let pod = json!({"spec": {"containers": [
+            {"resources": {"requests": {"cpu": "100m", "example.com/dongle": "3", "hugepages-2Mi": "4Mi"},
+                "limits": {"example.com/dongle": "3"}}},
+            {"resources": {"requests": {"example.com/dongle": "2", "kubernetes.io/native": "1"}}},
+        ]}});
+        let usage = usage("", "pods", &pod);
+        assert_eq!(
+            usage["requests.example.com/dongle"],
+            Quantity::parse("5").unwrap()
+        );
+        assert!(!usage.contains_key("limits.example.com/dongle"));
+        assert!(!usage.contains_key("requests.kubernetes.io/native"));
+        assert_eq!(usage["hugepages-2Mi"], Quantity::parse("4Mi").unwrap());
+        assert_eq!(
+            usage["requests.hugepages-2Mi"],
+            Quantity::parse("4Mi").unwrap()
+        );
+        assert!(pod_resource("requests.example.com/dongle"));
+        assert!(!pod_resource("limits.example.com/dongle"));
     }
 }

@@ -11,8 +11,11 @@ mod crd;
 mod crd_openapi;
 mod cronjob;
 mod flowcontrol;
+mod jobs;
 mod network_storage;
 mod node;
+mod quota;
+mod scheduling;
 mod serviceaccounts;
 mod webhook;
 
@@ -49,6 +52,9 @@ pub fn all() -> Vec<Test> {
     all.extend(apps_controllers::tests());
     all.extend(apps_workloads::tests());
     all.extend(cronjob::tests());
+    all.extend(jobs::tests());
     all.extend(network_storage::tests());
+    all.extend(quota::tests());
+    all.extend(scheduling::tests());
     all
 }
