@@ -232,6 +232,16 @@ fn pointers(field: &str, fields: &[&str]) -> Option<Vec<String>> {
     })
 }
 
+/// What an unset field reads as: upstream's field sets print Go's zero values, so an unset
+/// boolean is "false" and an unset count "0".
+fn unset(field: &str) -> &'static str {
+    match field {
+        "spec.unschedulable" | "spec.hostNetwork" => "false",
+        "status.successful" => "0",
+        _ => "",
+    }
+}
+
 impl FieldSelector {
     /// `fields` are the resource's selectable fields besides metadata.name and
     /// metadata.namespace; others are refused as upstream refuses them.
@@ -265,7 +275,7 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(_, ptrs, equal, value)| {
+        self.0.iter().all(|(field, ptrs, equal, value)| {
             // Integers and booleans compare as their text (custom resources' selectable
             // fields may be either).
             let actual = ptrs
@@ -276,7 +286,7 @@ impl FieldSelector {
                     _ => None,
                 })
                 .find(|v| !v.is_empty())
-                .unwrap_or_default();
+                .unwrap_or_else(|| unset(field).to_string());
             (actual == *value) == *equal
         })
     }
@@ -329,6 +339,33 @@ mod tests {
                 .unwrap_err()
                 .message,
             "field label not supported: spec.nodeName"
+        );
+    }
+
+    #[test]
+    fn unset_booleans_and_counts_read_as_go_zero_values() {
+        let fields = &["spec.unschedulable", "status.successful"];
+        let node = json!({"metadata": {"name": "n"}, "spec": {}});
+        assert!(
+            FieldSelector::parse("spec.unschedulable=false", fields)
+                .unwrap()
+                .matches(&node)
+        );
+        assert!(
+            !FieldSelector::parse("spec.unschedulable=true", fields)
+                .unwrap()
+                .matches(&node)
+        );
+        let cordoned = json!({"spec": {"unschedulable": true}});
+        assert!(
+            FieldSelector::parse("spec.unschedulable!=false", fields)
+                .unwrap()
+                .matches(&cordoned)
+        );
+        assert!(
+            FieldSelector::parse("status.successful=0", fields)
+                .unwrap()
+                .matches(&json!({}))
         );
     }
 

@@ -79,6 +79,20 @@ pub async fn run(
     };
     let (endpoints, ectx) = make(endpoints_client.clone());
     let (slices, sctx) = make(slices_client);
+    // A managed slice changed or deleted by someone else brings its service back at once, as
+    // upstream's controller reacts to slice events (not only at the next resync).
+    let slices = slices.watches_stream(
+        informers.endpointslices.changes(),
+        |slice: EndpointSlice| {
+            let managed =
+                slice.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+            let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
+            match (managed, service, slice.namespace()) {
+                (true, Some(name), Some(ns)) => Some(ObjectRef::<Service>::new(&name).within(&ns)),
+                _ => None,
+            }
+        },
+    );
     let orphans = remove_orphans(endpoints_client, informers.clone());
     tokio::select! {
         r = drive("endpoints", endpoints, reconcile_endpoints, ectx) => r,
@@ -303,16 +317,9 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
         });
     }
     if wanted.is_empty() {
-        // A service with no endpoints still has one (empty) slice, with its ports.
-        let ports: Ports = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| (p.name, p.port, p.protocol.unwrap_or_else(|| "TCP".into())))
-            .collect();
-        wanted.insert(ports, vec![]);
+        // A service with no endpoints still has one placeholder slice: no endpoints and,
+        // as upstream's, no ports.
+        wanted.insert(Ports::default(), vec![]);
     }
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let existing: Vec<Arc<EndpointSlice>> = ctx
@@ -353,7 +360,8 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
             ),
         })
         .collect();
-    if !write_slices(&api, existing, slices).await? {
+    let store = ctx.informers.endpointslices.store();
+    if !write_slices(&api, &store, existing, slices).await? {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     Ok(Action::requeue(RESYNC))
@@ -361,15 +369,19 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
 
 /// Makes a service's slices the wanted ones: existing slices (in name order) are reused in
 /// turn — replaced where their endpoints, ports, labels or address type differ — wanted ones
-/// left over are created, existing ones left over deleted. False when a write lost a race
-/// (look again shortly).
+/// left over are created, existing ones left over deleted. Then waits (briefly) for `store`
+/// to show those writes, so that the next pass does not act on a cache that predates them
+/// (upstream's EndpointSliceTracker; without it a pass right after a create would create the
+/// slice again). False when a write lost a race (look again shortly).
 pub(crate) async fn write_slices(
     api: &Api<EndpointSlice>,
+    store: &kube::runtime::reflector::Store<EndpointSlice>,
     mut existing: Vec<Arc<EndpointSlice>>,
     wanted: Vec<EndpointSlice>,
 ) -> Result<bool, Error> {
     existing.sort_by_key(|s| s.name_any());
     let mut reuse = existing.into_iter();
+    let mut written = Written::default();
     for slice in wanted {
         match reuse.next() {
             Some(old) => {
@@ -384,7 +396,8 @@ pub(crate) async fn write_slices(
                 // The address type cannot change: such a slice is replaced by a new one.
                 if old.address_type != slice.address_type {
                     delete_slice(api, &old).await?;
-                    api.create(&PostParams::default(), &slice).await?;
+                    written.gone(&old);
+                    written.saved(api.create(&PostParams::default(), &slice).await?);
                     continue;
                 }
                 let mut updated = (*old).clone();
@@ -396,20 +409,66 @@ pub(crate) async fn write_slices(
                     .replace(&old.name_any(), &PostParams::default(), &updated)
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(saved) => written.saved(saved),
                     Err(e) if is_status(&e, 409) || is_status(&e, 404) => return Ok(false),
                     Err(e) => return Err(e.into()),
                 }
             }
             None => {
-                api.create(&PostParams::default(), &slice).await?;
+                written.saved(api.create(&PostParams::default(), &slice).await?);
             }
         }
     }
     for extra in reuse {
         delete_slice(api, &extra).await?;
+        written.gone(&extra);
     }
+    written.settle(store).await;
     Ok(true)
+}
+
+/// The slices one pass wrote: (namespace, name, resourceVersion) saved, (namespace, name)
+/// deleted.
+#[derive(Default)]
+struct Written {
+    saved: Vec<(String, String, u64)>,
+    deleted: Vec<(String, String)>,
+}
+
+impl Written {
+    fn gone(&mut self, slice: &EndpointSlice) {
+        self.deleted
+            .push((slice.namespace().unwrap_or_default(), slice.name_any()));
+    }
+
+    fn saved(&mut self, slice: EndpointSlice) {
+        let rv = slice
+            .resource_version()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        self.saved
+            .push((slice.namespace().unwrap_or_default(), slice.name_any(), rv));
+    }
+
+    /// Waits up to 2 s for the store to hold every saved slice at its version or later, and
+    /// none of the deleted ones (generated names never come back).
+    async fn settle(&self, store: &kube::runtime::reflector::Store<EndpointSlice>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let caught_up = || {
+            self.saved.iter().all(|(ns, name, rv)| {
+                store
+                    .get(&ObjectRef::new(name).within(ns))
+                    .and_then(|s| s.resource_version()?.parse::<u64>().ok())
+                    .is_some_and(|seen| seen >= *rv)
+            }) && self
+                .deleted
+                .iter()
+                .all(|(ns, name)| store.get(&ObjectRef::new(name).within(ns)).is_none())
+        };
+        while !caught_up() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn delete_slice(api: &Api<EndpointSlice>, slice: &EndpointSlice) -> Result<(), Error> {

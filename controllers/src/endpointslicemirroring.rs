@@ -94,7 +94,8 @@ async fn reconcile(ep: Arc<Endpoints>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     } else {
         Vec::new()
     };
-    if !write_slices(&api, existing, wanted).await? {
+    let store = ctx.informers.mirrored_slices.store();
+    if !write_slices(&api, &store, existing, wanted).await? {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     Ok(Action::await_change())

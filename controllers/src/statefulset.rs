@@ -58,13 +58,13 @@ fn ordinal_of(set: &str, pod: &Pod) -> Option<i32> {
 }
 
 /// The pod for an ordinal from a revision's template, with its identity and claims.
-fn pod_for(sts: &StatefulSet, template: &PodTemplateSpec, hash: &str, ordinal: i32) -> Pod {
+fn pod_for(sts: &StatefulSet, template: &PodTemplateSpec, revision: &str, ordinal: i32) -> Pod {
     let set = sts.name_any();
     let name = format!("{set}-{ordinal}");
     let spec = sts.spec.clone().unwrap_or_default();
     let meta = template.metadata.clone().unwrap_or_default();
     let mut labels = meta.labels.unwrap_or_default();
-    labels.insert(HASH_LABEL.into(), hash.into());
+    labels.insert(HASH_LABEL.into(), revision.into());
     labels.insert(POD_NAME_LABEL.into(), name.clone());
     labels.insert(POD_INDEX_LABEL.into(), ordinal.to_string());
     let mut pod_spec = template.spec.clone().unwrap_or_default();
@@ -173,10 +173,6 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
             .await?
             .and_then(|cr| revisions::template_of(&cr))
     };
-    let current_hash = current_revision
-        .strip_prefix(&format!("{set}-"))
-        .unwrap_or(&update_hash)
-        .to_string();
 
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut pods: HashMap<i32, Arc<Pod>> = HashMap::new();
@@ -204,6 +200,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         .and_then(|s| s.rolling_update.as_ref())
         .and_then(|r| r.partition)
         .unwrap_or(0);
+    // Upstream labels a set's pods with the whole revision name (`<set>-<hash>`).
     let hash_of = |p: &Pod| p.labels().get(HASH_LABEL).cloned().unwrap_or_default();
 
     // Create (and replace failed pods) in ordinal order.
@@ -225,8 +222,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                 ensure_claims(&ctx.client, &sts, i).await?;
                 let use_current = rolling && (i - start) < partition && current_template.is_some();
                 let (template, hash) = match (&current_template, use_current) {
-                    (Some(t), true) => (t.clone(), current_hash.clone()),
-                    _ => (spec.template.clone(), update_hash.clone()),
+                    (Some(t), true) => (t.clone(), current_revision.clone()),
+                    _ => (spec.template.clone(), update_revision.clone()),
                 };
                 let pod = pod_for(&sts, &template, &hash, i);
                 match pods_api.create(&PostParams::default(), &pod).await {
@@ -269,7 +266,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
             .clone()
             .rev()
             .filter(|i| i - start >= partition)
-            .find(|i| pods.get(i).is_some_and(|p| hash_of(p) != update_hash));
+            .find(|i| pods.get(i).is_some_and(|p| hash_of(p) != update_revision));
         if let Some(i) = outdated
             && let Some(p) = pods.get(&i)
         {
@@ -294,9 +291,15 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
             Err(None) => {}
         }
     }
-    let updated = live.iter().filter(|p| hash_of(p) == update_hash).count() as i32;
+    let updated = live
+        .iter()
+        .filter(|p| hash_of(p) == update_revision)
+        .count() as i32;
     let ready = live.iter().filter(|p| running_and_ready(p)).count() as i32;
-    let mut current = live.iter().filter(|p| hash_of(p) == current_hash).count() as i32;
+    let mut current = live
+        .iter()
+        .filter(|p| hash_of(p) == current_revision)
+        .count() as i32;
     let mut current_revision = current_revision;
     if updated == replicas && ready == replicas && live.len() as i32 == replicas {
         current_revision = update_revision.clone();

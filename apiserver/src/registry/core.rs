@@ -143,6 +143,7 @@ pub static RESOURCES: &[Resource] = &[
         ],
         fields: &[
             "spec.nodeName",
+            "spec.hostNetwork",
             "spec.restartPolicy",
             "spec.schedulerName",
             "spec.serviceAccountName",

@@ -252,6 +252,170 @@ fn count(o: &Value, pointer: &str) -> Value {
 }
 
 /// Both webhook configuration kinds print the number of their webhooks.
+/// Upstream's SetDefaults for admission webhooks (v1): failurePolicy Fail, matchPolicy
+/// Equivalent, empty namespace and object selectors, a 10 s timeout, rules of every scope,
+/// and for mutating webhooks reinvocationPolicy Never.
+fn mutating_webhook_defaults(o: &mut Value) {
+    webhook_defaults(o, true);
+}
+
+fn validating_webhook_defaults(o: &mut Value) {
+    webhook_defaults(o, false);
+}
+
+fn webhook_defaults(o: &mut Value, mutating: bool) {
+    let Some(hooks) = o.get_mut("webhooks").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for hook in hooks.iter_mut().filter_map(Value::as_object_mut) {
+        let mut default = |k: &str, v: Value| {
+            if hook.get(k).is_none_or(Value::is_null) {
+                hook.insert(k.into(), v);
+            }
+        };
+        default("failurePolicy", json!("Fail"));
+        default("matchPolicy", json!("Equivalent"));
+        default("namespaceSelector", json!({}));
+        default("objectSelector", json!({}));
+        default("timeoutSeconds", json!(10));
+        if mutating {
+            default("reinvocationPolicy", json!("Never"));
+        }
+        if let Some(service) = hook
+            .get_mut("clientConfig")
+            .and_then(|c| c.get_mut("service"))
+            .and_then(Value::as_object_mut)
+            && service.get("port").is_none_or(Value::is_null)
+        {
+            service.insert("port".into(), json!(443));
+        }
+        for rule in hook
+            .get_mut("rules")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if rule.get("scope").is_none_or(Value::is_null) {
+                rule.insert("scope".into(), json!("*"));
+            }
+        }
+    }
+}
+
+/// Upstream's webhook configuration validation, the parts users meet: each webhook named
+/// (a fully qualified name, unique), reached by exactly one of url and service, with
+/// sideEffects and admissionReviewVersions it supports, a timeout of 1 to 30 seconds, and
+/// match conditions that are named, unique, at most 64, and compile.
+fn validate_webhooks(o: &Value) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    let hooks = o.get("webhooks").and_then(Value::as_array);
+    for (i, hook) in hooks.into_iter().flatten().enumerate() {
+        let at = |f: &str| format!("webhooks[{i}].{f}");
+        let name = text(hook, "/name");
+        if name.is_empty() {
+            errors.push((at("name"), "Required value".into()));
+        } else if name.split('.').count() < 3
+            || name.len() > 253
+            || !name.split('.').all(crate::object::is_dns1123_label)
+        {
+            errors.push((
+                at("name"),
+                format!("Invalid value: {name:?}: should be a domain with at least three segments separated by dots"),
+            ));
+        } else if !names.insert(name.clone()) {
+            errors.push((at("name"), format!("Duplicate value: {name:?}")));
+        }
+        let client = hook.get("clientConfig");
+        let url = client.and_then(|c| c.get("url")).filter(|u| !u.is_null());
+        let service = client
+            .and_then(|c| c.get("service"))
+            .filter(|s| !s.is_null());
+        if url.is_some() == service.is_some() {
+            errors.push((
+                at("clientConfig"),
+                "Required value: exactly one of url or service is required".into(),
+            ));
+        }
+        let side_effects = text(hook, "/sideEffects");
+        if !matches!(side_effects.as_str(), "None" | "NoneOnDryRun") {
+            errors.push((
+                at("sideEffects"),
+                if side_effects.is_empty() {
+                    "Required value: must specify one of \"None\", \"NoneOnDryRun\"".into()
+                } else {
+                    format!("Unsupported value: {side_effects:?}: supported values: \"None\", \"NoneOnDryRun\"")
+                },
+            ));
+        }
+        let versions: Vec<&str> = hook
+            .get("admissionReviewVersions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !versions.iter().any(|v| matches!(*v, "v1" | "v1beta1")) {
+            errors.push((
+                at("admissionReviewVersions"),
+                "Required value: must specify one of v1, v1beta1".into(),
+            ));
+        }
+        if let Some(t) = hook.get("timeoutSeconds").and_then(Value::as_i64)
+            && !(1..=30).contains(&t)
+        {
+            errors.push((
+                at("timeoutSeconds"),
+                format!("Invalid value: {t}: the timeout value must be between 1 and 30 seconds"),
+            ));
+        }
+        errors.extend(
+            validate_match_conditions(hook.get("matchConditions"))
+                .into_iter()
+                .map(|(f, m)| (at(&f), m)),
+        );
+    }
+    errors
+}
+
+/// Upstream's validateMatchConditions: at most 64, each named (a qualified name, unique) with
+/// an expression that compiles. Fields are relative (`matchConditions[0].expression`).
+fn validate_match_conditions(conditions: Option<&Value>) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let list = conditions
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if list.len() > 64 {
+        errors.push((
+            "matchConditions".into(),
+            format!("Too many: {}: must have at most 64 items", list.len()),
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in list.iter().enumerate() {
+        let at = |f: &str| format!("matchConditions[{i}].{f}");
+        let expression = text(c, "/expression");
+        let expression = expression.trim();
+        if expression.is_empty() {
+            errors.push((at("expression"), "Required value".into()));
+        } else if let Err(e) = kube_cel::cel::Program::compile(expression) {
+            errors.push((
+                at("expression"),
+                format!("Invalid value: {expression:?}: compilation failed: {e}"),
+            ));
+        }
+        let name = text(c, "/name");
+        if name.is_empty() {
+            errors.push((at("name"), "Required value".into()));
+        } else if !names.insert(name.clone()) {
+            errors.push((at("name"), format!("Duplicate value: {name:?}")));
+        }
+    }
+    errors
+}
+
 const WEBHOOK_COLUMNS: [super::Column; 2] = [
     col("Webhooks", "The number of webhooks.", |o| {
         count(o, "/webhooks")
@@ -453,6 +617,8 @@ pub static RESOURCES: &[Resource] = &[
         plural: "mutatingwebhookconfigurations",
         singular: "mutatingwebhookconfiguration",
         columns: &WEBHOOK_COLUMNS,
+        defaults: mutating_webhook_defaults,
+        validate: validate_webhooks,
         ..BASE
     },
     Resource {
@@ -462,6 +628,8 @@ pub static RESOURCES: &[Resource] = &[
         plural: "validatingwebhookconfigurations",
         singular: "validatingwebhookconfiguration",
         columns: &WEBHOOK_COLUMNS,
+        defaults: validating_webhook_defaults,
+        validate: validate_webhooks,
         ..BASE
     },
     Resource {
@@ -698,6 +866,51 @@ fn csr_prepare_update(subresource: &str, current: &Value, new: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_configurations_validate_and_default_as_upstream() {
+        let mut config = json!({"webhooks": [
+            {"name": "a.example.com", "clientConfig": {"service": {"namespace": "ns", "name": "svc"}},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                "matchConditions": [{"name": "ok", "expression": "true"}]},
+        ]});
+        assert!(validate_webhooks(&config).is_empty());
+        mutating_webhook_defaults(&mut config);
+        let hook = &config["webhooks"][0];
+        assert_eq!(hook["failurePolicy"], "Fail");
+        assert_eq!(hook["matchPolicy"], "Equivalent");
+        assert_eq!(hook["timeoutSeconds"], 10);
+        assert_eq!(hook["reinvocationPolicy"], "Never");
+        assert_eq!(hook["clientConfig"]["service"]["port"], 443);
+        assert_eq!(hook["rules"][0]["scope"], "*");
+        let bad = json!({"webhooks": [
+            {"name": "short", "clientConfig": {}, "timeoutSeconds": 31,
+                "matchConditions": [{"name": "x", "expression": "'a' in [] bad expression"}, {"name": "x", "expression": " "}]},
+        ]});
+        let fields: Vec<String> = validate_webhooks(&bad)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "webhooks[0].name",
+                "webhooks[0].clientConfig",
+                "webhooks[0].sideEffects",
+                "webhooks[0].admissionReviewVersions",
+                "webhooks[0].timeoutSeconds",
+                "webhooks[0].matchConditions[0].expression",
+                "webhooks[0].matchConditions[1].expression",
+                "webhooks[0].matchConditions[1].name",
+            ]
+        );
+        let compile = validate_webhooks(&bad)
+            .into_iter()
+            .find(|(f, _)| f.ends_with("[0].expression"))
+            .unwrap();
+        assert!(compile.1.contains("compilation failed"), "{}", compile.1);
+    }
 
     #[test]
     fn api_services_validate_as_upstream() {

@@ -1,6 +1,7 @@
 //! The ported tests, one module per upstream area. Each test says which upstream file it
 //! ports; assertions follow the original's.
 
+mod admission_api;
 mod apimachinery;
 mod apps;
 mod apps_api;
@@ -12,8 +13,10 @@ mod crd_openapi;
 mod cronjob;
 mod flowcontrol;
 mod jobs;
+mod more_workloads;
 mod network_storage;
 mod node;
+mod pods;
 mod quota;
 mod scheduling;
 mod serviceaccounts;
@@ -44,15 +47,18 @@ pub fn all() -> Vec<Test> {
     all.extend(crd_openapi::tests());
     all.extend(flowcontrol::tests());
     all.extend(node::tests());
+    all.extend(pods::tests());
     all.extend(auth::tests());
     all.extend(serviceaccounts::tests());
     all.extend(webhook::tests());
+    all.extend(admission_api::tests());
     all.extend(apps::tests());
     all.extend(apps_api::tests());
     all.extend(apps_controllers::tests());
     all.extend(apps_workloads::tests());
     all.extend(cronjob::tests());
     all.extend(jobs::tests());
+    all.extend(more_workloads::tests());
     all.extend(network_storage::tests());
     all.extend(quota::tests());
     all.extend(scheduling::tests());
