@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::pem::PemObject;
@@ -638,23 +637,11 @@ async fn get(client: &HttpsClient, url: &str) -> Result<axum::body::Bytes, Strin
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(USER, HeaderValue::from_static("system:kube-aggregator"));
     headers.insert(GROUP, HeaderValue::from_static("system:masters"));
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("bad status from {url}: {}", status.as_u16()));
-        }
-        Ok(body)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-        Ok(r) => r,
-        Err(_) => Err("Get: context deadline exceeded".into()),
+    match services::exchange(client, request, Duration::from_secs(5)).await {
+        Ok((status, body)) if status.is_success() => Ok(body),
+        Ok((status, _)) => Err(format!("bad status from {url}: {}", status.as_u16())),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err("Get: context deadline exceeded".into()),
     }
 }
 

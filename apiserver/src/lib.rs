@@ -443,6 +443,16 @@ impl AppState {
         self.ctx.crds.as_deref()
     }
 
+    /// The extension server's APIService for `group/version`, if an APIService names one.
+    fn remote(
+        &self,
+        group: &str,
+        version: &str,
+    ) -> Option<(&aggregator::Aggregator, aggregator::Remote)> {
+        let a = self.aggregator.as_deref()?;
+        Some((a, a.remote(group, version)?))
+    }
+
     /// The group versions extension API servers serve.
     fn remote_versions(&self) -> Vec<aggregator::RemoteVersion> {
         self.aggregator
@@ -657,11 +667,7 @@ async fn group_version(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let remote = s
-        .aggregator
-        .as_ref()
-        .and_then(|a| Some((a, a.remote(&group, &version)?)));
-    if let Some((a, remote)) = remote {
+    if let Some((a, remote)) = s.remote(&group, &version) {
         let user = requester.as_ref().map(|r| &*r.0.0);
         return a.proxy(&remote, user, method, &uri, headers, body).await;
     }
@@ -682,11 +688,7 @@ async fn group_resource(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let remote = s
-        .aggregator
-        .as_ref()
-        .and_then(|a| Some((a, a.remote(&group, &version)?)));
-    if let Some((a, remote)) = remote {
+    if let Some((a, remote)) = s.remote(&group, &version) {
         let user = requester.as_ref().map(|r| &*r.0.0);
         return a.proxy(&remote, user, method, &uri, headers, body).await;
     }

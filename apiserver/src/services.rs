@@ -140,3 +140,34 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Sends `request` and reads the whole answer within `timeout`: its status and body, or why
+/// there was none (None: the time ran out).
+pub async fn exchange<C, B>(
+    client: &hyper_util::client::legacy::Client<C, B>,
+    request: axum::http::Request<B>,
+    timeout: std::time::Duration,
+) -> Result<(axum::http::StatusCode, axum::body::Bytes), Option<String>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -160,6 +160,9 @@ impl Webhooks {
             json_patch::patch(obj, &patch).map_err(|e| {
                 ApiError::internal(format!("Internal error occurred: failed calling webhook {:?}: the patch does not apply: {e}", hook.name))
             })?;
+            // What the webhook added is defaulted, as upstream decodes the patched object
+            // through the scheme's defaulter.
+            (review.r.defaults)(obj);
         }
         Ok(true)
     }
@@ -543,26 +546,11 @@ async fn post(
         .header("accept", "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| crate::services::error_chain(&e))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("the server responded {status}"));
-        }
-        Ok(body)
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
+    match crate::services::exchange(&client, request, timeout).await {
+        Ok((status, body)) if status.is_success() => Ok(body),
+        Ok((status, _)) => Err(format!("the server responded {status}")),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err(format!(
             "context deadline exceeded (timeout {}s)",
             timeout.as_secs()
         )),

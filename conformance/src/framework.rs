@@ -442,3 +442,85 @@ pub fn is_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+// --------------------------------------------------------------------------------- nodes
+
+fn node_condition(node: &k8s_openapi::api::core::v1::Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+fn node_taints(node: &k8s_openapi::api::core::v1::Node) -> &[k8s_openapi::api::core::v1::Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
+}
+
+/// e2enode's IsConditionSetAsExpected(node, Ready, true): Ready is True and the node
+/// controller's not-ready and unreachable NoExecute taints are gone.
+pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let controller_taint = node_taints(node).iter().any(|t| {
+        t.effect == "NoExecute"
+            && matches!(
+                t.key.as_str(),
+                "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
+            )
+    });
+    node_condition(node, "Ready").as_deref() == Some("True") && !controller_taint
+}
+
+/// e2enode's IsNodeSchedulable: not cordoned, Ready, and its network not marked unavailable.
+pub fn node_schedulable(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    !cordoned
+        && node_ready(node)
+        && node_condition(node, "NetworkUnavailable").as_deref() != Some("True")
+}
+
+/// e2enode's isNodeUntainted: a pod tolerating nothing may land there (no NoSchedule or
+/// NoExecute taint).
+pub fn node_untainted(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node_taints(node)
+        .iter()
+        .all(|t| t.effect != "NoSchedule" && t.effect != "NoExecute")
+}
+
+/// e2enode.GetReadySchedulableNodes: the schedulable (listed with upstream's field selector),
+/// Ready, untainted nodes; an error when there are none.
+pub async fn ready_schedulable_nodes(
+    ctx: &Ctx,
+) -> anyhow::Result<Vec<k8s_openapi::api::core::v1::Node>> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = ctx.cluster();
+    let params = kube::api::ListParams::default().fields("spec.unschedulable=false");
+    let nodes: Vec<_> = api
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .filter(|n| node_schedulable(n) && node_untainted(n))
+        .collect();
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "there are currently no ready, schedulable nodes in the cluster"
+    );
+    Ok(nodes)
+}
+
+/// e2enode.GetRandomReadySchedulableNode.
+pub async fn random_ready_schedulable_node(
+    ctx: &Ctx,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Node> {
+    let nodes = ready_schedulable_nodes(ctx).await?;
+    let pick = rand::rng().random_range(0..nodes.len());
+    Ok(nodes[pick].clone())
+}

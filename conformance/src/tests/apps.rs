@@ -988,7 +988,7 @@ pub(super) fn ensure_valid_resource_version(rv: Option<&str>) -> anyhow::Result<
 
 /// resource_quota.go's countResourceQuota: the namespace's quotas, once their number held for
 /// five polls a second apart (for at most 30s).
-async fn count_resource_quota(api: &Api<ResourceQuota>) -> anyhow::Result<usize> {
+pub(crate) async fn count_resource_quota(api: &Api<ResourceQuota>) -> anyhow::Result<usize> {
     let (mut found, mut unchanged) = (0, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

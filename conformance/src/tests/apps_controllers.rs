@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::tests;
-use crate::framework::eventually;
+use crate::framework::{eventually, ready_schedulable_nodes};
 use crate::framework::{from, retry_on_conflict};
 use crate::{Ctx, Test};
 
@@ -180,31 +180,6 @@ fn delete_options(policy: PropagationPolicy, uid: Option<String>) -> DeleteParam
         }),
         ..Default::default()
     }
-}
-
-/// e2enode.GetReadySchedulableNodes: Ready, schedulable, and without taints that keep pods
-/// off (PreferNoSchedule aside).
-async fn ready_schedulable_nodes(ctx: &Ctx) -> anyhow::Result<Vec<Node>> {
-    let nodes: Api<Node> = ctx.all();
-    Ok(nodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|n| {
-            let ready = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let spec = n.spec.as_ref();
-            ready
-                && !spec.and_then(|s| s.unschedulable).unwrap_or(false)
-                && spec
-                    .and_then(|s| s.taints.as_ref())
-                    .is_none_or(|t| t.iter().all(|t| t.effect == "PreferNoSchedule"))
-        })
-        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -782,7 +782,7 @@ fn canonical_value(v: &Value) -> Value {
 /// kubectl with the builder's `--namespace=<test namespace>` before `args`: Ok(stdout) when it
 /// succeeded, else Err with the text of the builder's error — the command, its stdout and its
 /// stderr — which the tests search for messages. The outer error: kubectl could not be run.
-async fn run_kubectl(
+pub(crate) async fn run_kubectl(
     ctx: &Ctx,
     input: Option<&str>,
     args: &[&str],

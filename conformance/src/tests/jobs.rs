@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use rand::Rng;
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{eventually, from};
+use crate::framework::{eventually, from, random_ready_schedulable_node};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -166,35 +165,6 @@ fn random_string(n: usize) -> String {
     (0..n)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect()
-}
-
-/// e2enode.GetRandomReadySchedulableNode: one of the Ready, schedulable nodes without taints
-/// that keep pods off (PreferNoSchedule aside).
-async fn random_ready_schedulable_node(ctx: &Ctx) -> anyhow::Result<String> {
-    let nodes: Api<Node> = ctx.all();
-    let ready: Vec<String> = nodes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|n| {
-            let ready = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let spec = n.spec.as_ref();
-            ready
-                && !spec.and_then(|s| s.unschedulable).unwrap_or(false)
-                && spec
-                    .and_then(|s| s.taints.as_ref())
-                    .is_none_or(|t| t.iter().all(|t| t.effect == "PreferNoSchedule"))
-        })
-        .map(|n| n.name_any())
-        .collect();
-    ensure!(!ready.is_empty(), "there are no ready schedulable nodes");
-    let pick = rand::rng().random_range(0..ready.len());
-    Ok(ready[pick].clone())
 }
 
 /// e2ejob.CreateJob
@@ -347,7 +317,7 @@ fn ensure_no_pods_left(c: &Counts) -> anyhow::Result<()> {
 /// job on one node whose podFailurePolicy fails the job on exit code 1.
 async fn pod_failure_policy_fail_job(ctx: Ctx) -> anyhow::Result<()> {
     // Looking for a node to schedule job pod
-    let node = random_ready_schedulable_node(&ctx).await?;
+    let node = random_ready_schedulable_node(&ctx).await?.name_any();
 
     // Creating a job
     let name = "pod-failure-failjob";

@@ -13,6 +13,7 @@ mod crd_openapi;
 mod cronjob;
 mod flowcontrol;
 mod jobs;
+mod kubectl;
 mod more_workloads;
 mod network_storage;
 mod node;
@@ -21,6 +22,7 @@ mod quota;
 mod scheduling;
 mod serviceaccounts;
 mod webhook;
+mod webhook_more;
 
 use crate::Test;
 
@@ -51,6 +53,7 @@ pub fn all() -> Vec<Test> {
     all.extend(auth::tests());
     all.extend(serviceaccounts::tests());
     all.extend(webhook::tests());
+    all.extend(webhook_more::tests());
     all.extend(admission_api::tests());
     all.extend(apps::tests());
     all.extend(apps_api::tests());
@@ -58,6 +61,7 @@ pub fn all() -> Vec<Test> {
     all.extend(apps_workloads::tests());
     all.extend(cronjob::tests());
     all.extend(jobs::tests());
+    all.extend(kubectl::tests());
     all.extend(more_workloads::tests());
     all.extend(network_storage::tests());
     all.extend(quota::tests());

@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Node, ObjectReference, Pod, ReplicationController, Secret, Service,
+    ConfigMap, Endpoints, ObjectReference, Pod, ReplicationController, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -26,7 +26,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{api_error, eventually_every, from, is_ready};
+use crate::framework::{
+    api_error, eventually_every, from, is_ready, random_ready_schedulable_node,
+};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -838,39 +840,6 @@ fn make_configmap_volumes(names: &[String]) -> (Value, Value) {
         })
         .collect();
     (Value::Array(volumes), Value::Array(mounts))
-}
-
-/// e2enode.GetRandomReadySchedulableNode: a random node of those not unschedulable (the
-/// list's field selector, as upstream's), Ready, and with no NoSchedule or NoExecute taint.
-async fn random_ready_schedulable_node(ctx: &Ctx) -> anyhow::Result<Node> {
-    let nodes: Api<Node> = ctx.all();
-    let list = nodes
-        .list(&ListParams::default().fields("spec.unschedulable=false"))
-        .await?;
-    let ready: Vec<Node> = list
-        .items
-        .into_iter()
-        .filter(|n| {
-            let spec = n.spec.clone().unwrap_or_default();
-            let ready = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let untainted = spec
-                .taints
-                .unwrap_or_default()
-                .iter()
-                .all(|t| t.effect != "NoSchedule" && t.effect != "NoExecute");
-            spec.unschedulable != Some(true) && ready && untainted
-        })
-        .collect();
-    ensure!(
-        !ready.is_empty(),
-        "there are currently no ready, schedulable nodes in the cluster"
-    );
-    let i = rand::random_range(0..ready.len());
-    Ok(ready[i].clone())
 }
 
 /// testNoWrappedVolumeRace: an RC of `pod_count` pods, each with every ConfigMap volume,

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::apps::same_quantity;
 use super::tests;
-use crate::framework::{eventually, eventually_every, from, is_ready};
+use crate::framework::{eventually, eventually_every, from, is_ready, node_ready};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -1137,24 +1137,6 @@ impl Drop for Deletions {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// IsConditionSetAsExpected(node, Ready, true): Ready is True and the node controller's
-/// not-ready and unreachable NoExecute taints are gone.
-fn node_ready(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let controller_taint = taints_of(node).iter().any(|t| {
-        t.effect == "NoExecute"
-            && matches!(
-                t.key.as_str(),
-                "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
-            )
-    });
-    ready && !controller_taint
 }
 
 /// e2enode.WaitForTotalHealthy, whose outcome the BeforeEach does not check: up to a minute

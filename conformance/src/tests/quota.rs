@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, ReplicationController, ResourceQuota, Service};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use serde_json::{Value, json};
 
-use super::apps::same_quantity;
+use super::apps::{count_resource_quota, same_quantity};
 use super::tests;
 use crate::framework::from;
 use crate::{Ctx, Test};
@@ -184,29 +184,6 @@ async fn create_resource_quota(
     api.create(&PostParams::default(), &quota)
         .await
         .with_context(|| format!("creating ResourceQuota {name}"))
-}
-
-/// resource_quota.go's countResourceQuota: the namespace's quotas, once their number held for
-/// five polls a second apart (for at most 30s).
-async fn count_resource_quota(api: &Api<ResourceQuota>) -> anyhow::Result<usize> {
-    let (mut found, mut unchanged) = (0, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let n = api.list(&ListParams::default()).await?.items.len();
-        if n == found {
-            unchanged += 1;
-            if unchanged > 4 {
-                return Ok(found);
-            }
-        } else {
-            unchanged = 0;
-            found = n;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("the number of ResourceQuotas did not settle in 30s");
-        }
-    }
 }
 
 /// resource_quota.go's waitForResourceQuota: polls until the quota's status.used shows these

@@ -26,7 +26,10 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{eventually, eventually_every, from, retry_on_conflict};
+use crate::framework::{
+    eventually, eventually_every, from, node_ready, node_schedulable, node_untainted,
+    ready_schedulable_nodes, retry_on_conflict,
+};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -328,57 +331,6 @@ fn taints(node: &Node) -> &[k8s_openapi::api::core::v1::Taint] {
         .as_ref()
         .and_then(|s| s.taints.as_deref())
         .unwrap_or(&[])
-}
-
-/// IsConditionSetAsExpected(node, Ready, true): Ready is True and the node controller's
-/// not-ready and unreachable taints are gone.
-fn node_ready(node: &Node) -> bool {
-    let controller_taint = taints(node).iter().any(|t| {
-        t.effect == "NoExecute"
-            && matches!(
-                t.key.as_str(),
-                "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
-            )
-    });
-    condition(node, "Ready").as_deref() == Some("True") && !controller_taint
-}
-
-/// IsNodeSchedulable: not cordoned, Ready, and its network not marked unavailable.
-fn node_schedulable(node: &Node) -> bool {
-    let cordoned = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    !cordoned
-        && node_ready(node)
-        && condition(node, "NetworkUnavailable").as_deref() != Some("True")
-}
-
-/// isNodeUntainted: a pod tolerating nothing may land there (no NoSchedule or NoExecute
-/// taint).
-fn node_untainted(node: &Node) -> bool {
-    taints(node)
-        .iter()
-        .all(|t| t.effect != "NoSchedule" && t.effect != "NoExecute")
-}
-
-/// e2enode.GetReadySchedulableNodes: the Ready, schedulable, untainted nodes; an error when
-/// there are none.
-async fn ready_schedulable_nodes(ctx: &Ctx) -> anyhow::Result<Vec<Node>> {
-    let api: Api<Node> = ctx.cluster();
-    let nodes: Vec<Node> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|n| node_schedulable(n) && node_untainted(n))
-        .collect();
-    ensure!(
-        !nodes.is_empty(),
-        "there are currently no ready, schedulable nodes in the cluster"
-    );
-    Ok(nodes)
 }
 
 /// e2enode.AllNodesReady and WaitForTotalHealthy, whose outcome upstream's BeforeEach does not

@@ -29,7 +29,12 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-fn review_response(review: &Value, allowed: bool, message: &str, patch: Option<Value>) -> String {
+pub(crate) fn review_response(
+    review: &Value,
+    allowed: bool,
+    message: &str,
+    patch: Option<Value>,
+) -> String {
     let mut response = json!({"uid": review["request"]["uid"], "allowed": allowed});
     if !allowed {
         response["status"] = json!({"message": message, "code": 400});
@@ -42,7 +47,7 @@ fn review_response(review: &Value, allowed: bool, message: &str, patch: Option<V
         .to_string()
 }
 
-fn parse(body: &[u8]) -> Value {
+pub(crate) fn parse(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or_default()
 }
 
@@ -92,9 +97,9 @@ async fn slow(body: axum::body::Bytes) -> String {
 }
 
 /// A webhook server on a free loopback port; stops when dropped.
-struct Server {
-    base: String,
-    ca: String,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) ca: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,7 +109,7 @@ impl Drop for Server {
     }
 }
 
-async fn start() -> anyhow::Result<Server> {
+pub(crate) async fn start() -> anyhow::Result<Server> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -136,7 +141,11 @@ async fn start() -> anyhow::Result<Server> {
         .route("/pods", post(pods))
         .route("/configmaps", post(configmaps))
         .route("/mutating-configmaps", post(mutating_configmaps))
-        .route("/always-allow-delay-5s", post(slow));
+        .route("/always-allow-delay-5s", post(slow))
+        .route("/mutating-pods", post(super::webhook_more::mutating_pods))
+        .route("/always-deny", post(super::webhook_more::always_deny))
+        .route("/add-label", post(super::webhook_more::add_label))
+        .route("/crd", post(super::webhook_more::crd));
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -164,7 +173,7 @@ async fn start() -> anyhow::Result<Server> {
 }
 
 /// Labels the test namespace so that only its objects go to the test's webhooks.
-async fn mark_namespace(ctx: &Ctx) -> anyhow::Result<(String, String)> {
+pub(crate) async fn mark_namespace(ctx: &Ctx) -> anyhow::Result<(String, String)> {
     let (key, value) = (format!("{}-webhook", ctx.namespace), "true".to_string());
     ctx.cluster::<Namespace>()
         .patch(
@@ -176,7 +185,13 @@ async fn mark_namespace(ctx: &Ctx) -> anyhow::Result<(String, String)> {
     Ok((key, "true".into()))
 }
 
-fn hook(name: &str, url: &str, ca: &str, resources: &[&str], selector: &(String, String)) -> Value {
+pub(crate) fn hook(
+    name: &str,
+    url: &str,
+    ca: &str,
+    resources: &[&str],
+    selector: &(String, String),
+) -> Value {
     json!({
         "name": name,
         "clientConfig": {"url": url, "caBundle": STANDARD.encode(ca)},
@@ -188,7 +203,7 @@ fn hook(name: &str, url: &str, ca: &str, resources: &[&str], selector: &(String,
     })
 }
 
-async fn register(
+pub(crate) async fn register(
     ctx: &Ctx,
     kind: &str,
     plural: &str,
@@ -219,7 +234,7 @@ async fn register(
     Ok(())
 }
 
-async fn unregister(ctx: &Ctx, plural: &str, name: &str) {
+pub(crate) async fn unregister(ctx: &Ctx, plural: &str, name: &str) {
     let _ = ctx
         .request(
             "DELETE",
@@ -231,7 +246,7 @@ async fn unregister(ctx: &Ctx, plural: &str, name: &str) {
         .await;
 }
 
-fn configmap(name: &str, data: Value) -> anyhow::Result<ConfigMap> {
+pub(crate) fn configmap(name: &str, data: Value) -> anyhow::Result<ConfigMap> {
     Ok(serde_json::from_value(
         json!({"metadata": {"name": name}, "data": data}),
     )?)
@@ -239,7 +254,7 @@ fn configmap(name: &str, data: Value) -> anyhow::Result<ConfigMap> {
 
 /// Waits until a marker configmap that the webhook refuses is refused (the registration is
 /// in force), as upstream's waitWebhookConfigurationReady does.
-async fn wait_until_denied(ctx: &Ctx, data: Value) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_denied(ctx: &Ctx, data: Value) -> anyhow::Result<()> {
     let api = ctx.namespaced::<ConfigMap>();
     eventually(
         Duration::from_secs(30),
@@ -264,7 +279,7 @@ async fn wait_until_denied(ctx: &Ctx, data: Value) -> anyhow::Result<()> {
     .await
 }
 
-const DISALLOWED: &str = "webhook-disallow";
+pub(crate) const DISALLOWED: &str = "webhook-disallow";
 
 async fn deny_pod_and_configmap(ctx: Ctx) -> anyhow::Result<()> {
     let server = start().await?;
