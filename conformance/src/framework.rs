@@ -524,3 +524,55 @@ pub async fn random_ready_schedulable_node(
     let pick = rand::rng().random_range(0..nodes.len());
     Ok(nodes[pick].clone())
 }
+
+/// The discovery checks of upstream's API-operations tests: `/apis` lists `group` at
+/// `version`, the group's document lists the version, and the version's resources hold each
+/// of `resources`. `what` names the API in the failure messages.
+pub async fn api_discovered(
+    ctx: &Ctx,
+    group: &str,
+    version: &str,
+    resources: &[&str],
+    what: &str,
+) -> anyhow::Result<()> {
+    let has_version = |versions: &serde_json::Value| {
+        versions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["version"] == version)
+    };
+    let groups: serde_json::Value = ctx.get_json("/apis").await.context("getting /apis")?;
+    let found = groups["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|g| g["name"] == group && has_version(&g["versions"]));
+    anyhow::ensure!(
+        found,
+        "expected {what} API group/version, got {}",
+        groups["groups"]
+    );
+    let doc: serde_json::Value = ctx
+        .get_json(&format!("/apis/{group}"))
+        .await
+        .with_context(|| format!("getting /apis/{group}"))?;
+    anyhow::ensure!(
+        has_version(&doc["versions"]),
+        "expected {what} API version, got {}",
+        doc["versions"]
+    );
+    let list: serde_json::Value = ctx
+        .get_json(&format!("/apis/{group}/{version}"))
+        .await
+        .with_context(|| format!("getting /apis/{group}/{version}"))?;
+    for wanted in resources {
+        let found = list["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == *wanted);
+        anyhow::ensure!(found, "expected {wanted}, got {}", list["resources"]);
+    }
+    Ok(())
+}

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{Events, from, retry_on_conflict};
+use crate::framework::{Events, api_discovered, from, retry_on_conflict};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -203,49 +203,12 @@ fn has_v1(versions: &Value) -> bool {
         .any(|v| v["version"] == VERSION)
 }
 
-/// getting /apis, /apis/admissionregistration.k8s.io and /apis/admissionregistration.k8s.io/v1.
-async fn policy_discovery<K: PolicyKind>(ctx: &Ctx) -> anyhow::Result<()> {
-    let kind = K::kind(&()).to_string();
-    let groups: Value = ctx.get_json("/apis").await.context("getting /apis")?;
-    let found = groups["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|g| g["name"] == GROUP && has_v1(&g["versions"]));
-    ensure!(
-        found,
-        "expected {kind} API group/version, got {}",
-        groups["groups"]
-    );
-    let group: Value = ctx
-        .get_json(&format!("/apis/{GROUP}"))
-        .await
-        .with_context(|| format!("getting /apis/{GROUP}"))?;
-    ensure!(
-        has_v1(&group["versions"]),
-        "expected {kind} API version, got {}",
-        group["versions"]
-    );
-    let resources: Value = ctx
-        .get_json(&format!("/apis/{GROUP}/{VERSION}"))
-        .await
-        .with_context(|| format!("getting /apis/{GROUP}/{VERSION}"))?;
-    for wanted in K::RESOURCES {
-        let found = resources["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| r["name"] == *wanted);
-        ensure!(found, "expected {wanted}, got {}", resources["resources"]);
-    }
-    Ok(())
-}
-
 /// Discovery, then create three labelled objects, get, list, watch, patch, update, (the
 /// policy: get, patch and update /status), delete and deletecollection; whatever is left is
 /// deleted by label after (upstream's DeferCleanup).
 async fn api_operations<K: PolicyKind>(ctx: Ctx) -> anyhow::Result<()> {
-    policy_discovery::<K>(&ctx).await?;
+    let kind = K::kind(&()).to_string();
+    api_discovered(&ctx, GROUP, VERSION, K::RESOURCES, &kind).await?;
 
     let api: Api<K> = ctx.cluster();
     // utilrand.String(8)

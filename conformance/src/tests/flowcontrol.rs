@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::tests;
-use crate::framework::{Events, api_error};
+use crate::framework::{Events, api_discovered, api_error};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -180,45 +180,6 @@ async fn priority_level_api(ctx: Ctx) -> anyhow::Result<()> {
     api_operations::<PriorityLevelConfiguration>(ctx).await
 }
 
-/// `/apis` lists flowcontrol.apiserver.k8s.io/v1, the group's document lists v1, and the
-/// version's resources hold the kind's plural and its /status.
-async fn discovery(ctx: &Ctx, plural: &str) -> anyhow::Result<()> {
-    let has_v1 = |versions: &Value| {
-        versions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|v| v["version"] == VERSION)
-    };
-    let groups: Value = ctx.get_json("/apis").await?;
-    let found = groups["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|g| g["name"] == GROUP && has_v1(&g["versions"]));
-    ensure!(
-        found,
-        "expected flowcontrol API group/version, got {}",
-        groups["groups"]
-    );
-    let group: Value = ctx.get_json(&format!("/apis/{GROUP}")).await?;
-    ensure!(
-        has_v1(&group["versions"]),
-        "expected flowcontrol API version, got {}",
-        group["versions"]
-    );
-    let resources: Value = ctx.get_json(&format!("/apis/{GROUP}/{VERSION}")).await?;
-    for wanted in [plural.to_string(), format!("{plural}/status")] {
-        let found = resources["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| r["name"] == wanted.as_str());
-        ensure!(found, "expected {wanted}, got {}", resources["resources"]);
-    }
-    Ok(())
-}
-
 /// HaveValidResourceVersion: a non-zero unsigned integer of at most 128 bits.
 pub(super) fn valid_resource_version(o: &impl kube::Resource) -> anyhow::Result<()> {
     let rv = o.meta().resource_version.as_deref().unwrap_or("");
@@ -296,7 +257,8 @@ async fn await_patched_event<K: FlowKind>(events: &mut Events<K>) -> anyhow::Res
 /// and update, delete, and deletecollection; whatever is left is deleted by label after.
 async fn api_operations<K: FlowKind>(ctx: Ctx) -> anyhow::Result<()> {
     let plural = K::plural(&()).to_string();
-    discovery(&ctx, &plural).await?;
+    let status = format!("{plural}/status");
+    api_discovered(&ctx, GROUP, VERSION, &[&plural, &status], "flowcontrol").await?;
 
     let api: Api<K> = ctx.cluster();
     let label_value: String = (0..8)

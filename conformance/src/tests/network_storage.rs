@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use super::flowcontrol::{compare_resource_versions, valid_resource_version};
 use super::tests;
 use crate::framework::from;
-use crate::framework::{Events, api_error, eventually};
+use crate::framework::{Events, api_discovered, api_error, eventually};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -152,55 +152,6 @@ fn larger_resource_version(before: &impl Resource, after: &impl Resource) -> any
         rv(before),
         rv(after)
     );
-    Ok(())
-}
-
-/// The discovery checks of the API-operations tests: `/apis` lists the group at `version`,
-/// the group's document lists the version, and the version's resources hold `plural`.
-async fn discovery(
-    ctx: &Ctx,
-    group: &str,
-    version: &str,
-    plural: &str,
-    what: &str,
-) -> anyhow::Result<()> {
-    let has_version = |versions: &Value| {
-        versions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|v| v["version"] == version)
-    };
-    let groups: Value = ctx.get_json("/apis").await.context("getting /apis")?;
-    let found = groups["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|g| g["name"] == group && has_version(&g["versions"]));
-    ensure!(
-        found,
-        "expected {what} API group/version, got {}",
-        groups["groups"]
-    );
-    let doc: Value = ctx
-        .get_json(&format!("/apis/{group}"))
-        .await
-        .with_context(|| format!("getting /apis/{group}"))?;
-    ensure!(
-        has_version(&doc["versions"]),
-        "expected {what} API version, got {}",
-        doc["versions"]
-    );
-    let resources: Value = ctx
-        .get_json(&format!("/apis/{group}/{version}"))
-        .await
-        .with_context(|| format!("getting /apis/{group}/{version}"))?;
-    let found = resources["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|r| r["name"] == plural);
-    ensure!(found, "expected {plural}, got {}", resources["resources"]);
     Ok(())
 }
 
@@ -567,11 +518,11 @@ async fn endpointslice_api(ctx: Ctx) -> anyhow::Result<()> {
         ],
     }))?;
 
-    discovery(
+    api_discovered(
         &ctx,
         "discovery.k8s.io",
         "v1",
-        "endpointslices",
+        &["endpointslices"],
         "discovery",
     )
     .await?;
@@ -915,7 +866,14 @@ async fn ingress_api(ctx: Ctx) -> anyhow::Result<()> {
         ingress("host3.bar.com")?,
     );
 
-    discovery(&ctx, "networking.k8s.io", "v1", "ingresses", "networking").await?;
+    api_discovered(
+        &ctx,
+        "networking.k8s.io",
+        "v1",
+        &["ingresses"],
+        "networking",
+    )
+    .await?;
 
     // creating
     let pp = PostParams::default();
@@ -1104,11 +1062,11 @@ async fn ingressclass_operations(
     label: &str,
 ) -> anyhow::Result<()> {
     let by_label = ListParams::default().labels(label);
-    discovery(
+    api_discovered(
         ctx,
         "networking.k8s.io",
         "v1",
-        "ingressclasses",
+        &["ingressclasses"],
         "networking",
     )
     .await?;
@@ -1751,11 +1709,11 @@ async fn csistoragecapacity_api(ctx: Ctx) -> anyhow::Result<()> {
     };
     let (csc, csc2, csc3) = (capacity("-csc1")?, capacity("-csc2")?, capacity("-csc3")?);
 
-    discovery(
+    api_discovered(
         &ctx,
         "storage.k8s.io",
         "v1",
-        "csistoragecapacities",
+        &["csistoragecapacities"],
         "CSIStorageCapacity",
     )
     .await?;
