@@ -1074,6 +1074,21 @@ fn a_second_server_takes_over_leadership_on_postgres() {
     }
     let b = KelpServer::start(dir_b.path(), &["--datastore-endpoint", &url]);
     let k = Kubectl { server: &b };
+    // Each server's front-proxy CA is trusted by extension servers: the published bundle
+    // holds both.
+    let bundle = k.ok(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "extension-apiserver-authentication",
+        "-o",
+        "jsonpath={.data.requestheader-client-ca-file}",
+    ]);
+    for dir in [&dir_a, &dir_b] {
+        let ca = std::fs::read_to_string(dir.path().join("pki/front-proxy/ca.crt")).unwrap();
+        assert!(bundle.contains(ca.trim()), "{bundle}");
+    }
     let _nodes = Simulated::start(&b.kubeconfig, 2);
     std::thread::sleep(Duration::from_secs(3));
     for (l, h) in leases.iter().zip(&first) {

@@ -991,7 +991,8 @@ async fn create_or_merge(
 
 /// The `kube-system/extension-apiserver-authentication` ConfigMap (upstream's
 /// ClientCARegistrationHook): how extension API servers authenticate the clients of this
-/// server (`client-ca-file`) and its aggregation proxy (the `requestheader-*` keys).
+/// server (`client-ca-file`) and its aggregation proxy (the `requestheader-*` keys). The CA
+/// bundles keep the certificates other servers of the cluster put there.
 async fn publish_authentication(backend: &Backend, client_ca: &str, front_proxy_ca: Option<&str>) {
     let ctx = bootstrap_ctx(backend);
     let Some(configmaps) = registry::lookup("", "v1", "configmaps") else {
@@ -1010,6 +1011,24 @@ async fn publish_authentication(backend: &Backend, client_ca: &str, front_proxy_
         Ok((Some(kv), _)) => serde_json::from_slice::<serde_json::Value>(&kv.value).ok(),
         _ => None,
     };
+    // Servers sharing a database each add their CAs to the bundles, so that extension
+    // servers trust every one of them (upstream expects one shared front-proxy CA).
+    for key in ["client-ca-file", "requestheader-client-ca-file"] {
+        let (Some(ours), Some(theirs)) = (
+            data[key].as_str(),
+            existing
+                .as_ref()
+                .and_then(|e| e["data"][key].as_str())
+                .filter(|t| !t.trim().is_empty()),
+        ) else {
+            continue;
+        };
+        if !theirs.contains(ours.trim()) {
+            data[key] = json!(format!("{}\n{}", theirs.trim_end(), ours.trim_start()));
+        } else {
+            data[key] = json!(theirs);
+        }
+    }
     if existing.as_ref().is_some_and(|e| e["data"] == data) {
         return;
     }
