@@ -25,7 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
-use crate::cache::WatchCache;
+use crate::cache::{Derived, WatchCache, parsed};
 use crate::handlers::{self, Ctx};
 use crate::registry::{self, Resource};
 use crate::request::Target;
@@ -103,8 +103,6 @@ fn available_condition(o: &Value) -> Option<&Value> {
 pub struct RemoteVersion {
     pub group: String,
     pub version: String,
-    pub group_priority: i64,
-    pub version_priority: i64,
     /// The resources its server listed at the last check that reached it (legacy
     /// APIResource entries), with whether that check is the latest.
     pub resources: Option<(Vec<Value>, bool)>,
@@ -114,6 +112,8 @@ pub struct Aggregator {
     cache: Arc<WatchCache>,
     front_proxy: FrontProxy,
     api_services: &'static Resource,
+    /// The APIServices that name a service, in upstream's discovery order.
+    remotes: Derived<Vec<Remote>>,
     /// Clients by (server name, CA bundle, insecure).
     clients: Mutex<HashMap<ClientKey, HttpsClient>>,
     /// Resource lists by APIService name, and whether the latest check got them.
@@ -245,12 +245,37 @@ fn user_headers(headers: &mut HeaderMap, user: &kelp_auth::UserInfo) {
     }
 }
 
+/// Where the objects the aggregator follows are kept (upstream's etcd layout, as the
+/// registry names it).
+const API_SERVICES: &str = "/registry/apiservices/";
+const SERVICES: &str = "/registry/services/specs/";
+const ENDPOINTS: &str = "/registry/services/endpoints/";
+
+/// The APIServices that name a service: groups by priority, then versions by theirs, highest
+/// first (upstream's order).
+fn remote_api_services(cache: &WatchCache) -> Vec<Remote> {
+    let mut out: Vec<Remote> = parsed::<Value>(cache, API_SERVICES)
+        .iter()
+        .filter_map(Remote::from_object)
+        .collect();
+    out.sort_by(|a, b| {
+        (b.group_priority, &a.group, b.version_priority, &a.version).cmp(&(
+            a.group_priority,
+            &b.group,
+            a.version_priority,
+            &b.version,
+        ))
+    });
+    out
+}
+
 impl Aggregator {
     pub fn new(cache: Arc<WatchCache>, front_proxy: FrontProxy) -> Option<Arc<Aggregator>> {
         Some(Arc::new(Aggregator {
-            cache,
+            cache: cache.clone(),
             front_proxy,
             api_services: registry::lookup("apiregistration.k8s.io", "v1", "apiservices")?,
+            remotes: Derived::new(cache.clone(), &[API_SERVICES], remote_api_services),
             clients: Mutex::new(HashMap::new()),
             discovered: Mutex::new(BTreeMap::new()),
             openapi: Mutex::new(BTreeMap::new()),
@@ -263,39 +288,21 @@ impl Aggregator {
         Remote::from_object(&*self.cache.parsed(&key)?)
     }
 
-    fn remotes(&self) -> Vec<Remote> {
-        self.cache
-            .objects(&self.api_services.key_prefix(None))
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-            .filter_map(|o| Remote::from_object(&o))
-            .collect()
+    fn remotes(&self) -> Arc<Vec<Remote>> {
+        self.remotes.current()
     }
 
     /// The remote group versions, with what discovery knows of their resources.
     pub fn remote_versions(&self) -> Vec<RemoteVersion> {
         let discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<RemoteVersion> = self
-            .remotes()
-            .into_iter()
+        self.remotes()
+            .iter()
             .map(|r| RemoteVersion {
                 resources: discovered.get(&r.name).cloned(),
-                group: r.group,
-                version: r.version,
-                group_priority: r.group_priority,
-                version_priority: r.version_priority,
+                group: r.group.clone(),
+                version: r.version.clone(),
             })
-            .collect();
-        // Upstream's order: groups by priority, versions by theirs, highest first.
-        out.sort_by(|a, b| {
-            (b.group_priority, &a.group, b.version_priority, &a.version).cmp(&(
-                a.group_priority,
-                &b.group,
-                a.version_priority,
-                &b.version,
-            ))
-        });
-        out
+            .collect()
     }
 
     fn client(&self, r: &Remote, server_name: &str) -> Result<HttpsClient, String> {
@@ -582,15 +589,7 @@ impl Aggregator {
     /// Runs the availability checks: on changes to APIServices, services and endpoints (at
     /// most once a second), and every 10 seconds.
     pub fn run(self: &Arc<Self>, ctx: Arc<Ctx>) {
-        let prefixes: Vec<&'static str> = [
-            self.api_services,
-            registry::lookup("", "v1", "services").unwrap_or(self.api_services),
-            registry::lookup("", "v1", "endpoints").unwrap_or(self.api_services),
-        ]
-        .iter()
-        .map(|r| &*r.key_prefix(None).leak())
-        .collect();
-        let tracker = self.cache.track(prefixes.leak());
+        let tracker = self.cache.track(&[API_SERVICES, SERVICES, ENDPOINTS]);
         let mut revision = self.cache.revision();
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -648,6 +647,18 @@ async fn get(client: &HttpsClient, url: &str) -> Result<axum::body::Bytes, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn followed_prefixes_are_the_registrys() {
+        let prefix =
+            |g: &str, plural: &str| registry::lookup(g, "v1", plural).unwrap().key_prefix(None);
+        assert_eq!(
+            API_SERVICES,
+            prefix("apiregistration.k8s.io", "apiservices")
+        );
+        assert_eq!(SERVICES, prefix("", "services"));
+        assert_eq!(ENDPOINTS, prefix("", "endpoints"));
+    }
 
     #[test]
     fn user_info_becomes_request_headers() {

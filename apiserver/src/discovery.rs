@@ -364,17 +364,11 @@ mod tests {
         assert_eq!(cm["scope"], "Namespaced");
     }
 
-    fn remote(
-        group: &str,
-        version: &str,
-        priority: i64,
-        resources: Option<Vec<Value>>,
-    ) -> RemoteVersion {
+    /// A remote version (a list of them is in priority order).
+    fn remote(group: &str, version: &str, resources: Option<Vec<Value>>) -> RemoteVersion {
         RemoteVersion {
             group: group.into(),
             version: version.into(),
-            group_priority: 100,
-            version_priority: priority,
             resources: resources.map(|r| (r, false)),
         }
     }
@@ -383,9 +377,9 @@ mod tests {
     fn remote_group_versions_join_the_legacy_list() {
         let mut list = api_groups(&registry::served(None));
         let remote = [
-            remote("metrics.k8s.io", "v1beta1", 100, None),
-            remote("metrics.k8s.io", "v1alpha1", 10, None),
-            remote("apps", "v2", 1, None),
+            remote("metrics.k8s.io", "v1beta1", None),
+            remote("metrics.k8s.io", "v1alpha1", None),
+            remote("apps", "v2", None),
         ];
         add_remote_groups(&mut list, &remote);
         let groups = list["groups"].as_array().unwrap();
@@ -416,7 +410,7 @@ mod tests {
         let mut list = aggregated(&registry::served(None), "v2", false);
         add_remote_aggregated(
             &mut list,
-            &[remote("wardle.example.com", "v1alpha1", 1, Some(legacy))],
+            &[remote("wardle.example.com", "v1alpha1", Some(legacy))],
         );
         let item = list["items"]
             .as_array()
