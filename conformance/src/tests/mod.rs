@@ -37,6 +37,7 @@ pub(crate) use tests;
 pub fn pending() -> Vec<Test> {
     let mut pending = apps_workloads::pending();
     pending.extend(apps_controllers::pending());
+    pending.extend(pods::pending());
     pending
 }
 
