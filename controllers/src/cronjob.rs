@@ -268,6 +268,24 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if missed > MAX_MISSED {
         tracing::info!(cronjob = %cj.name_any(), missed, "too many missed start times; running only the most recent");
     }
+    // This start was made already: by a pass whose status write the cronjob in the cache
+    // does not show yet (upstream's inActiveListByName / lastScheduleTime check). Without this,
+    // Replace would delete the job it had just created.
+    let name = format!("{}-{}", cj.name_any(), scheduled.as_second() / 60);
+    if jobs
+        .iter()
+        .any(|j| j.metadata.name.as_deref() == Some(name.as_str()))
+        || active
+            .iter()
+            .any(|r| r.name.as_deref() == Some(name.as_str()))
+    {
+        status.last_schedule_time = Some(Time(scheduled));
+        status.active = (!active.is_empty()).then_some(active);
+        write_status(&ctx.client, &cj, old, status).await?;
+        return Ok(next_wait(now)
+            .map(Action::requeue)
+            .unwrap_or_else(Action::await_change));
+    }
     let too_late = spec
         .starting_deadline_seconds
         .is_some_and(|d| scheduled + jiff::SignedDuration::from_secs(d) < now);
@@ -294,7 +312,6 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         active.clear();
     }
-    let name = format!("{}-{}", cj.name_any(), scheduled.as_second() / 60);
     let template = spec.job_template;
     let meta = template.metadata.unwrap_or_default();
     let mut annotations = meta.annotations.unwrap_or_default();
