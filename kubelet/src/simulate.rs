@@ -1,7 +1,9 @@
 //! Simulated nodes (kwok-style): N nodes registered with capacity, their Leases kept fresh,
 //! and the pods bound to them driven as a kubelet would report them: Running and Ready at
 //! once; pods that do not restart finish after a moment (the N seconds of a `sleep N`
-//! command, or of the `kelp.dev/simulate-duration` annotation), Succeeded, or Failed when their
+//! command, or of the `kelp.dev/simulate-duration` annotation; never, when a container is
+//! one that serves or pauses until stopped, such as agnhost or pause without a command),
+//! Succeeded, or Failed when their
 //! command is `false` or the `kelp.dev/simulate-exit-code` annotation says so; deleted pods
 //! are removed once "stopped". No containers run.
 //!
@@ -204,6 +206,9 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
                 .map(|t| t.0)
                 .unwrap_or_else(jiff::Timestamp::now);
             let ran = jiff::Timestamp::now().duration_since(started).as_secs_f64();
+            if runs_for.is_infinite() {
+                return Ok(Action::await_change());
+            }
             if ran < runs_for {
                 return Ok(Action::requeue(Duration::from_secs_f64(
                     (runs_for - ran).max(0.05),
@@ -223,7 +228,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
         }
         Err(e) => return Err(Failed(e)),
     }
-    if restarts {
+    if restarts || runs_for.is_infinite() {
         Ok(Action::await_change())
     } else {
         Ok(Action::requeue(Duration::from_secs_f64(runs_for.max(0.05))))
@@ -327,7 +332,8 @@ fn running(pod: &Pod, index: usize) -> serde_json::Value {
 }
 
 /// How long (seconds) a pod that does not restart runs: the figure the annotations give its
-/// completion index or the pod, else the longest `sleep N` among its containers' commands
+/// completion index or the pod; else forever (until deleted) when a container runs until
+/// stopped ([`runs_until_stopped`]); else the longest `sleep N` among its containers' commands
 /// (`sleep N` or `sh -c "sleep N"`), else a second.
 fn run_time(pod: &Pod) -> f64 {
     if let Some(d) = by_index::<f64>(pod, DURATION_BY_INDEX).or_else(|| {
@@ -338,6 +344,9 @@ fn run_time(pod: &Pod) -> f64 {
         return d;
     }
     let spec = pod.spec.clone().unwrap_or_default();
+    if spec.containers.iter().any(runs_until_stopped) {
+        return f64::INFINITY;
+    }
     spec.containers
         .iter()
         .filter_map(|c| {
@@ -356,6 +365,54 @@ fn run_time(pod: &Pod) -> f64 {
         })
         .reduce(f64::max)
         .unwrap_or(1.0)
+}
+
+/// The agnhost subcommands that serve until stopped.
+const AGNHOST_SERVERS: &[&str] = &[
+    "pause",
+    "netexec",
+    "serve-hostname",
+    "test-webserver",
+    "porter",
+    "liveness",
+    "webhook",
+    "crd-conversion-webhook",
+    "guestbook",
+];
+
+/// Whether a container runs until it is stopped, as its image would on a real node: `sleep
+/// infinity`; the images that serve or pause when given no command (pause, httpd, nginx,
+/// redis; agnhost, whose default is `pause`); agnhost told to run one of its servers.
+fn runs_until_stopped(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    let words: Vec<&str> = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .flat_map(|w| w.split_whitespace())
+        .collect();
+    if words
+        .windows(2)
+        .any(|w| (w[0] == "sleep" || w[0].ends_with("/sleep")) && w[1].starts_with("inf"))
+    {
+        return true;
+    }
+    // `registry.k8s.io/e2e-test-images/agnhost:2.53` → `agnhost`.
+    let image = c.image.as_deref().unwrap_or_default();
+    let image = image.split('@').next().unwrap_or_default();
+    let base = image.rsplit('/').next().unwrap_or_default();
+    let base = base.split(':').next().unwrap_or_default();
+    if c.command.as_ref().is_some_and(|c| !c.is_empty()) {
+        return false;
+    }
+    let args = c.args.as_deref().unwrap_or_default();
+    match base {
+        "pause" | "httpd" | "nginx" | "redis" => args.is_empty(),
+        "agnhost" => args
+            .first()
+            .is_none_or(|a| AGNHOST_SERVERS.contains(&a.as_str())),
+        _ => false,
+    }
 }
 
 /// The value the by-index annotation `key` (`"1=1,3=42"`) gives the pod's completion index.
@@ -514,6 +571,56 @@ mod tests {
             exit_code(&pod(json!({}), json!([["sh", "-c", "exit 3"]]))),
             3
         );
+    }
+
+    #[test]
+    fn servers_and_pausers_run_until_deleted() {
+        let with = |image: &str, command: serde_json::Value, args: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [
+                    {"name": "a", "image": "busybox", "command": ["sleep", "3"]},
+                    {"name": "b", "image": image, "command": command, "args": args},
+                ]},
+            }))
+            .unwrap()
+        };
+        let agnhost = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+        assert!(run_time(&with(agnhost, json!(null), json!(null))).is_infinite());
+        assert!(
+            run_time(&with(
+                agnhost,
+                json!(null),
+                json!(["netexec", "--http-port=8080"])
+            ))
+            .is_infinite()
+        );
+        assert!(
+            run_time(&with(
+                "registry.k8s.io/pause:3.10",
+                json!(null),
+                json!(null)
+            ))
+            .is_infinite()
+        );
+        assert!(run_time(&with("httpd:2.4", json!([]), json!(null))).is_infinite());
+        assert!(
+            run_time(&with("busybox", json!(["sleep", "infinity"]), json!(null))).is_infinite()
+        );
+        // A command of its own, or an agnhost tool that exits, finishes.
+        assert_eq!(
+            run_time(&with(agnhost, json!(null), json!(["dns-suffix"]))),
+            3.0
+        );
+        assert_eq!(
+            run_time(&with("httpd:2.4", json!(["true"]), json!(null))),
+            3.0
+        );
+        assert_eq!(run_time(&with("busybox", json!(null), json!(null))), 3.0);
+        // The duration annotation still decides first.
+        let mut timed = with(agnhost, json!(null), json!(null));
+        timed.metadata.annotations = Some([(DURATION.to_string(), "2".to_string())].into());
+        assert_eq!(run_time(&timed), 2.0);
     }
 
     #[test]

@@ -37,7 +37,6 @@ pub(crate) use tests;
 pub fn pending() -> Vec<Test> {
     let mut pending = apps_workloads::pending();
     pending.extend(apps_controllers::pending());
-    pending.extend(pods::pending());
     pending
 }
 

@@ -29,18 +29,9 @@ use super::tests;
 use crate::framework::{eventually, eventually_every, from, is_ready, node_ready};
 use crate::{Ctx, Test};
 
-/// Ports Kelp does not pass reliably yet. "should delete a collection of pods" waits for
-/// three pods to be Running and Ready at once, but a simulated node finishes a
-/// restartPolicy-Never pod without a command after about a second, where upstream's agnhost
-/// pod runs until deleted; the three are seldom caught running together.
-pub fn pending() -> Vec<Test> {
-    tests![
-        "[sig-node] Pods should delete a collection of pods" => pod_collection,
-    ]
-}
-
 pub fn tests() -> Vec<Test> {
     tests![
+        "[sig-node] Pods should delete a collection of pods" => pod_collection,
         "[sig-node] Pods should get a host IP [NodeConformance]" => host_ip,
         "[sig-node] Pods should be updated [NodeConformance]" => pod_updated,
         "[sig-node] Pods should run through the lifecycle of Pods and PodStatus" => pod_lifecycle,
