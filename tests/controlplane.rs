@@ -647,6 +647,85 @@ fn jobs(k: &Kubectl) {
         }
     });
     indexed_job_policies(k);
+    pod_replacement(k);
+}
+
+/// podReplacementPolicy: by default a job replaces a pod as soon as it is terminating; with
+/// `Failed` only once it has failed. The pods cannot be scheduled, so nothing but the pod
+/// garbage collector (which marks an unscheduled terminating pod Failed, every 20 s) ends them.
+fn pod_replacement(k: &Kubectl) {
+    for (name, policy) in [
+        ("at-once", "TerminatingOrFailed"),
+        ("when-failed", "Failed"),
+    ] {
+        k.apply(&format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  podReplacementPolicy: {policy}\n  template:\n    spec:\n      restartPolicy: Never\n      nodeSelector: {{kelp.dev/nowhere: \"true\"}}\n      containers: [{{name: c, image: busybox, command: [sleep, \"300\"]}}]\n"
+        ));
+    }
+    let names = |job: &str| -> Vec<String> {
+        k.pods(&format!("job-name={job}"))
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect()
+    };
+    let first = |job: &str| {
+        wait_for(&format!("job {job}'s pod"), 30, || match names(job)[..] {
+            [ref one] => Ok(one.clone()),
+            ref other => Err(format!("{other:?}")),
+        })
+    };
+    let (at_once, when_failed) = (first("at-once"), first("when-failed"));
+    k.ok(&["delete", "pod", &at_once, &when_failed, "--wait=false"]);
+    wait_for("at-once's replacement", 30, || {
+        let now = names("at-once");
+        if now.iter().any(|n| *n != at_once) {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    // Meanwhile the other still waits for its terminating pod.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // (active, terminating, failed); an absent count is 0.
+    let status = |job: &str| -> Vec<u32> {
+        k.ok(&[
+            "get",
+            "job",
+            job,
+            "-o",
+            "jsonpath={.status.active}/{.status.terminating}/{.status.failed}",
+        ])
+        .split('/')
+        .map(|n| n.parse().unwrap_or(0))
+        .collect()
+    };
+    let pods = names("when-failed");
+    if pods == [when_failed.clone()] {
+        assert_eq!(status("when-failed"), [0, 1, 0], "{pods:?}");
+    } else {
+        // The collector's 20 s came first: then the pod is Failed already.
+        let phase = k.ok(&[
+            "get",
+            "job",
+            "when-failed",
+            "-o",
+            "jsonpath={.status.failed}",
+        ]);
+        assert_eq!(phase, "1", "{pods:?}");
+    }
+    // Once the collector has marked it Failed, it is counted and replaced.
+    wait_for("when-failed's replacement after the failure", 60, || {
+        let s = status("when-failed");
+        let now = names("when-failed");
+        if s == [1, 0, 1] && now.iter().any(|n| *n != when_failed) {
+            Ok(())
+        } else {
+            Err(format!("{s:?} {now:?}"))
+        }
+    });
+    for job in ["at-once", "when-failed"] {
+        k.ok(&["delete", "job", job]);
+    }
 }
 
 /// backoffLimitPerIndex and successPolicy: an index that keeps failing fails alone (its

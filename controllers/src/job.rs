@@ -995,6 +995,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             None => parallelism,
         }
     };
+    // With podReplacementPolicy Failed, a pod still terminating holds its place until it has
+    // failed (upstream's manageJob: terminating pods count against the pods to create).
+    let held = if only_replace_failed(&job) {
+        terminating as usize
+    } else {
+        0
+    };
     if satisfied && !suspended {
         if active.len() > want {
             let mut extra = active.clone();
@@ -1004,7 +1011,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             extra.truncate(active.len() - want);
             let names = delete_pods(&pods_api, &extra, true).await?;
             ctx.expectations.expect(&key, vec![], names);
-        } else if active.len() < want {
+        } else if active.len() + held < want {
             // After failures, new pods wait out the back-off: the job's, or with
             // backoffLimitPerIndex each index's own (below).
             let wait = if per_index {
@@ -1027,11 +1034,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 next = Some(next.map_or(wait, |n| n.min(wait)));
             } else {
                 let indexes: Vec<Option<i32>> = if indexed {
-                    let running: BTreeSet<i32> =
-                        active.iter().filter_map(|p| index_of(p)).collect();
+                    let running: BTreeSet<i32> = active
+                        .iter()
+                        .chain(pods.iter().filter(|p| {
+                            held > 0
+                                && p.metadata.deletion_timestamp.is_some()
+                                && !matches!(phase(p), "Succeeded" | "Failed")
+                        }))
+                        .filter_map(|p| index_of(p))
+                        .collect();
                     let first: Vec<i32> = (0..completions)
                         .filter(|i| pending(i) && !running.contains(i))
-                        .take(want - active.len())
+                        .take(want - active.len() - held)
                         .collect();
                     // Upstream's getPodCreationInfoForIndependentIndexes: the indexes out of
                     // their back-off start now; the job comes back for the others.
@@ -1048,7 +1062,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     }
                     ready.into_iter().map(Some).collect()
                 } else {
-                    vec![None; want - active.len()]
+                    vec![None; want - active.len() - held]
                 };
                 let pods = indexes
                     .into_iter()

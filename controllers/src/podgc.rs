@@ -1,7 +1,8 @@
 //! The pod garbage collector: force-deletes pods bound to nodes that no longer exist (after
 //! upstream's 40 s quarantine, and once the API confirms the node is gone), unscheduled pods
 //! that are terminating, and the oldest finished pods beyond the threshold (12,500). Each pod
-//! is first marked with a DisruptionTarget condition, as upstream does.
+//! is first marked with a DisruptionTarget condition, and Failed unless it had finished, as
+//! upstream does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,13 +78,22 @@ async fn node_gone(client: &kube::Client, name: &str) -> bool {
 async fn collect(client: &kube::Client, pod: &Pod, message: &str) {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let name = pod.name_any();
-    let condition = json!({"status": {"conditions": [{
+    // A pod that never finished ends Failed (upstream's markFailedAndDeletePodWithCondition):
+    // a Job with podReplacementPolicy Failed replaces it only then.
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let mut condition = json!({"status": {"conditions": [{
         "type": "DisruptionTarget",
         "status": "True",
         "reason": "DeletionByPodGC",
         "message": message,
         "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
     }]}});
+    if !terminal {
+        condition["status"]["phase"] = json!("Failed");
+    }
     let _ = api
         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(condition))
         .await;
