@@ -176,13 +176,14 @@ async fn openapi_document() -> Reply {
     }))
 }
 
-/// Starts the extension server; returns its port, its CA (PEM) and what it saw.
-fn start_metrics_api(
+/// The TLS configuration of an extension server named `host`: a serving certificate of a CA
+/// of its own (returned, PEM), and client certificates only from the front-proxy CA.
+fn extension_tls(
     dir: &std::path::Path,
     front_proxy_ca: &str,
-    server: &KelpServer,
-) -> (u16, String, Arc<Mutex<Vec<String>>>) {
-    let (certs, key, ca) = support::serving_cert(dir, &["metrics-server.kube-system.svc"]);
+    host: &str,
+) -> (rustls::ServerConfig, String) {
+    let (certs, key, ca) = support::serving_cert(dir, &[host]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -200,17 +201,31 @@ fn start_metrics_api(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .unwrap();
+    (config, ca)
+}
+
+/// The admin's client configuration, for an extension server to read the cluster with.
+fn admin_config(server: &KelpServer) -> kube::Config {
     let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let kube = runtime
+    runtime
         .block_on(kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
         ))
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts the extension server; returns its port, its CA (PEM) and what it saw.
+fn start_metrics_api(
+    dir: &std::path::Path,
+    front_proxy_ca: &str,
+    server: &KelpServer,
+) -> (u16, String, Arc<Mutex<Vec<String>>>) {
+    let (config, ca) = extension_tls(dir, front_proxy_ca, "metrics-server.kube-system.svc");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let state = Metrics {
-        kube,
+        kube: admin_config(server),
         seen: seen.clone(),
     };
     let app = axum::Router::new()
@@ -556,4 +571,364 @@ spec:
         ]),
         "3"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custom and external metrics (as a Prometheus adapter or KEDA serves them).
+
+/// The custom metrics API's resources: a per-pod metric and a metric of services.
+async fn custom_resources(State(m): State<Metrics>, headers: HeaderMap) -> Reply {
+    record(&m, &headers);
+    reply(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "custom.metrics.k8s.io/v1beta2",
+        "resources": [
+            {"name": "pods/queue_depth", "singularName": "", "namespaced": true, "kind": "MetricValueList", "verbs": ["get"]},
+            {"name": "services/requests_per_second", "singularName": "", "namespaced": true, "kind": "MetricValueList", "verbs": ["get"]},
+        ],
+    }))
+}
+
+/// `queue_depth` is 15 for each selected running pod; `requests_per_second` is 200 for any
+/// service.
+async fn custom_metric(
+    State(m): State<Metrics>,
+    Path((ns, resource, name, metric)): Path<(String, String, String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Reply {
+    record(&m, &headers);
+    m.seen.lock().unwrap().push(uri.to_string());
+    let now = jiff::Timestamp::now().to_string();
+    let item = |kind: &str, name: &str, value: &str| {
+        json!({
+            "describedObject": {"kind": kind, "namespace": ns, "name": name, "apiVersion": "/v1"},
+            "metric": {"name": metric},
+            "timestamp": now,
+            "windowSeconds": 60,
+            "value": value,
+        })
+    };
+    let items: Vec<Value> = match (resource.as_str(), name.as_str(), metric.as_str()) {
+        ("pods", "*", "queue_depth") => {
+            let client = kube::Client::try_from(m.kube.clone()).unwrap();
+            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
+            let mut params = ListParams::default();
+            if let Some(selector) = query.get("labelSelector") {
+                params = params.labels(selector);
+            }
+            api.list(&params)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .map(|p| item("Pod", p.metadata.name.as_deref().unwrap(), "15"))
+                .collect()
+        }
+        ("services", service, "requests_per_second") => vec![item("Service", service, "200")],
+        _ => Vec::new(),
+    };
+    reply(json!({
+        "kind": "MetricValueList",
+        "apiVersion": "custom.metrics.k8s.io/v1beta2",
+        "metadata": {},
+        "items": items,
+    }))
+}
+
+async fn external_resources(State(m): State<Metrics>, headers: HeaderMap) -> Reply {
+    record(&m, &headers);
+    reply(json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "external.metrics.k8s.io/v1beta1",
+        "resources": [
+            {"name": "queue_messages", "singularName": "", "namespaced": true, "kind": "ExternalMetricValueList", "verbs": ["get"]},
+        ],
+    }))
+}
+
+/// `queue_messages`: three series, of which the `queue=jobs` ones hold 20 and 30.
+async fn external_metric(
+    State(m): State<Metrics>,
+    Path((_ns, metric)): Path<(String, String)>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Reply {
+    record(&m, &headers);
+    m.seen.lock().unwrap().push(uri.to_string());
+    let now = jiff::Timestamp::now().to_string();
+    let series = [
+        ("jobs", "a", "20"),
+        ("jobs", "b", "30"),
+        ("mail", "a", "1k"),
+    ];
+    let wanted: Vec<(&str, &str)> = query
+        .get("labelSelector")
+        .map(|s| s.split(',').filter_map(|t| t.split_once('=')).collect())
+        .unwrap_or_default();
+    let items: Vec<Value> = series
+        .iter()
+        .filter(|(queue, shard, _)| {
+            wanted
+                .iter()
+                .all(|(k, v)| (*k == "queue" && v == queue) || (*k == "shard" && v == shard))
+        })
+        .map(|(queue, shard, value)| {
+            json!({
+                "metricName": metric,
+                "metricLabels": {"queue": queue, "shard": shard},
+                "timestamp": now,
+                "value": value,
+            })
+        })
+        .collect();
+    reply(json!({
+        "kind": "ExternalMetricValueList",
+        "apiVersion": "external.metrics.k8s.io/v1beta1",
+        "metadata": {},
+        "items": items,
+    }))
+}
+
+/// Starts a custom and external metrics server; returns its port, its CA (PEM) and what it
+/// saw (who asked, and each metric request's path and query).
+fn start_custom_metrics_api(
+    dir: &std::path::Path,
+    front_proxy_ca: &str,
+    server: &KelpServer,
+) -> (u16, String, Arc<Mutex<Vec<String>>>) {
+    let (config, ca) = extension_tls(dir, front_proxy_ca, "adapter.monitoring.svc");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let state = Metrics {
+        kube: admin_config(server),
+        seen: seen.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/apis/custom.metrics.k8s.io/v1beta2", get(custom_resources))
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
+            get(custom_metric),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            get(external_resources),
+        )
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}",
+            get(external_metric),
+        )
+        .with_state(state);
+    (support::serve_tls(app, config), ca, seen)
+}
+
+#[test]
+fn the_autoscaler_follows_pods_object_and_external_metrics() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(&dir.path().join("data"), &[]);
+    let k = |args: &[&str]| {
+        let out = server.kubectl("1.33", args);
+        assert!(out.ok, "kubectl {args:?} failed: {}", out.stderr);
+        out.stdout
+    };
+    let apply = |yaml: &str| {
+        let out = server.kubectl_with_stdin("1.33", &["apply", "-f", "-"], Some(yaml));
+        assert!(out.ok, "kubectl apply failed: {}", out.stderr);
+    };
+    let described = || {
+        k(&["describe", "hpa", "worker"])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _nodes = Simulated::start(&server.kubeconfig, 2);
+    // Each metric recommends its own count: 15 per pod against 10 on 2 pods is 3; 200
+    // against 100 on 2 ready pods is 4; 20 + 30 against 10 per replica is 5 (the most).
+    apply(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: worker}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      containers: [{name: worker, image: nginx}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: worker}
+  ports: [{port: 80}]
+",
+    );
+    wait_for("2 running workers", 60, || {
+        let ready = k(&[
+            "get",
+            "deployment",
+            "worker",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
+        if ready == "2" { Ok(()) } else { Err(ready) }
+    });
+    let hpa = "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: worker}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: worker}
+  minReplicas: 1
+  maxReplicas: 5
+  metrics:
+  - type: Pods
+    pods:
+      metric: {name: queue_depth}
+      target: {type: AverageValue, averageValue: '10'}
+  - type: Object
+    object:
+      describedObject: {apiVersion: v1, kind: Service, name: web}
+      metric: {name: requests_per_second}
+      target: {type: Value, value: '100'}
+  - type: External
+    external:
+      metric: {name: queue_messages, selector: {matchLabels: {queue: jobs}}}
+      target: {type: AverageValue, averageValue: '10'}
+";
+    apply(hpa);
+    // No metrics APIs yet: upstream's messages, and nothing scaled.
+    wait_for("the autoscaler to find no custom metrics API", 30, || {
+        let d = described();
+        let want = "ScalingActive False FailedGetPodsMetric the HPA was unable to compute the replica count: unable to get metric queue_depth: unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered";
+        if d.contains(want) { Ok(()) } else { Err(d) }
+    });
+    assert_eq!(
+        k(&[
+            "get",
+            "deployment",
+            "worker",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
+    // Recreated once the APIs are there, so that its first look sees all three metrics.
+    k(&["delete", "hpa", "worker"]);
+
+    // The adapter, registered for both groups.
+    let front_proxy_ca = k(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-system",
+        "extension-apiserver-authentication",
+        "-o",
+        "jsonpath={.data.requestheader-client-ca-file}",
+    ]);
+    let (port, ca, seen) =
+        start_custom_metrics_api(&dir.path().join("adapter-ca"), &front_proxy_ca, &server);
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    let mut registration = format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: monitoring}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: adapter, namespace: monitoring}}
+spec:
+  ports: [{{name: https, port: 443, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: adapter, namespace: monitoring}}
+subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: https, port: {port}}}]}}]
+"
+    );
+    for (group, version) in [
+        ("custom.metrics.k8s.io", "v1beta2"),
+        ("external.metrics.k8s.io", "v1beta1"),
+    ] {
+        registration += &format!(
+            "---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: {version}.{group}}}
+spec:
+  group: {group}
+  version: {version}
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: {ca_bundle}
+  service: {{namespace: monitoring, name: adapter}}
+"
+        );
+    }
+    apply(&registration);
+    wait_for("both APIServices to be available", 30, || {
+        let statuses = k(&[
+            "get",
+            "apiservice",
+            "v1beta2.custom.metrics.k8s.io",
+            "v1beta1.external.metrics.k8s.io",
+            "-o",
+            "jsonpath={.items[*].status.conditions[0].status}",
+        ]);
+        if statuses == "True True" {
+            Ok(())
+        } else {
+            Err(statuses)
+        }
+    });
+    apply(hpa);
+
+    // The largest recommendation wins, and says which metric it came from. From 2 replicas
+    // at most 4 (upstream's limit without `behavior`: twice, at least 4); 15 s later, on 4
+    // pods the service's metric recommends 8, the maximum is 5.
+    wait_for("the autoscaler to scale to 5", 90, || {
+        let r = k(&[
+            "get",
+            "deployment",
+            "worker",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]);
+        if r == "5" { Ok(()) } else { Err(r) }
+    });
+    let selector = "&LabelSelector{MatchLabels:map[string]string{queue: jobs,},MatchExpressions:[]LabelSelectorRequirement{},}";
+    let d = described();
+    for want in [
+        format!("horizontal-pod-autoscaler New size: 4; reason: external metric queue_messages({selector}) above target"),
+        "horizontal-pod-autoscaler New size: 5; reason: Service metric requests_per_second above target".to_string(),
+        "ScalingLimited True TooManyReplicas".to_string(),
+        "\"queue_depth\" on pods: 15 / 10".to_string(),
+        "\"requests_per_second\" on Service/web (target value): 200 / 100".to_string(),
+    ] {
+        assert!(d.contains(&want), "{want:?} not in {d}");
+    }
+    // The external value is shared among the replicas the target has now.
+    wait_for("the external metric per replica of 5", 60, || {
+        let d = described();
+        if d.contains("\"queue_messages\" (target average value): 10 / 10") {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    });
+    // What the adapter was asked: the target's pods by its selector, the service by name,
+    // and the external series by the metric's selector.
+    let seen = seen.lock().unwrap().clone();
+    for want in [
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/queue_depth?labelSelector=app%3Dworker",
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/web/requests_per_second",
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_messages?labelSelector=queue%3Djobs",
+    ] {
+        assert!(seen.iter().any(|s| s == want), "{want} not in {seen:?}");
+    }
 }

@@ -40,6 +40,14 @@ impl Quantity {
         }
     }
 
+    /// `n` thousandths, printed with decimal suffixes (upstream's NewMilliQuantity(n, DecimalSI)).
+    pub fn milli(n: i64) -> Quantity {
+        Quantity {
+            nanos: n as i128 * 1_000_000,
+            format: Format::DecimalSi,
+        }
+    }
+
     pub fn count(n: i64) -> Quantity {
         Quantity {
             nanos: n as i128 * NANO,

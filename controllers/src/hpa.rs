@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::autoscaling::v2::{
-    HPAScalingRules, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition,
-    HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus,
+    ExternalMetricSource, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus,
+    MetricTarget, ObjectMetricSource, PodsMetricSource,
 };
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kelp_admission::quantity::Quantity;
 use kelp_client::events::Recorder;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
@@ -44,6 +45,7 @@ const CPU_INITIALIZATION: i64 = 300;
 
 struct Ctx {
     client: kube::Client,
+    hpas: kube::runtime::reflector::Store<HorizontalPodAutoscaler>,
     events: Recorder,
     /// Scale targets' resources by `apiVersion/kind`.
     kinds: Mutex<HashMap<String, ApiResource>>,
@@ -54,6 +56,8 @@ struct Ctx {
 
 #[derive(Default)]
 struct History {
+    /// When the autoscaler was last looked at.
+    looked: Option<Instant>,
     recommendations: VecDeque<(Instant, i32)>,
     /// (when, replicas added — negative when removed)
     changes: VecDeque<(Instant, i32)>,
@@ -63,6 +67,7 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
     let controller = Controller::for_stream(informers.hpas.changes(), informers.hpas.store());
     let events = Recorder::spawn(client.clone(), "horizontal-pod-autoscaler", String::new());
     let ctx = Arc::new(Ctx {
+        hpas: informers.hpas.store(),
         client,
         events,
         kinds: Mutex::default(),
@@ -146,7 +151,33 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<A
         return Ok(Action::await_change());
     }
     let ns = hpa.namespace().unwrap_or_default();
-    let key = format!("{ns}/{}", hpa.name_any());
+    // By uid: an autoscaler deleted and made again under its name starts afresh.
+    let key = hpa.metadata.uid.clone().unwrap_or_default();
+    // Once per sync period, whatever changed meanwhile (its own status writes, the target's
+    // scale): upstream's queue adds every autoscaler with the period as its delay. A new one
+    // is looked at once at once.
+    {
+        let mut history = ctx.history();
+        // What deleted autoscalers left goes.
+        if history.len() > ctx.hpas.state().len() {
+            let live: std::collections::HashSet<String> = ctx
+                .hpas
+                .state()
+                .iter()
+                .filter_map(|h| h.metadata.uid.clone())
+                .collect();
+            history.retain(|uid, _| live.contains(uid));
+        }
+        let h = history.entry(key.clone()).or_default();
+        if let Some(wait) = h
+            .looked
+            .map(|t| SYNC_PERIOD.saturating_sub(t.elapsed()))
+            .filter(|w| !w.is_zero())
+        {
+            return Ok(Action::requeue(wait));
+        }
+        h.looked = Some(Instant::now());
+    }
     let spec = hpa.spec.clone().unwrap_or_default();
     let original = hpa.status.clone();
     let mut status = hpa.status.clone().unwrap_or_default();
@@ -206,15 +237,14 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<A
         (min, true)
     } else {
         let selector = scale.status.as_ref().and_then(|s| s.selector.clone());
-        match replicas_for_metrics(
-            &ctx.client,
-            &ns,
-            &spec.metrics.clone().unwrap_or_default(),
-            selector.as_deref(),
-            current,
-        )
-        .await
-        {
+        let scope = Scope {
+            ctx: &ctx,
+            ns: &ns,
+            selector: selector.as_deref(),
+            spec_replicas: current,
+            status_replicas: scale.status.as_ref().map(|s| s.replicas).unwrap_or(0),
+        };
+        match replicas_for_metrics(&scope, &spec.metrics.clone().unwrap_or_default()).await {
             Err(failure) => {
                 set_condition(
                     &mut status,
@@ -372,15 +402,19 @@ struct Failure {
     statuses: Vec<MetricStatus>,
 }
 
+/// What a metric is read for: the autoscaler's namespace, its target's pod selector and the
+/// target's replicas (spec, and as its status counts them).
+struct Scope<'a> {
+    ctx: &'a Ctx,
+    ns: &'a str,
+    selector: Option<&'a str>,
+    spec_replicas: i32,
+    status_replicas: i32,
+}
+
 /// The largest recommendation of the metrics that could be read (upstream's
 /// computeReplicasForMetrics); a failure when none could.
-async fn replicas_for_metrics(
-    client: &kube::Client,
-    ns: &str,
-    metrics: &[MetricSpec],
-    selector: Option<&str>,
-    current: i32,
-) -> Result<Found, Failure> {
+async fn replicas_for_metrics(scope: &Scope<'_>, metrics: &[MetricSpec]) -> Result<Found, Failure> {
     // An autoscaler without metrics autoscales on cpu at 80% (upstream's defaulting).
     let default = [
         serde_json::from_value::<MetricSpec>(json!({"type": "Resource",
@@ -397,7 +431,7 @@ async fn replicas_for_metrics(
     let mut first_error: Option<(String, String)> = None;
     let mut invalid = 0;
     for m in metrics {
-        match replicas_for_metric(client, ns, m, selector, current).await {
+        match replicas_for_metric(scope, m).await {
             Ok((replicas, name, status)) => {
                 statuses.push(status);
                 if best.as_ref().is_none_or(|(b, _)| replicas > *b) {
@@ -434,57 +468,59 @@ async fn replicas_for_metrics(
 }
 
 /// One metric's recommendation: (replicas, metric name, its status), or (reason, message).
-async fn replicas_for_metric(
-    client: &kube::Client,
-    ns: &str,
-    metric: &MetricSpec,
-    selector: Option<&str>,
-    current: i32,
-) -> Result<(i32, String, MetricStatus), (String, String)> {
-    let (resource, container, target) = match metric.type_.as_str() {
-        "Resource" => {
-            let Some(r) = metric.resource.as_ref() else {
-                return Err((
-                    "InvalidMetricSourceType".into(),
-                    "resource metric without its source".into(),
-                ));
-            };
-            (r.name.clone(), None, r.target.clone())
-        }
-        "ContainerResource" => {
-            let Some(r) = metric.container_resource.as_ref() else {
-                return Err((
-                    "InvalidMetricSourceType".into(),
-                    "container resource metric without its source".into(),
-                ));
-            };
-            (r.name.clone(), Some(r.container.clone()), r.target.clone())
-        }
-        "Pods" => {
-            return Err((
-                "FailedGetPodsMetric".into(),
-                "unable to get metric: unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered".into(),
-            ));
-        }
-        "Object" => {
-            return Err((
-                "FailedGetObjectMetric".into(),
-                "unable to get metric: unable to fetch metrics from custom metrics API: no custom metrics API (custom.metrics.k8s.io) registered".into(),
-            ));
-        }
-        "External" => {
-            return Err((
-                "FailedGetExternalMetric".into(),
-                "unable to get external metric: unable to fetch metrics from external metrics API: no external metrics API (external.metrics.k8s.io) registered".into(),
-            ));
-        }
-        other => {
-            return Err((
-                "InvalidMetricSourceType".into(),
-                format!("unknown metric source type {other:?}"),
-            ));
-        }
+type Recommendation = Result<(i32, String, MetricStatus), (String, String)>;
+
+/// One metric's recommendation, by its source type (upstream's computeReplicasForMetric).
+async fn replicas_for_metric(scope: &Scope<'_>, metric: &MetricSpec) -> Recommendation {
+    let missing = |what: &str| {
+        Err((
+            "InvalidMetricSourceType".to_string(),
+            format!("{what} metric without its source"),
+        ))
     };
+    match metric.type_.as_str() {
+        "Resource" => match &metric.resource {
+            Some(r) => resource_replicas(scope, &r.name, None, &r.target).await,
+            None => missing("resource"),
+        },
+        "ContainerResource" => match &metric.container_resource {
+            Some(r) => resource_replicas(scope, &r.name, Some(&r.container), &r.target).await,
+            None => missing("container resource"),
+        },
+        "Pods" => match &metric.pods {
+            Some(p) => pods_replicas(scope, p).await,
+            None => missing("pods"),
+        },
+        "Object" => match &metric.object {
+            Some(o) => object_replicas(scope, o).await,
+            None => missing("object"),
+        },
+        "External" => match &metric.external {
+            Some(e) => external_replicas(scope, e).await,
+            None => missing("external"),
+        },
+        other => Err((
+            "InvalidMetricSourceType".into(),
+            format!("unknown metric source type {other:?}"),
+        )),
+    }
+}
+
+/// A resource metric (cpu, memory) of the target's pods, or of one container of theirs, from
+/// the resource metrics API (upstream's computeStatusForResourceMetric and
+/// computeStatusForContainerResourceMetric).
+async fn resource_replicas(
+    scope: &Scope<'_>,
+    resource: &str,
+    container: Option<&str>,
+    target: &MetricTarget,
+) -> Recommendation {
+    let (client, ns, selector, current) = (
+        &scope.ctx.client,
+        scope.ns,
+        scope.selector,
+        scope.spec_replicas,
+    );
     let failed = if container.is_some() {
         "FailedGetContainerResourceMetric"
     } else {
@@ -493,7 +529,7 @@ async fn replicas_for_metric(
     let Some(selector) = selector else {
         return Err(("InvalidSelector".into(), "selector is required".into()));
     };
-    let usage = pod_metrics(client, ns, selector, &resource, container.as_deref())
+    let usage = pod_metrics(client, ns, selector, resource, container)
         .await
         .map_err(|e| {
             (
@@ -501,18 +537,11 @@ async fn replicas_for_metric(
                 format!("failed to get {resource} utilization: unable to get metrics for resource {resource}: unable to fetch metrics from resource metrics API: {e}"),
             )
         })?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pods = pods
-        .list(&ListParams::default().labels(selector))
+    let pods = selected_pods(client, ns, selector)
         .await
-        .map_err(|e| {
-            (
-                failed.to_string(),
-                format!("unable to get pods while calculating replica count: {e}"),
-            )
-        })?
-        .items;
-    let samples = samples(&pods, &usage, &resource, container.as_deref()).map_err(|e| {
+        .map_err(|e| (failed.to_string(), e))?;
+    let requests = target.type_ == "Utilization";
+    let samples = samples(&pods, &usage, resource, container, requests).map_err(|e| {
         (
             failed.to_string(),
             format!("failed to get {resource} utilization: {e}"),
@@ -553,8 +582,8 @@ async fn replicas_for_metric(
                         format!("invalid target value {:?}", value.0),
                     )
                 })?;
-            let (replicas, average) = average_value_replicas(&samples, current, target_milli)
-                .map_err(|e| {
+            let (replicas, average) =
+                plain_replicas(&samples, current, target_milli).map_err(|e| {
                     (
                         failed.to_string(),
                         format!("failed to get {resource} usage: {e}"),
@@ -583,12 +612,485 @@ async fn replicas_for_metric(
     Ok((replicas, what, status))
 }
 
+/// Thousandths as upstream prints a NewMilliQuantity(milli, DecimalSI): `200m`, `15`, `5k`.
 fn milli_string(milli: i64) -> String {
-    if milli % 1000 == 0 {
-        (milli / 1000).to_string()
-    } else {
-        format!("{milli}m")
+    Quantity::milli(milli).to_string()
+}
+
+/// The pods the target's selector selects.
+async fn selected_pods(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<Vec<Pod>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| format!("unable to get pods while calculating replica count: {e}"))?
+        .items;
+    if pods.is_empty() {
+        return Err("no pods returned by selector while calculating replica count".into());
     }
+    Ok(pods)
+}
+
+/// A per-pod custom metric of the target's pods (upstream's computeStatusForPodsMetric): its
+/// average against the target's averageValue, as for a raw resource.
+async fn pods_replicas(scope: &Scope<'_>, source: &PodsMetricSource) -> Recommendation {
+    const FAILED: &str = "FailedGetPodsMetric";
+    let name = &source.metric.name;
+    let fail = |e: String| (FAILED.to_string(), e);
+    let Some(selector) = scope.selector else {
+        return Err(("InvalidSelector".into(), "selector is required".into()));
+    };
+    let Some(target) = source
+        .target
+        .average_value
+        .as_ref()
+        .and_then(|q| Quantity::parse(&q.0))
+    else {
+        return Err(fail(format!(
+            "invalid pods metric source: the target of {name} has no averageValue"
+        )));
+    };
+    let usage = custom_metrics(
+        &scope.ctx.client,
+        scope.ns,
+        "pods",
+        "*",
+        name,
+        Some(selector),
+        source.metric.selector.as_ref(),
+    )
+    .await
+    .map_err(|e| fail(format!("unable to get metric {name}: {e}")))?;
+    if usage.is_empty() {
+        return Err(fail(format!(
+            "unable to get metric {name}: no metrics returned from custom metrics API"
+        )));
+    }
+    let pods = selected_pods(&scope.ctx.client, scope.ns, selector)
+        .await
+        .map_err(|e| fail(format!("unable to get metric {name}: {e}")))?;
+    let samples = samples(&pods, &usage, "", None, false).map_err(fail)?;
+    let (replicas, average) = plain_replicas(&samples, scope.spec_replicas, target.milli_ceil())
+        .map_err(|e| fail(format!("unable to get metric {name}: {e}")))?;
+    let status = json!({"type": "Pods", "pods": {
+        "metric": &source.metric,
+        "current": {"averageValue": milli_string(average)},
+    }});
+    let status = serde_json::from_value(status).map_err(|e| fail(e.to_string()))?;
+    Ok((replicas, format!("pods metric {name}"), status))
+}
+
+/// A metric of one object of the autoscaler's namespace (upstream's
+/// computeStatusForObjectMetric): a value target scales the ready pods by the ratio; an
+/// averageValue target divides the value among the replicas.
+async fn object_replicas(scope: &Scope<'_>, source: &ObjectMetricSource) -> Recommendation {
+    const FAILED: &str = "FailedGetObjectMetric";
+    let name = &source.metric.name;
+    let object = &source.described_object;
+    let fail = |e: String| {
+        (
+            FAILED.to_string(),
+            format!(
+                "unable to get metric {name}: {e} on {} {}/{}",
+                object.kind, scope.ns, object.name
+            ),
+        )
+    };
+    let api_version = object.api_version.clone().unwrap_or_else(|| "v1".into());
+    // A namespace's metrics are the namespace's own (upstream never lets the reference leave
+    // the autoscaler's namespace).
+    let (resource, object_name) = if object.kind == "Namespace" && api_version == "v1" {
+        ("metrics".to_string(), scope.ns.to_string())
+    } else {
+        let ar = scope
+            .ctx
+            .resource(&api_version, &object.kind)
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "unable to fetch metrics from custom metrics API: {e}"
+                ))
+            })?;
+        let resource = if ar.group.is_empty() {
+            ar.plural
+        } else {
+            format!("{}.{}", ar.plural, ar.group)
+        };
+        (resource, object.name.clone())
+    };
+    let values = custom_metrics(
+        &scope.ctx.client,
+        scope.ns,
+        &resource,
+        &object_name,
+        name,
+        None,
+        source.metric.selector.as_ref(),
+    )
+    .await
+    .map_err(fail)?;
+    if values.len() != 1 {
+        return Err(fail(format!(
+            "unable to fetch metrics from custom metrics API: the custom metrics API server returned {} results when we asked for exactly one",
+            values.len()
+        )));
+    }
+    let usage = values.into_values().sum::<i64>();
+    let what = format!("{} metric {name}", object.kind);
+    let target = &source.target;
+    let quantity = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.as_ref()
+            .and_then(|q| Quantity::parse(&q.0))
+            .map(|q| q.milli_ceil())
+    };
+    let (replicas, current) = match (
+        target.type_.as_str(),
+        quantity(&target.value),
+        quantity(&target.average_value),
+    ) {
+        ("Value", Some(value), _) => {
+            let replicas = usage_ratio_replicas(scope, usage as f64 / value as f64)
+                .await
+                .map_err(|e| (FAILED.to_string(), e))?;
+            (replicas, json!({"value": milli_string(usage)}))
+        }
+        ("AverageValue", _, Some(average)) => {
+            let (replicas, per_pod) = per_pod_replicas(scope.status_replicas, usage, average);
+            (replicas, json!({"averageValue": milli_string(per_pod)}))
+        }
+        _ => {
+            return Err((
+                FAILED.to_string(),
+                "invalid object metric source: neither a value target nor an average value target was set".into(),
+            ));
+        }
+    };
+    let status = json!({"type": "Object", "object": {
+        "describedObject": object,
+        "metric": &source.metric,
+        "current": current,
+    }});
+    let status = serde_json::from_value(status).map_err(|e| (FAILED.to_string(), e.to_string()))?;
+    Ok((replicas, what, status))
+}
+
+/// A metric from outside the cluster (upstream's computeStatusForExternalMetric): the sum of
+/// the series the metric selector picks, against a value or a per-replica averageValue.
+async fn external_replicas(scope: &Scope<'_>, source: &ExternalMetricSource) -> Recommendation {
+    const FAILED: &str = "FailedGetExternalMetric";
+    let name = &source.metric.name;
+    let shown = go_selector(source.metric.selector.as_ref());
+    let fail = |e: String| {
+        (
+            FAILED.to_string(),
+            format!(
+                "unable to get external metric {}/{name}/{shown}: {e}",
+                scope.ns
+            ),
+        )
+    };
+    let what = format!("external metric {name}({shown})");
+    let target = &source.target;
+    let quantity = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+        q.as_ref()
+            .and_then(|q| Quantity::parse(&q.0))
+            .map(|q| q.milli_ceil())
+    };
+    let (average, value) = (quantity(&target.average_value), quantity(&target.value));
+    if average.is_none() && value.is_none() {
+        return Err((
+            FAILED.to_string(),
+            "invalid external metric source: neither a value target nor an average value target was set".into(),
+        ));
+    }
+    let usage: i64 = external_metrics(
+        &scope.ctx.client,
+        scope.ns,
+        name,
+        source.metric.selector.as_ref(),
+    )
+    .await
+    .map_err(fail)?
+    .iter()
+    .sum();
+    let (replicas, current) = match (average, value) {
+        (Some(average), _) => {
+            let (replicas, per_pod) = per_pod_replicas(scope.status_replicas, usage, average);
+            (replicas, json!({"averageValue": milli_string(per_pod)}))
+        }
+        (None, Some(value)) => {
+            let replicas = usage_ratio_replicas(scope, usage as f64 / value as f64)
+                .await
+                .map_err(|e| (FAILED.to_string(), e))?;
+            (replicas, json!({"value": milli_string(usage)}))
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let status = json!({"type": "External", "external": {
+        "metric": &source.metric,
+        "current": current,
+    }});
+    let status = serde_json::from_value(status).map_err(|e| (FAILED.to_string(), e.to_string()))?;
+    Ok((replicas, what, status))
+}
+
+/// Upstream's getUsageRatioReplicaCount: the ready pods scaled by the ratio (nothing changes
+/// within the tolerance); from zero replicas, the ratio itself.
+async fn usage_ratio_replicas(scope: &Scope<'_>, ratio: f64) -> Result<i32, String> {
+    let current = scope.spec_replicas;
+    if current == 0 {
+        return Ok(ratio.ceil() as i32);
+    }
+    if (1.0 - ratio).abs() <= TOLERANCE {
+        return Ok(current);
+    }
+    let Some(selector) = scope.selector else {
+        return Err("selector is required".into());
+    };
+    let pods = selected_pods(&scope.ctx.client, scope.ns, selector)
+        .await
+        .map_err(|e| format!("unable to calculate ready pods: {e}"))?;
+    let ready = pods
+        .iter()
+        .filter(|p| {
+            let status = p.status.as_ref();
+            status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                && status
+                    .and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .count();
+    Ok((ratio * ready as f64).ceil() as i32)
+}
+
+/// Upstream's per-pod recommendation for an averageValue target of an object or external
+/// metric: (replicas, the usage per replica). The replicas stay within the tolerance.
+fn per_pod_replicas(status_replicas: i32, usage: i64, average: i64) -> (i32, i64) {
+    let average = average.max(1) as f64;
+    let replicas = f64::from(status_replicas);
+    let ratio = usage as f64 / (average * replicas);
+    let recommended = if (1.0 - ratio).abs() > TOLERANCE {
+        (usage as f64 / average).ceil() as i32
+    } else {
+        status_replicas
+    };
+    let per_pod = if status_replicas > 0 {
+        (usage as f64 / replicas).ceil() as i64
+    } else {
+        usage
+    };
+    (recommended, per_pod)
+}
+
+/// A label selector in upstream's text form (`app=web,tier in (a,b)`), as a query sends it.
+fn selector_string(selector: &LabelSelector) -> String {
+    let mut terms: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default().join(",");
+        terms.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    terms.join(",")
+}
+
+/// A label selector as Go's `%+v` prints upstream's generated type, which the autoscaler's
+/// messages about external metrics show: `nil`, or
+/// `&LabelSelector{MatchLabels:map[string]string{queue: jobs,},MatchExpressions:[]LabelSelectorRequirement{},}`.
+fn go_selector(selector: Option<&LabelSelector>) -> String {
+    let Some(selector) = selector else {
+        return "nil".into();
+    };
+    let labels: String = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}: {v},"))
+        .collect();
+    let expressions: String = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "LabelSelectorRequirement{{Key:{},Operator:{},Values:[{}],}},",
+                e.key,
+                e.operator,
+                e.values.as_deref().unwrap_or_default().join(" ")
+            )
+        })
+        .collect();
+    format!(
+        "&LabelSelector{{MatchLabels:map[string]string{{{labels}}},MatchExpressions:[]LabelSelectorRequirement{{{expressions}}},}}"
+    )
+}
+
+/// A failed request to a metrics API in client-go's words: its generic message naming the
+/// request for a bare 404 (an API not served) or 503 (an extension server unavailable), the
+/// server's message otherwise.
+fn metrics_api_error(e: kube::Error, request: &str) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            format!("the server could not find the requested resource ({request})")
+        }
+        kube::Error::Api(s) if s.code == 503 => {
+            format!("the server is currently unable to handle the request ({request})")
+        }
+        kube::Error::Api(s) => s.message,
+        e => e.to_string(),
+    }
+}
+
+/// GETs a metrics API path (with its query) as JSON.
+async fn get_json(client: &kube::Client, path: &str, request: &str) -> Result<Value, String> {
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    client
+        .request::<Value>(req)
+        .await
+        .map_err(|e| metrics_api_error(e, request))
+}
+
+/// The custom metrics API's version to use: its preferred one of those the autoscaler reads
+/// (upstream's discovery-based custom metrics client).
+async fn custom_metrics_version(client: &kube::Client) -> Result<String, String> {
+    const GROUP: &str = "custom.metrics.k8s.io";
+    let unregistered = || format!("no custom metrics API ({GROUP}) registered");
+    let group = get_json(client, &format!("/apis/{GROUP}"), GROUP)
+        .await
+        .map_err(|_| unregistered())?;
+    let preferred = group
+        .pointer("/preferredVersion/version")
+        .and_then(Value::as_str);
+    let served: Vec<&str> = group
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("version").and_then(Value::as_str))
+        .collect();
+    preferred
+        .into_iter()
+        .chain(served)
+        .find(|v| matches!(*v, "v1beta2" | "v1beta1"))
+        .map(str::to_string)
+        .ok_or_else(unregistered)
+}
+
+/// A query string of the non-empty parameters.
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            q.append_pair(k, v);
+        }
+    }
+    let q = q.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+/// The values (millis) of a custom metric by the name of the object each describes: of
+/// `resource/name` (`*` with a label selector: of every selected object) in the namespace.
+async fn custom_metrics(
+    client: &kube::Client,
+    ns: &str,
+    resource: &str,
+    name: &str,
+    metric: &str,
+    selector: Option<&str>,
+    metric_selector: Option<&LabelSelector>,
+) -> Result<HashMap<String, i64>, String> {
+    let api = "unable to fetch metrics from custom metrics API";
+    let version = custom_metrics_version(client)
+        .await
+        .map_err(|e| format!("{api}: {e}"))?;
+    let path = if resource == "metrics" {
+        format!("/apis/custom.metrics.k8s.io/{version}/namespaces/{ns}/metrics/{metric}")
+    } else {
+        format!("/apis/custom.metrics.k8s.io/{version}/namespaces/{ns}/{resource}/{name}/{metric}")
+    };
+    let path = path
+        + &query(&[
+            ("labelSelector", selector.map(str::to_string)),
+            ("metricLabelSelector", metric_selector.map(selector_string)),
+        ]);
+    let (plural, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let group = if group.is_empty() {
+        "custom.metrics.k8s.io".to_string()
+    } else {
+        format!("{group}.custom.metrics.k8s.io")
+    };
+    let request = format!("get {plural}.{group} {name}");
+    let list = get_json(client, &path, &request)
+        .await
+        .map_err(|e| format!("{api}: {e}"))?;
+    let mut values = HashMap::new();
+    for item in list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let object = item
+            .pointer("/describedObject/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let value = item
+            .get("value")
+            .and_then(Value::as_str)
+            .and_then(Quantity::parse)
+            .ok_or_else(|| format!("{api}: a value of {metric} is not a quantity"))?;
+        values.insert(object.to_string(), value.milli_ceil());
+    }
+    Ok(values)
+}
+
+/// The values (millis) of an external metric's series that the selector picks.
+async fn external_metrics(
+    client: &kube::Client,
+    ns: &str,
+    metric: &str,
+    selector: Option<&LabelSelector>,
+) -> Result<Vec<i64>, String> {
+    let api = "unable to fetch metrics from external metrics API";
+    let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}")
+        + &query(&[("labelSelector", selector.map(selector_string))]);
+    let request = format!("get {metric}.external.metrics.k8s.io");
+    let list = get_json(client, &path, &request)
+        .await
+        .map_err(|e| format!("{api}: {e}"))?;
+    let values: Vec<i64> = list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            item.get("value")
+                .and_then(Value::as_str)
+                .and_then(Quantity::parse)
+                .map(|q| q.milli_ceil())
+                .ok_or_else(|| format!("{api}: a value of {metric} is not a quantity"))
+        })
+        .collect::<Result<_, _>>()?;
+    if values.is_empty() {
+        return Err("no metrics returned from external metrics API".into());
+    }
+    Ok(values)
 }
 
 /// Each selected pod's usage of the resource (millis) from the resource metrics API.
@@ -666,12 +1168,14 @@ struct Sample {
     ready: bool,
 }
 
-/// The pods that count (not being deleted, not failed), grouped as upstream's groupPods.
+/// The pods that count (not being deleted, not failed), grouped as upstream's groupPods; with
+/// `requests`, each pod's request of the resource, which must be set (utilization targets).
 fn samples(
     pods: &[Pod],
     usage: &HashMap<String, i64>,
     resource: &str,
     container: Option<&str>,
+    requests: bool,
 ) -> Result<Vec<Sample>, String> {
     let now = jiff::Timestamp::now();
     let mut out = Vec::new();
@@ -683,7 +1187,7 @@ fn samples(
         let name = pod.name_any();
         let mut request = 0;
         for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-            if container.is_some_and(|n| n != c.name) {
+            if !requests || container.is_some_and(|n| n != c.name) {
                 continue;
             }
             let Some(q) = c
@@ -713,13 +1217,11 @@ fn samples(
             .flatten()
             .find(|c| c.type_ == "Ready")
             .is_none_or(|c| c.status != "True");
-        let unready = pending || (resource == "cpu" && starting && not_ready);
+        // A pod without a sample is missing, whatever its readiness (upstream's order).
+        let sample = usage.get(&name).copied();
+        let unready = pending || (resource == "cpu" && sample.is_some() && starting && not_ready);
         out.push(Sample {
-            usage: if pending {
-                None
-            } else {
-                usage.get(&name).copied()
-            },
+            usage: if pending { None } else { sample },
             request,
             ready: !unready,
         });
@@ -801,27 +1303,51 @@ fn utilization_replicas(
     Ok((replicas, utilization, average))
 }
 
-/// Upstream's GetRawResourceReplicas: an average usage target (millis per pod).
-fn average_value_replicas(
-    samples: &[Sample],
-    current: i32,
-    target: i64,
-) -> Result<(i32, i64), String> {
+/// Upstream's calcPlainMetricReplicas, for an average value target (millis per pod) of a
+/// resource or a per-pod custom metric: (replicas, average usage of the measured pods). Pods
+/// without a sample count at the target on a scale-down and at zero on a scale-up, unready
+/// ones at zero on a scale-up, and a change of direction they would cause is no change.
+fn plain_replicas(samples: &[Sample], current: i32, target: i64) -> Result<(i32, i64), String> {
+    let target = target.max(1);
     let measured: Vec<i64> = samples
         .iter()
         .filter(|s| s.ready)
         .filter_map(|s| s.usage)
         .collect();
-    if measured.is_empty() || target <= 0 {
-        return Err("did not receive metrics for targeted pods (pods might be unready)".into());
+    if measured.is_empty() {
+        return Err("did not receive metrics for any ready pods".into());
     }
-    let usage: i64 = measured.iter().sum();
-    let average = usage / measured.len() as i64;
-    let ratio = usage as f64 / (target as f64 * measured.len() as f64);
-    if (1.0 - ratio).abs() <= TOLERANCE {
+    let ratio_of = |values: &[i64]| {
+        let average = values.iter().sum::<i64>() / values.len() as i64;
+        (average as f64 / target as f64, average)
+    };
+    let (ratio, average) = ratio_of(&measured);
+    let unready = samples.iter().filter(|s| !s.ready).count();
+    let missing = samples
+        .iter()
+        .filter(|s| s.ready && s.usage.is_none())
+        .count();
+    let up_with_unready = unready > 0 && ratio > 1.0;
+    if !up_with_unready && missing == 0 {
+        if (1.0 - ratio).abs() <= TOLERANCE {
+            return Ok((current, average));
+        }
+        return Ok(((ratio * measured.len() as f64).ceil() as i32, average));
+    }
+    let mut all = measured.clone();
+    let assumed = if ratio < 1.0 { target } else { 0 };
+    all.extend(std::iter::repeat_n(assumed, missing));
+    if up_with_unready {
+        all.extend(std::iter::repeat_n(0, unready));
+    }
+    let (new_ratio, _) = ratio_of(&all);
+    if (1.0 - new_ratio).abs() <= TOLERANCE
+        || (ratio < 1.0 && new_ratio > 1.0)
+        || (ratio > 1.0 && new_ratio < 1.0)
+    {
         return Ok((current, average));
     }
-    Ok(((usage as f64 / target as f64).ceil() as i32, average))
+    Ok(((new_ratio * all.len() as f64).ceil() as i32, average))
 }
 
 /// The recommendation stabilized and bounded: without `behavior`, scale-down follows the
@@ -1076,11 +1602,66 @@ mod tests {
         assert!(utilization_replicas(&[], 3, 50).is_err());
     }
 
+    // Cases after upstream's replica_calculator_test.go for plain metrics.
     #[test]
-    fn average_value_divides_usage_by_the_target() {
+    fn plain_metrics_follow_upstreams_replica_calculator() {
         let s = [ready(4000, 0), ready(6000, 0)];
-        assert_eq!(average_value_replicas(&s, 2, 2000).unwrap(), (5, 5000));
-        assert_eq!(average_value_replicas(&s, 2, 5000).unwrap().0, 2);
+        assert_eq!(plain_replicas(&s, 2, 2000).unwrap(), (5, 5000));
+        assert_eq!(plain_replicas(&s, 2, 5000).unwrap().0, 2);
+        // TestReplicaCalcScaleUpCM: 3 pods at 20k/10k/30k milli, target 15k -> 4.
+        let s = [ready(20000, 0), ready(10000, 0), ready(30000, 0)];
+        assert_eq!(plain_replicas(&s, 3, 15000).unwrap(), (4, 20000));
+        // TestReplicaCalcScaleUpCMUnreadyHotCpuNoLessScale: an unready pod counts as 0 on a
+        // scale-up: 50k + 10k + 0 over 3 against 15k -> 4.
+        let s = [
+            ready(50000, 0),
+            ready(10000, 0),
+            Sample {
+                usage: None,
+                request: 0,
+                ready: false,
+            },
+        ];
+        assert_eq!(plain_replicas(&s, 3, 15000).unwrap().0, 4);
+        // A missing pod counts at the target on a scale-down: (5k + 5k + 10k) / 3 against
+        // 10k is within... 6.67k -> ratio 0.67, 3 pods -> 2.
+        let missing = Sample {
+            usage: None,
+            request: 0,
+            ready: true,
+        };
+        let s = [ready(5000, 0), ready(5000, 0), missing.clone()];
+        assert_eq!(plain_replicas(&s, 3, 10000).unwrap().0, 2);
+        // ... and one that would turn a scale-up into a scale-down changes nothing.
+        let s = [ready(12000, 0), missing.clone(), missing];
+        assert_eq!(plain_replicas(&s, 3, 10000).unwrap().0, 3);
+        assert!(plain_replicas(&[], 3, 10).is_err());
+    }
+
+    #[test]
+    fn per_pod_targets_divide_the_value_among_the_replicas() {
+        // GetExternalPerPodMetricReplicas: 8600m over 2 replicas against 2150m each -> 4.
+        assert_eq!(per_pod_replicas(2, 8600, 2150), (4, 4300));
+        // Within the tolerance the replicas stay.
+        assert_eq!(per_pod_replicas(4, 8600, 2150), (4, 2150));
+    }
+
+    #[test]
+    fn selectors_print_as_upstream_does() {
+        let sel: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"queue": "jobs"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}],
+        }))
+        .unwrap();
+        assert_eq!(selector_string(&sel), "queue=jobs,tier in (a,b)");
+        assert_eq!(
+            go_selector(Some(&sel)),
+            "&LabelSelector{MatchLabels:map[string]string{queue: jobs,},MatchExpressions:[]LabelSelectorRequirement{LabelSelectorRequirement{Key:tier,Operator:In,Values:[a b],},},}"
+        );
+        assert_eq!(go_selector(None), "nil");
+        assert_eq!(milli_string(200), "200m");
+        assert_eq!(milli_string(15000), "15");
+        assert_eq!(milli_string(5_000_000), "5k");
     }
 
     fn condition<'a>(
