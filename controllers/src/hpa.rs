@@ -2,9 +2,13 @@
 //! every 15 seconds each HorizontalPodAutoscaler reads its target's scale subresource, keeps
 //! the replica count within minReplicas..maxReplicas, and between them follows its metrics.
 //! Resource metrics (cpu, memory; per pod or per container) come from the resource metrics
-//! API (`metrics.k8s.io`) as upstream's replica calculator reads them; a cluster that serves
-//! none — Kelp serves none of its own — gets upstream's answer: the ScalingActive condition
-//! False with FailedGetResourceMetric, and the bounds still enforced. Recommendations are
+//! API (`metrics.k8s.io`); Pods and Object metrics from the custom metrics API
+//! (`custom.metrics.k8s.io`, its preferred of v1beta2 and v1beta1), External ones from the
+//! external metrics API (`external.metrics.k8s.io`), all as upstream's replica calculator
+//! reads them. Extension servers behind the aggregator serve these APIs; a cluster that serves
+//! none (Kelp serves none of its own) gets upstream's answer: the ScalingActive condition
+//! False with FailedGetResourceMetric (or FailedGetPodsMetric, ...), and the bounds still
+//! enforced. Recommendations are
 //! stabilized (scale-down over five minutes by default) and bounded by the scaling policies
 //! of `spec.behavior` (upstream's defaults without one). Status (current and desired
 //! replicas, current metrics, lastScaleTime), the AbleToScale / ScalingActive /
