@@ -30,6 +30,22 @@ impl Kubectl<'_> {
         out.stdout
     }
 
+    /// Waits until `kubectl describe <what>` shows each of `wants` (with runs of whitespace
+    /// as one space): the controllers' events are written a moment after what they report.
+    fn describes(&self, what: &[&str], wants: &[&str]) {
+        let mut args = vec!["describe"];
+        args.extend_from_slice(what);
+        wait_for(&format!("describe {what:?} to show {wants:?}"), 30, || {
+            let out = self.ok(&args);
+            let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+            if wants.iter().all(|w| flat.contains(w)) {
+                Ok(())
+            } else {
+                Err(flat)
+            }
+        });
+    }
+
     /// `phase node` of each pod the selector picks, sorted by name.
     fn pods(&self, selector: &str) -> Vec<(String, String, String)> {
         let out = self.ok(&[
@@ -119,6 +135,27 @@ fn deployments(k: &Kubectl) {
     assert_eq!(
         row.split_whitespace().take(4).collect::<Vec<_>>(),
         ["web", "5/5", "5", "5"]
+    );
+    // The controllers say what they did, as upstream's do.
+    let rs = k.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let scaled = format!("deployment-controller Scaled up replica set {rs} from 0 to 5");
+    k.describes(
+        &["deployment", "web"],
+        &["Normal ScalingReplicaSet", &scaled],
+    );
+    k.describes(
+        &["rs", &rs],
+        &[
+            "Normal SuccessfulCreate",
+            "replicaset-controller Created pod: web-",
+        ],
     );
 
     // A rolling update never takes more than maxUnavailable (25% of 5: 1) away.
@@ -583,6 +620,11 @@ fn jobs(k: &Kubectl) {
     k.apply(
         "apiVersion: batch/v1\nkind: Job\nmetadata: {name: policy}\nspec:\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: c, operator: In, values: [42]}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{name: c, image: busybox, command: [sh, -c, exit 42]}]\n",
     );
+    // OnFailure: the failing container is restarted in its pod, and the restarts count
+    // against backoffLimit (upstream's pastBackoffLimitOnFailure).
+    k.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: restarts}\nspec:\n  backoffLimit: 2\n  template:\n    spec:\n      restartPolicy: OnFailure\n      containers: [{name: c, image: busybox, command: [\"false\"]}]\n",
+    );
     let out = k.ok(&[
         "wait",
         "--for=condition=complete",
@@ -593,6 +635,15 @@ fn jobs(k: &Kubectl) {
     assert_eq!(
         out,
         "job.batch/once condition met\njob.batch/idx condition met\n"
+    );
+    k.describes(
+        &["job", "once"],
+        &[
+            "Normal SuccessfulCreate",
+            "job-controller Created pod: once-",
+            "Normal Completed",
+            "job-controller Job completed",
+        ],
     );
     let row = k.ok(&["get", "job", "idx", "--no-headers"]);
     assert_eq!(
@@ -618,6 +669,7 @@ fn jobs(k: &Kubectl) {
         "--for=condition=failed",
         "job/fails",
         "job/policy",
+        "job/restarts",
         "--timeout=60s",
     ]);
     let why = |job: &str| {
@@ -627,6 +679,26 @@ fn jobs(k: &Kubectl) {
         why("fails"),
         "BackoffLimitExceeded: Job has reached the specified backoff limit"
     );
+    assert_eq!(
+        why("restarts"),
+        "BackoffLimitExceeded: Job has reached the specified backoff limit"
+    );
+    k.describes(
+        &["job", "restarts"],
+        &[
+            "Warning BackoffLimitExceeded",
+            "job-controller Job has reached the specified backoff limit",
+        ],
+    );
+    // One pod, restarted in place, never replaced.
+    let made = k.ok(&[
+        "get",
+        "events",
+        "--field-selector=involvedObject.name=restarts,reason=SuccessfulCreate",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(made.lines().count(), 1, "{made}");
     let policy = why("policy");
     assert!(
         policy.starts_with("PodFailurePolicy: Container c for pod default/policy-")
@@ -916,6 +988,13 @@ fn daemonsets_and_statefulsets(k: &Kubectl, server: &KelpServer) {
     let mut nodes = k.running("app=agent", 3);
     nodes.sort();
     assert_eq!(nodes, ["kelp-sim-0", "kelp-sim-1", "kelp-sim-2"]);
+    k.describes(
+        &["daemonset", "agent"],
+        &[
+            "Normal SuccessfulCreate",
+            "daemonset-controller Created pod: agent-",
+        ],
+    );
     // A new node gets one; rolling to a new image keeps one per node.
     let extra = Simulated::start_named(&server.kubeconfig, 1, "extra-");
     wait_for("the agent on the new node", 60, || {
@@ -959,6 +1038,13 @@ fn daemonsets_and_statefulsets(k: &Kubectl, server: &KelpServer) {
         "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports: [{name: pg, port: 5432, targetPort: pg}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: busybox, ports: [{name: pg, containerPort: 5432}]}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n",
     );
     k.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    k.describes(
+        &["statefulset", "db"],
+        &[
+            "statefulset-controller create Claim data-db-0 Pod db-0 in StatefulSet db success",
+            "statefulset-controller create Pod db-2 in StatefulSet db successful",
+        ],
+    );
     k.running("app=db", 3);
     let created = k.ok(&[
         "get",

@@ -29,6 +29,7 @@ struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
     expectations: Expectations,
+    events: kelp_client::events::Recorder,
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -44,6 +45,11 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
                 .collect::<Vec<_>>()
         });
     let ctx = Arc::new(Ctx {
+        events: kelp_client::events::Recorder::spawn(
+            client.clone(),
+            "daemonset-controller",
+            String::new(),
+        ),
         client,
         informers,
         expectations: Expectations::default(),
@@ -308,16 +314,20 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     delete.extend(old_available.into_iter().take(room));
 
     if ctx.expectations.satisfied(&key, &ns, &store) {
+        let report = util::Report {
+            events: &ctx.events,
+            regarding: kube::Resource::object_ref(&*ds, &()),
+        };
         let pods = create
             .iter()
             .map(|node| pod_for(&ds, node, &hash))
             .collect();
-        let (made, errors) = util::create_pods(&pods_api, pods).await;
+        let (made, errors) = util::create_pods(&pods_api, pods, &report).await;
         for e in errors {
             tracing::debug!(daemonset = %key, error = %e, "creating a pod");
         }
         let doomed: Vec<String> = delete.iter().map(|p| p.name_any()).collect();
-        for e in util::delete_pods(&pods_api, doomed.clone()).await {
+        for e in util::delete_pods(&pods_api, doomed.clone(), &report).await {
             tracing::debug!(daemonset = %key, error = %e, "deleting a pod");
         }
         ctx.expectations.expect(&key, made, doomed);

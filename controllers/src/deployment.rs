@@ -14,9 +14,10 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt;
+use kelp_client::events::Recorder;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::Informers;
@@ -30,6 +31,7 @@ const MAX: &str = "deployment.kubernetes.io/max-replicas";
 struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
+    events: Recorder,
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -38,13 +40,44 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
         informers.deployments.store(),
     )
     .owns_stream(informers.replicasets.changes());
+    let events = Recorder::spawn(client.clone(), "deployment-controller", String::new());
     drive(
         "deployment",
         controller,
         reconcile,
-        Arc::new(Ctx { client, informers }),
+        Arc::new(Ctx {
+            client,
+            informers,
+            events,
+        }),
     )
     .await
+}
+
+/// Where a deployment's ReplicaSets are written, and where each change of their size is told
+/// on the deployment, as upstream's `ScalingReplicaSet` events (what `kubectl describe
+/// deployment` lists).
+struct Writer<'a> {
+    api: &'a Api<ReplicaSet>,
+    events: &'a Recorder,
+    d: &'a Deployment,
+}
+
+impl Writer<'_> {
+    /// Records a ReplicaSet's size going `from` → `to` (nothing when it did not change).
+    fn scaled(&self, name: &str, from: i32, to: i32) {
+        if from == to {
+            return;
+        }
+        let direction = if to > from { "up" } else { "down" };
+        self.events.record(
+            self.d.object_ref(&()),
+            "Normal",
+            "ScalingReplicaSet",
+            "",
+            format!("Scaled {direction} replica set {name} from {from} to {to}"),
+        );
+    }
 }
 
 /// The template's hash, as a label value (upstream hashes with FNV-32a and spells the
@@ -190,6 +223,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let writer = Writer {
+        api: &rs_api,
+        events: &ctx.events,
+        d: &d,
+    };
     let mut all: Vec<ReplicaSet> = Vec::new();
     for rs in ctx.informers.replicasets.store().state() {
         if rs.metadata.namespace.as_deref() != Some(&ns) || rs.metadata.deletion_timestamp.is_some()
@@ -258,6 +296,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 let rs = new_replicaset(&d, &template, &hash, &name, initial, max_old + 1, surge);
                 match rs_api.create(&PostParams::default(), &rs).await {
                     Ok(made) => {
+                        // Made at its initial size: a scale up from nothing, as upstream tells it.
+                        writer.scaled(&made.name_any(), 0, spec_replicas(&made));
                         created_now = Some(made.name_any());
                         new = Some(made);
                     }
@@ -295,16 +335,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
 
     if scaling {
-        resize(
-            &rs_api,
-            &d,
-            new.as_mut(),
-            &mut old,
-            replicas,
-            surge,
-            !recreate,
-        )
-        .await?;
+        resize(&writer, new.as_mut(), &mut old, replicas, surge, !recreate).await?;
         if paused {
             cleanup_history(&rs_api, &old, spec.revision_history_limit.unwrap_or(10)).await?;
         }
@@ -319,7 +350,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let target = if recreate {
             let old_pods_left = old.iter().any(|o| status_of(o).0 > 0);
             for o in &old {
-                scale(&rs_api, o, 0, replicas, surge).await?;
+                scale(&writer, o, 0, replicas, surge).await?;
             }
             if old_total > 0 || old_pods_left {
                 0.min(current)
@@ -334,10 +365,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             (current + allowed.max(0)).min(replicas)
         };
         if target != current || rs.annotations().get(DESIRED) != Some(&replicas.to_string()) {
-            scale(&rs_api, rs, target, replicas, surge).await?;
+            scale(&writer, rs, target, replicas, surge).await?;
         }
         if !recreate && target == current {
-            scale_down_old(&rs_api, rs, &mut old, replicas, max_unavailable, surge).await?;
+            scale_down_old(&writer, rs, &mut old, replicas, max_unavailable, surge).await?;
         }
     }
 
@@ -409,9 +440,9 @@ fn new_replicaset(
 }
 
 /// Sets a ReplicaSet's replicas (and the deployment's size in its annotations), against the
-/// version the cache holds.
+/// version the cache holds, and records the change of size on the deployment.
 async fn scale(
-    api: &Api<ReplicaSet>,
+    w: &Writer<'_>,
     rs: &ReplicaSet,
     replicas: i32,
     desired: i32,
@@ -428,12 +459,14 @@ async fn scale(
         },
         "spec": {"replicas": replicas},
     });
-    api.patch(
-        &rs.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    w.api
+        .patch(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    w.scaled(&rs.name_any(), spec_replicas(rs), replicas);
     Ok(())
 }
 
@@ -455,8 +488,7 @@ fn annotated(rs: &ReplicaSet, key: &str) -> Option<i32> {
 /// difference is spread over the active ReplicaSets in proportion to their sizes, the
 /// leftover of the rounding going to the largest.
 async fn resize(
-    api: &Api<ReplicaSet>,
-    d: &Deployment,
+    w: &Writer<'_>,
     new: Option<&mut ReplicaSet>,
     old: &mut [ReplicaSet],
     replicas: i32,
@@ -486,7 +518,7 @@ async fn resize(
     match active.len() {
         0 => {
             if let Some(rs) = newest {
-                set_size(api, rs, replicas, replicas, surge).await?;
+                set_size(w, rs, replicas, replicas, surge).await?;
             }
             return Ok(());
         }
@@ -510,7 +542,7 @@ async fn resize(
                     .cmp(&sizes[a])
                     .then(if to_add > 0 { by_age.reverse() } else { by_age })
             });
-            let before = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let before = w.d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
             let mut added = 0;
             for &i in &order {
                 let share = proportion(active[i], replicas, surge, before, to_add, added);
@@ -524,7 +556,7 @@ async fn resize(
         _ => {}
     }
     for (rs, size) in active.into_iter().zip(sizes) {
-        set_size(api, rs, size, replicas, surge).await?;
+        set_size(w, rs, size, replicas, surge).await?;
     }
     Ok(())
 }
@@ -570,13 +602,13 @@ fn created(rs: &ReplicaSet) -> (Option<jiff::Timestamp>, String) {
 
 /// Scales a ReplicaSet and keeps the in-memory copy in step (the status written next reads it).
 async fn set_size(
-    api: &Api<ReplicaSet>,
+    w: &Writer<'_>,
     rs: &mut ReplicaSet,
     size: i32,
     replicas: i32,
     surge: i32,
 ) -> anyhow::Result<()> {
-    scale(api, rs, size, replicas, surge).await?;
+    scale(w, rs, size, replicas, surge).await?;
     if let Some(s) = rs.spec.as_mut() {
         s.replicas = Some(size);
     }
@@ -586,7 +618,7 @@ async fn set_size(
 /// Scales old ReplicaSets down as far as maxUnavailable allows: their unavailable pods
 /// first, then the oldest (upstream's reconcileOldReplicaSets).
 async fn scale_down_old(
-    api: &Api<ReplicaSet>,
+    w: &Writer<'_>,
     new: &ReplicaSet,
     old: &mut [ReplicaSet],
     replicas: i32,
@@ -619,7 +651,7 @@ async fn scale_down_old(
     }
     for (rs, target) in old.iter_mut().zip(targets) {
         if target != spec_replicas(rs) {
-            set_size(api, rs, target, replicas, surge).await?;
+            set_size(w, rs, target, replicas, surge).await?;
         }
     }
     Ok(())

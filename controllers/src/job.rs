@@ -52,6 +52,7 @@ struct Ctx {
     expectations: Expectations,
     /// Per job: the failed count last seen and when it rose (for the back-off).
     failures: Mutex<HashMap<String, (i32, std::time::Instant)>>,
+    events: kelp_client::events::Recorder,
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -72,6 +73,11 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
         });
     let orphans = release_orphans(client.clone(), informers.clone());
     let ctx = Arc::new(Ctx {
+        events: kelp_client::events::Recorder::spawn(
+            client.clone(),
+            "job-controller",
+            String::new(),
+        ),
         client,
         informers,
         expectations: Expectations::default(),
@@ -322,6 +328,40 @@ fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
         }
     }
     FailureAction::Count
+}
+
+/// Upstream's pastBackoffLimitOnFailure: with restartPolicy OnFailure a failing container is
+/// restarted in its pod rather than the pod replaced, so the restarts of the pods still
+/// pending or running count against backoffLimit (any restart, when it is 0).
+fn past_backoff_limit_on_failure(job: &Job, pods: &[Arc<Pod>]) -> bool {
+    let Some(spec) = job.spec.as_ref() else {
+        return false;
+    };
+    if spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        != Some("OnFailure")
+    {
+        return false;
+    }
+    let restarts: i32 = pods
+        .iter()
+        .filter(|p| matches!(phase(p), "Running" | "Pending"))
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    match spec.backoff_limit.unwrap_or(6) {
+        0 => restarts > 0,
+        limit => restarts >= limit,
+    }
 }
 
 /// Upstream's onlyReplaceFailedPods: with podReplacementPolicy Failed (which a
@@ -631,6 +671,7 @@ fn set_counts(status: &mut JobStatus, active: i32, ready: i32, terminating: i32)
 /// it stays until they are counted as failed (a failing job; upstream's deleteActivePods).
 async fn delete_pods(
     api: &Api<Pod>,
+    report: &util::Report<'_>,
     pods: &[Arc<Pod>],
     release: bool,
 ) -> Result<Vec<String>, Error> {
@@ -642,9 +683,15 @@ async fn delete_pods(
                     patch_finalizer_out(&api, &p).await?;
                 }
                 match api.delete(&p.name_any(), &DeleteParams::default()).await {
-                    Ok(_) => Ok(p.name_any()),
+                    Ok(_) => {
+                        report.deleted(&p.name_any());
+                        Ok(p.name_any())
+                    }
                     Err(e) if is_status(&e, 404) => Ok(p.name_any()),
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        report.not_deleted(&e);
+                        Err(e)
+                    }
                 }
             }
         })
@@ -667,6 +714,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let spec = job.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let report = util::Report {
+        events: &ctx.events,
+        regarding: kube::Resource::object_ref(&*job, &()),
+    };
     let store = ctx.informers.pods.store();
     let going = job.metadata.deletion_timestamp.is_some();
     // Upstream's ClaimPods: orphans the selector matches are adopted, owned pods it no longer
@@ -714,7 +765,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .count() as i32;
     if is_finished(&job) {
         // Finished: nothing more runs.
-        delete_pods(&pods_api, &active, true).await?;
+        delete_pods(&pods_api, &report, &active, true).await?;
         return Ok(Action::await_change());
     }
 
@@ -849,7 +900,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // 4. Finishing: what still runs goes, and once no pod is left running or terminating the
     // job gets its final condition (upstream's enactJobFinished).
     if let Some(f) = &finish {
-        delete_pods(&pods_api, &active, !f.failed).await?;
+        delete_pods(&pods_api, &report, &active, !f.failed).await?;
         for p in release
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some())
@@ -862,7 +913,14 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 status.completion_time = Some(now());
             }
             set_counts(&mut status, 0, 0, 0);
-            write_status(&ctx.client, &job, status).await?;
+            // Upstream's recordJobFinished, once the final condition is written.
+            if write_status(&ctx.client, &job, status).await? {
+                if f.failed {
+                    report.event("Warning", &f.reason, f.message.clone());
+                } else {
+                    report.event("Normal", "Completed", "Job completed".into());
+                }
+            }
             return Ok(Action::await_change());
         }
         set_counts(&mut status, 0, 0, terminating + active.len() as i32);
@@ -888,7 +946,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let backoff_limit = spec
         .backoff_limit
         .unwrap_or(if per_index { i32::MAX } else { 6 });
-    if end.is_none() && failed > backoff_limit {
+    if end.is_none() && (failed > backoff_limit || past_backoff_limit_on_failure(&job, &pods)) {
         end = Some(Finish::failure(
             "BackoffLimitExceeded",
             "Job has reached the specified backoff limit",
@@ -942,7 +1000,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     if let Some(f) = end {
-        delete_pods(&pods_api, &active, !f.failed).await?;
+        delete_pods(&pods_api, &report, &active, !f.failed).await?;
         // Not while pods it made may be missing from the cache: they would escape the count
         // (upstream's syncJob waits for satisfied expectations too).
         if satisfied {
@@ -957,13 +1015,14 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // 6. Suspension.
     if suspended {
         if !active.is_empty() {
-            delete_pods(&pods_api, &active, true).await?;
+            delete_pods(&pods_api, &report, &active, true).await?;
         }
         if !has_condition(&status, "Suspended") {
             set_condition(
                 &mut status,
                 condition("Suspended", "True", "JobSuspended", "Job suspended"),
             );
+            report.event("Normal", "Suspended", "Job suspended".into());
         }
     } else {
         if has_condition(&status, "Suspended") {
@@ -971,6 +1030,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 &mut status,
                 condition("Suspended", "False", "JobResumed", "Job resumed"),
             );
+            report.event("Normal", "Resumed", "Job resumed".into());
             status.start_time = None;
         }
         if status.start_time.is_none() {
@@ -1009,7 +1069,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0))
             });
             extra.truncate(active.len() - want);
-            let names = delete_pods(&pods_api, &extra, true).await?;
+            let names = delete_pods(&pods_api, &report, &extra, true).await?;
             ctx.expectations.expect(&key, vec![], names);
         } else if active.len() + held < want {
             // After failures, new pods wait out the back-off: the job's, or with
@@ -1071,7 +1131,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                         pod_for(&job, i, replaced)
                     })
                     .collect();
-                let (made, errors) = util::create_pods(&pods_api, pods).await;
+                let (made, errors) = util::create_pods(&pods_api, pods, &report).await;
                 ctx.expectations.expect(&key, made, vec![]);
                 if let Some(e) = errors.last() {
                     tracing::debug!(job = %key, error = %e, "creating a pod");

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
+use kelp_client::events::Recorder;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
 
 use crate::Informers;
 use crate::util::{self, Error, drive, is_status};
@@ -26,6 +27,7 @@ struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
     expectations: Expectations,
+    events: Recorder,
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
     )
     .owns_stream(informers.pods.changes());
     let ctx = Arc::new(Ctx {
+        events: Recorder::spawn(client.clone(), "replicaset-controller", String::new()),
         client,
         informers,
         expectations: Expectations::default(),
@@ -92,7 +95,15 @@ impl Expectations {
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let owner = Owner::ReplicaSet(rs.clone());
-    sync(rs, owner, &ctx.client, &ctx.informers, &ctx.expectations).await
+    sync(
+        rs,
+        owner,
+        &ctx.client,
+        &ctx.informers,
+        &ctx.expectations,
+        &ctx.events,
+    )
+    .await
 }
 
 /// What owns the pods: a ReplicaSet, or a ReplicationController seen as one (the same
@@ -103,6 +114,13 @@ pub(crate) enum Owner {
 }
 
 impl Owner {
+    fn object_ref(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        match self {
+            Owner::ReplicaSet(rs) => rs.object_ref(&()),
+            Owner::ReplicationController(rc) => rc.object_ref(&()),
+        }
+    }
+
     fn reference(&self) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
         match self {
             Owner::ReplicaSet(rs) => util::controller_ref(&**rs),
@@ -172,6 +190,7 @@ pub(crate) async fn sync(
     client: &kube::Client,
     informers: &Informers,
     expectations: &Expectations,
+    events: &Recorder,
 ) -> Result<Action, Error> {
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -208,6 +227,10 @@ pub(crate) async fn sync(
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| util::is_active(p)).collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let mut failure = None;
+    let report = util::Report {
+        events,
+        regarding: owner.object_ref(),
+    };
     if expectations.satisfied(&key, &ns, &store) {
         if active.len() < want {
             let template = spec.template.clone().unwrap_or_default();
@@ -226,9 +249,10 @@ pub(crate) async fn sync(
                 spec: template.spec.clone(),
                 ..Default::default()
             };
-            let (made, errors) = util::create_pods(&pods_api, vec![pod; want - active.len()]).await;
+            let (made, errors) =
+                util::create_pods(&pods_api, vec![pod; want - active.len()], &report).await;
             if let Some(e) = errors.last() {
-                failure = Some(api_message(e));
+                failure = Some(util::api_message(e));
             }
             expectations.expect(&key, made, vec![]);
         } else if active.len() > want {
@@ -236,8 +260,11 @@ pub(crate) async fn sync(
             doomed.sort_by_key(|p| deletion_rank(p));
             doomed.truncate(active.len() - want);
             let names: Vec<String> = doomed.iter().map(|p| p.name_any()).collect();
-            if let Some(e) = util::delete_pods(&pods_api, names.clone()).await.last() {
-                failure = Some(api_message(e));
+            if let Some(e) = util::delete_pods(&pods_api, names.clone(), &report)
+                .await
+                .last()
+            {
+                failure = Some(util::api_message(e));
             }
             expectations.expect(&key, vec![], names);
         }
@@ -362,13 +389,4 @@ async fn update_status(
         owner.write_status(client, status).await?;
     }
     Ok(next)
-}
-
-/// What a refused write says, as upstream's controllers record it: the API's own message
-/// (`pods "x" is forbidden: exceeded quota: ...`), else the client's error.
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
-    }
 }

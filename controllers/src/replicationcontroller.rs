@@ -19,6 +19,7 @@ struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
     expectations: Expectations,
+    events: kelp_client::events::Recorder,
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -28,6 +29,11 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
     )
     .owns_stream(informers.pods.changes());
     let ctx = Arc::new(Ctx {
+        events: kelp_client::events::Recorder::spawn(
+            client.clone(),
+            "replication-controller",
+            String::new(),
+        ),
         client,
         informers,
         expectations: Expectations::default(),
@@ -86,6 +92,7 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Ctx>) -> Result<Acti
         &ctx.client,
         &ctx.informers,
         &ctx.expectations,
+        &ctx.events,
     )
     .await
 }

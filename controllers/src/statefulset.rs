@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
+use kelp_client::events::Recorder;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::{Resource, ResourceExt};
 
 use crate::Informers;
 use crate::revisions::{self, HASH_LABEL};
@@ -28,6 +29,16 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 struct Ctx {
     client: kube::Client,
     informers: Arc<Informers>,
+    events: Recorder,
+}
+
+impl Ctx {
+    /// Records an event on the set, in upstream's words (StatefulPodControl's recordPodEvent
+    /// and recordClaimEvent), so `kubectl describe statefulset` shows its pod and claim writes.
+    fn event(&self, sts: &StatefulSet, type_: &'static str, reason: &str, message: String) {
+        self.events
+            .record(sts.object_ref(&()), type_, reason, "", message);
+    }
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Result<()> {
@@ -36,7 +47,12 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
         informers.statefulsets.store(),
     )
     .owns_stream(informers.pods.changes());
-    let ctx = Arc::new(Ctx { client, informers });
+    let events = Recorder::spawn(client.clone(), "statefulset-controller", String::new());
+    let ctx = Arc::new(Ctx {
+        client,
+        informers,
+        events,
+    });
     drive("statefulset", controller, reconcile, ctx).await
 }
 
@@ -102,20 +118,19 @@ fn pod_for(sts: &StatefulSet, template: &PodTemplateSpec, revision: &str, ordina
     }
 }
 
-/// The ordinal's claims, made if missing (kept after the pod: the Retain policy).
-async fn ensure_claims(
-    client: &kube::Client,
-    sts: &StatefulSet,
-    ordinal: i32,
-) -> Result<(), Error> {
+/// The ordinal's claims, made if missing (kept after the pod: the Retain policy). Each claim
+/// made, or refused, is recorded on the set; a refusal also as the pod's failed creation, since
+/// the pod is not made without its claims (upstream's CreateStatefulPod).
+async fn ensure_claims(ctx: &Ctx, sts: &StatefulSet, ordinal: i32) -> Result<(), Error> {
     let ns = sts.namespace().unwrap_or_default();
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let spec = sts.spec.clone().unwrap_or_default();
+    let set = sts.name_any();
+    let pod = format!("{set}-{ordinal}");
     for template in spec.volume_claim_templates.iter().flatten() {
         let name = format!(
-            "{}-{}-{ordinal}",
+            "{}-{set}-{ordinal}",
             template.metadata.name.clone().unwrap_or_default(),
-            sts.name_any()
         );
         let mut labels = template.metadata.labels.clone().unwrap_or_default();
         for (k, v) in spec.selector.match_labels.iter().flatten() {
@@ -123,7 +138,7 @@ async fn ensure_claims(
         }
         let claim = PersistentVolumeClaim {
             metadata: ObjectMeta {
-                name: Some(name),
+                name: Some(name.clone()),
                 namespace: Some(ns.clone()),
                 labels: Some(labels),
                 annotations: template.metadata.annotations.clone(),
@@ -133,12 +148,60 @@ async fn ensure_claims(
             ..Default::default()
         };
         match api.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
+            Ok(_) => ctx.event(
+                sts,
+                "Normal",
+                "SuccessfulCreate",
+                format!("create Claim {name} Pod {pod} in StatefulSet {set} success"),
+            ),
             Err(e) if is_status(&e, 409) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let why = util::api_message(&e);
+                ctx.event(
+                    sts,
+                    "Warning",
+                    "FailedCreate",
+                    format!(
+                        "create Claim {name} for Pod {pod} in StatefulSet {set} failed error: {why}"
+                    ),
+                );
+                ctx.event(
+                    sts,
+                    "Warning",
+                    "FailedCreate",
+                    format!(
+                        "create Pod {pod} in StatefulSet {set} failed error: failed to create PVC {name}: {why}"
+                    ),
+                );
+                return Err(e.into());
+            }
         }
     }
     Ok(())
+}
+
+/// Deletes a pod of the set and records it on the set (upstream's DeleteStatefulPod). A pod
+/// already gone is nothing to tell; other refusals are recorded and left for the next pass.
+async fn delete_pod(ctx: &Ctx, api: &Api<Pod>, sts: &StatefulSet, pod: &Pod) {
+    let (name, set) = (pod.name_any(), sts.name_any());
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => ctx.event(
+            sts,
+            "Normal",
+            "SuccessfulDelete",
+            format!("delete Pod {name} in StatefulSet {set} successful"),
+        ),
+        Err(e) if is_status(&e, 404) => {}
+        Err(e) => ctx.event(
+            sts,
+            "Warning",
+            "FailedDelete",
+            format!(
+                "delete Pod {name} in StatefulSet {set} failed error: {}",
+                util::api_message(&e)
+            ),
+        ),
+    }
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -208,9 +271,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     for i in wanted.clone() {
         match pods.get(&i) {
             Some(p) if failed(p) => {
-                let _ = pods_api
-                    .delete(&p.name_any(), &DeleteParams::default())
-                    .await;
+                delete_pod(&ctx, &pods_api, &sts, p).await;
                 blocked = !parallel;
             }
             Some(p) => {
@@ -219,17 +280,35 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
                 }
             }
             None => {
-                ensure_claims(&ctx.client, &sts, i).await?;
+                ensure_claims(&ctx, &sts, i).await?;
                 let use_current = rolling && (i - start) < partition && current_template.is_some();
                 let (template, hash) = match (&current_template, use_current) {
                     (Some(t), true) => (t.clone(), current_revision.clone()),
                     _ => (spec.template.clone(), update_revision.clone()),
                 };
                 let pod = pod_for(&sts, &template, &hash, i);
+                let name = pod.name_any();
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(_) => ctx.event(
+                        &sts,
+                        "Normal",
+                        "SuccessfulCreate",
+                        format!("create Pod {name} in StatefulSet {set} successful"),
+                    ),
+                    // Already there (the cache is behind): upstream tells nothing either.
                     Err(e) if is_status(&e, 409) => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        ctx.event(
+                            &sts,
+                            "Warning",
+                            "FailedCreate",
+                            format!(
+                                "create Pod {name} in StatefulSet {set} failed error: {}",
+                                util::api_message(&e)
+                            ),
+                        );
+                        return Err(e.into());
+                    }
                 }
                 blocked = !parallel;
             }
@@ -254,9 +333,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
             if let Some(p) = pods.get(i)
                 && p.metadata.deletion_timestamp.is_none()
             {
-                let _ = pods_api
-                    .delete(&p.name_any(), &DeleteParams::default())
-                    .await;
+                delete_pod(&ctx, &pods_api, &sts, p).await;
             }
         }
     }
@@ -270,9 +347,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         if let Some(i) = outdated
             && let Some(p) = pods.get(&i)
         {
-            let _ = pods_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await;
+            delete_pod(&ctx, &pods_api, &sts, p).await;
         }
     }
 

@@ -230,11 +230,59 @@ async fn set_owners(
 /// How many pod writes a controller has in flight at once.
 pub(crate) const BURST: usize = 16;
 
-/// Creates the pods, [`BURST`] at a time: the names of those made, and the errors of those
-/// that were not.
+/// The object a controller's pod writes are reported about, and the recorder that reports
+/// them, in upstream's words (RealPodControl): `Created pod: <name>`, `Error creating: <why>`,
+/// `Deleted pod: <name>`, `Error deleting: <why>`.
+pub(crate) struct Report<'a> {
+    pub events: &'a kelp_client::events::Recorder,
+    pub regarding: k8s_openapi::api::core::v1::ObjectReference,
+}
+
+impl Report<'_> {
+    pub fn event(&self, type_: &'static str, reason: &str, message: String) {
+        self.events
+            .record(self.regarding.clone(), type_, reason, "", message);
+    }
+
+    pub fn created(&self, name: &str) {
+        self.event("Normal", "SuccessfulCreate", format!("Created pod: {name}"));
+    }
+
+    pub fn not_created(&self, e: &kube::Error) {
+        self.event(
+            "Warning",
+            "FailedCreate",
+            format!("Error creating: {}", api_message(e)),
+        );
+    }
+
+    pub fn deleted(&self, name: &str) {
+        self.event("Normal", "SuccessfulDelete", format!("Deleted pod: {name}"));
+    }
+
+    pub fn not_deleted(&self, e: &kube::Error) {
+        self.event(
+            "Warning",
+            "FailedDelete",
+            format!("Error deleting: {}", api_message(e)),
+        );
+    }
+}
+
+/// An API error as client-go prints it: the Status message the server sent.
+pub(crate) fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Creates the pods, [`BURST`] at a time, reporting each: the names of those made, and the
+/// errors of those that were not.
 pub(crate) async fn create_pods(
     api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
     pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    report: &Report<'_>,
 ) -> (Vec<String>, Vec<kube::Error>) {
     let post = kube::api::PostParams::default();
     let results: Vec<_> = futures::stream::iter(pods)
@@ -249,30 +297,46 @@ pub(crate) async fn create_pods(
     let mut errors = Vec::new();
     for r in results {
         match r {
-            Ok(p) => made.push(kube::ResourceExt::name_any(&p)),
-            Err(e) => errors.push(e),
+            Ok(p) => {
+                let name = kube::ResourceExt::name_any(&p);
+                report.created(&name);
+                made.push(name);
+            }
+            Err(e) => {
+                report.not_created(&e);
+                errors.push(e);
+            }
         }
     }
     (made, errors)
 }
 
-/// Deletes the pods by name, [`BURST`] at a time (one already gone is deleted): the errors.
+/// Deletes the pods by name, [`BURST`] at a time (one already gone is deleted), reporting
+/// each: the errors.
 pub(crate) async fn delete_pods(
     api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
     names: Vec<String>,
+    report: &Report<'_>,
 ) -> Vec<kube::Error> {
     let results: Vec<_> = futures::stream::iter(names)
         .map(|n| async move {
             api.delete(&n, &kube::api::DeleteParams::default())
                 .await
-                .map(|_| ())
+                .map(|_| n)
         })
         .buffer_unordered(BURST)
         .collect()
         .await;
-    results
-        .into_iter()
-        .filter_map(Result::err)
-        .filter(|e| !is_status(e, 404))
-        .collect()
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => report.deleted(&name),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => {
+                report.not_deleted(&e);
+                errors.push(e);
+            }
+        }
+    }
+    errors
 }

@@ -1,11 +1,12 @@
 //! Simulated nodes (kwok-style): N nodes registered with capacity, their Leases kept fresh,
 //! and the pods bound to them driven as a kubelet would report them: Running and Ready at
 //! once; pods that do not restart finish after a moment (the N seconds of a `sleep N`
-//! command, or of the `kelp.dev/simulate-duration` annotation; never, when a container is
-//! one that serves or pauses until stopped, such as agnhost or pause without a command),
-//! Succeeded, or Failed when their
-//! command is `false` or the `kelp.dev/simulate-exit-code` annotation says so; deleted pods
-//! are removed once "stopped". No containers run.
+//! command, or of the `kelp.dev/simulate-duration` annotation; never, when a container is one
+//! that serves or pauses until stopped, such as agnhost or pause without a command),
+//! Succeeded, or Failed when their command is `false` or the `kelp.dev/simulate-exit-code`
+//! annotation says so. A restartPolicy OnFailure pod that fails is not finished: its
+//! containers are restarted in place and counted in restartCount. Deleted pods are removed
+//! once "stopped". No containers run.
 //!
 //! So that one Job template can give its indexes different fates, the
 //! `kelp.dev/simulate-exit-code-by-index` and `kelp.dev/simulate-duration-by-index` annotations
@@ -200,10 +201,15 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
     let patch = match status.phase.as_deref() {
         None | Some("Pending") => running(&pod, index),
         Some("Running") if !restarts => {
+            // Since the containers last (re)started.
             let started = status
-                .start_time
-                .as_ref()
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
                 .map(|t| t.0)
+                .max()
+                .or(status.start_time.as_ref().map(|t| t.0))
                 .unwrap_or_else(jiff::Timestamp::now);
             let ran = jiff::Timestamp::now().duration_since(started).as_secs_f64();
             if runs_for.is_infinite() {
@@ -214,7 +220,12 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Failed> {
                     (runs_for - ran).max(0.05),
                 )));
             }
-            finished(&pod)
+            let on_failure = spec.restart_policy.as_deref() == Some("OnFailure");
+            if on_failure && exit_code(&pod) != 0 {
+                restarted(&pod)
+            } else {
+                finished(&pod)
+            }
         }
         _ => return Ok(Action::await_change()),
     };
@@ -466,6 +477,48 @@ fn exit_code(pod: &Pod) -> i32 {
         })
         .find(|code| *code != 0)
         .unwrap_or(0)
+}
+
+/// The status of a restartPolicy OnFailure pod whose containers failed: restarted in place,
+/// each with its restart counted and its last run's end as its last state (the kubelet's
+/// back-off between restarts is not simulated).
+fn restarted(pod: &Pod) -> serde_json::Value {
+    let now = Time(jiff::Timestamp::now());
+    let code = exit_code(pod);
+    let statuses: Vec<ContainerStatus> = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| {
+            let started = c
+                .state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.clone());
+            ContainerStatus {
+                restart_count: c.restart_count + 1,
+                last_state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: code,
+                        reason: Some("Error".into()),
+                        started_at: started,
+                        finished_at: Some(now.clone()),
+                        container_id: c.container_id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                state: Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now.clone()),
+                    }),
+                    ..Default::default()
+                }),
+                ..c.clone()
+            }
+        })
+        .collect();
+    json!({"status": {"containerStatuses": statuses}})
 }
 
 /// The status of a pod whose containers exited.
