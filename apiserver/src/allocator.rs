@@ -14,6 +14,8 @@ use crate::error::ApiError;
 /// The service network: 10.96.0.0/16. The first address goes to the `kubernetes` Service.
 const SERVICE_NET: u32 = u32::from_be_bytes([10, 96, 0, 0]);
 const SERVICE_NET_SIZE: u32 = 1 << 16;
+/// The service network in CIDR notation, as the default ServiceCIDR holds it.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 /// Upstream's default `--service-node-port-range`.
 const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
@@ -102,7 +104,9 @@ async fn allocate_into(
                     break;
                 }
             }
-            Some(chosen.ok_or_else(|| ApiError::internal("no free ClusterIP in 10.96.0.0/16"))?)
+            Some(chosen.ok_or_else(|| {
+                ApiError::internal(format!("no free ClusterIP in {SERVICE_CIDR}"))
+            })?)
         }
         ip => {
             let parsed: Ipv4Addr = ip.parse().map_err(|_| {
@@ -116,7 +120,7 @@ async fn allocate_into(
                 return Err(invalid(
                     "spec.clusterIPs",
                     format!(
-                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is 10.96.0.0/16"
+                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
                     ),
                 ));
             }

@@ -885,7 +885,8 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     response
 }
 
-/// DNS-1123 subdomain (most names) or label (namespaces), as upstream validates them.
+/// DNS-1123 subdomain (most names), label (namespaces) or an IP (IPAddresses), as upstream
+/// validates them.
 fn validate_name(r: &Resource, name: &str) -> Option<String> {
     let label = object::is_dns1123_label;
     if r.group == "rbac.authorization.k8s.io" || r.group == "apiregistration.k8s.io" {
@@ -900,6 +901,11 @@ fn validate_name(r: &Resource, name: &str) -> Option<String> {
         };
         return why.map(|w| format!("Invalid value: \"{name}\": {w}"));
     }
+    if r.group == "networking.k8s.io" && r.kind == "IPAddress" {
+        // An IPAddress is named by its IP, `:` and all (upstream's ValidateIPAddressName).
+        return crate::registry::ip_address_name(name)
+            .map(|w| format!("Invalid value: {name:?}: {w}"));
+    }
     if r.kind == "Namespace" {
         if !label(name) {
             return Some(format!(
@@ -907,7 +913,7 @@ fn validate_name(r: &Resource, name: &str) -> Option<String> {
                  characters or '-', and must start and end with an alphanumeric character"
             ));
         }
-    } else if name.len() > 253 || !name.split('.').all(label) {
+    } else if !object::is_dns1123_subdomain(name) {
         return Some(format!(
             "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
              characters, '-' or '.', and must start and end with an alphanumeric character"

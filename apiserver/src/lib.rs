@@ -343,13 +343,8 @@ fn router(
         .route("/livez", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .route(
-            "/api",
-            get(|State(s): State<AppState>, headers: HeaderMap| async move {
-                let legacy = discovery::api_versions(&s.advertise);
-                discovery_root(&s, &headers, true, legacy)
-            }),
-        )
+        .route("/api", get(api_root))
+        .route("/api/", get(api_root))
         .route("/apis", get(groups_root))
         .route("/apis/", get(groups_root))
         .route(
@@ -424,6 +419,12 @@ async fn jwks(State(s): State<AppState>) -> Response {
 }
 
 /// `/apis`: the named groups.
+/// `/api`: the legacy group's versions, or its aggregated discovery document.
+async fn api_root(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let legacy = discovery::api_versions(&s.advertise);
+    discovery_root(&s, &headers, true, legacy)
+}
+
 async fn groups_root(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let mut legacy = discovery::api_groups(&s.served());
     discovery::add_remote_groups(&mut legacy, &s.remote_versions());
@@ -881,6 +882,118 @@ async fn bootstrap_api_services(
     futures::future::join_all(registrations).await;
 }
 
+/// The default ServiceCIDR, `kubernetes` (upstream's defaultservicecidr controller, run once at
+/// start): the service network ClusterIPs are allocated from, marked Ready. One that exists
+/// keeps its CIDRs; it is marked Ready when they are this server's and it has no Ready
+/// condition yet. A mismatch, or Ready=False, is left to the administrator, as upstream does.
+async fn default_service_cidr(
+    backend: &Backend,
+    ctx: &handlers::Ctx,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) {
+    const NAME: &str = "kubernetes";
+    let Some(cidrs) = registry::lookup("networking.k8s.io", "v1", "servicecidrs") else {
+        return;
+    };
+    let stored = || async move {
+        match backend.get(cidrs.key(None, NAME)).await {
+            Ok((Some(kv), _)) => serde_json::from_slice::<serde_json::Value>(&kv.value).ok(),
+            _ => None,
+        }
+    };
+    let wanted = json!([allocator::SERVICE_CIDR]);
+    if stored().await.is_none() {
+        let object = json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": NAME},
+            "spec": {"cidrs": wanted},
+        });
+        let target = request::Target {
+            resource: cidrs,
+            namespace: None,
+            name: None,
+            subresource: None,
+        };
+        let created = handlers::serve(
+            ctx,
+            &Method::POST,
+            target,
+            query,
+            headers,
+            object.to_string().into(),
+        );
+        match created.await {
+            Ok(_) => tracing::info!(cidrs = %wanted, "created the default ServiceCIDR"),
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot create the default ServiceCIDR");
+                return;
+            }
+        }
+    }
+    let Some(mut current) = stored().await else {
+        return;
+    };
+    if current.pointer("/metadata/deletionTimestamp").is_some() {
+        return;
+    }
+    if current.pointer("/spec/cidrs") != Some(&wanted) {
+        let found = current["spec"]["cidrs"].to_string();
+        tracing::warn!(
+            configured = %wanted,
+            %found,
+            "the default ServiceCIDR does not match the service network: make them match or delete it"
+        );
+        return;
+    }
+    let conditions = current
+        .pointer("/status/conditions")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready");
+    if ready.is_some_and(|c| c["status"] == "True" || c["status"] == "False") {
+        return;
+    }
+    let mut conditions: Vec<serde_json::Value> = conditions
+        .into_iter()
+        .filter(|c| c["type"] != "Ready")
+        .collect();
+    // Upstream's condition has no reason.
+    conditions.push(json!({
+        "type": "Ready",
+        "status": "True",
+        "lastTransitionTime": object::now(),
+        "reason": "",
+        "message": "Kubernetes default Service CIDR is ready",
+    }));
+    current["status"] = json!({"conditions": conditions});
+    let target = request::Target {
+        resource: cidrs,
+        namespace: None,
+        name: Some(NAME.into()),
+        subresource: Some("status".into()),
+    };
+    // Upstream's controller applies the status as itself.
+    let manager = HashMap::from([(
+        "fieldManager".to_string(),
+        "kubernetes-service-cidr-controller".to_string(),
+    )]);
+    let status = handlers::serve(
+        ctx,
+        &Method::PUT,
+        target,
+        &manager,
+        headers,
+        current.to_string().into(),
+    );
+    if let Err(e) = status.await {
+        tracing::warn!(error = %e.message, "cannot mark the default ServiceCIDR Ready");
+    }
+}
+
 /// The `kubernetes` Service's Endpoints and EndpointSlice name this server (upstream's
 /// endpoint reconciler): its address (loopback when it listens on every address) and port,
 /// added to what other servers of the cluster put there.
@@ -1095,6 +1208,7 @@ pub async fn bootstrap(backend: &Backend) {
         }
     }
     bootstrap_api_services(&ctx, &query, &headers).await;
+    default_service_cidr(backend, &ctx, &query, &headers).await;
     let services = registry::lookup("", "v1", "services").expect("services are registered");
     let kubernetes = json!({
         "apiVersion": "v1",

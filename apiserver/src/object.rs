@@ -13,6 +13,26 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Upstream's IsDNS1123Subdomain: at most 253 characters of dot-separated parts, each lower
+/// case alphanumerics and '-' that start and end alphanumeric. Unlike a label, a part may be
+/// longer than 63 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && dns1123_subdomain_pattern(s)
+}
+
+/// The pattern of [`is_dns1123_subdomain`] without its length limit (upstream reports the two
+/// separately).
+pub fn dns1123_subdomain_pattern(s: &str) -> bool {
+    s.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    })
+}
+
 /// `Value::pointer` without its allocations (it unescapes every token into a new string),
 /// for the pointers read on every request; escaped pointers and list indexes go to it.
 pub fn at<'a>(v: &'a Value, pointer: &str) -> Option<&'a Value> {

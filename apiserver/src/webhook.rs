@@ -163,6 +163,9 @@ impl Webhooks {
             // What the webhook added is defaulted, as upstream decodes the patched object
             // through the scheme's defaulter.
             (review.r.defaults)(obj);
+            if let Some(c) = review.r.custom {
+                crate::crd::conform(c, obj);
+            }
         }
         Ok(true)
     }

@@ -1231,3 +1231,107 @@ async fn autoscaling_v1_and_v2_are_one_object_in_two_versions() {
     let (_, groups) = api.json("GET", "/apis/autoscaling", "").await;
     assert_eq!(groups["preferredVersion"]["version"], "v2");
 }
+
+#[tokio::test]
+async fn the_default_service_cidr_is_ready_and_ip_addresses_are_named_by_their_ip() {
+    let api = Api::new().await;
+    const CIDRS: &str = "/apis/networking.k8s.io/v1/servicecidrs";
+    const IPS: &str = "/apis/networking.k8s.io/v1/ipaddresses";
+    let cause = |body: &Value| {
+        (
+            body["details"]["causes"][0]["field"].clone(),
+            body["details"]["causes"][0]["message"].clone(),
+        )
+    };
+
+    let (status, default) = api.json("GET", &format!("{CIDRS}/kubernetes"), "").await;
+    assert_eq!(status, StatusCode::OK, "{default}");
+    assert_eq!(default["spec"]["cidrs"], json!(["10.96.0.0/16"]));
+    let ready = &default["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["message"], "Kubernetes default Service CIDR is ready");
+
+    // Its CIDR stays; a CIDR of the other family may join it.
+    let mut moved = default.clone();
+    moved["spec"]["cidrs"] = json!(["10.97.0.0/16"]);
+    let (status, body) = api
+        .json("PUT", &format!("{CIDRS}/kubernetes"), &moved.to_string())
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        cause(&body),
+        (
+            json!("spec.cidrs[0]"),
+            json!("Invalid value: \"10.97.0.0/16\": field is immutable")
+        )
+    );
+    let mut dual = default.clone();
+    dual["spec"]["cidrs"] = json!(["10.96.0.0/16", "fd00:10:96::/112"]);
+    let (status, body) = api
+        .json("PUT", &format!("{CIDRS}/kubernetes"), &dual.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], default["status"], "the status stays");
+
+    let cidr = |cidrs: Value| json!({"metadata": {"name": "extra"}, "spec": {"cidrs": cidrs}});
+    let (status, body) = api
+        .json("POST", CIDRS, &cidr(json!(["10.0.0.1/24"])).to_string())
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        cause(&body),
+        (
+            json!("spec.cidrs[0]"),
+            json!(
+                "Invalid value: \"10.0.0.1/24\": must not have bits set beyond the prefix length"
+            )
+        )
+    );
+    let (status, body) = api
+        .json("POST", CIDRS, &cidr(json!(["203.0.113.0/24"])).to_string())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let ip = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"parentRef": {
+            "resource": "services", "namespace": "default", "name": "web"}}})
+        .to_string()
+    };
+    let name = "fe80::42:1dff:fe84:f9e2";
+    let (status, created) = api.json("POST", IPS, &ip(name)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, body) = api.json("POST", IPS, &ip("2001:DB8::1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        cause(&body),
+        (
+            json!("metadata.name"),
+            json!("Invalid value: \"2001:DB8::1\": must be in canonical form (\"2001:db8::1\")")
+        )
+    );
+
+    // Its parent stays.
+    let mut reparented = created.clone();
+    reparented["spec"]["parentRef"]["name"] = json!("other");
+    let (status, body) = api
+        .json("PUT", &format!("{IPS}/{name}"), &reparented.to_string())
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(cause(&body).0, json!("spec.parentRef"));
+
+    let (_, _, table) = api
+        .call(
+            "GET",
+            IPS,
+            "application/json",
+            "application/json;as=Table;g=meta.k8s.io;v=v1",
+            "",
+        )
+        .await;
+    let table: Value = serde_json::from_slice(&table).unwrap();
+    assert_eq!(
+        table["rows"][0]["cells"],
+        json!([name, "services/default/web"])
+    );
+}

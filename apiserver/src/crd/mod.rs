@@ -375,6 +375,13 @@ fn schema_type_at(schema: &Value, path: &str) -> String {
 /// pruning and defaults applied (upstream defaults what it reads from storage too).
 pub fn served(r: &Resource, c: &Custom, obj: &mut Value) {
     obj["apiVersion"] = json!(r.api_version());
+    conform(c, obj);
+}
+
+/// The schema's pruning and defaults applied to a custom resource: what a mutating webhook's
+/// patch added that the schema does not declare goes, as upstream's schema-coercing
+/// conversion to the storage version drops it.
+pub fn conform(c: &Custom, obj: &mut Value) {
     if let Some(s) = &c.schema {
         schema::prune(s, obj);
         schema::default(s, obj);

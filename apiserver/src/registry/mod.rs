@@ -13,10 +13,13 @@ mod events;
 pub(crate) mod more;
 mod others;
 pub mod reviews;
+mod servicecidrs;
 
 use serde_json::Value;
 
 use crate::typed::Typed;
+
+pub(crate) use servicecidrs::ip_address_name;
 
 /// A served resource.
 pub struct Resource {

@@ -84,9 +84,7 @@ fn validate_api_service(o: &Value) -> Vec<(String, String)> {
             "Required value: only v1 may have an empty group and it better be legacy kube".into(),
         ));
     }
-    if !group.is_empty()
-        && (group.len() > 253 || !group.split('.').all(crate::object::is_dns1123_label))
-    {
+    if !group.is_empty() && !crate::object::is_dns1123_subdomain(&group) {
         errors.push((
             "spec.group".into(),
             format!("Invalid value: {group:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
@@ -316,10 +314,7 @@ fn validate_webhooks(o: &Value) -> Vec<(String, String)> {
         let name = text(hook, "/name");
         if name.is_empty() {
             errors.push((at("name"), "Required value".into()));
-        } else if name.split('.').count() < 3
-            || name.len() > 253
-            || !name.split('.').all(crate::object::is_dns1123_label)
-        {
+        } else if name.split('.').count() < 3 || !crate::object::is_dns1123_subdomain(&name) {
             errors.push((
                 at("name"),
                 format!("Invalid value: {name:?}: should be a domain with at least three segments separated by dots"),

@@ -1,11 +1,12 @@
-//! The smaller groups: coordination, RBAC, scheduling, policy, networking, storage and
-//! discovery. (events.k8s.io/v1 waits for conversion: it shares core Events' storage.)
+//! The smaller groups: coordination, RBAC, scheduling, policy, networking (ServiceCIDRs' and
+//! IPAddresses' rules are in `servicecidrs.rs`), storage and discovery. (events.k8s.io/v1
+//! waits for conversion: it shares core Events' storage.)
 
 use k8s_openapi::api::{coordination, discovery, networking, policy, rbac, scheduling, storage};
 use serde_json::{Value, json};
 
 use super::cells::{self, AGE, CREATED_AT, col, int, or_none, text, wide};
-use super::{Resource, Status, defaults};
+use super::{Resource, Status, defaults, servicecidrs};
 use crate::typed::typed;
 
 const BASE: Resource = Resource {
@@ -232,6 +233,46 @@ pub static RESOURCES: &[Resource] = &[
             }),
             AGE,
         ],
+        ..BASE
+    },
+    Resource {
+        group: "networking.k8s.io",
+        kind: "IPAddress",
+        typed: typed::<networking::v1::IPAddress>(),
+        plural: "ipaddresses",
+        singular: "ipaddress",
+        namespaced: false,
+        // printIPAddress declares no Age column (its rows carry an age cell past the
+        // columns, which kubectl does not show).
+        columns: &[col(
+            "ParentRef",
+            "ParentRef references the resource that an IPAddress is attached to. An IPAddress must reference a parent object.",
+            servicecidrs::parent_ref_cell,
+        )],
+        validate: servicecidrs::validate_ip_address,
+        on_update: servicecidrs::ip_address_update,
+        ..BASE
+    },
+    Resource {
+        group: "networking.k8s.io",
+        kind: "ServiceCIDR",
+        typed: typed::<networking::v1::ServiceCIDR>(),
+        plural: "servicecidrs",
+        singular: "servicecidr",
+        namespaced: false,
+        columns: &[
+            col(
+                "CIDRs",
+                "CIDRs defines the IP blocks in CIDR notation (e.g. \"192.168.0.0/24\" or \"2001:db8::/64\") from which to assign service cluster IPs. Max of two CIDRs is allowed, one of each IP family. This field is immutable.",
+                servicecidrs::cidrs_cell,
+            ),
+            AGE,
+        ],
+        // Upstream's PrepareForCreate keeps the status a ServiceCIDR is created with; later
+        // writes of the status go through /status.
+        status: Status::SetOnCreate,
+        validate: servicecidrs::validate_service_cidr,
+        on_update: servicecidrs::service_cidr_update,
         ..BASE
     },
     Resource {
