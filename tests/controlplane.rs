@@ -157,6 +157,17 @@ fn deployments(k: &Kubectl) {
             "replicaset-controller Created pod: web-",
         ],
     );
+    // A service of an unnamed port: kubectl reads its EndpointSlices' port names unchecked.
+    k.ok(&["expose", "deployment", "web", "--port=80"]);
+    k.describes(
+        &["service", "web"],
+        &[
+            "Selector: app=web",
+            "Port: <unset> 80/TCP",
+            ":80,",
+            "+ 2 more...",
+        ],
+    );
 
     // A rolling update never takes more than maxUnavailable (25% of 5: 1) away.
     k.ok(&["set", "image", "deployment/web", "nginx=nginx:1.27"]);

@@ -351,7 +351,9 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Er
                 ports
                     .into_iter()
                     .map(|(n, p, proto)| SlicePort {
-                        name: n,
+                        // Always named, "" for an unnamed port, as upstream writes it
+                        // (kubectl describe service reads the name unchecked).
+                        name: Some(n.unwrap_or_default()),
                         port: Some(p),
                         protocol: Some(proto),
                         app_protocol: None,

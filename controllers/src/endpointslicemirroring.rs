@@ -122,7 +122,8 @@ fn slices_of(ep: &Endpoints) -> Vec<EndpointSlice> {
             .iter()
             .flatten()
             .map(|p| SlicePort {
-                name: p.name.clone(),
+                // Always named, "" for an unnamed port, as upstream writes it.
+                name: Some(p.name.clone().unwrap_or_default()),
                 port: Some(p.port),
                 protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
                 app_protocol: p.app_protocol.clone(),
