@@ -140,6 +140,37 @@ impl Ctx {
         stdin: Option<&str>,
     ) -> anyhow::Result<(bool, String, String)> {
         use tokio::io::AsyncWriteExt;
+        let mut cmd = self.kubectl_command(args)?;
+        cmd.stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        let binary = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let mut child = cmd.spawn().with_context(|| format!("running {binary}"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // kubectl may exit before reading it all: its exit status tells.
+            let _ = pipe.write_all(input.as_bytes()).await;
+            drop(pipe);
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .with_context(|| format!("waiting for {binary}"))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The run's kubectl as [`Ctx::kubectl`] runs it (its `--kubeconfig`, then `args`, with the
+    /// run's discovery cache), to be spawned by a test that keeps it running, as upstream's
+    /// TestKubeconfig.KubectlCmd: `kubectl proxy`. The same error when the run has no kubectl.
+    pub fn kubectl_command(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
         let Some(env) = &self.kubectl else {
             bail!(
                 "this test runs kubectl, and this run has none: set KELP_CONFORMANCE_KUBECTL to a \
@@ -157,31 +188,7 @@ impl Ctx {
         if let Some(cache) = &env.cache {
             cmd.env("KUBECACHEDIR", cache.path());
         }
-        cmd.stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("running {}", env.kubectl.binary.display()))?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // kubectl may exit before reading it all: its exit status tells.
-            let _ = pipe.write_all(input.as_bytes()).await;
-            drop(pipe);
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .with_context(|| format!("waiting for {}", env.kubectl.binary.display()))?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        Ok(cmd)
     }
 
     /// A bodiless request as another user (impersonated: the test's client may impersonate).

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplate};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodTemplate, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use serde_json::json;
 
 use super::tests;
-use crate::framework::{Events, expect_event, expect_no_event};
+use crate::framework::{Events, eventually, expect_event, expect_no_event};
 use crate::{Ctx, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -441,7 +441,125 @@ pub(super) fn namespace_tests() -> Vec<Test> {
         "[sig-api-machinery] Namespaces [Serial] should apply an update to a Namespace" => namespace_update,
         "[sig-api-machinery] Namespaces [Serial] should apply changes to a namespace status" => namespace_status,
         "[sig-api-machinery] Namespaces [Serial] should apply a finalizer to a Namespace" => namespace_finalizer,
+        "[sig-api-machinery] OrderedNamespaceDeletion namespace deletion should delete pod first" => ordered_namespace_deletion,
     ]
+}
+
+/// namespace.go ensurePodsAreRemovedFirstInOrderedNamespaceDeletion: a pod with a finalizer
+/// holds back the deletion of everything else in its namespace (the ConfigMap stays, not
+/// even marked), until the finalizer goes; then the namespace goes. The waits are upstream's
+/// DefaultNamespaceDeletionTimeout (10 minutes) cut to 60 s.
+async fn ordered_namespace_deletion(ctx: Ctx) -> anyhow::Result<()> {
+    const WAIT: Duration = Duration::from_secs(60);
+    let namespaces: Api<Namespace> = ctx.cluster();
+    // Creating a test namespace
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ctx.unique("nsdeletetest")}}))?;
+    let created = namespaces.create(&PostParams::default(), &ns).await?;
+    let ns = created.metadata.name.clone().unwrap_or_default();
+    let result = ordered_deletion_in(&ctx, &ns, WAIT).await;
+    if result.is_err() {
+        // Let the namespace go whatever failed.
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let _ = pods
+            .patch(
+                "test-pod",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    }
+    result
+}
+
+async fn ordered_deletion_in(ctx: &Ctx, ns: &str, wait: Duration) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = ctx.cluster();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    // Waiting for a default service account to be provisioned in namespace
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    eventually(wait, "the default service account", || async {
+        Ok(accounts.get_opt("default").await?.map(|_| ()))
+    })
+    .await?;
+    // Creating a pod with finalizer in the namespace
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "test-pod", "finalizers": ["e2e.example.com/finalizer"]},
+        "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    // Waiting for the pod to have running status
+    eventually(wait, "the pod to be running", || async {
+        let pod = pods.get("test-pod").await?;
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        Ok((phase == "Running").then_some(()))
+    })
+    .await?;
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "test-configmap"},
+        "data": {"key": "value"},
+    }))?;
+    config_maps
+        .create(&PostParams::default(), &config_map)
+        .await?;
+    // Deleting the namespace
+    namespaces.delete(ns, &DeleteParams::default()).await?;
+    // wait until namespace controller had time to process
+    eventually(
+        wait,
+        "the namespace controller to process the namespace",
+        || async {
+            let Some(got) = namespaces.get_opt(ns).await? else {
+                bail!("namespace {ns} was deleted unexpectedly");
+            };
+            let status = got.status.unwrap_or_default();
+            let processed = status.phase.as_deref() == Some("Terminating")
+                && status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "NamespaceDeletionContentFailure");
+            Ok(processed.then_some(()))
+        },
+    )
+    .await?;
+    // the pod should be deleted before processing deletion for other resources
+    eventually(
+        wait,
+        "the pod to be deleted before the configmap",
+        || async {
+            let Some(cm) = config_maps.get_opt("test-configmap").await? else {
+                bail!("configmap \"test-configmap\" should still exist in namespace {ns:?}");
+            };
+            ensure!(
+                cm.metadata.deletion_timestamp.is_none(),
+                "configmap \"test-configmap\" is being deleted while the pod is left"
+            );
+            let Some(pod) = pods.get_opt("test-pod").await? else {
+                bail!("failed to get pod \"test-pod\" in namespace {ns:?}");
+            };
+            Ok(pod.metadata.deletion_timestamp.is_some().then_some(()))
+        },
+    )
+    .await?;
+    // Removing finalizer from pod
+    crate::framework::retry_on_conflict(|| async {
+        let mut pod = pods.get("test-pod").await?;
+        pod.metadata.finalizers = Some(Vec::new());
+        pods.replace("test-pod", &PostParams::default(), &pod).await
+    })
+    .await?;
+    // Waiting for the pod to not be present in the namespace
+    eventually(wait, "the pod to be gone", || async {
+        Ok(pods.get_opt("test-pod").await?.is_none().then_some(()))
+    })
+    .await?;
+    // Waiting for the namespace to be removed.
+    eventually(wait, "the namespace to be removed", || async {
+        Ok(namespaces.get_opt(ns).await?.is_none().then_some(()))
+    })
+    .await
 }
 
 fn rv(o: &impl kube::Resource) -> anyhow::Result<u128> {

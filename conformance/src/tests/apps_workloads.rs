@@ -230,7 +230,7 @@ async fn verify_pods_running(ctx: &Ctx, name: &str, n: usize) -> anyhow::Result<
 // Fixtures
 
 /// e2edeployment.NewDeployment, as JSON to adjust before it is made.
-fn new_deployment(
+pub(super) fn new_deployment(
     name: &str,
     replicas: i32,
     labels: &Value,
@@ -619,7 +619,7 @@ async fn last_status(ctx: &Ctx, name: &str) -> String {
 /// WaitForDeploymentComplete (and with `rolling`, WaitForDeploymentCompleteAndCheckRolling):
 /// the status counts `d`'s replicas as updated, total and available, and has seen `d`'s
 /// generation.
-async fn wait_complete(ctx: &Ctx, d: &Deployment, rolling: bool) -> anyhow::Result<()> {
+pub(super) async fn wait_complete(ctx: &Ctx, d: &Deployment, rolling: bool) -> anyhow::Result<()> {
     let api: Api<Deployment> = ctx.namespaced();
     let name = d.name_any();
     let want = replicas_of(d);

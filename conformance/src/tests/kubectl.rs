@@ -36,7 +36,7 @@ pub fn tests() -> Vec<Test> {
 
 const HTTPD_IMAGE: &str = "registry.k8s.io/e2e-test-images/httpd:2.4.38-4";
 const BUSYBOX_IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
-const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+pub(super) const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
 const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 const PAUSE_POD_SELECTOR: &str = "name=pause";
@@ -67,7 +67,7 @@ spec:
 }
 
 /// agnhost-primary-controller.json.in.
-fn agnhost_controller_json() -> String {
+pub(super) fn agnhost_controller_json() -> String {
     format!(
         r#"{{
    "kind":"ReplicationController",
@@ -142,12 +142,16 @@ spec:
 // Helpers (e2ekubectl, e2epod, ClusterVerification, and kubectl.go's own).
 
 /// e2ekubectl.RunKubectlOrDie: kubectl's stdout, or the test fails with its error.
-async fn kubectl_or_die(ctx: &Ctx, args: &[&str]) -> anyhow::Result<String> {
+pub(super) async fn kubectl_or_die(ctx: &Ctx, args: &[&str]) -> anyhow::Result<String> {
     run_kubectl(ctx, None, args).await?.map_err(|e| anyhow!(e))
 }
 
 /// e2ekubectl.RunKubectlOrDieInput: as [`kubectl_or_die`], `input` on kubectl's stdin.
-async fn kubectl_or_die_input(ctx: &Ctx, input: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(super) async fn kubectl_or_die_input(
+    ctx: &Ctx,
+    input: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     run_kubectl(ctx, Some(input), args)
         .await?
         .map_err(|e| anyhow!(e))
@@ -235,7 +239,7 @@ async fn agnhost_running_pods(ctx: &Ctx) -> anyhow::Result<Vec<Pod>> {
 
 /// waitForOrFailWithDebug: clusterState().WaitFor(atLeast, PodStartTimeout) — polled every
 /// second (the first poll after one), until at least `at_least` pods pass the filter.
-async fn wait_for_or_fail(ctx: &Ctx, at_least: usize) -> anyhow::Result<()> {
+pub(super) async fn wait_for_or_fail(ctx: &Ctx, at_least: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + POD_START_TIMEOUT;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -252,7 +256,7 @@ async fn wait_for_or_fail(ctx: &Ctx, at_least: usize) -> anyhow::Result<()> {
 }
 
 /// clusterState().ForEach: the filtered pods, of which there must be some.
-async fn for_each_pod(ctx: &Ctx) -> anyhow::Result<Vec<Pod>> {
+pub(super) async fn for_each_pod(ctx: &Ctx) -> anyhow::Result<Vec<Pod>> {
     let pods = agnhost_running_pods(ctx).await?;
     if pods.is_empty() {
         bail!("No pods matched the filter.");

@@ -14,14 +14,18 @@ mod cronjob;
 mod flowcontrol;
 mod jobs;
 mod kubectl;
+mod kubectl_more;
 mod more_workloads;
 mod network_storage;
+mod networking_api;
 mod node;
+mod node_more;
 mod pods;
 mod quota;
 mod scheduling;
 mod serviceaccounts;
 mod webhook;
+mod webhook_cr;
 mod webhook_more;
 
 use crate::Test;
@@ -49,11 +53,13 @@ pub fn all() -> Vec<Test> {
     all.extend(crd_openapi::tests());
     all.extend(flowcontrol::tests());
     all.extend(node::tests());
+    all.extend(node_more::tests());
     all.extend(pods::tests());
     all.extend(auth::tests());
     all.extend(serviceaccounts::tests());
     all.extend(webhook::tests());
     all.extend(webhook_more::tests());
+    all.extend(webhook_cr::tests());
     all.extend(admission_api::tests());
     all.extend(apps::tests());
     all.extend(apps_api::tests());
@@ -62,8 +68,10 @@ pub fn all() -> Vec<Test> {
     all.extend(cronjob::tests());
     all.extend(jobs::tests());
     all.extend(kubectl::tests());
+    all.extend(kubectl_more::tests());
     all.extend(more_workloads::tests());
     all.extend(network_storage::tests());
+    all.extend(networking_api::tests());
     all.extend(quota::tests());
     all.extend(scheduling::tests());
     all

@@ -47,9 +47,9 @@ pub fn tests() -> Vec<Test> {
 
 /// framework.PodStartTimeout and f.Timeouts.PodStart (5m), cut to fit the harness's three
 /// minutes a test.
-const POD_START: Duration = Duration::from_secs(90);
+pub(super) const POD_START: Duration = Duration::from_secs(90);
 /// f.Timeouts.PodDelete (5m), likewise cut.
-const POD_DELETE: Duration = Duration::from_secs(90);
+pub(super) const POD_DELETE: Duration = Duration::from_secs(90);
 /// e2epod's podScheduledBeforeTimeout: podListTimeout (1m) and 20s.
 const POD_SCHEDULED: Duration = Duration::from_secs(80);
 /// testHostIP's hostIPTimeout (2m), cut.
@@ -58,10 +58,10 @@ const HOST_IP_WAIT: Duration = Duration::from_secs(60);
 const TAINT_WAIT: Duration = Duration::from_secs(60);
 
 /// The images of v1.33's test/utils/image manifest.
-const PAUSE: &str = "registry.k8s.io/pause:3.10";
-const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+pub(super) const PAUSE: &str = "registry.k8s.io/pause:3.10";
+pub(super) const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
 const HTTPD: &str = "registry.k8s.io/e2e-test-images/httpd:2.4.38-4";
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
+pub(super) const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1";
 
 /// e2eruntimeclass.PreconfiguredRuntimeClassHandler.
 const PRECONFIGURED_HANDLER: &str = "test-handler";
@@ -77,7 +77,7 @@ const ADDITIONAL_WAIT_PER_DELETE_SECONDS: u64 = 5;
 // ---------------------------------------------------------------------------------------------
 
 /// A random UUID (uuid.NewUUID), lowercase hex.
-fn uuid() -> String {
+pub(super) fn uuid() -> String {
     let hex = format!("{:032x}", rand::random::<u128>());
     format!(
         "{}-{}-{}-{}-{}",
@@ -90,7 +90,7 @@ fn uuid() -> String {
 }
 
 /// strconv.Itoa(time.Now().Nanosecond()): the label value pods.go makes unique.
-fn nanos() -> String {
+pub(super) fn nanos() -> String {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -109,7 +109,7 @@ fn rand_string(n: usize) -> String {
 
 /// e2epod.MustMixinRestrictedPodSecurity: what the restricted Pod Security level asks for, set
 /// where the pod leaves it unset (runAsUser is GetDefaultNonRootUser's 1000).
-fn restricted(mut pod: Value) -> Value {
+pub(super) fn restricted(mut pod: Value) -> Value {
     let spec = &mut pod["spec"];
     if !spec["securityContext"].is_object() {
         spec["securityContext"] = json!({});
@@ -150,7 +150,7 @@ fn restricted(mut pod: Value) -> Value {
     pod
 }
 
-fn phase(p: &Pod) -> &str {
+pub(super) fn phase(p: &Pod) -> &str {
     p.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
@@ -175,7 +175,7 @@ fn running_ready(p: &Pod) -> bool {
 }
 
 /// e2epod.WaitTimeoutForPodRunningInNamespace: Running; a pod that ended fails the wait.
-async fn wait_running(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+pub(super) async fn wait_running(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
     eventually(POD_START, &format!("pod {name} to be running"), || async {
         let p = api.get(name).await?;
         let ph = phase(&p).to_string();

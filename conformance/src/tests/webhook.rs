@@ -145,7 +145,12 @@ pub(crate) async fn start() -> anyhow::Result<Server> {
         .route("/mutating-pods", post(super::webhook_more::mutating_pods))
         .route("/always-deny", post(super::webhook_more::always_deny))
         .route("/add-label", post(super::webhook_more::add_label))
-        .route("/crd", post(super::webhook_more::crd));
+        .route("/crd", post(super::webhook_more::crd))
+        .route("/custom-resource", post(super::webhook_cr::custom_resource))
+        .route(
+            "/mutating-custom-resource",
+            post(super::webhook_cr::mutating_custom_resource),
+        );
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {

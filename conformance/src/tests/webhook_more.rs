@@ -105,7 +105,7 @@ type Selector = (String, String);
 
 /// newValidatingIsReadyWebhookFixture / newMutatingIsReadyWebhookFixture: refuses the
 /// non-compliant marker configmaps `wait_until_denied` creates.
-fn ready_hook(server: &Server, selector: &Selector) -> Value {
+pub(super) fn ready_hook(server: &Server, selector: &Selector) -> Value {
     hook(
         "validating-is-webhook-configuration-ready.k8s.io",
         &format!("{}/configmaps", server.base),
@@ -141,7 +141,7 @@ fn deny_configmap_hook(server: &Server, selector: &Selector) -> Value {
     h
 }
 
-fn disallowed() -> Value {
+pub(super) fn disallowed() -> Value {
     json!({"webhook-e2e-test": DISALLOWED})
 }
 
@@ -229,11 +229,11 @@ async fn until_denied(ctx: &Ctx, denied: bool, what: &str) -> anyhow::Result<()>
 }
 
 const LIST_SIZE: usize = 10;
-const VALIDATING: (&str, &str) = (
+pub(super) const VALIDATING: (&str, &str) = (
     "ValidatingWebhookConfiguration",
     "validatingwebhookconfigurations",
 );
-const MUTATING: (&str, &str) = (
+pub(super) const MUTATING: (&str, &str) = (
     "MutatingWebhookConfiguration",
     "mutatingwebhookconfigurations",
 );
