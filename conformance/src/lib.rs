@@ -20,8 +20,9 @@ pub struct Test {
     /// Upstream's codename, `[sig-...] Describe ... It ...`, without the `[Conformance]` tag.
     pub name: &'static str,
     pub run: fn(Ctx) -> BoxFuture<'static, anyhow::Result<()>>,
-    /// It spends its time waiting on the wall clock (a cron schedule's next minute), touching
-    /// nothing outside its namespace: it runs beside the others instead of in line.
+    /// It spends its time waiting on the wall clock (a cron schedule's next minute, a window
+    /// of observation), touching nothing outside its namespace: it runs beside the others
+    /// instead of in line.
     pub clocked: bool,
 }
 
