@@ -109,6 +109,15 @@ impl ApiError {
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }
+    /// 405 for an action a resource does not implement (upstream's `NewMethodNotSupported`):
+    /// `watch is not supported on resources of kind "componentstatuses"`.
+    pub fn method_not_supported(group: &str, resource: &str, action: &str) -> Self {
+        let qualified = qualified(group, resource);
+        Self::method_not_allowed(format!(
+            "{action} is not supported on resources of kind {qualified:?}"
+        ))
+        .with_details(group, resource, "")
+    }
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -70,7 +70,7 @@ pub async fn serve(
         (Some("binding"), Some(name))
             if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
         {
-            return crate::pods::bind(backend, r, ns.unwrap_or("default"), name, &body).await;
+            return crate::pods::bind(backend, r, ns.unwrap_or("default"), Some(name), &body).await;
         }
         (Some("eviction"), Some(name))
             if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
@@ -105,6 +105,39 @@ pub async fn serve(
         _ => return Err(ApiError::no_route()),
     };
     let output = Output::from_accept(headers);
+    // The core kinds no store backs, served by their own code as upstream serves them.
+    if r.group.is_empty() && r.kind == "Binding" {
+        return match (method, ns, target.name.as_deref()) {
+            (&Method::POST, Some(ns), None) => {
+                let pods = crate::registry::lookup("", "v1", "pods")
+                    .ok_or_else(|| ApiError::internal("pods are not served"))?;
+                crate::pods::bind(backend, pods, ns, None, &body).await
+            }
+            (_, Some(_), None) => Err(ApiError::method_not_allowed(NOT_ALLOWED)),
+            _ => Err(ApiError::no_route()),
+        };
+    }
+    if r.group.is_empty() && r.kind == "ComponentStatus" {
+        let found = match (method, target.name.as_deref()) {
+            (&Method::GET, None) if is_true(query.get("watch")) => {
+                return Err(ApiError::method_not_supported(r.group, r.plural, "watch"));
+            }
+            (&Method::GET, None) => {
+                let selectors = Selectors::from_query(r, query)?;
+                let items: Vec<Value> = crate::components::statuses(backend)
+                    .await
+                    .into_iter()
+                    .filter(|o| selectors.matches(o))
+                    .collect();
+                json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items})
+            }
+            (&Method::GET, Some(name)) => crate::components::status(backend, name)
+                .await
+                .ok_or_else(|| ApiError::not_found("", "componentstatus", name))?,
+            _ => return Err(ApiError::method_not_allowed(NOT_ALLOWED)),
+        };
+        return Ok(respond(r, output, &found));
+    }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if is_true(query.get("watch")) => {
             let encoder = EventEncoder {
@@ -117,10 +150,8 @@ pub async fn serve(
         (&Method::GET, None) => {
             let listed = list(ctx, r, ns, query).await?;
             Ok(match output {
-                Output::Table => table::response(r, &listed.value(r)?),
-                Output::Metadata => table::metadata_response(&listed.value(r)?),
                 Output::Object if served_as_stored(r) => raw_response(listed.raw(r)?),
-                Output::Object => json_response(StatusCode::OK, &listed.value(r)?),
+                _ => respond(r, output, &listed.value(r)?),
             })
         }
         (&Method::GET, Some(name)) if output == Output::Object && served_as_stored(r) => {
@@ -132,11 +163,7 @@ pub async fn serve(
         }
         (&Method::GET, Some(name)) => {
             let (obj, _) = get(backend, r, ns, name).await?;
-            Ok(match output {
-                Output::Table => table::response(r, &obj),
-                Output::Metadata => table::metadata_response(&obj),
-                Output::Object => json_response(StatusCode::OK, &obj),
-            })
+            Ok(respond(r, output, &obj))
         }
         (&Method::POST, None) => {
             if r.custom.is_some() && ctx.crds.as_ref().is_some_and(|c| c.terminating(r)) {
@@ -216,6 +243,18 @@ pub async fn serve(
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported here"
         ))),
+    }
+}
+
+/// What go-restful answers a method a path has no route for (upstream's 405).
+const NOT_ALLOWED: &str = "the server does not allow this method on the requested resource";
+
+/// A list or an object read, in the form the Accept header asked for.
+fn respond(r: &Resource, output: Output, list_or_object: &Value) -> Response {
+    match output {
+        Output::Table => table::response(r, list_or_object),
+        Output::Metadata => table::metadata_response(list_or_object),
+        Output::Object => json_response(StatusCode::OK, list_or_object),
     }
 }
 
@@ -875,7 +914,7 @@ fn rules(r: &Resource, obj: &Value) -> Result<(), ApiError> {
 }
 
 /// Adds `Warning: 299 - "..."` headers, which kubectl prints as `Warning: ...`.
-fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+pub(crate) fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     for w in warnings {
         let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {

@@ -9,6 +9,7 @@ mod aggregator;
 mod allocator;
 pub mod audit;
 mod cache;
+mod components;
 mod crd;
 mod discovery;
 pub mod encryption;
@@ -731,9 +732,9 @@ async fn resource(
         .get("watch")
         .is_some_and(|w| w == "true" || w == "1");
     let target = request::parse(s.crds(), group, version, rest);
-    let (resource, named) = match &target {
-        Ok(t) => (t.resource.plural, t.name.is_some()),
-        Err(_) => ("", false),
+    let (resource, named, deprecation) = match &target {
+        Ok(t) => (t.resource.plural, t.name.is_some(), t.resource.deprecation),
+        Err(_) => ("", false, None),
     };
     let verb = match (&req.method, named, watching) {
         (&Method::GET, false, true) => "watch",
@@ -770,7 +771,10 @@ async fn resource(
             .await
     }
     .await;
-    let response = result.unwrap_or_else(IntoResponse::into_response);
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(warning) = deprecation {
+        response = handlers::with_warnings(response, &[warning.to_string()]);
+    }
     let labels = metrics::RequestLabels {
         verb,
         group,

@@ -1,6 +1,7 @@
 //! The pod-only subresources (upstream's BindingREST and EvictionREST in
 //! pkg/registry/core/pod/storage): `binding`, which the scheduler posts to assign a pod to a
-//! node, and `eviction`, which deletes a pod unless a PodDisruptionBudget forbids it.
+//! node (also served as the `bindings` collection, upstream's LegacyBindingREST), and
+//! `eviction`, which deletes a pod unless a PodDisruptionBudget forbids it.
 
 use std::collections::HashMap;
 
@@ -29,17 +30,25 @@ fn body_json(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// Assigns the pod to the node the Binding names, once: a pod bound elsewhere is a conflict.
+/// The pod is the one the Binding names; `name_in_path` is the pod `pods/{name}/binding` names,
+/// which must be the same (None for the `bindings` collection, upstream's LegacyBindingREST).
 pub async fn bind(
     backend: &Backend,
     pods: &Resource,
     ns: &str,
-    name: &str,
+    name_in_path: Option<&str>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let binding = match body.first() {
         Some(b'k') => crate::protobuf::decode(body)?,
         _ => body_json(body)?,
     };
+    let name = object::name(&binding);
+    if name_in_path.is_some_and(|path| path != name) {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Binding object",
+        ));
+    }
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -52,6 +61,10 @@ pub async fn bind(
             name,
             vec![("target.name".into(), "Required value".into())],
         ));
+    }
+    if name.is_empty() {
+        // What upstream's store answers for a key without a name.
+        return Err(ApiError::bad_request("Name parameter required."));
     }
     let key = pods.key(Some(ns), name);
     loop {

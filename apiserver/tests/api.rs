@@ -1335,3 +1335,251 @@ async fn the_default_service_cidr_is_ready_and_ip_addresses_are_named_by_their_i
         json!([name, "services/default/web"])
     );
 }
+
+#[tokio::test]
+async fn bindings_bind_pods_and_component_statuses_follow_the_leader_leases() {
+    let api = Api::new().await;
+    const PODS: &str = "/api/v1/namespaces/default/pods";
+    const BINDINGS: &str = "/api/v1/namespaces/default/bindings";
+    const CS: &str = "/api/v1/componentstatuses";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+
+    // Discovery lists both, legacy and aggregated, as upstream does.
+    let (_, _, body) = api.call("GET", "/api/v1", "", "application/json", "").await;
+    let legacy: Value = serde_json::from_slice(&body).unwrap();
+    let listed = |name: &str| {
+        let r = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from /api/v1"));
+        (
+            r["kind"].clone(),
+            r["namespaced"].clone(),
+            r["verbs"].clone(),
+            r["shortNames"].clone(),
+        )
+    };
+    assert_eq!(
+        listed("bindings"),
+        (json!("Binding"), json!(true), json!(["create"]), json!([]))
+    );
+    assert_eq!(
+        listed("componentstatuses"),
+        (
+            json!("ComponentStatus"),
+            json!(false),
+            json!(["get", "list"]),
+            json!(["cs"])
+        )
+    );
+    let kubectl =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let (_, _, body) = api.call("GET", "/api", "", kubectl, "").await;
+    let aggregated: Value = serde_json::from_slice(&body).unwrap();
+    let core = aggregated["items"][0]["versions"][0]["resources"]
+        .as_array()
+        .unwrap();
+    let entry = |name: &str| {
+        let r = core
+            .iter()
+            .find(|r| r["resource"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from aggregated discovery"));
+        (
+            r["responseKind"]["kind"].clone(),
+            r["scope"].clone(),
+            r["verbs"].clone(),
+        )
+    };
+    assert_eq!(
+        entry("bindings"),
+        (json!("Binding"), json!("Namespaced"), json!(["create"]))
+    );
+    assert_eq!(
+        entry("componentstatuses"),
+        (
+            json!("ComponentStatus"),
+            json!("Cluster"),
+            json!(["get", "list"])
+        )
+    );
+
+    // A Binding posted to the collection binds the pod it names, once.
+    let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    api.json("POST", PODS, &pod.to_string()).await;
+    let binding = |pod: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod}, "target": {"kind": "Node", "name": node}}).to_string()
+    };
+    let (status, body) = api.json("POST", BINDINGS, &binding("web", "node-a")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "Success");
+    let (_, bound) = api.json("GET", &format!("{PODS}/web"), "").await;
+    assert_eq!(bound["spec"]["nodeName"], "node-a");
+    let (status, body) = api.json("POST", BINDINGS, &binding("web", "node-b")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body["message"],
+        "pod web is already assigned to node \"node-a\""
+    );
+    let (status, body) = api
+        .json("POST", BINDINGS, &binding("missing", "node-a"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["message"], "pods \"missing\" not found");
+    // The subresource's Binding must name the pod its path names.
+    let (status, body) = api
+        .json(
+            "POST",
+            &format!("{PODS}/web/binding"),
+            &binding("other", "n"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["message"],
+        "name in URL does not match name in Binding object"
+    );
+    // Nothing but create is served on bindings.
+    let (status, body) = api.json("GET", BINDINGS, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["reason"], "MethodNotAllowed");
+
+    // No leader Lease yet: the scheduler and controller-manager are Unhealthy and say why;
+    // the storage answers.
+    let health = |list: &Value, name: &str| {
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {list}"));
+        assert_eq!(item["conditions"][0]["type"], "Healthy");
+        (
+            item["conditions"][0]["status"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            item["conditions"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    let (status, list) = api.json("GET", CS, "").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["kind"], "ComponentStatusList");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["scheduler", "controller-manager", "etcd-0"]);
+    assert_eq!(
+        health(&list, "etcd-0"),
+        ("True".to_string(), "ok".to_string())
+    );
+    assert_eq!(
+        health(&list, "scheduler"),
+        (
+            "False".to_string(),
+            "no leader: Lease kube-system/kube-scheduler not found".to_string()
+        )
+    );
+
+    // A held, freshly renewed Lease is a Healthy component; one renewed longer ago than its
+    // duration is not.
+    let lease = |name: &str, renewed: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name},
+            "spec": {"holderIdentity": "kelp-1", "leaseDurationSeconds": 15,
+                "acquireTime": renewed, "renewTime": renewed}})
+        .to_string()
+    };
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let (status, body) = api
+        .json("POST", LEASES, &lease("kube-scheduler", &now))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let stale = "2020-01-01T00:00:00.000000Z";
+    let (status, body) = api
+        .json("POST", LEASES, &lease("kube-controller-manager", stale))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = api.json("GET", CS, "").await;
+    assert_eq!(
+        health(&list, "scheduler"),
+        ("True".to_string(), "ok".to_string())
+    );
+    let (status, message) = health(&list, "controller-manager");
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("leader kelp-1 last renewed Lease kube-system/kube-controller-manager")
+            && message.ends_with("longer than its 15s lease duration"),
+        "{message}"
+    );
+
+    // Renewed, it is Healthy too; one component reads alone, with upstream's deprecation
+    // warning.
+    let renewal = json!({"spec": {"renewTime": now}});
+    let (status, _, body) = api
+        .call(
+            "PATCH",
+            &format!("{LEASES}/kube-controller-manager"),
+            "application/merge-patch+json",
+            "application/json",
+            renewal.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let req = Request::builder()
+        .uri(format!("{CS}/controller-manager"))
+        .header(header::ACCEPT, "application/json")
+        .body(Body::empty())
+        .unwrap();
+    let resp = api.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()
+            .get(header::WARNING)
+            .and_then(|v| v.to_str().ok()),
+        Some("299 - \"v1 ComponentStatus is deprecated in v1.19+\"")
+    );
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let one: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(one["kind"], "ComponentStatus");
+    assert_eq!(
+        one["conditions"],
+        json!([{"type": "Healthy", "status": "True", "message": "ok"}])
+    );
+    let (status, body) = api.json("GET", &format!("{CS}/kube-proxy"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["message"], "componentstatus \"kube-proxy\" not found");
+
+    // `kubectl get cs` prints upstream's columns.
+    let (_, _, table) = api
+        .call(
+            "GET",
+            CS,
+            "",
+            "application/json;as=Table;g=meta.k8s.io;v=v1",
+            "",
+        )
+        .await;
+    let table: Value = serde_json::from_slice(&table).unwrap();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(columns, ["Name", "Status", "Message", "Error"]);
+    assert_eq!(
+        table["rows"][0]["cells"],
+        json!(["scheduler", "Healthy", "ok", ""])
+    );
+}

@@ -239,6 +239,7 @@ fn build(spec: &Value) -> Vec<&'static Resource> {
                 custom: Some(custom),
                 conversion: None,
                 verbs: crate::registry::VERBS,
+                deprecation: None,
             }));
             resource
         })

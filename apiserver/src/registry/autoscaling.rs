@@ -165,6 +165,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     custom: None,
     conversion: Some(&CONVERSION),
     verbs: super::VERBS,
+    deprecation: None,
 }];
 
 #[cfg(test)]

@@ -243,6 +243,7 @@ pub static RESOURCES: &[Resource] = &[
         custom: None,
         conversion: None,
         verbs: super::VERBS,
+        deprecation: None,
     },
     Resource {
         group: "batch",
@@ -324,6 +325,7 @@ pub static RESOURCES: &[Resource] = &[
         custom: None,
         conversion: None,
         verbs: super::VERBS,
+        deprecation: None,
     },
 ];
 

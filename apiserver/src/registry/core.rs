@@ -530,7 +530,64 @@ pub static RESOURCES: &[Resource] = &[
         defaults: defaults::replica_set,
         ..BASE
     },
+    // Served by their own code, never stored: a Binding binds the pod it names (upstream's
+    // LegacyBindingREST, `pods.rs`); component statuses are the control plane's health
+    // computed on each read (`components.rs`).
+    Resource {
+        kind: "Binding",
+        typed: typed::<core::Binding>(),
+        plural: "bindings",
+        singular: "binding",
+        verbs: &["create"],
+        ..BASE
+    },
+    Resource {
+        kind: "ComponentStatus",
+        typed: typed::<core::ComponentStatus>(),
+        plural: "componentstatuses",
+        singular: "componentstatus",
+        namespaced: false,
+        short_names: &["cs"],
+        columns: &[
+            col("Status", "Status of the component conditions", |o| {
+                json!(component_health(o).0)
+            }),
+            col("Message", "Message of the component conditions", |o| {
+                json!(component_health(o).1)
+            }),
+            col("Error", "Error of the component conditions", |o| {
+                json!(component_health(o).2)
+            }),
+        ],
+        verbs: &["get", "list"],
+        // Upstream tags the type deprecated in 1.19 (prerelease-lifecycle-gen).
+        deprecation: Some("v1 ComponentStatus is deprecated in v1.19+"),
+        ..BASE
+    },
 ];
+
+/// A component's Healthy condition as upstream's printComponentStatus shows it: (Healthy or
+/// Unhealthy, message, error), Unknown without one.
+fn component_health(o: &Value) -> (&'static str, String, String) {
+    let healthy = o
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"));
+    match healthy {
+        Some(c) => (
+            if text(c, "/status") == "True" {
+                "Healthy"
+            } else {
+                "Unhealthy"
+            },
+            text(c, "/message"),
+            text(c, "/error"),
+        ),
+        None => ("Unknown", String::new(), String::new()),
+    }
+}
 
 /// `requests.cpu: 0/1, pods: 1/10` for the Request column (or the limits).
 fn quota(o: &Value, limits: bool) -> String {

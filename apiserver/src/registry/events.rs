@@ -99,6 +99,7 @@ pub static RESOURCES: &[Resource] = &[Resource {
     custom: None,
     conversion: Some(&CONVERSION),
     verbs: super::VERBS,
+    deprecation: None,
 }];
 
 #[cfg(test)]

@@ -73,6 +73,9 @@ pub struct Resource {
     pub conversion: Option<&'static Conversion>,
     /// The verbs discovery lists (the reviews are create-only).
     pub verbs: &'static [&'static str],
+    /// The warning every request on the kind gets, errors included (upstream's deprecated-API
+    /// warning, which its installer adds to each of a deprecated kind's routes).
+    pub deprecation: Option<&'static str>,
 }
 
 /// How a kind's objects become their stored form and back.
@@ -111,6 +114,7 @@ pub const fn base(typed: Typed) -> Resource {
         custom: None,
         conversion: None,
         verbs: VERBS,
+        deprecation: None,
     }
 }
 
