@@ -20,6 +20,7 @@ mod network_storage;
 mod networking_api;
 mod node;
 mod node_more;
+mod node_probes;
 mod pods;
 mod quota;
 mod scheduling;
@@ -54,6 +55,7 @@ pub fn all() -> Vec<Test> {
     all.extend(flowcontrol::tests());
     all.extend(node::tests());
     all.extend(node_more::tests());
+    all.extend(node_probes::tests());
     all.extend(pods::tests());
     all.extend(auth::tests());
     all.extend(serviceaccounts::tests());

@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ContainerStatus, EndpointAddress, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
-};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{ContainerStatus, Endpoints, Pod, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -62,13 +59,11 @@ pub fn tests() -> Vec<Test> {
 const NGINX: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-4";
 
 /// framework.Poll: how often e2epod's waits look.
-const POLL: Duration = Duration::from_secs(2);
+pub(super) const POLL: Duration = Duration::from_secs(2);
 /// container_probe.go's defaultObservationTimeout is 4m, spent watching restartCount stay 0.
 /// No probe runs on a simulated node, so a longer look would only spend the harness's three
 /// minutes a test: 30s.
 const OBSERVATION: Duration = Duration::from_secs(30);
-/// expectEndpoints's 2m, cut to fit the harness's three minutes.
-const ENDPOINTS_WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // Pod helpers
@@ -131,7 +126,7 @@ impl PodWatch {
 
 /// watchtools.Until over the one pod `name`, from `rv`: the pod of the first event `done`
 /// takes; an error from `done` ends the wait, as does `timeout`.
-async fn until_pod(
+pub(super) async fn until_pod(
     api: &Api<Pod>,
     name: &str,
     rv: &str,
@@ -164,19 +159,19 @@ fn pod_running(kind: &str, p: &Pod) -> anyhow::Result<bool> {
 }
 
 /// conditions.PodCompleted: Succeeded or Failed; a pod deleted fails the wait.
-fn pod_completed(kind: &str, p: &Pod) -> anyhow::Result<bool> {
+pub(super) fn pod_completed(kind: &str, p: &Pod) -> anyhow::Result<bool> {
     ensure!(kind != "DELETED", "pod {} was deleted", p.name_any());
     Ok(matches!(phase(p), "Succeeded" | "Failed"))
 }
 
-fn container_statuses(p: &Pod) -> Vec<ContainerStatus> {
+pub(super) fn container_statuses(p: &Pod) -> Vec<ContainerStatus> {
     p.status
         .as_ref()
         .and_then(|s| s.container_statuses.clone())
         .unwrap_or_default()
 }
 
-fn init_container_statuses(p: &Pod) -> Vec<ContainerStatus> {
+pub(super) fn init_container_statuses(p: &Pod) -> Vec<ContainerStatus> {
     p.status
         .as_ref()
         .and_then(|s| s.init_container_statuses.clone())
@@ -307,9 +302,9 @@ async fn termination_message_empty_on_success(ctx: Ctx) -> anyhow::Result<()> {
 // test/e2e/common/node/init_container.go
 // ---------------------------------------------------------------------------------------------
 
-/// The pod both tests make: two init containers running /bin/true, labelled name=foo and a
-/// unique time.
-fn init_pod(restart_policy: Option<&str>, app: Value) -> Value {
+/// The pod of the InitContainer tests: two init containers running /bin/true (those of
+/// node_probes.rs make one run /bin/false), labelled name=foo and a unique time.
+pub(super) fn init_pod(restart_policy: Option<&str>, app: Value) -> Value {
     let mut pod = json!({
         "metadata": {
             "name": format!("pod-init-{}", uuid()),
@@ -835,209 +830,9 @@ async fn endpoints_for_matching_pods(ctx: Ctx) -> anyhow::Result<()> {
     .context("timed out waiting for Pods to have IPs assigned")?;
 
     // referencing a single matching pod
-    expect_endpoints(&ctx, &svc1, &[&pod1], 1, false).await?;
+    super::more_workloads::expect_endpoints(&ctx, &svc1, &[&pod1], 1, false).await?;
     // referencing matching pods with named port
-    expect_endpoints(&ctx, &svc2, &[&pod1, &pod2], 2, true).await
-}
-
-/// IntOrString.String(): the number, or the name.
-fn int_or_string(v: Option<&IntOrString>) -> String {
-    match v {
-        Some(IntOrString::Int(i)) => i.to_string(),
-        Some(IntOrString::String(s)) => s.clone(),
-        None => "0".to_string(),
-    }
-}
-
-/// The addresses of a subset, ready and not.
-fn subset_addresses(subset: &EndpointSubset) -> Vec<&EndpointAddress> {
-    subset
-        .addresses
-        .iter()
-        .flatten()
-        .chain(subset.not_ready_addresses.iter().flatten())
-        .collect()
-}
-
-/// hasMatchingEndpoints: the Service's Endpoints once it has `subsets` subsets and `ips`
-/// addresses among them.
-async fn matching_endpoints(
-    api: &Api<Endpoints>,
-    name: &str,
-    ips: usize,
-    subsets: usize,
-) -> anyhow::Result<Option<Endpoints>> {
-    let endpoints = match api.get(name).await {
-        Ok(e) => e,
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("Error fetching Endpoints for Service {name}")));
-        }
-    };
-    let got = endpoints.subsets.as_deref().unwrap_or_default();
-    if got.len() != subsets {
-        return Ok(None);
-    }
-    let addresses: usize = got.iter().map(|s| subset_addresses(s).len()).sum();
-    Ok((addresses == ips).then_some(endpoints))
-}
-
-/// ensurePodTargetRef.
-fn ensure_pod_target_ref(pod: &Pod, target: Option<&ObjectReference>) -> anyhow::Result<()> {
-    let Some(target) = target else {
-        bail!("Expected TargetRef to not be nil");
-    };
-    let kind = target.kind.as_deref().unwrap_or_default();
-    ensure!(
-        kind == "Pod",
-        "Expected TargetRef.Kind to be Pod, got {kind}"
-    );
-    ensure!(
-        target.namespace == pod.metadata.namespace,
-        "Expected TargetRef.Namespace to be {:?}, got {:?}",
-        pod.metadata.namespace,
-        target.namespace
-    );
-    ensure!(
-        target.name == pod.metadata.name,
-        "Expected TargetRef.Name to be {:?}, got {:?}",
-        pod.metadata.name,
-        target.name
-    );
-    ensure!(
-        target.uid == pod.metadata.uid,
-        "Expected TargetRef.UID to be {:?}, got {:?}",
-        pod.metadata.uid,
-        target.uid
-    );
-    Ok(())
-}
-
-/// expectEndpoints: the Service's Endpoints come to hold `pods` in `subsets` subsets, each
-/// address referring to its pod, and the ports those of the Service (by number) or of each
-/// pod's port of the Service's target name (`named_port`).
-async fn expect_endpoints(
-    ctx: &Ctx,
-    svc: &Service,
-    pods: &[&Pod],
-    subsets: usize,
-    named_port: bool,
-) -> anyhow::Result<()> {
-    let api: Api<Endpoints> = ctx.namespaced();
-    let name = svc.name_any();
-    let endpoints = eventually_every(
-        POLL,
-        ENDPOINTS_WAIT,
-        &format!("Endpoints {name} to match"),
-        || matching_endpoints(&api, &name, pods.len(), subsets),
-    )
-    .await
-    .context("Timed out waiting for Endpoints to match expectations")?;
-
-    let mut pods_by_ip: HashMap<String, &Pod> = HashMap::new();
-    for pod in pods {
-        let ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        pods_by_ip.insert(ip, *pod);
-        let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
-        ensure!(
-            containers == 1,
-            "Expected pod to have 1 container, got {containers}"
-        );
-    }
-    ensure!(
-        endpoints.name_any() == name,
-        "Expected Endpoints name to be {name}, got {}",
-        endpoints.name_any()
-    );
-
-    let svc_ports = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    let mut total = 0;
-    for subset in endpoints.subsets.iter().flatten() {
-        let addresses = subset_addresses(subset);
-        total += addresses.len();
-        let ports = subset.ports.as_deref().unwrap_or_default();
-        ensure!(
-            ports.len() == svc_ports.len(),
-            "Expected subset to have {} ports, got {}",
-            svc_ports.len(),
-            ports.len()
-        );
-        // If not a named port, the subset ports correspond with the Service ports.
-        if !named_port {
-            for (subset_port, svc_port) in ports.iter().zip(&svc_ports) {
-                ensure!(
-                    subset_port.name == svc_port.name,
-                    "Expected port name to be {:?}, got {:?}",
-                    svc_port.name,
-                    subset_port.name
-                );
-                ensure!(
-                    subset_port.protocol == svc_port.protocol,
-                    "Expected protocol to be {:?}, got {:?}",
-                    svc_port.protocol,
-                    subset_port.protocol
-                );
-                let target = match svc_port.target_port {
-                    Some(IntOrString::Int(port)) => port,
-                    _ => 0,
-                };
-                ensure!(
-                    subset_port.port == target,
-                    "Expected port to be {target}, got {}",
-                    subset_port.port
-                );
-            }
-        }
-        for address in addresses {
-            let Some(pod) = pods_by_ip.get(&address.ip) else {
-                bail!("Unexpected address with IP: {}", address.ip);
-            };
-            ensure_pod_target_ref(pod, address.target_ref.as_ref())?;
-            // If a named port, the subset ports correspond with each pod's.
-            let (true, Some(svc_port), Some(subset_port)) =
-                (named_port, svc_ports.first(), ports.first())
-            else {
-                continue;
-            };
-            let target = int_or_string(svc_port.target_port.as_ref());
-            let container = pod.spec.as_ref().and_then(|s| s.containers.first());
-            let pod_ports = container
-                .and_then(|c| c.ports.as_deref())
-                .unwrap_or_default();
-            for port in pod_ports
-                .iter()
-                .filter(|p| p.name.as_deref() == Some(target.as_str()))
-            {
-                ensure!(
-                    subset_port.port == port.container_port,
-                    "Expected subset port to be {}, got {}",
-                    port.container_port,
-                    subset_port.port
-                );
-                ensure!(
-                    subset_port.name == svc_port.name,
-                    "Expected subset port name to be {:?}, got {:?}",
-                    svc_port.name,
-                    subset_port.name
-                );
-            }
-        }
-    }
-    ensure!(
-        pods.len() == total,
-        "Expected {} addresses, got {total}",
-        pods.len()
-    );
-    Ok(())
+    super::more_workloads::expect_endpoints(&ctx, &svc2, &[&pod1, &pod2], 2, true).await
 }
 
 // ---------------------------------------------------------------------------------------------

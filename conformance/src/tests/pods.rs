@@ -190,7 +190,7 @@ pub(super) async fn wait_running(api: &Api<Pod>, name: &str) -> anyhow::Result<P
 }
 
 /// e2epod.WaitTimeoutForPodReadyInNamespace: Running and Ready; a pod that ended fails it.
-async fn wait_running_ready(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+pub(super) async fn wait_running_ready(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
     eventually(
         POD_START,
         &format!("pod {name} to be running and ready"),
@@ -210,7 +210,7 @@ async fn wait_running_ready(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
 }
 
 /// PodClient.CreateSync: created, then Running and Ready, then read again.
-async fn create_sync(api: &Api<Pod>, pod: Value) -> anyhow::Result<Pod> {
+pub(super) async fn create_sync(api: &Api<Pod>, pod: Value) -> anyhow::Result<Pod> {
     let pod: Pod = from(pod)?;
     let created = api
         .create(&PostParams::default(), &pod)
@@ -223,7 +223,11 @@ async fn create_sync(api: &Api<Pod>, pod: Value) -> anyhow::Result<Pod> {
 
 /// PodClient.Update: read, change, write; again on a conflict or a server timeout (every
 /// 500ms, for 30s).
-async fn update_pod(api: &Api<Pod>, name: &str, change: impl Fn(&mut Pod)) -> anyhow::Result<()> {
+pub(super) async fn update_pod(
+    api: &Api<Pod>,
+    name: &str,
+    change: impl Fn(&mut Pod),
+) -> anyhow::Result<()> {
     eventually_every(
         Duration::from_millis(500),
         Duration::from_secs(30),
