@@ -93,6 +93,27 @@ fn pod_metrics(pod: &k8s_openapi::api::core::v1::Pod) -> Value {
     })
 }
 
+/// The running pods of the namespace that the selector picks, as the admin sees them.
+async fn running_pods(
+    m: &Metrics,
+    ns: &str,
+    selector: Option<&String>,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    let client = kube::Client::try_from(m.kube.clone()).unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
+    let mut params = ListParams::default();
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
+    api.list(&params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect()
+}
+
 async fn pods(
     State(m): State<Metrics>,
     Path(ns): Path<String>,
@@ -100,19 +121,9 @@ async fn pods(
     headers: HeaderMap,
 ) -> Reply {
     record(&m, &headers);
-    let client = kube::Client::try_from(m.kube.clone()).unwrap();
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
-    let mut params = ListParams::default();
-    if let Some(selector) = query.get("labelSelector") {
-        params = params.labels(selector);
-    }
-    let items: Vec<Value> = api
-        .list(&params)
+    let items: Vec<Value> = running_pods(&m, &ns, query.get("labelSelector"))
         .await
-        .unwrap()
-        .items
         .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .map(pod_metrics)
         .collect();
     reply(json!({
@@ -612,22 +623,11 @@ async fn custom_metric(
         })
     };
     let items: Vec<Value> = match (resource.as_str(), name.as_str(), metric.as_str()) {
-        ("pods", "*", "queue_depth") => {
-            let client = kube::Client::try_from(m.kube.clone()).unwrap();
-            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
-            let mut params = ListParams::default();
-            if let Some(selector) = query.get("labelSelector") {
-                params = params.labels(selector);
-            }
-            api.list(&params)
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .map(|p| item("Pod", p.metadata.name.as_deref().unwrap(), "15"))
-                .collect()
-        }
+        ("pods", "*", "queue_depth") => running_pods(&m, &ns, query.get("labelSelector"))
+            .await
+            .iter()
+            .map(|p| item("Pod", p.metadata.name.as_deref().unwrap(), "15"))
+            .collect(),
         ("services", service, "requests_per_second") => vec![item("Service", service, "200")],
         _ => Vec::new(),
     };

@@ -1281,26 +1281,31 @@ async fn has_matching_endpoints(
     Ok((ips == num_ips).then_some(endpoints))
 }
 
-/// expectEndpointsAndSlices: the Service's EndpointSlices and Endpoints, once they match the
-/// counts, reference exactly `pods`, by address and target, with the ports the Service's
-/// (named, or numbered) target port gives each pod.
-async fn expect_endpoints_and_slices(
+/// The pods by IP, each of one container (as upstream's expectations check).
+fn pods_by_ip<'a>(pods: &[&'a Pod]) -> anyhow::Result<std::collections::BTreeMap<String, &'a Pod>> {
+    let mut by_ip = std::collections::BTreeMap::new();
+    for pod in pods {
+        by_ip.insert(pod_ip(pod), *pod);
+        let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+        ensure!(
+            containers == 1,
+            "Expected pod to have 1 container, got {containers}"
+        );
+    }
+    Ok(by_ip)
+}
+
+/// expectEndpointsAndSlices' half about Endpoints (upstream's expectEndpoints): once the
+/// Service's Endpoints have `num_subsets` subsets and an address per pod, each address refers
+/// to its pod, with the ports the Service's (named, or numbered) target port gives it.
+pub(super) async fn expect_endpoints(
     ctx: &Ctx,
     svc: &Service,
     pods: &[&Pod],
     num_subsets: usize,
-    num_slices: usize,
     named_port: bool,
 ) -> anyhow::Result<()> {
     let svc_name = svc.name_any();
-    let endpoint_slices = eventually_every(
-        Duration::from_secs(2),
-        WAIT,
-        "EndpointSlices to match expectations",
-        || has_matching_endpoint_slices(ctx, &svc_name, pods.len(), num_slices),
-    )
-    .await
-    .context("Timed out waiting for EndpointSlices to match expectations")?;
     let endpoints = eventually_every(
         Duration::from_secs(2),
         WAIT,
@@ -1310,15 +1315,7 @@ async fn expect_endpoints_and_slices(
     .await
     .context("Timed out waiting for Endpoints to match expectations")?;
 
-    let mut pods_by_ip = std::collections::BTreeMap::new();
-    for pod in pods {
-        pods_by_ip.insert(pod_ip(pod), *pod);
-        let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
-        ensure!(
-            containers == 1,
-            "Expected pod to have 1 container, got {containers}"
-        );
-    }
+    let pods_by_ip = pods_by_ip(pods)?;
     let svc_ports = svc
         .spec
         .as_ref()
@@ -1406,6 +1403,40 @@ async fn expect_endpoints_and_slices(
         pods.len()
     );
 
+    Ok(())
+}
+
+/// expectEndpointsAndSlices: the Service's EndpointSlices and Endpoints, once they match the
+/// counts, reference exactly `pods`, by address and target, with the ports the Service's
+/// (named, or numbered) target port gives each pod.
+async fn expect_endpoints_and_slices(
+    ctx: &Ctx,
+    svc: &Service,
+    pods: &[&Pod],
+    num_subsets: usize,
+    num_slices: usize,
+    named_port: bool,
+) -> anyhow::Result<()> {
+    let svc_name = svc.name_any();
+    let endpoint_slices = eventually_every(
+        Duration::from_secs(2),
+        WAIT,
+        "EndpointSlices to match expectations",
+        || has_matching_endpoint_slices(ctx, &svc_name, pods.len(), num_slices),
+    )
+    .await
+    .context("Timed out waiting for EndpointSlices to match expectations")?;
+    expect_endpoints(ctx, svc, pods, num_subsets, named_port).await?;
+
+    let pods_by_ip = pods_by_ip(pods)?;
+    let svc_ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let first_target = int_or_string(svc_ports.first().and_then(|p| p.target_port.as_ref()));
+    let first_name = svc_ports.first().and_then(|p| p.name.clone());
+
     ensure!(
         !pods.is_empty() || endpoint_slices.len() == 1,
         "Expected 1 EndpointSlice, got {}",
@@ -1437,8 +1468,9 @@ async fn expect_endpoints_and_slices(
         // Not a named port: the slice's ports are the Service's.
         if !named_port {
             for (es_port, svc_port) in slice_ports.iter().zip(&svc_ports) {
+                // Upstream dereferences the slice's name: unset fails, "" is an unnamed port.
                 ensure!(
-                    es_port.name.is_some() && es_port.name == svc_port.name,
+                    es_port.name.as_deref() == Some(svc_port.name.as_deref().unwrap_or_default()),
                     "Expected port name to be {:?}, got {:?}",
                     svc_port.name,
                     es_port.name
