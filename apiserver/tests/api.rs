@@ -1547,6 +1547,23 @@ async fn bindings_bind_pods_and_component_statuses_follow_the_leader_leases() {
             .and_then(|v| v.to_str().ok()),
         Some("299 - \"v1 ComponentStatus is deprecated in v1.19+\"")
     );
+    // v1 Endpoints is deprecated since v1.33, with upstream's pointer to EndpointSlices.
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/default/endpoints")
+        .header(header::ACCEPT, "application/json")
+        .body(Body::empty())
+        .unwrap();
+    let listed = api.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        listed
+            .headers()
+            .get(header::WARNING)
+            .and_then(|v| v.to_str().ok()),
+        Some(
+            "299 - \"v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice\""
+        )
+    );
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
         .unwrap();

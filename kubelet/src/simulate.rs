@@ -900,14 +900,7 @@ fn run_time(pod: &Pod) -> f64 {
     spec.containers
         .iter()
         .filter_map(|c| {
-            let words: Vec<&str> = c
-                .command
-                .iter()
-                .flatten()
-                .chain(c.args.iter().flatten())
-                .flat_map(|w| w.split_whitespace())
-                .collect();
-            words
+            command_words(c)
                 .windows(2)
                 .filter(|w| w[0] == "sleep" || w[0].ends_with("/sleep"))
                 .filter_map(|w| w[1].trim_end_matches([';', 's']).parse::<f64>().ok())
@@ -915,6 +908,16 @@ fn run_time(pod: &Pod) -> f64 {
         })
         .reduce(f64::max)
         .unwrap_or(1.0)
+}
+
+/// The words of a container's command and arguments (`sh -c "sleep 5"` is `sh -c sleep 5`).
+fn command_words(c: &Container) -> Vec<&str> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .flat_map(|w| w.split_whitespace())
+        .collect()
 }
 
 /// The agnhost subcommands that serve until stopped.
@@ -934,14 +937,7 @@ const AGNHOST_SERVERS: &[&str] = &[
 /// infinity`; the images that serve or pause when given no command (pause, httpd, nginx,
 /// redis; agnhost, whose default is `pause`); agnhost told to run one of its servers.
 fn runs_until_stopped(c: &Container) -> bool {
-    let words: Vec<&str> = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .flat_map(|w| w.split_whitespace())
-        .collect();
-    if words
+    if command_words(c)
         .windows(2)
         .any(|w| (w[0] == "sleep" || w[0].ends_with("/sleep")) && w[1].starts_with("inf"))
     {

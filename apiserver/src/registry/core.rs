@@ -303,6 +303,9 @@ pub static RESOURCES: &[Resource] = &[
         kind: "Endpoints",
         typed: typed::<core::Endpoints>(),
         plural: "endpoints",
+        deprecation: Some(
+            "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice",
+        ),
         storage: Some("services/endpoints"),
         singular: "endpoints",
         short_names: &["ep"],
