@@ -1116,18 +1116,7 @@ async fn pod_metrics(
     let list = api
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => {
-                "the server could not find the requested resource (get pods.metrics.k8s.io)"
-                    .to_string()
-            }
-            // An APIService whose server is unavailable (client-go's words for a 503).
-            kube::Error::Api(s) if s.code == 503 => {
-                "the server is currently unable to handle the request (get pods.metrics.k8s.io)"
-                    .to_string()
-            }
-            e => e.to_string(),
-        })?;
+        .map_err(|e| metrics_api_error(e, "get pods.metrics.k8s.io"))?;
     let mut usage = HashMap::new();
     for item in list.items {
         let containers = item

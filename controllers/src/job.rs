@@ -330,6 +330,11 @@ fn failure_action(job: &Job, pod: &Pod) -> FailureAction {
     FailureAction::Count
 }
 
+/// A pod being deleted that has not finished (upstream's terminating pods).
+fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some() && !matches!(phase(pod), "Succeeded" | "Failed")
+}
+
 /// Upstream's pastBackoffLimitOnFailure: with restartPolicy OnFailure a failing container is
 /// restarted in its pod rather than the pod replaced, so the restarts of the pods still
 /// pending or running count against backoffLimit (any restart, when it is 0).
@@ -757,12 +762,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .filter(|p| util::is_active(p))
         .cloned()
         .collect();
-    let terminating = pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_some() && !matches!(phase(p), "Succeeded" | "Failed")
-        })
-        .count() as i32;
+    let terminating = pods.iter().filter(|p| is_terminating(p)).count() as i32;
     if is_finished(&job) {
         // Finished: nothing more runs.
         delete_pods(&pods_api, &report, &active, true).await?;
@@ -1096,11 +1096,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 let indexes: Vec<Option<i32>> = if indexed {
                     let running: BTreeSet<i32> = active
                         .iter()
-                        .chain(pods.iter().filter(|p| {
-                            held > 0
-                                && p.metadata.deletion_timestamp.is_some()
-                                && !matches!(phase(p), "Succeeded" | "Failed")
-                        }))
+                        .chain(pods.iter().filter(|p| held > 0 && is_terminating(p)))
                         .filter_map(|p| index_of(p))
                         .collect();
                     let first: Vec<i32> = (0..completions)
