@@ -1,15 +1,19 @@
-//! Service ClusterIP and NodePort allocation. Each allocation is a key in the store
-//! (`/registry/ranges/serviceips/<ip>`, `/registry/ranges/servicenodeports/<port>`) taken with
-//! a create, so two API servers sharing a database can never hand out the same one.
+//! Service ClusterIP and NodePort allocation. A ClusterIP is taken by creating the
+//! networking.k8s.io/v1 IPAddress named by it, whose parentRef is the Service (upstream's
+//! MultiCIDRServiceAllocator, GA in v1.33: pkg/registry/core/service/ipallocator); a NodePort
+//! is a key of its own, `/registry/ranges/servicenodeports/<port>`. Both are taken with a
+//! create, so two API servers sharing a database never hand out the same one, and an
+//! IPAddress a user created makes its IP unavailable.
 
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 
-use kelp_storage::{Backend, Txn, TxnOutcome};
+use kelp_storage::{Backend, KeyRange, RangeRequest, Txn};
 use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
+use crate::registry::Resource;
 
 /// The service network: 10.96.0.0/16. The first address goes to the `kubernetes` Service.
 const SERVICE_NET: u32 = u32::from_be_bytes([10, 96, 0, 0]);
@@ -20,8 +24,14 @@ pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 /// Upstream's default `--service-node-port-range`.
 const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-const IP_KEYS: &str = "/registry/ranges/serviceips/";
 const PORT_KEYS: &str = "/registry/ranges/servicenodeports/";
+/// Where Kelp kept ClusterIPs before they were IPAddresses (see [`migrate_cluster_ips`]).
+const LEGACY_IP_KEYS: &str = "/registry/ranges/serviceips/";
+/// Upstream's ipallocator.ControllerName: the managed-by label of the IPAddresses it creates.
+const IP_ALLOCATOR: &str = "ipallocator.k8s.io";
+/// Their field manager: upstream's allocator creates them through the API server's loopback
+/// client, whose user agent is kube-apiserver's.
+const FIELD_MANAGER: &str = "kube-apiserver";
 
 pub type Allocated = Vec<String>;
 pub type AllocFuture<'a> =
@@ -31,21 +41,97 @@ fn invalid(name: &str, field: &str, message: String) -> ApiError {
     ApiError::invalid("", "Service", name, vec![(field.to_string(), message)])
 }
 
-async fn take(backend: &Backend, key: String, owner: &str) -> Result<bool, ApiError> {
-    Ok(matches!(
-        backend
-            .txn(Txn::create(key, owner.as_bytes().to_vec()))
-            .await?,
-        TxnOutcome::Succeeded { .. }
-    ))
+fn ip_addresses() -> Result<&'static Resource, ApiError> {
+    crate::registry::lookup("networking.k8s.io", "v1", "ipaddresses")
+        .ok_or_else(|| ApiError::internal("ipaddresses are not served"))
 }
 
-/// Releases allocations (after a failed create or a delete).
-pub async fn release(backend: &Backend, keys: &[String]) {
+/// Creates `key` unless it exists: whether this call took it.
+async fn take(backend: &Backend, key: String, value: Vec<u8>) -> Result<bool, ApiError> {
+    Ok(backend.txn(Txn::create(key, value)).await?.succeeded())
+}
+
+/// The IPAddress that holds `ip` for `service` (upstream's createIPAddress): its family and
+/// manager as labels, the Service as its parent (serviceToRef, whose empty core group the Go
+/// type leaves out of the JSON).
+fn ip_address(ip: &str, service: &Value) -> Value {
+    let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IPAddress",
+        "metadata": {
+            "name": ip,
+            "labels": {
+                "ipaddress.kubernetes.io/ip-family": family,
+                "ipaddress.kubernetes.io/managed-by": IP_ALLOCATOR,
+            },
+        },
+        "spec": {"parentRef": {
+            "resource": "services",
+            "namespace": crate::object::namespace_of(service),
+            "name": crate::object::name(service),
+        }},
+    })
+}
+
+fn parent<'a>(address: &'a Value, field: &str) -> &'a str {
+    address
+        .pointer("/spec/parentRef")
+        .and_then(|p| p.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Whether `address` names `service` as its parent.
+fn held_by(address: &Value, service: &Value) -> bool {
+    parent(address, "group").is_empty()
+        && parent(address, "resource") == "services"
+        && parent(address, "namespace") == crate::object::namespace_of(service)
+        && parent(address, "name") == crate::object::name(service)
+}
+
+/// Takes `ip` for `service` by creating its IPAddress: the key taken, or None when an
+/// IPAddress of that IP exists (another Service's, or one a user created).
+async fn take_ip(
+    backend: &Backend,
+    ip: &str,
+    service: &Value,
+) -> Result<Option<String>, ApiError> {
+    let r = ip_addresses()?;
+    let key = r.key(None, ip);
+    let value = crate::handlers::server_created(r, ip_address(ip, service), FIELD_MANAGER);
+    Ok(take(backend, key.clone(), value).await?.then_some(key))
+}
+
+/// Takes NodePort `n` for the Service `who` names: the key taken, or None when it is taken.
+async fn take_port(backend: &Backend, n: u16, who: &str) -> Result<Option<String>, ApiError> {
+    let key = format!("{PORT_KEYS}{n}");
+    Ok(take(backend, key.clone(), who.as_bytes().to_vec())
+        .await?
+        .then_some(key))
+}
+
+/// Releases what `service` holds (after a failed create, a delete, or an update that gave it
+/// up). An IPAddress goes only while it names the Service as its parent: one a user created,
+/// or one another Service has taken since, stays.
+pub async fn release(backend: &Backend, service: &Value, keys: &[String]) {
+    if keys.is_empty() {
+        return;
+    }
+    let addresses = ip_addresses().ok().map(|r| r.key_prefix(None));
     for key in keys {
-        if let Ok((Some(kv), _)) = backend.get(key.clone()).await {
-            let _ = backend.txn(Txn::delete(key.clone(), kv.mod_revision)).await;
+        let Ok((Some(kv), _)) = backend.get(key.clone()).await else {
+            continue;
+        };
+        let is_address = addresses
+            .as_deref()
+            .is_some_and(|prefix| key.starts_with(prefix));
+        if is_address
+            && !serde_json::from_slice::<Value>(&kv.value).is_ok_and(|a| held_by(&a, service))
+        {
+            continue;
         }
+        let _ = backend.txn(Txn::delete(key.clone(), kv.mod_revision)).await;
     }
 }
 
@@ -64,7 +150,7 @@ pub fn allocate_service<'a>(backend: &'a Backend, obj: &'a mut Value) -> AllocFu
         let mut taken = Vec::new();
         let result = allocate_into(backend, obj, &mut taken).await;
         if result.is_err() {
-            release(backend, &taken).await;
+            release(backend, obj, &taken).await;
         }
         result.map(|()| taken)
     })
@@ -98,8 +184,8 @@ async fn allocate_into(
             for _ in 0..64 {
                 let offset = rand::rng().random_range(2..SERVICE_NET_SIZE - 1);
                 let ip = Ipv4Addr::from(SERVICE_NET + offset).to_string();
-                if take(backend, format!("{IP_KEYS}{ip}"), &who).await? {
-                    taken.push(format!("{IP_KEYS}{ip}"));
+                if let Some(key) = take_ip(backend, &ip, obj).await? {
+                    taken.push(key);
                     chosen = Some(ip);
                     break;
                 }
@@ -124,15 +210,17 @@ async fn allocate_into(
                     ),
                 ));
             }
-            if !take(backend, format!("{IP_KEYS}{ip}"), &who).await? {
+            // Upstream's message (storage/alloc.go around ipallocator.ErrAllocated), whether
+            // a Service or a user's IPAddress holds the IP.
+            let Some(key) = take_ip(backend, &parsed.to_string(), obj).await? else {
                 return Err(invalid(
                     "spec.clusterIPs",
                     format!(
                         "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
                     ),
                 ));
-            }
-            taken.push(format!("{IP_KEYS}{ip}"));
+            };
+            taken.push(key);
             Some(ip.to_string())
         }
     };
@@ -166,20 +254,20 @@ async fn allocate_into(
                     let n = u16::try_from(n).ok().filter(|n| NODE_PORTS.contains(n)).ok_or_else(|| {
                         invalid("spec.ports[0].nodePort", format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))
                     })?;
-                    if !take(backend, format!("{PORT_KEYS}{n}"), &who).await? {
+                    let Some(key) = take_port(backend, n, &who).await? else {
                         return Err(invalid(
                             "spec.ports[0].nodePort",
                             format!("Invalid value: {n}: provided port is already allocated"),
                         ));
-                    }
-                    taken.push(format!("{PORT_KEYS}{n}"));
+                    };
+                    taken.push(key);
                 }
                 None => {
                     let mut chosen = None;
                     for _ in 0..64 {
                         let n = rand::rng().random_range(NODE_PORTS);
-                        if take(backend, format!("{PORT_KEYS}{n}"), &who).await? {
-                            taken.push(format!("{PORT_KEYS}{n}"));
+                        if let Some(key) = take_port(backend, n, &who).await? {
+                            taken.push(key);
                             chosen = Some(n);
                             break;
                         }
@@ -195,17 +283,23 @@ async fn allocate_into(
     Ok(())
 }
 
-/// What a Service holds: its ClusterIP and NodePorts.
-pub fn service_allocations(obj: &Value) -> Allocated {
-    let mut keys: Vec<String> = obj
+/// The ClusterIPs a Service holds (a headless Service's "None" is none).
+fn cluster_ips(service: &Value) -> impl Iterator<Item = &str> {
+    service
         .pointer("/spec/clusterIPs")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .filter(|ip| *ip != "None")
-        .map(|ip| format!("{IP_KEYS}{ip}"))
-        .collect();
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+}
+
+/// What a Service holds: its ClusterIP's IPAddress and its NodePorts.
+pub fn service_allocations(obj: &Value) -> Allocated {
+    let mut keys: Allocated = match ip_addresses() {
+        Ok(r) => cluster_ips(obj).map(|ip| r.key(None, ip)).collect(),
+        Err(_) => Vec::new(),
+    };
     keys.extend(
         obj.pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -260,4 +354,105 @@ pub fn keep_service_allocations(old: &Value, new: &mut Value) -> Result<(), ApiE
         }
     }
     Ok(())
+}
+
+/// Gives every ClusterIP its IPAddress, then drops the `/registry/ranges/serviceips/` keys an
+/// earlier Kelp took ClusterIPs with: upstream's repair loop
+/// (ipallocator/controller/repairip.go), run once at start. An IPAddress that exists stays
+/// as it is, so running this again changes nothing.
+pub async fn migrate_cluster_ips(backend: &Backend) -> Result<(), ApiError> {
+    let services = crate::registry::lookup("", "v1", "services")
+        .ok_or_else(|| ApiError::internal("services are not served"))?;
+    let addresses = ip_addresses()?;
+    let all_services = KeyRange::prefix(services.key_prefix(None));
+    let listed = backend.range(RangeRequest::new(all_services)).await?;
+    for kv in &listed.kvs {
+        let Ok(service) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        for ip in cluster_ips(&service) {
+            if crate::registry::ip_address_name(ip).is_some() {
+                continue;
+            }
+            let value = crate::handlers::server_created(
+                addresses,
+                ip_address(ip, &service),
+                FIELD_MANAGER,
+            );
+            if take(backend, addresses.key(None, ip), value).await? {
+                tracing::info!(
+                    ip = %ip,
+                    service = %owner(&service),
+                    "created the IPAddress of a ClusterIP"
+                );
+            }
+        }
+    }
+    let legacy = backend
+        .range(RangeRequest::new(KeyRange::prefix(LEGACY_IP_KEYS)))
+        .await?;
+    for kv in legacy.kvs {
+        backend.txn(Txn::delete(kv.key, kv.mod_revision)).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kelp_storage::{Endpoint, Options};
+
+    fn service(name: &str, ip: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}})
+    }
+
+    #[tokio::test]
+    async fn migration_gives_cluster_ips_ip_addresses_and_drops_the_range_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            compact_interval: None,
+            ..Options::default()
+        };
+        let backend = Backend::open(&Endpoint::default_for(dir.path()), options)
+            .await
+            .unwrap();
+        let services = crate::registry::lookup("", "v1", "services").unwrap();
+        let addresses = ip_addresses().unwrap();
+        let web = service("web", "10.96.3.4");
+        let headless = service("headless", "None");
+        for svc in [&web, &headless] {
+            let key = services.key(Some("default"), crate::object::name(svc));
+            let value = serde_json::to_vec(svc).unwrap();
+            assert!(take(&backend, key, value).await.unwrap());
+        }
+        let legacy = format!("{LEGACY_IP_KEYS}10.96.3.4");
+        assert!(take(&backend, legacy, b"default/web".to_vec()).await.unwrap());
+
+        migrate_cluster_ips(&backend).await.unwrap();
+        let key = addresses.key(None, "10.96.3.4");
+        let (kv, _) = backend.get(key.clone()).await.unwrap();
+        let kv = kv.expect("the ClusterIP has its IPAddress");
+        let address: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert!(held_by(&address, &web), "{address}");
+        assert_eq!(address["kind"], "IPAddress");
+        assert_eq!(
+            address["metadata"]["labels"],
+            json!({"ipaddress.kubernetes.io/ip-family": "IPv4",
+                "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"})
+        );
+        assert!(address["metadata"]["uid"].is_string());
+        assert!(address["metadata"]["creationTimestamp"].is_string());
+        let ranges = RangeRequest::new(KeyRange::prefix(LEGACY_IP_KEYS));
+        assert!(backend.range(ranges).await.unwrap().kvs.is_empty());
+
+        // Again: nothing changes.
+        migrate_cluster_ips(&backend).await.unwrap();
+        let (again, _) = backend.get(key).await.unwrap();
+        assert_eq!(again.map(|kv| kv.mod_revision), Some(kv.mod_revision));
+        let all = RangeRequest::new(KeyRange::prefix(addresses.key_prefix(None)));
+        assert_eq!(backend.range(all).await.unwrap().kvs.len(), 1);
+    }
 }

@@ -1047,6 +1047,21 @@ fn generate_name(base: &str) -> String {
     format!("{base}{}", random_suffix())
 }
 
+/// A new object's uid and creation time (upstream's rest.FillObjectMetaSystemFields).
+fn fill_system_fields(meta: &mut serde_json::Map<String, Value>) {
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(object::now()));
+}
+
+/// An object the API server creates itself, straight in storage (the IPAddress a Service's
+/// ClusterIP takes), as it is stored: with the uid, creation time and managed fields of
+/// `manager` that a create through these handlers gives.
+pub(crate) fn server_created(r: &Resource, mut obj: Value, manager: &str) -> Vec<u8> {
+    fill_system_fields(object::metadata_mut(&mut obj));
+    fieldmanager::update(None, &mut obj, &writer(r, manager, "", &r.api_version()));
+    encode(r, &obj)
+}
+
 /// Creates an object. `manager` records the write in the managed fields; None when they are
 /// already set (an apply that creates).
 async fn create(
@@ -1096,8 +1111,7 @@ async fn create(
     ] {
         meta.remove(cleared);
     }
-    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    meta.insert("creationTimestamp".into(), json!(object::now()));
+    fill_system_fields(meta);
     prepare(r, ns, &mut obj)?;
     let (mut obj, warnings) = check_fields(r, obj, None, query, repeated)?;
     if r.status == Status::Subresource {
@@ -1169,11 +1183,11 @@ async fn create(
             ))
         }
         Ok(TxnOutcome::Failed { .. }) => {
-            crate::allocator::release(backend, &allocated).await;
+            crate::allocator::release(backend, &obj, &allocated).await;
             Err(ApiError::already_exists(r.group, r.plural, &name))
         }
         Err(e) => {
-            crate::allocator::release(backend, &allocated).await;
+            crate::allocator::release(backend, &obj, &allocated).await;
             Err(e.into())
         }
     }
@@ -1580,7 +1594,7 @@ async fn guaranteed_update(
                 .await?
             {
                 TxnOutcome::Succeeded { .. } => {
-                    crate::allocator::release(backend, &(r.allocations)(&obj)).await;
+                    crate::allocator::release(backend, &obj, &(r.allocations)(&obj)).await;
                     return Ok(with_warnings(
                         json_response(StatusCode::OK, &obj),
                         &warnings,
@@ -1916,7 +1930,7 @@ async fn delete(
         }
         match backend.txn(Txn::delete(r.key(ns, name), rev)).await? {
             TxnOutcome::Succeeded { .. } => {
-                crate::allocator::release(backend, &(r.allocations)(&obj)).await;
+                crate::allocator::release(backend, &obj, &(r.allocations)(&obj)).await;
                 break json_response(StatusCode::OK, &deleted_status(r, name, &obj));
             }
             TxnOutcome::Failed { .. } => continue,

@@ -1213,6 +1213,9 @@ pub async fn bootstrap(backend: &Backend) {
     }
     bootstrap_api_services(&ctx, &query, &headers).await;
     default_service_cidr(backend, &ctx, &query, &headers).await;
+    if let Err(e) = allocator::migrate_cluster_ips(backend).await {
+        tracing::warn!(error = %e.message, "cannot give the ClusterIPs their IPAddresses");
+    }
     let services = registry::lookup("", "v1", "services").expect("services are registered");
     let kubernetes = json!({
         "apiVersion": "v1",

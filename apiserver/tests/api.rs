@@ -536,6 +536,81 @@ async fn services_get_cluster_ips_and_node_ports_exclusively() {
 }
 
 #[tokio::test]
+async fn cluster_ips_are_ip_addresses_of_their_services() {
+    let api = Api::new().await;
+    const SVC: &str = "/api/v1/namespaces/default/services";
+    const IPS: &str = "/apis/networking.k8s.io/v1/ipaddresses";
+    let labels = json!({
+        "ipaddress.kubernetes.io/ip-family": "IPv4",
+        "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io",
+    });
+    let parent = |name: &str| json!({"resource": "services", "namespace": "default", "name": name});
+
+    // The bootstrap `kubernetes` Service's.
+    let (status, kubernetes) = api.json("GET", &format!("{IPS}/10.96.0.1"), "").await;
+    assert_eq!(status, StatusCode::OK, "{kubernetes}");
+    assert_eq!(kubernetes["spec"]["parentRef"], parent("kubernetes"));
+    assert_eq!(kubernetes["metadata"]["labels"], labels);
+
+    let svc =
+        |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec}).to_string();
+    let (status, web) = api
+        .json("POST", SVC, &svc("web", json!({"ports": [{"port": 80}]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{web}");
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let (status, address) = api.json("GET", &format!("{IPS}/{ip}"), "").await;
+    assert_eq!(status, StatusCode::OK, "{address}");
+    assert_eq!(address["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(address["kind"], "IPAddress");
+    assert_eq!(address["metadata"]["name"], json!(ip));
+    assert_eq!(address["metadata"]["labels"], labels);
+    assert_eq!(address["spec"]["parentRef"], parent("web"));
+    assert!(address["metadata"]["uid"].is_string(), "{address}");
+    assert!(address["metadata"]["creationTimestamp"].is_string(), "{address}");
+    let (_, listed) = api.json("GET", IPS, "").await;
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"10.96.0.1") && names.contains(&ip.as_str()),
+        "{names:?}"
+    );
+
+    // An IPAddress a user created holds its IP.
+    let user = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
+        "metadata": {"name": "10.96.0.50"},
+        "spec": {"parentRef": {"group": "example.com", "resource": "gateways", "namespace": "default", "name": "gw"}}});
+    let (status, body) = api.json("POST", IPS, &user.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = api
+        .json(
+            "POST",
+            SVC,
+            &svc("fixed", json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["message"],
+        "Service \"fixed\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.50\"}: \
+         failed to allocate IP 10.96.0.50: provided IP is already allocated"
+    );
+    let (status, kept) = api.json("GET", &format!("{IPS}/10.96.0.50"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kept["spec"]["parentRef"]["name"], "gw");
+
+    // Deleting the Service deletes its IPAddress.
+    let (status, _) = api.json("DELETE", &format!("{SVC}/web"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.json("GET", &format!("{IPS}/{ip}"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn watches_stream_initial_events_then_a_bookmark_then_changes() {
     let api = Api::new().await;
     for name in ["one", "two"] {
