@@ -311,10 +311,39 @@ pub fn service_allocations(obj: &Value) -> Allocated {
     keys
 }
 
-/// A Service update keeps its ClusterIP (immutable upstream) and its ports' NodePorts.
+/// Whether a Service of this type has a ClusterIP, "None" included (upstream's needsClusterIP).
+fn needs_cluster_ip(service: &Value) -> bool {
+    service.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName")
+}
+
+/// A Service update keeps its ClusterIP (immutable upstream) and its ports' NodePorts. One
+/// that becomes ExternalName gives up the ClusterIP fields it left as they were (upstream's
+/// dropTypeDependentFields); the update releases the IP once it is stored.
 pub fn keep_service_allocations(old: &Value, new: &mut Value) -> Result<(), ApiError> {
     let name = crate::object::name(old).to_string();
     let invalid = |field: &str, message: String| invalid(&name, field, message);
+    let external = !needs_cluster_ip(new);
+    if external && needs_cluster_ip(old) {
+        let same = |field: &str| {
+            let at = format!("/spec/{field}");
+            new.pointer(&at) == old.pointer(&at)
+        };
+        let ips = same("clusterIP") && same("clusterIPs");
+        let families = same("ipFamilies");
+        let policy = same("ipFamilyPolicy");
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            if ips {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+            if families {
+                spec.remove("ipFamilies");
+            }
+            if policy {
+                spec.remove("ipFamilyPolicy");
+            }
+        }
+    }
     let old_ip = old
         .pointer("/spec/clusterIP")
         .cloned()
@@ -324,9 +353,11 @@ pub fn keep_service_allocations(old: &Value, new: &mut Value) -> Result<(), ApiE
         .cloned()
         .unwrap_or(Value::Null);
     if new_ip.is_null() || new_ip == json!("") {
-        for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-            if let Some(v) = old.pointer(&format!("/spec/{field}")) {
-                new["spec"][field] = v.clone();
+        if !external {
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if let Some(v) = old.pointer(&format!("/spec/{field}")) {
+                    new["spec"][field] = v.clone();
+                }
             }
         }
     } else if new_ip != old_ip {
@@ -454,5 +485,28 @@ mod tests {
         assert_eq!(again.map(|kv| kv.mod_revision), Some(kv.mod_revision));
         let all = RangeRequest::new(KeyRange::prefix(addresses.key_prefix(None)));
         assert_eq!(backend.range(all).await.unwrap().kvs.len(), 1);
+    }
+
+    #[test]
+    fn a_service_that_becomes_external_name_gives_up_its_cluster_ip() {
+        let old = service("web", "10.96.3.4");
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ExternalName");
+        new["spec"]["externalName"] = json!("example.com");
+        keep_service_allocations(&old, &mut new).unwrap();
+        for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            assert_eq!(new["spec"].get(field), None, "{field}");
+        }
+        let kept = service_allocations(&new);
+        assert!(!kept.iter().any(|k| k.ends_with("10.96.3.4")), "{kept:?}");
+
+        // A ClusterIP Service keeps it when an update leaves it out.
+        let mut same_type = old.clone();
+        same_type["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("clusterIP");
+        keep_service_allocations(&old, &mut same_type).unwrap();
+        assert_eq!(same_type["spec"]["clusterIP"], "10.96.3.4");
     }
 }

@@ -1594,7 +1594,9 @@ async fn guaranteed_update(
                 .await?
             {
                 TxnOutcome::Succeeded { .. } => {
-                    crate::allocator::release(backend, &obj, &(r.allocations)(&obj)).await;
+                    let mut held = (r.allocations)(&current);
+                    held.extend((r.allocations)(&obj));
+                    crate::allocator::release(backend, &obj, &held).await;
                     return Ok(with_warnings(
                         json_response(StatusCode::OK, &obj),
                         &warnings,
@@ -1623,6 +1625,16 @@ async fn guaranteed_update(
             .await?
         {
             TxnOutcome::Succeeded { revision, .. } => {
+                // What the object no longer holds (a Service become ExternalName: its
+                // ClusterIP) is released once the update is stored.
+                let kept = (r.allocations)(&obj);
+                let given_up: Vec<String> = (r.allocations)(&current)
+                    .into_iter()
+                    .filter(|key| !kept.contains(key))
+                    .collect();
+                if !given_up.is_empty() {
+                    crate::allocator::release(backend, &current, &given_up).await;
+                }
                 object::metadata_mut(&mut obj)
                     .insert("resourceVersion".into(), json!(revision.to_string()));
                 return Ok(with_warnings(

@@ -608,6 +608,27 @@ async fn cluster_ips_are_ip_addresses_of_their_services() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = api.json("GET", &format!("{IPS}/{ip}"), "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // So does making it ExternalName.
+    let (status, other) = api
+        .json("POST", SVC, &svc("other", json!({"ports": [{"port": 80}]})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other_ip = other["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let (status, _, body) = api
+        .call(
+            "PATCH",
+            &format!("{SVC}/other"),
+            "application/merge-patch+json",
+            "application/json",
+            r#"{"spec":{"type":"ExternalName","externalName":"example.com"}}"#,
+        )
+        .await;
+    let external: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::OK, "{external}");
+    assert_eq!(external["spec"].get("clusterIP"), None, "{external}");
+    let (status, _) = api.json("GET", &format!("{IPS}/{other_ip}"), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
