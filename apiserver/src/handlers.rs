@@ -70,7 +70,8 @@ pub async fn serve(
         (Some("binding"), Some(name))
             if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
         {
-            return crate::pods::bind(backend, r, ns.unwrap_or("default"), Some(name), &body).await;
+            let ns = ns.unwrap_or("default");
+            return crate::pods::bind(backend, r, ns, Some(name), &body, dry_run(query)).await;
         }
         (Some("eviction"), Some(name))
             if r.plural == "pods" && r.group.is_empty() && method == Method::POST =>
@@ -111,7 +112,7 @@ pub async fn serve(
             (&Method::POST, Some(ns), None) => {
                 let pods = crate::registry::lookup("", "v1", "pods")
                     .ok_or_else(|| ApiError::internal("pods are not served"))?;
-                crate::pods::bind(backend, pods, ns, None, &body).await
+                crate::pods::bind(backend, pods, ns, None, &body, dry_run(query)).await
             }
             (_, Some(_), None) => Err(ApiError::method_not_allowed(NOT_ALLOWED)),
             _ => Err(ApiError::no_route()),

@@ -32,12 +32,15 @@ fn body_json(body: &Bytes) -> Result<Value, ApiError> {
 /// Assigns the pod to the node the Binding names, once: a pod bound elsewhere is a conflict.
 /// The pod is the one the Binding names; `name_in_path` is the pod `pods/{name}/binding` names,
 /// which must be the same (None for the `bindings` collection, upstream's LegacyBindingREST).
+/// A dry run checks all that and stores nothing (upstream's assignPod with dryRun: the
+/// pod's GuaranteedUpdate runs but does not write).
 pub async fn bind(
     backend: &Backend,
     pods: &Resource,
     ns: &str,
     name_in_path: Option<&str>,
     body: &Bytes,
+    dry_run: bool,
 ) -> Result<Response, ApiError> {
     let binding = match body.first() {
         Some(b'k') => crate::protobuf::decode(body)?,
@@ -91,6 +94,9 @@ pub async fn bind(
                 name,
                 format!("pod {name} is already assigned to node \"{current}\""),
             ));
+        }
+        if dry_run {
+            return Ok(json_response(StatusCode::CREATED, &success()));
         }
         pod["spec"]["nodeName"] = json!(node);
         set_scheduled(&mut pod);

@@ -1536,6 +1536,27 @@ async fn bindings_bind_pods_and_component_statuses_follow_the_leader_leases() {
         body["message"],
         "name in URL does not match name in Binding object"
     );
+    // A dry run checks the Binding and binds nothing.
+    let pod = json!({"metadata": {"name": "dry"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    api.json("POST", PODS, &pod.to_string()).await;
+    for uri in [
+        format!("{BINDINGS}?dryRun=All"),
+        format!("{PODS}/dry/binding?dryRun=All"),
+    ] {
+        let (status, body) = api.json("POST", &uri, &binding("dry", "node-a")).await;
+        assert_eq!(status, StatusCode::CREATED, "{uri}: {body}");
+        assert_eq!(body["status"], "Success");
+    }
+    let (_, unbound) = api.json("GET", &format!("{PODS}/dry"), "").await;
+    assert_eq!(unbound["spec"].get("nodeName"), None, "{unbound}");
+    let (status, _) = api
+        .json(
+            "POST",
+            &format!("{BINDINGS}?dryRun=All"),
+            &binding("web", "node-b"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a dry run is checked as a binding is");
     // Nothing but create is served on bindings.
     let (status, body) = api.json("GET", BINDINGS, "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
