@@ -567,7 +567,10 @@ async fn cluster_ips_are_ip_addresses_of_their_services() {
     assert_eq!(address["metadata"]["labels"], labels);
     assert_eq!(address["spec"]["parentRef"], parent("web"));
     assert!(address["metadata"]["uid"].is_string(), "{address}");
-    assert!(address["metadata"]["creationTimestamp"].is_string(), "{address}");
+    assert!(
+        address["metadata"]["creationTimestamp"].is_string(),
+        "{address}"
+    );
     let (_, listed) = api.json("GET", IPS, "").await;
     let names: Vec<&str> = listed["items"]
         .as_array()
@@ -590,7 +593,10 @@ async fn cluster_ips_are_ip_addresses_of_their_services() {
         .json(
             "POST",
             SVC,
-            &svc("fixed", json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]})),
+            &svc(
+                "fixed",
+                json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -1426,9 +1432,19 @@ async fn the_default_service_cidr_is_ready_and_ip_addresses_are_named_by_their_i
         )
         .await;
     let table: Value = serde_json::from_slice(&table).unwrap();
+    // The `kubernetes` Service's ClusterIP is an IPAddress too.
+    let rows: Vec<&Value> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| &row["cells"])
+        .collect();
     assert_eq!(
-        table["rows"][0]["cells"],
-        json!([name, "services/default/web"])
+        rows,
+        [
+            &json!(["10.96.0.1", "services/default/kubernetes"]),
+            &json!([name, "services/default/web"])
+        ]
     );
 }
 
@@ -1556,7 +1572,11 @@ async fn bindings_bind_pods_and_component_statuses_follow_the_leader_leases() {
             &binding("web", "node-b"),
         )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "a dry run is checked as a binding is");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a dry run is checked as a binding is"
+    );
     // Nothing but create is served on bindings.
     let (status, body) = api.json("GET", BINDINGS, "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
