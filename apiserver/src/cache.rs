@@ -19,7 +19,7 @@ use std::time::Duration;
 use std::collections::VecDeque;
 
 use futures::{FutureExt, StreamExt};
-use kelp_storage::{Backend, Event, EventKind, KeyRange, KeyValue, RangeRequest, Revision};
+use kelp_storage::{Backend, EventKind, KeyRange, KeyValue, RangeRequest, Revision};
 use tokio::sync::{broadcast, watch};
 
 const PREFIX: &str = "/registry/";
@@ -53,11 +53,11 @@ struct State {
     objects: BTreeMap<Vec<u8>, Arc<KeyValue>>,
     revision: Revision,
     /// The last events, in order; every event after `complete_after` is here.
-    history: VecDeque<Event>,
+    history: VecDeque<Change>,
     complete_after: Revision,
     /// Every batch applied, for the watches the cache serves. A reload replaces it, which
     /// ends those watches: what happened between the two loads was never broadcast.
-    events: broadcast::Sender<Arc<Vec<Event>>>,
+    events: broadcast::Sender<Arc<Vec<Change>>>,
 }
 
 impl State {
@@ -137,7 +137,24 @@ pub fn parsed<T: serde::de::DeserializeOwned>(cache: &WatchCache, prefix: &str) 
 }
 
 /// The batches the cache applies, as a watch receives them.
-pub type Batches = broadcast::Receiver<Arc<Vec<Event>>>;
+pub type Batches = broadcast::Receiver<Arc<Vec<Change>>>;
+
+/// A write as the cache keeps it: a storage event whose objects are the cache's own (the
+/// history and the broadcast hold no copies).
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub kind: EventKind,
+    /// For a put, the new state; for a delete, the key at the delete's revision.
+    pub kv: Arc<KeyValue>,
+    /// The key's state before this write (None for a create).
+    pub prev_kv: Option<Arc<KeyValue>>,
+}
+
+impl Change {
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+}
 
 /// The objects of a range at one revision.
 pub struct Snapshot {
@@ -281,7 +298,7 @@ impl WatchCache {
         after: Revision,
         start: &[u8],
         end: &[u8],
-    ) -> Option<(Vec<Event>, Batches)> {
+    ) -> Option<(Vec<Change>, Batches)> {
         // Under the state lock: a batch is either in the history read here or sent to the
         // receiver made here, never neither or both.
         let state = self.read();
@@ -312,19 +329,26 @@ impl WatchCache {
             return;
         };
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        for e in &events {
-            match e.kind {
-                EventKind::Put => {
-                    state
-                        .objects
-                        .insert(e.kv.key.clone(), Arc::new(e.kv.clone()));
-                }
-                EventKind::Delete => {
-                    state.objects.remove(&e.kv.key);
-                }
-            }
-            state.history.push_back(e.clone());
-            self.touch(Some(&e.kv.key));
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            let kv = Arc::new(e.kv);
+            let held = match e.kind {
+                EventKind::Put => state.objects.insert(kv.key.clone(), kv.clone()),
+                EventKind::Delete => state.objects.remove(&kv.key),
+            };
+            // The state before is the one the cache held; storage's copy only if they differ.
+            let prev_kv = match (held, e.prev_kv) {
+                (Some(held), Some(prev)) if held.mod_revision == prev.mod_revision => Some(held),
+                (_, prev) => prev.map(Arc::new),
+            };
+            let change = Change {
+                kind: e.kind,
+                kv,
+                prev_kv,
+            };
+            self.touch(Some(&change.kv.key));
+            state.history.push_back(change.clone());
+            changes.push(change);
         }
         while state.history.len() > HISTORY {
             if let Some(old) = state.history.pop_front() {
@@ -333,7 +357,7 @@ impl WatchCache {
         }
         state.revision = state.revision.max(last);
         // Sent under the lock, so watch_from sees each batch once (no receivers is fine).
-        let _ = state.events.send(Arc::new(events));
+        let _ = state.events.send(Arc::new(changes));
         drop(state);
         self.revision.send_replace(last);
     }

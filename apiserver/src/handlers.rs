@@ -420,18 +420,23 @@ fn served_as_stored(r: &Resource) -> bool {
 /// A stored object as served, written from its bytes: the stored JSON's top-level members
 /// copied, with the resourceVersion put into its metadata; as [`decode`] would serve it.
 fn raw_object(kv: &KeyValue, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    raw_stored(&kv.value, kv.mod_revision, out)
+}
+
+/// Stored bytes as served at `revision` (see [`raw_object`]).
+fn raw_stored(value: &[u8], revision: Revision, out: &mut Vec<u8>) -> Result<(), ApiError> {
     let top: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
-        serde_json::from_slice(&kv.value)
+        serde_json::from_slice(value)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-    let rv = kv.mod_revision.to_string();
+    let rv = revision.to_string();
     // Stored objects carry no resourceVersion (the revision says it), so it is spliced in
     // as the metadata's first member, and the rest is copied as stored.
     if let Some(meta) = top.get("metadata").map(|m| m.get())
         && meta.starts_with('{')
         && !meta.contains("\"resourceVersion\"")
     {
-        let offset = meta.as_ptr() as usize - kv.value.as_ptr() as usize;
-        let (head, rest) = kv.value.split_at(offset + 1);
+        let offset = meta.as_ptr() as usize - value.as_ptr() as usize;
+        let (head, rest) = value.split_at(offset + 1);
         out.extend_from_slice(head);
         out.extend_from_slice(b"\"resourceVersion\":\"");
         out.extend_from_slice(rv.as_bytes());
@@ -2112,7 +2117,7 @@ async fn watch(
         Some((replay, rx)) => {
             let replayed: Vec<Result<Bytes, std::io::Error>> = replay
                 .iter()
-                .filter_map(|e| watch_event(e, &selectors, &encoder))
+                .filter_map(|e| watch_event(e.into(), &selectors, &encoder))
                 .map(Ok)
                 .collect();
             let selectors = selectors.clone();
@@ -2127,7 +2132,7 @@ async fn watch(
                 let lines: Vec<Result<Bytes, std::io::Error>> = batch
                     .iter()
                     .filter(|e| e.kv.key >= start_key && e.kv.key < end_key)
-                    .filter_map(|e| watch_event(e, &selectors, &encoder))
+                    .filter_map(|e| watch_event(e.into(), &selectors, &encoder))
                     .map(Ok)
                     .collect();
                 futures::stream::iter(lines)
@@ -2140,7 +2145,7 @@ async fn watch(
                     let lines: Vec<Result<Bytes, std::io::Error>> = match batch {
                         Ok(events) => events
                             .iter()
-                            .filter_map(|e| watch_event(e, &selectors, &encoder))
+                            .filter_map(|e| watch_event(e.into(), &selectors, &encoder))
                             .map(Ok)
                             .collect(),
                         Err(e) => vec![Ok(error_line(ApiError::from(e)))],
@@ -2254,21 +2259,59 @@ fn error_line(e: ApiError) -> Bytes {
     event_line("ERROR", &e.status_json())
 }
 
+/// A write a watch is told of, from the watch cache or from storage.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    kind: EventKind,
+    kv: &'a KeyValue,
+    prev_kv: Option<&'a KeyValue>,
+}
+
+impl<'a> From<&'a kelp_storage::Event> for Write<'a> {
+    fn from(e: &'a kelp_storage::Event) -> Self {
+        Write {
+            kind: e.kind,
+            kv: &e.kv,
+            prev_kv: e.prev_kv.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a crate::cache::Change> for Write<'a> {
+    fn from(e: &'a crate::cache::Change) -> Self {
+        Write {
+            kind: e.kind,
+            kv: &e.kv,
+            prev_kv: e.prev_kv.as_deref(),
+        }
+    }
+}
+
 /// The watch event a write is to a watcher with selectors: an object that starts matching is
 /// ADDED, one that stops matching is DELETED (as upstream's watch filtering does).
-fn watch_event(
-    e: &kelp_storage::Event,
+fn watch_event(e: Write<'_>, selectors: &Selectors, encoder: &EventEncoder) -> Option<Bytes> {
+    if selectors.is_empty()
+        && encoder.output == Output::Object
+        && served_as_stored(encoder.resource)
+    {
+        return raw_watch_event(e);
+    }
+    decoded_watch_event(e, selectors, encoder)
+}
+
+fn decoded_watch_event(
+    e: Write<'_>,
     selectors: &Selectors,
     encoder: &EventEncoder,
 ) -> Option<Bytes> {
-    let old = match &e.prev_kv {
+    let old = match e.prev_kv {
         Some(prev) => Some(decode(encoder.resource, prev).ok()?),
         None => None,
     };
     let was = old.as_ref().is_some_and(|o| selectors.matches(o));
     match e.kind {
         EventKind::Put => {
-            let new = decode(encoder.resource, &e.kv).ok()?;
+            let new = decode(encoder.resource, e.kv).ok()?;
             match (was, selectors.matches(&new)) {
                 (true, true) => Some(encoder.line("MODIFIED", &new)),
                 (false, true) => Some(encoder.line("ADDED", &new)),
@@ -2288,9 +2331,80 @@ fn watch_event(
     }
 }
 
+/// The watch event a write is to a watcher of every object, written from the stored bytes
+/// as [`watch_event`] would encode it (what informers watch: no object is parsed).
+fn raw_watch_event(e: Write<'_>) -> Option<Bytes> {
+    let (kind, value) = match (e.kind, e.prev_kv) {
+        (EventKind::Put, None) => ("ADDED", &e.kv.value),
+        (EventKind::Put, Some(_)) => ("MODIFIED", &e.kv.value),
+        // A deleted object as it last was, at the delete's revision.
+        (EventKind::Delete, Some(prev)) => ("DELETED", &prev.value),
+        (EventKind::Delete, None) => return None,
+    };
+    let mut line = Vec::with_capacity(value.len() + 64);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    raw_stored(value, e.kv.mod_revision, &mut line).ok()?;
+    line.extend_from_slice(b"}\n");
+    Some(Bytes::from(line))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_watch_events_are_the_decoded_ones() {
+        let r = crate::registry::lookup("", "v1", "configmaps").unwrap();
+        let encoder = EventEncoder {
+            resource: r,
+            output: Output::Object,
+        };
+        let everything = Selectors::from_query(r, &HashMap::new()).unwrap();
+        let kv = |value: &str, revision| KeyValue {
+            key: b"/registry/configmaps/default/a".to_vec(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 3,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        };
+        let first = r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a","labels":{"x":"\u00e9"}},"data":{"k":"v"}}"#;
+        let second =
+            r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"a"},"data":{"k":"w"}}"#;
+        let event = |kind, kv, prev_kv| kelp_storage::Event { kind, kv, prev_kv };
+        let events = [
+            event(EventKind::Put, kv(first, 3), None),
+            event(EventKind::Put, kv(second, 4), Some(kv(first, 3))),
+            event(EventKind::Delete, kv("", 5), Some(kv(second, 4))),
+            event(EventKind::Delete, kv("", 6), None),
+        ];
+        let parsed =
+            |line: Option<Bytes>| line.map(|l| serde_json::from_slice::<Value>(&l).unwrap());
+        let mut seen = Vec::new();
+        for e in &events {
+            let raw = parsed(raw_watch_event(e.into()));
+            assert_eq!(
+                raw,
+                parsed(decoded_watch_event(e.into(), &everything, &encoder))
+            );
+            assert_eq!(raw, parsed(watch_event(e.into(), &everything, &encoder)));
+            seen.push(raw.map(|v| {
+                let rv = v["object"]["metadata"]["resourceVersion"].clone();
+                (v["type"].clone(), rv)
+            }));
+        }
+        assert_eq!(
+            seen,
+            [
+                Some((json!("ADDED"), json!("3"))),
+                Some((json!("MODIFIED"), json!("4"))),
+                Some((json!("DELETED"), json!("5"))),
+                None,
+            ]
+        );
+    }
 
     #[test]
     fn raw_objects_gain_their_resource_version() {
