@@ -117,7 +117,12 @@ async fn feed<K>(
         }
         writer.apply_watcher_event(&event);
         match event {
-            Event::Apply(o) | Event::Delete(o) => {
+            // The cache's own copy, where it has one: subscribers share it.
+            Event::Apply(o) => {
+                let cached = store.get(&ObjectRef::from_obj(&o));
+                let _ = changes.send(cached.unwrap_or_else(|| Arc::new(o)));
+            }
+            Event::Delete(o) => {
                 let _ = changes.send(Arc::new(o));
             }
             Event::InitDone => {

@@ -318,7 +318,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             events: &ctx.events,
             regarding: kube::Resource::object_ref(&*ds, &()),
         };
-        let pods = create
+        let pods: Vec<Pod> = create
             .iter()
             .map(|node| pod_for(&ds, node, &hash))
             .collect();

@@ -1120,7 +1120,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 } else {
                     vec![None; want - active.len() - held]
                 };
-                let pods = indexes
+                let pods: Vec<Pod> = indexes
                     .into_iter()
                     .map(|i| {
                         let replaced = i.and_then(|i| delayed.get(&i)).map(|p| &**p);

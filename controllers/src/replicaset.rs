@@ -249,8 +249,12 @@ pub(crate) async fn sync(
                 spec: template.spec.clone(),
                 ..Default::default()
             };
-            let (made, errors) =
-                util::create_pods(&pods_api, vec![pod; want - active.len()], &report).await;
+            let (made, errors) = util::create_pods(
+                &pods_api,
+                std::iter::repeat_n(pod, want - active.len()),
+                &report,
+            )
+            .await;
             if let Some(e) = errors.last() {
                 failure = Some(util::api_message(e));
             }

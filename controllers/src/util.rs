@@ -279,16 +279,24 @@ pub(crate) fn api_message(e: &kube::Error) -> String {
 
 /// Creates the pods, [`BURST`] at a time, reporting each: the names of those made, and the
 /// errors of those that were not.
-pub(crate) async fn create_pods(
+pub(crate) async fn create_pods<P>(
     api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
-    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    pods: P,
     report: &Report<'_>,
-) -> (Vec<String>, Vec<kube::Error>) {
+) -> (Vec<String>, Vec<kube::Error>)
+where
+    P: IntoIterator<Item = k8s_openapi::api::core::v1::Pod>,
+    P::IntoIter: Send,
+{
     let post = kube::api::PostParams::default();
+    // Pods are made as they are sent, and only the names of those created are kept.
     let results: Vec<_> = futures::stream::iter(pods)
         .map(|pod| {
             let post = post.clone();
-            async move { api.create(&post, &pod).await }
+            async move {
+                let made = api.create(&post, &pod).await?;
+                Ok::<_, kube::Error>(kube::ResourceExt::name_any(&made))
+            }
         })
         .buffer_unordered(BURST)
         .collect()
@@ -297,8 +305,7 @@ pub(crate) async fn create_pods(
     let mut errors = Vec::new();
     for r in results {
         match r {
-            Ok(p) => {
-                let name = kube::ResourceExt::name_any(&p);
+            Ok(name) => {
                 report.created(&name);
                 made.push(name);
             }
