@@ -92,11 +92,7 @@ fn held_by(address: &Value, service: &Value) -> bool {
 
 /// Takes `ip` for `service` by creating its IPAddress: the key taken, or None when an
 /// IPAddress of that IP exists (another Service's, or one a user created).
-async fn take_ip(
-    backend: &Backend,
-    ip: &str,
-    service: &Value,
-) -> Result<Option<String>, ApiError> {
+async fn take_ip(backend: &Backend, ip: &str, service: &Value) -> Result<Option<String>, ApiError> {
     let r = ip_addresses()?;
     let key = r.key(None, ip);
     let value = crate::handlers::server_created(r, ip_address(ip, service), FIELD_MANAGER);
@@ -405,11 +401,8 @@ pub async fn migrate_cluster_ips(backend: &Backend) -> Result<(), ApiError> {
             if crate::registry::ip_address_name(ip).is_some() {
                 continue;
             }
-            let value = crate::handlers::server_created(
-                addresses,
-                ip_address(ip, &service),
-                FIELD_MANAGER,
-            );
+            let value =
+                crate::handlers::server_created(addresses, ip_address(ip, &service), FIELD_MANAGER);
             if take(backend, addresses.key(None, ip), value).await? {
                 tracing::info!(
                     ip = %ip,
@@ -460,7 +453,11 @@ mod tests {
             assert!(take(&backend, key, value).await.unwrap());
         }
         let legacy = format!("{LEGACY_IP_KEYS}10.96.3.4");
-        assert!(take(&backend, legacy, b"default/web".to_vec()).await.unwrap());
+        assert!(
+            take(&backend, legacy, b"default/web".to_vec())
+                .await
+                .unwrap()
+        );
 
         migrate_cluster_ips(&backend).await.unwrap();
         let key = addresses.key(None, "10.96.3.4");

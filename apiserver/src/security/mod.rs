@@ -61,6 +61,63 @@ pub struct Security {
     policy: policy::PolicyCache,
     verifier: Arc<dyn ClientCertVerifier>,
     audit: Option<Arc<crate::audit::Audit>>,
+    authenticated: TokenCache,
+}
+
+/// How long a token that authenticated is taken as its user without checking it again
+/// (upstream's default TokenSuccessCacheTTL); failures are not kept.
+const TOKEN_SUCCESS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tokens kept at most; beyond, expired ones are dropped, and if none has, all.
+const TOKEN_CACHE_SIZE: usize = 32 * 1024;
+
+/// Users of the bearer tokens that authenticated lately, by a salted hash of the token and the
+/// audiences asked for (upstream's cachedTokenAuthenticator): each request of a controller
+/// would otherwise verify its token's signature and look up its service account again.
+struct TokenCache {
+    salt: [u8; 32],
+    users: std::sync::Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, UserInfo)>>,
+}
+
+impl TokenCache {
+    fn new() -> TokenCache {
+        TokenCache {
+            salt: rand::random(),
+            users: Default::default(),
+        }
+    }
+
+    fn key(&self, token: &str, audiences: Option<&[String]>) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.salt);
+        for a in audiences.unwrap_or_default() {
+            hash.update((a.len() as u64).to_le_bytes());
+            hash.update(a.as_bytes());
+        }
+        // Audiences none and audiences empty differ.
+        hash.update([u8::from(audiences.is_some())]);
+        hash.update(token.as_bytes());
+        hash.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<UserInfo> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let (until, user) = users.get(key)?;
+        (*until > std::time::Instant::now()).then(|| user.clone())
+    }
+
+    fn put(&self, key: [u8; 32], user: &UserInfo) {
+        let now = std::time::Instant::now();
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if users.len() >= TOKEN_CACHE_SIZE {
+            users.retain(|_, (until, _)| *until > now);
+            if users.len() >= TOKEN_CACHE_SIZE {
+                users.clear();
+            }
+        }
+        users.insert(key, (now + TOKEN_SUCCESS_TTL, user.clone()));
+    }
 }
 
 /// Whether RBAC allowed a request, and upstream's reason.
@@ -83,6 +140,7 @@ impl Security {
             cache,
             verifier: crate::client_verifier(&config.client_ca_pem)?,
             audit: config.audit,
+            authenticated: TokenCache::new(),
         })
     }
 
@@ -141,6 +199,23 @@ impl Security {
     /// A bearer token's user: Ok(None) when no authenticator knows the token. `audiences`
     /// (a TokenReview's) narrows the audiences a service-account token may name.
     pub async fn authenticate_token(
+        &self,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> Result<Option<UserInfo>, String> {
+        let key = self.authenticated.key(token, audiences);
+        if let Some(user) = self.authenticated.get(&key) {
+            return Ok(Some(user));
+        }
+        let user = self.check_token(token, audiences).await?;
+        if let Some(user) = &user {
+            self.authenticated.put(key, user);
+        }
+        Ok(user)
+    }
+
+    /// A bearer token's user, checked afresh (see [`Security::authenticate_token`]).
+    async fn check_token(
         &self,
         token: &str,
         audiences: Option<&[String]>,
@@ -696,4 +771,25 @@ pub fn audit_annotate(key: &str, value: &str) {
             .unwrap_or_else(|e| e.into_inner())
             .push((key.to_string(), value.to_string()));
     });
+}
+
+#[cfg(test)]
+mod token_cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_kept_by_itself_and_the_audiences_it_was_checked_for() {
+        let cache = TokenCache::new();
+        let user = UserInfo::service_account("dev", "builder", "u-1");
+        let key = cache.key("token-a", None);
+        assert_eq!(cache.get(&key), None);
+        cache.put(key, &user);
+        assert_eq!(cache.get(&cache.key("token-a", None)), Some(user.clone()));
+        assert_eq!(cache.get(&cache.key("token-b", None)), None);
+        assert_eq!(cache.get(&cache.key("token-a", Some(&[]))), None);
+        let audiences = ["api".to_string()];
+        assert_eq!(cache.get(&cache.key("token-a", Some(&audiences))), None);
+        // Another server's cache (another salt) keys the same token differently.
+        assert_ne!(TokenCache::new().key("token-a", None), key);
+    }
 }
