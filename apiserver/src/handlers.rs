@@ -2290,11 +2290,9 @@ impl<'a> From<&'a crate::cache::Change> for Write<'a> {
 /// The watch event a write is to a watcher with selectors: an object that starts matching is
 /// ADDED, one that stops matching is DELETED (as upstream's watch filtering does).
 fn watch_event(e: Write<'_>, selectors: &Selectors, encoder: &EventEncoder) -> Option<Bytes> {
-    if selectors.is_empty()
-        && encoder.output == Output::Object
-        && served_as_stored(encoder.resource)
+    if selectors.is_empty() && encoder.output != Output::Table && served_as_stored(encoder.resource)
     {
-        return raw_watch_event(e);
+        return raw_watch_event(e, encoder.output);
     }
     decoded_watch_event(e, selectors, encoder)
 }
@@ -2332,8 +2330,9 @@ fn decoded_watch_event(
 }
 
 /// The watch event a write is to a watcher of every object, written from the stored bytes
-/// as [`watch_event`] would encode it (what informers watch: no object is parsed).
-fn raw_watch_event(e: Write<'_>) -> Option<Bytes> {
+/// as [`watch_event`] would encode it, whole or as its metadata (what informers and the
+/// garbage collector's metadata informers watch: no object is parsed).
+fn raw_watch_event(e: Write<'_>, output: Output) -> Option<Bytes> {
     let (kind, value) = match (e.kind, e.prev_kv) {
         (EventKind::Put, None) => ("ADDED", &e.kv.value),
         (EventKind::Put, Some(_)) => ("MODIFIED", &e.kv.value),
@@ -2345,9 +2344,53 @@ fn raw_watch_event(e: Write<'_>) -> Option<Bytes> {
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
     line.extend_from_slice(b"\",\"object\":");
-    raw_stored(value, e.kv.mod_revision, &mut line).ok()?;
+    match output {
+        Output::Metadata => raw_partial_metadata(value, e.kv.mod_revision, &mut line).ok()?,
+        _ => raw_stored(value, e.kv.mod_revision, &mut line).ok()?,
+    }
     line.extend_from_slice(b"}\n");
     Some(Bytes::from(line))
+}
+
+/// A stored object's PartialObjectMetadata as served at `revision`, written from its bytes
+/// (as [`table::partial_metadata`] of the decoded object).
+fn raw_partial_metadata(
+    value: &[u8],
+    revision: Revision,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(borrow)]
+        metadata: Option<&'a serde_json::value::RawValue>,
+    }
+    let stored: Stored = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    out.extend_from_slice(
+        br#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":"#,
+    );
+    let rv = revision.to_string();
+    match stored.metadata.map(|m| m.get()) {
+        Some(meta) if meta.starts_with('{') && !meta.contains("\"resourceVersion\"") => {
+            out.extend_from_slice(b"{\"resourceVersion\":\"");
+            out.extend_from_slice(rv.as_bytes());
+            out.push(b'"');
+            if meta[1..].trim_start() != "}" {
+                out.push(b',');
+            }
+            out.extend_from_slice(meta[1..].as_bytes());
+        }
+        meta => {
+            let mut fields: serde_json::Map<String, Value> = match meta {
+                Some(m) => serde_json::from_str(m).map_err(internal)?,
+                None => serde_json::Map::new(),
+            };
+            fields.insert("resourceVersion".into(), json!(rv));
+            serde_json::to_writer(&mut *out, &fields).map_err(internal)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -2382,14 +2425,31 @@ mod tests {
         ];
         let parsed =
             |line: Option<Bytes>| line.map(|l| serde_json::from_slice::<Value>(&l).unwrap());
+        let metadata = EventEncoder {
+            resource: r,
+            output: Output::Metadata,
+        };
         let mut seen = Vec::new();
         for e in &events {
-            let raw = parsed(raw_watch_event(e.into()));
+            let raw = parsed(raw_watch_event(e.into(), Output::Object));
             assert_eq!(
                 raw,
                 parsed(decoded_watch_event(e.into(), &everything, &encoder))
             );
             assert_eq!(raw, parsed(watch_event(e.into(), &everything, &encoder)));
+            let partial = parsed(raw_watch_event(e.into(), Output::Metadata));
+            assert_eq!(
+                partial,
+                parsed(decoded_watch_event(e.into(), &everything, &metadata))
+            );
+            assert_eq!(
+                partial,
+                parsed(watch_event(e.into(), &everything, &metadata))
+            );
+            if let Some(p) = &partial {
+                assert_eq!(p["object"]["kind"], "PartialObjectMetadata");
+                assert_eq!(p["object"].get("data"), None);
+            }
             seen.push(raw.map(|v| {
                 let rv = v["object"]["metadata"]["resourceVersion"].clone();
                 (v["type"].clone(), rv)
