@@ -10,6 +10,17 @@ use clap::{Parser, Subcommand};
 use kelp_auth::Pki;
 use kelp_storage::{Backend, Endpoint, Options};
 
+/// jemalloc rather than glibc's malloc: the control plane allocates on every request and
+/// event from many threads, where glibc's arenas spent a quarter of the server's CPU (the
+/// churn benchmark's profile) and fragment.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options: a background thread returns freed pages to the system as they age,
+/// rather than only when some thread next allocates.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 #[derive(Parser)]
 #[command(
     name = "kelp",

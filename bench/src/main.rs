@@ -10,6 +10,11 @@ mod storage;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator `kelp` runs with, so the storage layer measured in process here allocates as
+/// it does in the API server it is compared with.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "kelp-bench")]
 struct Cli {
