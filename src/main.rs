@@ -16,10 +16,11 @@ use kelp_storage::{Backend, Endpoint, Options};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options: a background thread returns freed pages to the system as they age,
-/// rather than only when some thread next allocates.
+/// jemalloc's options: a background thread returns freed pages to the system once they have
+/// been unused for a second (jemalloc's default keeps them ten), rather than only when some
+/// thread next allocates: a burst of work (10,000 pods created) leaves less behind.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 #[derive(Parser)]
 #[command(
