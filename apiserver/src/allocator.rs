@@ -436,13 +436,8 @@ mod tests {
     #[tokio::test]
     async fn migration_gives_cluster_ips_ip_addresses_and_drops_the_range_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let options = Options {
-            compact_interval: None,
-            ..Options::default()
-        };
-        let backend = Backend::open(&Endpoint::default_for(dir.path()), options)
-            .await
-            .unwrap();
+        let endpoint = Endpoint::default_for(dir.path());
+        let backend = Backend::open(&endpoint, Options::default()).await.unwrap();
         let services = crate::registry::lookup("", "v1", "services").unwrap();
         let addresses = ip_addresses().unwrap();
         let web = service("web", "10.96.3.4");

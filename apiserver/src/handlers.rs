@@ -2378,7 +2378,7 @@ fn raw_partial_metadata(
             if meta[1..].trim_start() != "}" {
                 out.push(b',');
             }
-            out.extend_from_slice(meta[1..].as_bytes());
+            out.extend_from_slice(&meta.as_bytes()[1..]);
         }
         meta => {
             let mut fields: serde_json::Map<String, Value> = match meta {
