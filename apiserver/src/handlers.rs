@@ -429,35 +429,18 @@ fn raw_stored(value: &[u8], revision: Revision, out: &mut Vec<u8>) -> Result<(),
         serde_json::from_slice(value)
             .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
     let rv = revision.to_string();
-    // Stored objects carry no resourceVersion (the revision says it), so it is spliced in
-    // as the metadata's first member, and the rest is copied as stored.
-    if let Some(meta) = top.get("metadata").map(|m| m.get())
-        && meta.starts_with('{')
-        && !meta.contains("\"resourceVersion\"")
-    {
-        let offset = meta.as_ptr() as usize - value.as_ptr() as usize;
-        let (head, rest) = value.split_at(offset + 1);
-        out.extend_from_slice(head);
-        out.extend_from_slice(b"\"resourceVersion\":\"");
-        out.extend_from_slice(rv.as_bytes());
-        out.push(b'"');
-        if meta[1..].trim_start() != "}" {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest);
+    // The stored bytes are copied around the metadata, which gains the resourceVersion.
+    if let Some(meta) = top.get("metadata").map(|m| m.get()) {
+        let start = meta.as_ptr() as usize - value.as_ptr() as usize;
+        out.extend_from_slice(&value[..start]);
+        raw_metadata(Some(meta), &rv, out)?;
+        out.extend_from_slice(&value[start + meta.len()..]);
         return Ok(());
     }
-    let mut meta: serde_json::Map<String, Value> = match top.get("metadata") {
-        Some(m) => serde_json::from_str(m.get()).map_err(internal)?,
-        None => serde_json::Map::new(),
-    };
-    meta.insert("resourceVersion".into(), json!(rv));
     let mut members: Vec<(&str, Option<&serde_json::value::RawValue>)> =
         top.iter().map(|(k, v)| (*k, Some(*v))).collect();
-    if !top.contains_key("metadata") {
-        members.push(("metadata", None));
-        members.sort_by_key(|(k, _)| *k);
-    }
+    members.push(("metadata", None));
+    members.sort_by_key(|(k, _)| *k);
     out.push(b'{');
     for (i, (k, v)) in members.into_iter().enumerate() {
         if i > 0 {
@@ -466,11 +449,37 @@ fn raw_stored(value: &[u8], revision: Revision, out: &mut Vec<u8>) -> Result<(),
         serde_json::to_writer(&mut *out, k).map_err(internal)?;
         out.push(b':');
         match v {
-            Some(v) if k != "metadata" => out.extend_from_slice(v.get().as_bytes()),
-            _ => serde_json::to_writer(&mut *out, &meta).map_err(internal)?,
+            Some(v) => out.extend_from_slice(v.get().as_bytes()),
+            None => raw_metadata(None, &rv, out)?,
         }
     }
     out.push(b'}');
+    Ok(())
+}
+
+/// Stored metadata (None: the object has none) as served with `rv`. Stored objects carry no
+/// resourceVersion (the revision says it), so it is spliced in as the first member and the
+/// rest copied as stored; anything else is written afresh.
+fn raw_metadata(meta: Option<&str>, rv: &str, out: &mut Vec<u8>) -> Result<(), ApiError> {
+    match meta {
+        Some(meta) if meta.starts_with('{') && !meta.contains("\"resourceVersion\"") => {
+            out.extend_from_slice(b"{\"resourceVersion\":\"");
+            out.extend_from_slice(rv.as_bytes());
+            out.push(b'"');
+            if meta[1..].trim_start() != "}" {
+                out.push(b',');
+            }
+            out.extend_from_slice(&meta.as_bytes()[1..]);
+        }
+        meta => {
+            let mut fields: serde_json::Map<String, Value> = match meta {
+                Some(m) => serde_json::from_str(m).map_err(internal)?,
+                None => serde_json::Map::new(),
+            };
+            fields.insert("resourceVersion".into(), json!(rv));
+            serde_json::to_writer(&mut *out, &fields).map_err(internal)?;
+        }
+    }
     Ok(())
 }
 
@@ -2369,26 +2378,7 @@ fn raw_partial_metadata(
     out.extend_from_slice(
         br#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":"#,
     );
-    let rv = revision.to_string();
-    match stored.metadata.map(|m| m.get()) {
-        Some(meta) if meta.starts_with('{') && !meta.contains("\"resourceVersion\"") => {
-            out.extend_from_slice(b"{\"resourceVersion\":\"");
-            out.extend_from_slice(rv.as_bytes());
-            out.push(b'"');
-            if meta[1..].trim_start() != "}" {
-                out.push(b',');
-            }
-            out.extend_from_slice(&meta.as_bytes()[1..]);
-        }
-        meta => {
-            let mut fields: serde_json::Map<String, Value> = match meta {
-                Some(m) => serde_json::from_str(m).map_err(internal)?,
-                None => serde_json::Map::new(),
-            };
-            fields.insert("resourceVersion".into(), json!(rv));
-            serde_json::to_writer(&mut *out, &fields).map_err(internal)?;
-        }
-    }
+    raw_metadata(stored.metadata.map(|m| m.get()), &revision.to_string(), out)?;
     out.push(b'}');
     Ok(())
 }
