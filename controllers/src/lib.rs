@@ -99,7 +99,11 @@ impl Informers {
         let all = watcher::Config::default();
         Informers {
             namespaces: Informer::spawn(Api::all(client.clone()), all.clone()),
-            pods: Informer::spawn(Api::all(client.clone()), all.clone()),
+            pods: Informer::spawn_trimmed(
+                Api::all(client.clone()),
+                all.clone(),
+                kelp_client::informer::trim_pod,
+            ),
             replicasets: Informer::spawn(Api::all(client.clone()), all.clone()),
             deployments: Informer::spawn(Api::all(client.clone()), all.clone()),
             serviceaccounts: Informer::spawn(Api::all(client.clone()), all.clone()),

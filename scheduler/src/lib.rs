@@ -73,7 +73,11 @@ enum Msg {
 /// One term of leadership: informers, then the scheduling loop.
 async fn lead(client: kube::Client, identity: String) -> anyhow::Result<()> {
     let all = watcher::Config::default();
-    let pods: Arc<Informer<Pod>> = Informer::spawn(Api::all(client.clone()), all.clone());
+    let pods: Arc<Informer<Pod>> = Informer::spawn_trimmed(
+        Api::all(client.clone()),
+        all.clone(),
+        kelp_client::informer::trim_pod,
+    );
     let nodes: Arc<Informer<Node>> = Informer::spawn(Api::all(client.clone()), all.clone());
     let namespaces: Arc<Informer<Namespace>> = Informer::spawn(Api::all(client.clone()), all);
     pods.ready().await;
