@@ -197,12 +197,24 @@ async fn allocate_into(
                     format!("Invalid value: \"{ip}\": must be a valid IP address"),
                 )
             })?;
+            // Upstream v1.33's messages: an IP no ServiceCIDR holds is refused by the
+            // MetaAllocator (ErrMismatchedNetwork); the network and broadcast addresses of
+            // the range are in it but never allocated (the range's ErrNotInRange).
             let n = u32::from(parsed);
-            if !(SERVICE_NET..SERVICE_NET + SERVICE_NET_SIZE).contains(&n) {
+            let refused = if !(SERVICE_NET..SERVICE_NET + SERVICE_NET_SIZE).contains(&n) {
+                Some("the provided network does not match the current range".to_string())
+            } else if n == SERVICE_NET || n == SERVICE_NET + SERVICE_NET_SIZE - 1 {
+                Some(format!(
+                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
                 return Err(invalid(
                     "spec.clusterIPs",
                     format!(
-                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
+                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: {reason}"
                     ),
                 ));
             }

@@ -458,17 +458,42 @@ async fn services_get_cluster_ips_and_node_ports_exclusively() {
             .contains("provided IP is already allocated"),
         "{body}"
     );
-    let (status, _) = api
-        .json(
-            "POST",
-            SVC,
-            &svc(
-                "far",
-                json!({"clusterIP": "192.168.1.1", "ports": [{"port": 80}]}),
+    // Outside every ServiceCIDR, and the range's network and broadcast addresses: upstream
+    // v1.33's messages, nothing stored.
+    for (name, ip, reason) in [
+        (
+            "far",
+            "192.168.1.1",
+            "failed to allocate IP 192.168.1.1: the provided network does not match the current range".to_string(),
+        ),
+        (
+            "base",
+            "10.96.0.0",
+            format!("failed to allocate IP 10.96.0.0: the provided IP (10.96.0.0) is not in the valid range. The range of valid IPs is {}", "10.96.0.0/16"),
+        ),
+        (
+            "broadcast",
+            "10.96.255.255",
+            format!("failed to allocate IP 10.96.255.255: the provided IP (10.96.255.255) is not in the valid range. The range of valid IPs is {}", "10.96.0.0/16"),
+        ),
+    ] {
+        let (status, body) = api
+            .json(
+                "POST",
+                SVC,
+                &svc(name, json!({"clusterIP": ip, "ports": [{"port": 80}]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(
+            body["message"],
+            format!(
+                "Service \"{name}\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{ip}\"}}: {reason}"
             ),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        );
+        let (status, _) = api.json("GET", &format!("{SVC}/{name}"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 
     let (status, np) = api
         .json(
