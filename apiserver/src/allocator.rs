@@ -25,7 +25,7 @@ pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 const PORT_KEYS: &str = "/registry/ranges/servicenodeports/";
-/// Where Kelp kept ClusterIPs before they were IPAddresses (see [`migrate_cluster_ips`]).
+/// Where Kelp kept ClusterIPs before they were IPAddresses (see [`repair_cluster_ips`]).
 const LEGACY_IP_KEYS: &str = "/registry/ranges/serviceips/";
 /// Upstream's ipallocator.ControllerName: the managed-by label of the IPAddresses it creates.
 const IP_ALLOCATOR: &str = "ipallocator.k8s.io";
@@ -395,16 +395,33 @@ pub fn keep_service_allocations(old: &Value, new: &mut Value) -> Result<(), ApiE
     Ok(())
 }
 
-/// Gives every ClusterIP its IPAddress, then drops the `/registry/ranges/serviceips/` keys an
-/// earlier Kelp took ClusterIPs with: upstream's repair loop
-/// (ipallocator/controller/repairip.go), run once at start. An IPAddress that exists stays
-/// as it is, so running this again changes nothing.
-pub async fn migrate_cluster_ips(backend: &Backend) -> Result<(), ApiError> {
+/// How long an IPAddress may name a Service that does not exist before the repair deletes it:
+/// a Service's create takes its IPAddress before the Service is stored (upstream's 60 s, the
+/// API server's request timeout).
+const LEAK_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// How often the API server runs [`repair_cluster_ips`] (upstream repairs from informers and
+/// resyncs every few minutes).
+pub const REPAIR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Upstream's ClusterIP repair (ipallocator/controller/repairip.go), at `now`:
+/// - every ClusterIP has its IPAddress (one that exists stays as it is, whoever holds it);
+/// - an IPAddress this allocator manages goes when it names no Service, names a Service that
+///   does not list its IP, or names one that does not exist and is older than 60 s. A user's
+///   IPAddress (another manager) is never touched.
+///
+/// It also drops the `/registry/ranges/serviceips/` keys an earlier Kelp took ClusterIPs
+/// with. Running it again changes nothing. Returns the IPAddresses created and deleted.
+pub async fn repair_cluster_ips(
+    backend: &Backend,
+    now: jiff::Timestamp,
+) -> Result<(usize, usize), ApiError> {
     let services = crate::registry::lookup("", "v1", "services")
         .ok_or_else(|| ApiError::internal("services are not served"))?;
     let addresses = ip_addresses()?;
     let all_services = KeyRange::prefix(services.key_prefix(None));
     let listed = backend.range(RangeRequest::new(all_services)).await?;
+    let mut created = 0;
     for kv in &listed.kvs {
         let Ok(service) = serde_json::from_slice::<Value>(&kv.value) else {
             continue;
@@ -416,11 +433,64 @@ pub async fn migrate_cluster_ips(backend: &Backend) -> Result<(), ApiError> {
             let value =
                 crate::handlers::server_created(addresses, ip_address(ip, &service), FIELD_MANAGER);
             if take(backend, addresses.key(None, ip), value).await? {
+                created += 1;
                 tracing::info!(
                     ip = %ip,
                     service = %owner(&service),
                     "created the IPAddress of a ClusterIP"
                 );
+            }
+        }
+    }
+    let all_addresses = KeyRange::prefix(addresses.key_prefix(None));
+    let mut deleted = 0;
+    for kv in backend.range(RangeRequest::new(all_addresses)).await?.kvs {
+        let Ok(address) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        if address
+            .pointer("/metadata/labels/ipaddress.kubernetes.io~1managed-by")
+            .and_then(Value::as_str)
+            != Some(IP_ALLOCATOR)
+        {
+            continue;
+        }
+        let ip = crate::object::name(&address);
+        let leaked = if !parent(&address, "group").is_empty()
+            || parent(&address, "resource") != "services"
+        {
+            Some("names no Service")
+        } else {
+            // The Service as it is now, not as listed above: one created since holds its IP.
+            let key = services.key(
+                Some(parent(&address, "namespace")),
+                parent(&address, "name"),
+            );
+            match backend.get(key).await?.0 {
+                Some(svc) => {
+                    let svc: Value = serde_json::from_slice(&svc.value).unwrap_or_default();
+                    (!cluster_ips(&svc).any(|held| held == ip))
+                        .then_some("names a Service that does not hold it")
+                }
+                None => {
+                    let born = address
+                        .pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                    born.is_none_or(|born| now.duration_since(born) > LEAK_GRACE)
+                        .then_some("names a Service that does not exist")
+                }
+            }
+        };
+        if let Some(why) = leaked {
+            // Only as listed: an IPAddress taken again since is someone's.
+            if backend
+                .txn(Txn::delete(kv.key, kv.mod_revision))
+                .await?
+                .succeeded()
+            {
+                deleted += 1;
+                tracing::warn!(ip = %ip, why, "deleted a leaked IPAddress");
             }
         }
     }
@@ -430,7 +500,7 @@ pub async fn migrate_cluster_ips(backend: &Backend) -> Result<(), ApiError> {
     for kv in legacy.kvs {
         backend.txn(Txn::delete(kv.key, kv.mod_revision)).await?;
     }
-    Ok(())
+    Ok((created, deleted))
 }
 
 #[cfg(test)]
@@ -466,7 +536,9 @@ mod tests {
                 .unwrap()
         );
 
-        migrate_cluster_ips(&backend).await.unwrap();
+        repair_cluster_ips(&backend, jiff::Timestamp::now())
+            .await
+            .unwrap();
         let key = addresses.key(None, "10.96.3.4");
         let (kv, _) = backend.get(key.clone()).await.unwrap();
         let kv = kv.expect("the ClusterIP has its IPAddress");
@@ -484,11 +556,79 @@ mod tests {
         assert!(backend.range(ranges).await.unwrap().kvs.is_empty());
 
         // Again: nothing changes.
-        migrate_cluster_ips(&backend).await.unwrap();
+        repair_cluster_ips(&backend, jiff::Timestamp::now())
+            .await
+            .unwrap();
         let (again, _) = backend.get(key).await.unwrap();
         assert_eq!(again.map(|kv| kv.mod_revision), Some(kv.mod_revision));
         let all = RangeRequest::new(KeyRange::prefix(addresses.key_prefix(None)));
         assert_eq!(backend.range(all).await.unwrap().kvs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn repair_gives_cluster_ips_their_addresses_and_deletes_leaked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::default_for(dir.path());
+        let backend = Backend::open(&endpoint, Options::default()).await.unwrap();
+        let services = crate::registry::lookup("", "v1", "services").unwrap();
+        let addresses = ip_addresses().unwrap();
+        let web = service("web", "10.96.3.4");
+        let key = services.key(Some("default"), "web");
+        assert!(
+            take(&backend, key, serde_json::to_vec(&web).unwrap())
+                .await
+                .unwrap()
+        );
+        let gone = service("gone", "10.96.5.5");
+        let store = |ip: &str, mut address: Value| {
+            address["metadata"]["name"] = json!(ip);
+            let value = crate::handlers::server_created(addresses, address, FIELD_MANAGER);
+            take(&backend, addresses.key(None, ip), value)
+        };
+        // Leaked: its Service does not exist (kept for the grace period), its Service holds
+        // another IP, it names no Service; a user's IPAddress stays whatever it names.
+        assert!(
+            store("10.96.5.5", ip_address("10.96.5.5", &gone))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store("10.96.6.6", ip_address("10.96.6.6", &web))
+                .await
+                .unwrap()
+        );
+        let mut gateway = ip_address("10.96.7.7", &web);
+        gateway["spec"]["parentRef"]["resource"] = json!("gateways");
+        assert!(store("10.96.7.7", gateway).await.unwrap());
+        let mut users = ip_address("10.96.8.8", &gone);
+        users["metadata"]["labels"] = json!({"owner": "me"});
+        assert!(store("10.96.8.8", users).await.unwrap());
+        let left = || async {
+            let all = RangeRequest::new(KeyRange::prefix(addresses.key_prefix(None)));
+            let kvs = backend.range(all).await.unwrap().kvs;
+            kvs.iter()
+                .map(|kv| {
+                    String::from_utf8_lossy(&kv.key)
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+
+        let now = jiff::Timestamp::now();
+        assert_eq!(repair_cluster_ips(&backend, now).await.unwrap(), (1, 2));
+        assert_eq!(left().await, ["10.96.3.4", "10.96.5.5", "10.96.8.8"]);
+        let (kv, _) = backend.get(addresses.key(None, "10.96.3.4")).await.unwrap();
+        let address: Value = serde_json::from_slice(&kv.unwrap().value).unwrap();
+        assert!(held_by(&address, &web), "{address}");
+
+        // Past the grace period the address of the Service that never came goes too.
+        let later = now + jiff::SignedDuration::from_secs(61);
+        assert_eq!(repair_cluster_ips(&backend, later).await.unwrap(), (0, 1));
+        assert_eq!(left().await, ["10.96.3.4", "10.96.8.8"]);
+        assert_eq!(repair_cluster_ips(&backend, later).await.unwrap(), (0, 0));
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
         client_ca_pem: config.client_ca_pem,
         audit: config.audit,
     };
+    let repair_backend = backend.clone();
     let (app, security) = router(
         backend,
         local_addr.to_string(),
@@ -232,6 +233,20 @@ pub async fn start(config: Config, backend: Backend) -> Result<Server, ServeErro
     .map_err(ServeError::Tls)?;
     let security = security.expect("security is configured");
     let (shutdown, mut shutdown_rx) = watch::channel(false);
+    // The ClusterIP repair, after the one bootstrap ran.
+    let mut repair_stop = shutdown_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(allocator::REPAIR_INTERVAL) => {}
+                _ = repair_stop.changed() => return,
+            }
+            let now = jiff::Timestamp::now();
+            if let Err(e) = allocator::repair_cluster_ips(&repair_backend, now).await {
+                tracing::warn!(error = %e.message, "ClusterIP repair failed");
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -1213,7 +1228,7 @@ pub async fn bootstrap(backend: &Backend) {
     }
     bootstrap_api_services(&ctx, &query, &headers).await;
     default_service_cidr(backend, &ctx, &query, &headers).await;
-    if let Err(e) = allocator::migrate_cluster_ips(backend).await {
+    if let Err(e) = allocator::repair_cluster_ips(backend, jiff::Timestamp::now()).await {
         tracing::warn!(error = %e.message, "cannot give the ClusterIPs their IPAddresses");
     }
     let services = registry::lookup("", "v1", "services").expect("services are registered");
