@@ -515,20 +515,26 @@ mod tests {
                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}})
     }
 
-    #[tokio::test]
-    async fn migration_gives_cluster_ips_ip_addresses_and_drops_the_range_keys() {
+    /// A store of its own holding `services` (in default).
+    async fn store_with(services: &[&Value]) -> (tempfile::TempDir, Backend) {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = Endpoint::default_for(dir.path());
         let backend = Backend::open(&endpoint, Options::default()).await.unwrap();
-        let services = crate::registry::lookup("", "v1", "services").unwrap();
-        let addresses = ip_addresses().unwrap();
-        let web = service("web", "10.96.3.4");
-        let headless = service("headless", "None");
-        for svc in [&web, &headless] {
-            let key = services.key(Some("default"), crate::object::name(svc));
+        let r = crate::registry::lookup("", "v1", "services").unwrap();
+        for svc in services {
+            let key = r.key(Some("default"), crate::object::name(svc));
             let value = serde_json::to_vec(svc).unwrap();
             assert!(take(&backend, key, value).await.unwrap());
         }
+        (dir, backend)
+    }
+
+    #[tokio::test]
+    async fn migration_gives_cluster_ips_ip_addresses_and_drops_the_range_keys() {
+        let addresses = ip_addresses().unwrap();
+        let web = service("web", "10.96.3.4");
+        let headless = service("headless", "None");
+        let (_dir, backend) = store_with(&[&web, &headless]).await;
         let legacy = format!("{LEGACY_IP_KEYS}10.96.3.4");
         assert!(
             take(&backend, legacy, b"default/web".to_vec())
@@ -567,18 +573,9 @@ mod tests {
 
     #[tokio::test]
     async fn repair_gives_cluster_ips_their_addresses_and_deletes_leaked_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::default_for(dir.path());
-        let backend = Backend::open(&endpoint, Options::default()).await.unwrap();
-        let services = crate::registry::lookup("", "v1", "services").unwrap();
         let addresses = ip_addresses().unwrap();
         let web = service("web", "10.96.3.4");
-        let key = services.key(Some("default"), "web");
-        assert!(
-            take(&backend, key, serde_json::to_vec(&web).unwrap())
-                .await
-                .unwrap()
-        );
+        let (_dir, backend) = store_with(&[&web]).await;
         let gone = service("gone", "10.96.5.5");
         let store = |ip: &str, mut address: Value| {
             address["metadata"]["name"] = json!(ip);
