@@ -5,6 +5,7 @@
 //! create, so two API servers sharing a database never hand out the same one, and an
 //! IPAddress a user created makes its IP unavailable.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 
@@ -421,8 +422,10 @@ pub async fn repair_cluster_ips(
     let addresses = ip_addresses()?;
     let all_services = KeyRange::prefix(services.key_prefix(None));
     let listed = backend.range(RangeRequest::new(all_services)).await?;
+    // The Services as listed, by key, for the second half.
+    let mut listed_services: HashMap<Vec<u8>, Value> = HashMap::new();
     let mut created = 0;
-    for kv in &listed.kvs {
+    for kv in listed.kvs {
         let Ok(service) = serde_json::from_slice::<Value>(&kv.value) else {
             continue;
         };
@@ -441,6 +444,7 @@ pub async fn repair_cluster_ips(
                 );
             }
         }
+        listed_services.insert(kv.key, service);
     }
     let all_addresses = KeyRange::prefix(addresses.key_prefix(None));
     let mut deleted = 0;
@@ -456,22 +460,25 @@ pub async fn repair_cluster_ips(
             continue;
         }
         let ip = crate::object::name(&address);
+        let holds = |svc: &Value| cluster_ips(svc).any(|held| held == ip);
         let leaked = if !parent(&address, "group").is_empty()
             || parent(&address, "resource") != "services"
         {
             Some("names no Service")
         } else {
-            // The Service as it is now, not as listed above: one created since holds its IP.
             let key = services.key(
                 Some(parent(&address, "namespace")),
                 parent(&address, "name"),
             );
+            if listed_services.get(key.as_bytes()).is_some_and(holds) {
+                continue;
+            }
+            // Not held as listed: the Service as it is now decides (one created or changed
+            // since the listing may hold the IP). One that cannot be read is left alone.
             match backend.get(key).await?.0 {
-                Some(svc) => {
-                    let svc: Value = serde_json::from_slice(&svc.value).unwrap_or_default();
-                    (!cluster_ips(&svc).any(|held| held == ip))
-                        .then_some("names a Service that does not hold it")
-                }
+                Some(svc) => serde_json::from_slice::<Value>(&svc.value)
+                    .is_ok_and(|svc| !holds(&svc))
+                    .then_some("names a Service that does not hold it"),
                 None => {
                     let born = address
                         .pointer("/metadata/creationTimestamp")
