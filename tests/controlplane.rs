@@ -1735,3 +1735,123 @@ fn certificate_requests_are_approved_and_signed_by_the_cluster_ca() {
         if out.ok { Ok(()) } else { Err(out.stderr) }
     });
 }
+
+/// The ServiceCIDR a user adds widens where ClusterIPs come from once the controller-manager
+/// marks it Ready; deleting it waits while a Service's ClusterIP lies only in it.
+#[test]
+fn service_cidrs_widen_cluster_ips_and_are_kept_while_their_ips_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KelpServer::start(dir.path(), &[]);
+    let k = Kubectl { server: &server };
+    let refused = |args: &[&str]| {
+        let out = server.kubectl(V, args);
+        assert!(!out.ok, "kubectl {args:?} succeeded: {}", out.stdout);
+        out.stderr
+    };
+    let outside = refused(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80",
+        "--clusterip=10.200.0.5",
+    ]);
+    assert!(
+        outside.contains("failed to allocate IP 10.200.0.5: the provided network does not match the current range"),
+        "{outside}"
+    );
+
+    let cidr = "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: extra\nspec:\n  cidrs: [10.200.0.0/28]\n";
+    assert_eq!(
+        k.apply(cidr),
+        "servicecidr.networking.k8s.io/extra created\n"
+    );
+    let state = |name: &str| {
+        k.ok(&[
+            "get",
+            "servicecidr",
+            name,
+            "-o",
+            "jsonpath={.metadata.finalizers} {.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].reason}",
+        ])
+    };
+    wait_for("the ServiceCIDR to be Ready and protected", 30, || {
+        let s = state("extra");
+        if s == "[\"networking.k8s.io/service-cidr-finalizer\"] True " {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    assert_eq!(
+        k.ok(&[
+            "create",
+            "service",
+            "clusterip",
+            "web",
+            "--tcp=80",
+            "--clusterip=10.200.0.5"
+        ]),
+        "service/web created\n"
+    );
+    assert_eq!(
+        k.ok(&["get", "ipaddress", "10.200.0.5", "--no-headers"])
+            .split_whitespace()
+            .nth(1),
+        Some("services/default/web")
+    );
+    let broadcast = refused(&[
+        "create",
+        "service",
+        "clusterip",
+        "edge",
+        "--tcp=80",
+        "--clusterip=10.200.0.15",
+    ]);
+    assert!(
+        broadcast.contains("the provided IP (10.200.0.15) is not in the valid range. The range of valid IPs is 10.200.0.0/28"),
+        "{broadcast}"
+    );
+
+    // Deleting it waits for web's IP; meanwhile nothing more is allocated from it.
+    assert_eq!(
+        k.ok(&["delete", "servicecidr", "extra", "--wait=false"]),
+        "servicecidr.networking.k8s.io \"extra\" deleted\n"
+    );
+    wait_for("the deletion to be blocked", 30, || {
+        let s = state("extra");
+        if s == "[\"networking.k8s.io/service-cidr-finalizer\"] False Terminating" {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    });
+    let going = refused(&[
+        "create",
+        "service",
+        "clusterip",
+        "late",
+        "--tcp=80",
+        "--clusterip=10.200.0.6",
+    ]);
+    assert!(
+        going.contains("does not match the current range"),
+        "{going}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(state("extra").contains("Terminating"));
+    k.ok(&["delete", "service", "web"]);
+    wait_for("the ServiceCIDR to go once its IP is free", 40, || {
+        let out = server.kubectl(V, &["get", "servicecidr", "extra"]);
+        if !out.ok && out.stderr.contains("NotFound") {
+            Ok(())
+        } else {
+            Err(out.stdout)
+        }
+    });
+    // The default ServiceCIDR carries the finalizer too.
+    assert_eq!(
+        state("kubernetes"),
+        "[\"networking.k8s.io/service-cidr-finalizer\"] True "
+    );
+}

@@ -5,21 +5,20 @@
 //! create, so two API servers sharing a database never hand out the same one, and an
 //! IPAddress a user created makes its IP unavailable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 
 use kelp_storage::{Backend, KeyRange, RangeRequest, Txn};
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::registry::Resource;
 
-/// The service network: 10.96.0.0/16. The first address goes to the `kubernetes` Service.
-const SERVICE_NET: u32 = u32::from_be_bytes([10, 96, 0, 0]);
-const SERVICE_NET_SIZE: u32 = 1 << 16;
-/// The service network in CIDR notation, as the default ServiceCIDR holds it.
+/// The service network of the default ServiceCIDR. Its first address goes to the
+/// `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 /// Upstream's default `--service-node-port-range`.
@@ -89,6 +88,166 @@ fn held_by(address: &Value, service: &Value) -> bool {
         && parent(address, "resource") == "services"
         && parent(address, "namespace") == crate::object::namespace_of(service)
         && parent(address, "name") == crate::object::name(service)
+}
+
+/// An IPv4 network of the ServiceCIDRs, as upstream's MetaAllocator keeps one allocator per
+/// CIDR (pkg/registry/core/service/ipallocator/cidrallocator.go). It is `ready` when one of
+/// the ServiceCIDRs that hold it is Ready (or has no Ready condition yet: the controller that
+/// sets it may not run) and is not being deleted; only ready networks hand out IPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Network {
+    base: u32,
+    bits: u32,
+    ready: bool,
+}
+
+/// Networks this small are searched for a free IP whole (their IPAddresses read first);
+/// larger ones are probed at random.
+const SEARCHED_WHOLE: u64 = 1024;
+
+impl Network {
+    /// A canonical IPv4 CIDR (as ServiceCIDR validation leaves them); IPv6 is not served.
+    fn parse(cidr: &str, ready: bool) -> Option<Network> {
+        let (ip, bits) = cidr.split_once('/')?;
+        let base = u32::from(ip.parse::<Ipv4Addr>().ok()?);
+        let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
+        Some(Network { base, bits, ready })
+    }
+
+    fn size(self) -> u64 {
+        1 << (32 - self.bits)
+    }
+
+    fn contains(self, ip: u32) -> bool {
+        ip >= self.base && u64::from(ip - self.base) < self.size()
+    }
+
+    /// The offsets it hands out: all but the network and broadcast addresses.
+    fn offsets(self) -> std::ops::Range<u64> {
+        1..self.size().saturating_sub(1).max(1)
+    }
+
+    fn hands_out(self, ip: u32) -> bool {
+        self.contains(ip) && self.offsets().contains(&u64::from(ip - self.base))
+    }
+
+    fn at(self, offset: u64) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + offset as u32)
+    }
+
+    fn cidr(self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.base), self.bits)
+    }
+}
+
+/// Whether a ServiceCIDR may hand out IPs (upstream's isReady, and not being deleted).
+fn cidr_ready(cidr: &Value) -> bool {
+    let ready = cidr
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready");
+    cidr.pointer("/metadata/deletionTimestamp").is_none()
+        && ready.is_none_or(|c| c["status"] == "True")
+}
+
+/// The IPv4 networks of the ServiceCIDRs, as storage holds them now: each once (ready when any
+/// ServiceCIDR holding it is), the largest first.
+async fn networks(backend: &Backend) -> Result<Vec<Network>, ApiError> {
+    let cidrs = crate::registry::lookup("networking.k8s.io", "v1", "servicecidrs")
+        .ok_or_else(|| ApiError::internal("servicecidrs are not served"))?;
+    let listed = backend
+        .range(RangeRequest::new(KeyRange::prefix(cidrs.key_prefix(None))))
+        .await?;
+    let mut networks: Vec<Network> = Vec::new();
+    for kv in listed.kvs {
+        let Ok(cidr) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        let ready = cidr_ready(&cidr);
+        let listed = cidr.pointer("/spec/cidrs").and_then(Value::as_array);
+        for net in listed
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Network::parse(c.as_str()?, ready))
+        {
+            match networks
+                .iter_mut()
+                .find(|n| (n.base, n.bits) == (net.base, net.bits))
+            {
+                Some(known) => known.ready |= ready,
+                None => networks.push(net),
+            }
+        }
+    }
+    networks.sort_by_key(|n| (n.bits, n.base));
+    Ok(networks)
+}
+
+/// The IPs of a network that IPAddresses hold, read by the dotted prefixes of the /24 blocks
+/// it spans (IPAddresses are named by their IP).
+async fn held_in(backend: &Backend, net: Network) -> Result<HashSet<u32>, ApiError> {
+    let root = ip_addresses()?.key_prefix(None);
+    let mut held = HashSet::new();
+    let mut block = net.base & !0xff;
+    loop {
+        let [a, b, c, _] = block.to_be_bytes();
+        let prefix = KeyRange::prefix(format!("{root}{a}.{b}.{c}."));
+        let listed = backend.range(RangeRequest::new(prefix)).await?;
+        held.extend(listed.kvs.iter().filter_map(|kv| {
+            let name = std::str::from_utf8(kv.key.strip_prefix(root.as_bytes())?).ok()?;
+            Some(u32::from(name.parse::<Ipv4Addr>().ok()?))
+        }));
+        match block.checked_add(256) {
+            Some(next) if net.contains(next) => block = next,
+            _ => break,
+        }
+    }
+    Ok(held)
+}
+
+/// Takes a free IP for `service` from a ready network (upstream's AllocateNextService: the
+/// networks in turn, in an order Go's map iteration makes random, a full one passed over).
+/// The IP; its IPAddress's key goes to `taken`.
+async fn take_next_ip(
+    backend: &Backend,
+    networks: &[Network],
+    service: &Value,
+    taken: &mut Allocated,
+) -> Result<String, ApiError> {
+    let mut ready: Vec<Network> = networks
+        .iter()
+        .copied()
+        .filter(|n| n.ready && !n.offsets().is_empty())
+        .collect();
+    ready.shuffle(&mut rand::rng());
+    for net in ready {
+        let offsets = net.offsets();
+        let start = rand::rng().random_range(offsets.clone());
+        let candidates: Vec<u64> = if offsets.end - offsets.start <= SEARCHED_WHOLE {
+            // Every free one, from a random start around the network.
+            let held = held_in(backend, net).await?;
+            (start..offsets.end)
+                .chain(offsets.start..start)
+                .filter(|o| !held.contains(&(net.base + *o as u32)))
+                .collect()
+        } else {
+            std::iter::once(start)
+                .chain((1..64).map(|_| rand::rng().random_range(offsets.clone())))
+                .collect()
+        };
+        for offset in candidates {
+            let ip = net.at(offset).to_string();
+            if let Some(key) = take_ip(backend, &ip, service).await? {
+                taken.push(key);
+                return Ok(ip);
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "Internal error occurred: failed to allocate a serviceIP: range is full",
+    ))
 }
 
 /// Takes `ip` for `service` by creating its IPAddress: the key taken, or None when an
@@ -177,19 +336,8 @@ async fn allocate_into(
     let ip = match requested.as_str() {
         "None" => None,
         "" => {
-            let mut chosen = None;
-            for _ in 0..64 {
-                let offset = rand::rng().random_range(2..SERVICE_NET_SIZE - 1);
-                let ip = Ipv4Addr::from(SERVICE_NET + offset).to_string();
-                if let Some(key) = take_ip(backend, &ip, obj).await? {
-                    taken.push(key);
-                    chosen = Some(ip);
-                    break;
-                }
-            }
-            Some(chosen.ok_or_else(|| {
-                ApiError::internal(format!("no free ClusterIP in {SERVICE_CIDR}"))
-            })?)
+            let networks = networks(backend).await?;
+            Some(take_next_ip(backend, &networks, obj, taken).await?)
         }
         ip => {
             let parsed: Ipv4Addr = ip.parse().map_err(|_| {
@@ -198,36 +346,38 @@ async fn allocate_into(
                     format!("Invalid value: \"{ip}\": must be a valid IP address"),
                 )
             })?;
-            // Upstream v1.33's messages: an IP no ServiceCIDR holds is refused by the
-            // MetaAllocator (ErrMismatchedNetwork); the network and broadcast addresses of
-            // the range are in it but never allocated (the range's ErrNotInRange).
-            let n = u32::from(parsed);
-            let refused = if !(SERVICE_NET..SERVICE_NET + SERVICE_NET_SIZE).contains(&n) {
-                Some("the provided network does not match the current range".to_string())
-            } else if n == SERVICE_NET || n == SERVICE_NET + SERVICE_NET_SIZE - 1 {
-                Some(format!(
-                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = refused {
-                return Err(invalid(
+            let refused = |reason: String| {
+                invalid(
                     "spec.clusterIPs",
                     format!(
                         "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: {reason}"
                     ),
+                )
+            };
+            // Upstream v1.33's messages: an IP no Ready ServiceCIDR holds is refused by the
+            // MetaAllocator (ErrMismatchedNetwork); the network and broadcast addresses of
+            // a range are in it but never allocated (the range's ErrNotInRange).
+            let n = u32::from(parsed);
+            let networks = networks(backend).await?;
+            let holding: Vec<&Network> = networks
+                .iter()
+                .filter(|net| net.ready && net.contains(n))
+                .collect();
+            let Some(first) = holding.first() else {
+                return Err(refused(
+                    "the provided network does not match the current range".into(),
                 ));
+            };
+            if !holding.iter().any(|net| net.hands_out(n)) {
+                return Err(refused(format!(
+                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
+                    first.cidr()
+                )));
             }
             // Upstream's message (storage/alloc.go around ipallocator.ErrAllocated), whether
             // a Service or a user's IPAddress holds the IP.
             let Some(key) = take_ip(backend, &parsed.to_string(), obj).await? else {
-                return Err(invalid(
-                    "spec.clusterIPs",
-                    format!(
-                        "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: provided IP is already allocated"
-                    ),
-                ));
+                return Err(refused("provided IP is already allocated".into()));
             };
             taken.push(key);
             Some(ip.to_string())
@@ -534,6 +684,78 @@ mod tests {
             assert!(take(&backend, key, value).await.unwrap());
         }
         (dir, backend)
+    }
+
+    #[tokio::test]
+    async fn cluster_ips_come_from_the_ready_service_cidrs_and_a_small_one_fills_up() {
+        let (_dir, backend) = store_with(&[]).await;
+        let cidrs = crate::registry::lookup("networking.k8s.io", "v1", "servicecidrs").unwrap();
+        let ready = |status: &str| json!({"conditions": [{"type": "Ready", "status": status}]});
+        for (name, nets, status, deleting) in [
+            (
+                "small",
+                json!(["10.200.0.0/29", "fd00::/120"]),
+                json!({}),
+                false,
+            ),
+            ("unready", json!(["10.201.0.0/29"]), ready("False"), false),
+            ("going", json!(["10.202.0.0/29"]), ready("True"), true),
+        ] {
+            let mut cidr = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                "metadata": {"name": name}, "spec": {"cidrs": nets}, "status": status});
+            if deleting {
+                cidr["metadata"]["deletionTimestamp"] = json!("2026-12-07T00:00:00Z");
+            }
+            let value = serde_json::to_vec(&cidr).unwrap();
+            assert!(take(&backend, cidrs.key(None, name), value).await.unwrap());
+        }
+        let create = |name: String, ip: &str| {
+            let mut svc = service(&name, ip);
+            let backend = backend.clone();
+            async move {
+                allocate_service(&backend, &mut svc).await?;
+                Ok::<_, ApiError>(svc["spec"]["clusterIP"].as_str().unwrap().to_string())
+            }
+        };
+        // The only ready network hands out all but its network and broadcast addresses.
+        let mut ips = Vec::new();
+        for i in 0..6 {
+            ips.push(create(format!("s{i}"), "").await.unwrap());
+        }
+        ips.sort();
+        assert_eq!(
+            ips,
+            (1..=6).map(|i| format!("10.200.0.{i}")).collect::<Vec<_>>()
+        );
+        let full = create("s6".into(), "").await.unwrap_err();
+        assert_eq!(
+            full.message,
+            "Internal error occurred: failed to allocate a serviceIP: range is full"
+        );
+        let refused = |e: ApiError| e.status_json()["details"]["causes"][0]["message"].clone();
+        for ip in ["10.201.0.3", "10.202.0.3", "10.96.0.10"] {
+            let e = create("x".into(), ip).await.unwrap_err();
+            assert_eq!(
+                refused(e),
+                json!(format!(
+                    "Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided network does not match the current range"
+                ))
+            );
+        }
+        let e = create("x".into(), "10.200.0.7").await.unwrap_err();
+        assert_eq!(
+            refused(e),
+            json!(
+                "Invalid value: []string{\"10.200.0.7\"}: failed to allocate IP 10.200.0.7: the provided IP (10.200.0.7) is not in the valid range. The range of valid IPs is 10.200.0.0/29"
+            )
+        );
+        let e = create("x".into(), "10.200.0.3").await.unwrap_err();
+        assert_eq!(
+            refused(e),
+            json!(
+                "Invalid value: []string{\"10.200.0.3\"}: failed to allocate IP 10.200.0.3: provided IP is already allocated"
+            )
+        );
     }
 
     #[tokio::test]

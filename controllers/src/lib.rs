@@ -24,6 +24,7 @@ pub mod resourcequota;
 pub mod revisions;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod servicecidrs;
 pub mod statefulset;
 pub mod tokens;
 pub mod ttl;
@@ -41,6 +42,7 @@ use k8s_openapi::api::core::v1::{
     Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{IPAddress, ServiceCIDR};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kelp_client::Informer;
 use kube::Api;
@@ -92,6 +94,9 @@ pub struct Informers {
     pub hpas: Arc<Informer<HorizontalPodAutoscaler>>,
     /// Secrets of type `kubernetes.io/service-account-token`.
     pub token_secrets: Arc<Informer<Secret>>,
+    pub servicecidrs: Arc<Informer<ServiceCIDR>>,
+    /// The IPAddresses the API server's ClusterIP allocator made.
+    pub ipaddresses: Arc<Informer<IPAddress>>,
 }
 
 impl Informers {
@@ -131,6 +136,14 @@ impl Informers {
             node_leases: Informer::spawn(
                 Api::namespaced(client.clone(), "kube-node-lease"),
                 all.clone(),
+            ),
+            servicecidrs: Informer::spawn(Api::all(client.clone()), all.clone()),
+            ipaddresses: Informer::spawn(
+                Api::all(client.clone()),
+                all.clone().labels(&format!(
+                    "ipaddress.kubernetes.io/managed-by={}",
+                    servicecidrs::MANAGED_BY
+                )),
             ),
             mirrored_slices: Informer::spawn(
                 Api::all(client.clone()),
@@ -174,6 +187,8 @@ impl Informers {
         self.csrs.ready().await;
         self.hpas.ready().await;
         self.token_secrets.ready().await;
+        self.servicecidrs.ready().await;
+        self.ipaddresses.ready().await;
     }
 }
 
@@ -254,6 +269,8 @@ async fn lead(root: kube::Client, options: Options) -> anyhow::Result<()> {
     set.spawn(nodelifecycle::run(client, informers.clone()));
     let client = credentials.client("horizontal-pod-autoscaler").await?;
     set.spawn(hpa::run(client, informers.clone()));
+    let client = credentials.client("service-cidrs-controller").await?;
+    set.spawn(servicecidrs::run(client, informers.clone()));
     let client = credentials.client("pod-garbage-collector").await?;
     set.spawn(podgc::run(client, informers.clone()));
     if let Some(ca) = options.signing.clone() {
