@@ -1775,14 +1775,16 @@ fn service_cidrs_widen_cluster_ips_and_are_kept_while_their_ips_are_used() {
             "jsonpath={.metadata.finalizers} {.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].reason}",
         ])
     };
-    wait_for("the ServiceCIDR to be Ready and protected", 30, || {
-        let s = state("extra");
-        if s == "[\"networking.k8s.io/service-cidr-finalizer\"] True " {
-            Ok(())
-        } else {
-            Err(s)
-        }
-    });
+    let reaches = |what: &str, wanted: &str| {
+        wait_for(what, 30, || {
+            let s = state("extra");
+            if s == wanted { Ok(()) } else { Err(s) }
+        })
+    };
+    reaches(
+        "the ServiceCIDR to be Ready and protected",
+        "[\"networking.k8s.io/service-cidr-finalizer\"] True ",
+    );
     assert_eq!(
         k.ok(&[
             "create",
@@ -1818,14 +1820,10 @@ fn service_cidrs_widen_cluster_ips_and_are_kept_while_their_ips_are_used() {
         k.ok(&["delete", "servicecidr", "extra", "--wait=false"]),
         "servicecidr.networking.k8s.io \"extra\" deleted\n"
     );
-    wait_for("the deletion to be blocked", 30, || {
-        let s = state("extra");
-        if s == "[\"networking.k8s.io/service-cidr-finalizer\"] False Terminating" {
-            Ok(())
-        } else {
-            Err(s)
-        }
-    });
+    reaches(
+        "the deletion to be blocked",
+        "[\"networking.k8s.io/service-cidr-finalizer\"] False Terminating",
+    );
     let going = refused(&[
         "create",
         "service",
