@@ -106,12 +106,16 @@ struct Network {
 const SEARCHED_WHOLE: u64 = 1024;
 
 impl Network {
-    /// A canonical IPv4 CIDR (as ServiceCIDR validation leaves them); IPv6 is not served.
+    /// An IPv4 CIDR as ServiceCIDR validation reads it; IPv6 is not served.
     fn parse(cidr: &str, ready: bool) -> Option<Network> {
-        let (ip, bits) = cidr.split_once('/')?;
-        let base = u32::from(ip.parse::<Ipv4Addr>().ok()?);
-        let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
-        Some(Network { base, bits, ready })
+        match crate::registry::parse_cidr_sloppy(cidr)? {
+            (std::net::IpAddr::V4(ip), bits) => Some(Network {
+                base: u32::from(ip),
+                bits: u32::from(bits),
+                ready,
+            }),
+            _ => None,
+        }
     }
 
     fn size(self) -> u64 {

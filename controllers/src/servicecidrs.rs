@@ -42,11 +42,7 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
         // An IPAddress may block, or stop blocking, the deletion of the ServiceCIDRs it is in;
         // a ServiceCIDR added or gone may do so for those it overlaps.
         .watches_stream(informers.ipaddresses.changes(), move |ip: IPAddress| {
-            let ip = ip
-                .metadata
-                .name
-                .as_deref()
-                .and_then(|n| n.parse::<IpAddr>().ok());
+            let ip = address(&ip);
             refs(&for_ips, |nets| {
                 ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
             })
@@ -65,6 +61,11 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) -> anyhow::Res
         Arc::new(Ctx { client, informers }),
     )
     .await
+}
+
+/// The IP an IPAddress is named by.
+fn address(ip: &IPAddress) -> Option<IpAddr> {
+    ip.metadata.name.as_deref()?.parse().ok()
 }
 
 fn networks(cidr: &ServiceCIDR) -> Vec<IpNet> {
@@ -109,12 +110,7 @@ fn orphans(cidr: &ServiceCIDR, ctx: &Ctx) -> bool {
         return false;
     }
     ctx.informers.ipaddresses.store().state().iter().any(|ip| {
-        let Some(ip) = ip
-            .metadata
-            .name
-            .as_deref()
-            .and_then(|n| n.parse::<IpAddr>().ok())
-        else {
+        let Some(ip) = address(ip) else {
             return false;
         };
         mine.iter().any(|m| m.contains(&ip)) && !held_elsewhere(&|n| n.contains(&ip))

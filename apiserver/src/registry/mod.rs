@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::typed::Typed;
 
-pub(crate) use servicecidrs::ip_address_name;
+pub(crate) use servicecidrs::{ip_address_name, parse_cidr_sloppy};
 
 /// A served resource.
 pub struct Resource {

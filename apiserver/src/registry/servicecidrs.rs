@@ -36,7 +36,7 @@ fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
 
 /// A CIDR as ParseCIDRSloppy reads it: a sloppy IP, `/`, and a decimal prefix length
 /// (leading zeros allowed) no longer than the address.
-fn parse_cidr_sloppy(s: &str) -> Option<(IpAddr, u8)> {
+pub(crate) fn parse_cidr_sloppy(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, bits) = s.split_once('/')?;
     let ip = parse_ip_sloppy(ip)?;
     if bits.is_empty() || !bits.bytes().all(|c| c.is_ascii_digit()) {
